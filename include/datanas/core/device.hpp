@@ -1,0 +1,25 @@
+// datanas/core/device.hpp - devices are type tags carried by tensor types (no global switch).
+#pragma once
+
+#include <concepts>
+
+namespace datanas {
+
+/// Host memory; kernels in datanas/ops/cpu (Eigen + OpenMP).
+struct Cpu {
+  static constexpr const char* name = "cpu";
+};
+
+/// NVIDIA GPU memory. Declared here so that types can name it; its allocator and kernels are
+/// provided by the CUDA backend (datanas_cuda_dep) and exist only when that is built.
+struct Cuda {
+  static constexpr const char* name = "cuda";
+};
+
+template <class D>
+concept Device = std::same_as<D, Cpu> || std::same_as<D, Cuda>;
+
+template <class T>
+concept Scalar = std::same_as<T, float> || std::same_as<T, double>;
+
+}  // namespace datanas

@@ -1,0 +1,172 @@
+// datanas/ops/arithmetic.hpp - add, scale, the mixed-op weighted sum, sum/mean reductions, and
+// the zero op.
+//
+// The zero op (DARTS "none") is symbolic: zeros(shape) is a Var with no storage. Everything
+// that sums tensors (add, weighted_sum) skips it, so "none" costs nothing in forward or
+// backward, yet in a mixed op its weight still receives its gradient (which is exactly 0).
+#pragma once
+
+#include <algorithm>
+#include <span>
+#include <type_traits>
+
+#include "datanas/autograd/variable.hpp"
+#include "datanas/ops/cpu/common.hpp"
+
+namespace datanas {
+
+/// The symbolic zero tensor of `shape` (no storage; `is_zero(v)` is true).
+template <class T, class D = Cpu>
+Var<T, D> zeros(const Shape& shape) {
+  return Var<T, D>(Tensor<T, D>::unallocated(shape));
+}
+template <class T, class D>
+[[nodiscard]] bool is_zero(const Var<T, D>& v) {
+  return v.defined() && !v.value().defined();
+}
+
+/// a + b (same shape). A symbolic zero operand returns the other one unchanged.
+template <class T, class D>
+Var<T, D> add(const Var<T, D>& a, const Var<T, D>& b) {
+  DATANAS_CHECK(a.shape() == b.shape(), "add: shapes differ, ", a.shape().str(), " vs ",
+                b.shape().str());
+  if (is_zero(a)) return b;
+  if (is_zero(b)) return a;
+  Var<T, D> y(Tensor<T, D>::empty(a.shape()));
+  const T *ap = a.value().data(), *bp = b.value().data();
+  T* yp = y.value().data();
+  cpu::elementwise(a.value().numel(), [&](index_t s, index_t e) {
+    cpu::ArrayMap<T>(yp + s, e - s) = cpu::ConstArrayMap<T>(ap + s, e - s) + cpu::ConstArrayMap<T>(bp + s, e - s);
+  });
+  if (needs_grad(a, b))
+    record(y, [a, b, y] {
+      for (const Var<T, D>* in : {&a, &b}) {
+        if (!in->requires_grad()) continue;
+        auto [g, acc] = in->grad_slot();
+        const T* dy = y.out_grad().data();
+        T* gp = g.data();
+        cpu::elementwise(g.numel(), [&](index_t s, index_t e) {
+          cpu::store(cpu::ArrayMap<T>(gp + s, e - s), cpu::ConstArrayMap<T>(dy + s, e - s), acc);
+        });
+      }
+    });
+  return y;
+}
+
+/// s * x for a constant s.
+template <class T, class D>
+Var<T, D> scale(const Var<T, D>& x, T s) {
+  if (is_zero(x)) return x;
+  Var<T, D> y(Tensor<T, D>::empty(x.shape()));
+  const T* xp = x.value().data();
+  T* yp = y.value().data();
+  cpu::elementwise(x.value().numel(), [&](index_t b, index_t e) {
+    cpu::ArrayMap<T>(yp + b, e - b) = s * cpu::ConstArrayMap<T>(xp + b, e - b);
+  });
+  if (needs_grad(x))
+    record(y, [x, y, s] {
+      auto [g, acc] = x.grad_slot();
+      const T* dy = y.out_grad().data();
+      T* gp = g.data();
+      cpu::elementwise(g.numel(), [&](index_t b, index_t e) {
+        cpu::store(cpu::ArrayMap<T>(gp + b, e - b), s * cpu::ConstArrayMap<T>(dy + b, e - b), acc);
+      });
+    });
+  return y;
+}
+
+/// The mixed op: y = sum_k w[index[k]] * xs[k] (w: a rank-1 Var of mixing weights, e.g. the
+/// estimator's output for one edge; index maps each term to its weight, default k -> k).
+/// dL/dxs[k] = w * dy; dL/dw = <dy, xs[k]>. Symbolic zeros are skipped: their weight gets 0.
+/// `xs` and `index` are read during the call only; the tape keeps its own references. Up to
+/// kMaxMixedTerms terms: a DARTS edge has 8; a node-level group mixes edge by edge and adds.
+inline constexpr int kMaxMixedTerms = 16;
+template <class T, class D>
+Var<T, D> weighted_sum(std::type_identity_t<std::span<const Var<T, D>>> xs, const Var<T, D>& w,
+                       std::span<const int> index = {}) {
+  const int k = int(xs.size());
+  DATANAS_CHECK(k >= 1, "weighted_sum: no terms");
+  DATANAS_CHECK(k <= kMaxMixedTerms, "weighted_sum: ", k, " terms exceed kMaxMixedTerms = ",
+                kMaxMixedTerms, "; sum groups of terms with add()");
+  DATANAS_CHECK(w.value().rank() == 1, "weighted_sum: weights must be rank 1, got ",
+                w.shape().str());
+  DATANAS_CHECK(index.empty() || int(index.size()) == k, "weighted_sum: ", k, " terms but ",
+                index.size(), " indices");
+  const Shape shape = xs[0].shape();
+  int idx[kMaxMixedTerms];
+  for (int i = 0; i < k; ++i) {
+    DATANAS_CHECK(xs[i].shape() == shape, "weighted_sum: term ", i, " has shape ",
+                  xs[i].shape().str(), ", term 0 has ", shape.str());
+    idx[i] = index.empty() ? i : index[i];
+    DATANAS_CHECK(idx[i] >= 0 && idx[i] < w.value().numel(), "weighted_sum: weight index ",
+                  idx[i], " out of range for ", w.value().numel(), " weights");
+  }
+  Var<T, D> y(Tensor<T, D>::empty(shape));
+  const T* wp = w.value().data();
+  T* yp = y.value().data();
+  cpu::elementwise(shape.numel(), [&](index_t b, index_t e) {
+    cpu::ArrayMap<T> yv(yp + b, e - b);
+    yv.setZero();
+    for (int i = 0; i < k; ++i)
+      if (!is_zero(xs[i])) yv += wp[idx[i]] * cpu::ConstArrayMap<T>(xs[i].value().data() + b, e - b);
+  });
+  bool any = needs_grad(w);
+  for (int i = 0; i < k; ++i) any = any || needs_grad(xs[i]);
+  if (any) {
+    struct Indices {
+      int v[kMaxMixedTerms];
+    } ids;
+    std::copy_n(idx, k, ids.v);
+    const std::size_t pos = tape<T, D>().stash(xs);
+    record(y, [pos, k, ids, w, y] {
+      const auto& tp = tape<T, D>();
+      const T* dy = y.out_grad().data();
+      const index_t n = y.value().numel();
+      if (w.requires_grad()) {
+        auto [gw, acc] = w.grad_slot();
+        if (!acc) gw.fill(T(0));
+        for (int i = 0; i < k; ++i) {
+          const Var<T, D>& x = tp.stashed(pos + i);
+          if (is_zero(x)) continue;
+          const T* xp = x.value().data();
+          gw.data()[ids.v[i]] +=
+              (cpu::ConstArrayMap<T>(xp, n) * cpu::ConstArrayMap<T>(dy, n)).sum();
+        }
+      }
+      const T* wp = w.value().data();
+      for (int i = 0; i < k; ++i) {
+        const Var<T, D>& x = tp.stashed(pos + i);
+        if (!x.requires_grad() || is_zero(x)) continue;
+        auto [g, acc] = x.grad_slot();
+        const T wi = wp[ids.v[i]];
+        T* gp = g.data();
+        cpu::elementwise(n, [&](index_t b, index_t e) {
+          cpu::store(cpu::ArrayMap<T>(gp + b, e - b), wi * cpu::ConstArrayMap<T>(dy + b, e - b), acc);
+        });
+      }
+    });
+  }
+  return y;
+}
+
+/// Sum of all elements, shape [1].
+template <class T, class D>
+Var<T, D> sum(const Var<T, D>& x) {
+  Var<T, D> y(Tensor<T, D>::empty({1}));
+  y.value().data()[0] = x.value().eigen().sum();
+  if (needs_grad(x))
+    record(y, [x, y] {
+      auto [g, acc] = x.grad_slot();
+      const T d = y.out_grad().data()[0];
+      if (acc) g.eigen() += d; else g.fill(d);
+    });
+  return y;
+}
+
+/// Mean of all elements, shape [1].
+template <class T, class D>
+Var<T, D> mean(const Var<T, D>& x) {
+  return scale(sum(x), T(1) / T(x.value().numel()));
+}
+
+}  // namespace datanas

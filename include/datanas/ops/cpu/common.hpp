@@ -1,0 +1,81 @@
+// datanas/ops/cpu/common.hpp - shared helpers of the CPU kernels (Eigen + OpenMP).
+#pragma once
+
+#include <algorithm>
+
+#include <Eigen/Core>
+
+#include "datanas/core/tensor.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace datanas::cpu {
+
+template <class T>
+using ArrayMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
+template <class T>
+using ConstArrayMap = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
+template <class T>
+using MatrixMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+template <class T>
+using ConstMatrixMap =
+    Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+
+/// Elements below which a kernel runs on one thread: forking costs ~1-2 us, more than the work.
+inline constexpr index_t kParallelGrain = 32768;
+
+/// Number of threads the kernels use (OpenMP's, or 1 without OpenMP).
+inline int num_threads() {
+#if defined(_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+/// f(begin, end) over [0, n) split into one contiguous chunk per thread when `n * cost` is
+/// large enough to pay for the fork. `cost` is a rough per-item weight in elements.
+template <class F>
+void parallel_range(index_t n, index_t cost, F&& f) {
+#if defined(_OPENMP)
+  if (n > 1 && n * cost >= kParallelGrain && !omp_in_parallel()) {
+#pragma omp parallel
+    {
+      const index_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+      const index_t chunk = (n + nt - 1) / nt;
+      const index_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
+      if (b < e) f(b, e);
+    }
+    return;
+  }
+#endif
+  (void)cost;
+  f(index_t(0), n);
+}
+
+/// f(i) for i in [0, n), in parallel when worth it.
+template <class F>
+void parallel_for(index_t n, index_t cost, F&& f) {
+  parallel_range(n, cost, [&](index_t b, index_t e) {
+    for (index_t i = b; i < e; ++i) f(i);
+  });
+}
+
+/// dst = expr, or dst += expr when accumulating (the GradSlot convention).
+template <class Dst, class Expr>
+void store(Dst&& dst, const Expr& expr, bool accumulate) {
+  if (accumulate)
+    dst += expr;
+  else
+    dst = expr;
+}
+
+/// Elementwise kernel over contiguous tensors: f(begin, end) on chunks, in parallel.
+template <class F>
+void elementwise(index_t n, F&& f) {
+  parallel_range(n, 1, std::forward<F>(f));
+}
+
+}  // namespace datanas::cpu
