@@ -10,3 +10,7 @@
 #include "datanas/autograd/variable.hpp"
 #include "datanas/ops/activation.hpp"
 #include "datanas/ops/arithmetic.hpp"
+#include "datanas/ops/dropout.hpp"
+#include "datanas/ops/linear.hpp"
+#include "datanas/ops/loss.hpp"
+#include "datanas/ops/structure.hpp"

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <concepts>
+#include <cstdint>
 
 namespace datanas {
 
@@ -19,7 +20,12 @@ struct Cuda {
 template <class D>
 concept Device = std::same_as<D, Cpu> || std::same_as<D, Cuda>;
 
+/// Floating-point types of values and gradients.
 template <class T>
 concept Scalar = std::same_as<T, float> || std::same_as<T, double>;
+
+/// Types a Tensor may hold: Scalars, and 32-bit integers for labels and token indices.
+template <class T>
+concept Element = Scalar<T> || std::same_as<T, std::int32_t>;
 
 }  // namespace datanas

@@ -19,7 +19,7 @@
 
 namespace datanas {
 
-template <Scalar T, Device D = Cpu>
+template <Element T, Device D = Cpu>
 class Tensor {
  public:
   using value_type = T;

@@ -1,0 +1,115 @@
+// datanas/ops/linear.hpp - linear (fully connected), matmul and embedding lookup.
+#pragma once
+
+#include "datanas/autograd/variable.hpp"
+#include "datanas/ops/cpu/common.hpp"
+
+namespace datanas {
+
+/// y = x w^T + b. x: [N, in]; w: [out, in] (torch layout); b: [out] or undefined -> [N, out].
+template <class T, class D>
+Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& b) {
+  DATANAS_CHECK(x.shape().rank() == 2, "linear: input must be [N, in], got ", x.shape().str());
+  DATANAS_CHECK(w.shape().rank() == 2 && w.shape()[1] == x.shape()[1], "linear: weight ",
+                w.shape().str(), " does not fit input ", x.shape().str(), " (expected [out, ",
+                x.shape()[1], "])");
+  const index_t n = x.shape()[0], in = x.shape()[1], out = w.shape()[0];
+  DATANAS_CHECK(!b.defined() || b.shape() == Shape{out}, "linear: bias must be [", out,
+                "], got ", b.defined() ? b.shape().str() : "");
+  Var<T, D> y(Tensor<T, D>::empty({n, out}));
+  cpu::MatrixMap<T> ym(y.value().data(), n, out);
+  ym.noalias() = cpu::ConstMatrixMap<T>(x.value().data(), n, in) *
+                 cpu::ConstMatrixMap<T>(w.value().data(), out, in).transpose();
+  if (b.defined())
+    ym.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(b.value().data(), out);
+  if (needs_grad(x, w, b))
+    record(y, [x, w, b, y, n, in, out] {
+      cpu::ConstMatrixMap<T> dy(y.out_grad().data(), n, out);
+      if (x.requires_grad()) {
+        auto [g, acc] = x.grad_slot();
+        cpu::MatrixMap<T> gm(g.data(), n, in);
+        cpu::ConstMatrixMap<T> wm(w.value().data(), out, in);
+        if (acc) gm.noalias() += dy * wm; else gm.noalias() = dy * wm;
+      }
+      if (w.requires_grad()) {
+        auto [g, acc] = w.grad_slot();
+        cpu::MatrixMap<T> gm(g.data(), out, in);
+        cpu::ConstMatrixMap<T> xm(x.value().data(), n, in);
+        if (acc) gm.noalias() += dy.transpose() * xm; else gm.noalias() = dy.transpose() * xm;
+      }
+      if (b.requires_grad()) {
+        auto [g, acc] = b.grad_slot();
+        Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>> gm(g.data(), out);
+        cpu::store(gm, dy.colwise().sum(), acc);
+      }
+    });
+  return y;
+}
+
+/// Matrix product: a [n, k] x b [k, m] -> [n, m].
+template <class T, class D>
+Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
+  DATANAS_CHECK(a.shape().rank() == 2 && b.shape().rank() == 2 && a.shape()[1] == b.shape()[0],
+                "matmul: cannot multiply ", a.shape().str(), " by ", b.shape().str());
+  const index_t n = a.shape()[0], k = a.shape()[1], m = b.shape()[1];
+  Var<T, D> y(Tensor<T, D>::empty({n, m}));
+  cpu::MatrixMap<T>(y.value().data(), n, m).noalias() =
+      cpu::ConstMatrixMap<T>(a.value().data(), n, k) * cpu::ConstMatrixMap<T>(b.value().data(), k, m);
+  if (needs_grad(a, b))
+    record(y, [a, b, y, n, k, m] {
+      cpu::ConstMatrixMap<T> dy(y.out_grad().data(), n, m);
+      if (a.requires_grad()) {
+        auto [g, acc] = a.grad_slot();
+        cpu::MatrixMap<T> gm(g.data(), n, k);
+        cpu::ConstMatrixMap<T> bm(b.value().data(), k, m);
+        if (acc) gm.noalias() += dy * bm.transpose(); else gm.noalias() = dy * bm.transpose();
+      }
+      if (b.requires_grad()) {
+        auto [g, acc] = b.grad_slot();
+        cpu::MatrixMap<T> gm(g.data(), k, m);
+        cpu::ConstMatrixMap<T> am(a.value().data(), n, k);
+        if (acc) gm.noalias() += am.transpose() * dy; else gm.noalias() = am.transpose() * dy;
+      }
+    });
+  return y;
+}
+
+/// Row lookup: weight [V, E], ids (int32, any rank <= 3, values in [0, V)) -> ids.shape + [E].
+/// The backward scatters rows into dL/dweight (rows not looked up get 0).
+template <class T, class D>
+Var<T, D> embedding(const Var<T, D>& weight, const Tensor<std::int32_t, D>& ids) {
+  DATANAS_CHECK(weight.shape().rank() == 2, "embedding: weight must be [V, E], got ",
+                weight.shape().str());
+  DATANAS_CHECK(ids.rank() >= 1 && ids.rank() <= 3, "embedding: ids must have rank 1 to 3, got ",
+                ids.shape().str());
+  const index_t vocab = weight.shape()[0], e = weight.shape()[1], count = ids.numel();
+  Shape out;
+  switch (ids.rank()) {
+    case 1: out = Shape{ids.dim(0), e}; break;
+    case 2: out = Shape{ids.dim(0), ids.dim(1), e}; break;
+    default: out = Shape{ids.dim(0), ids.dim(1), ids.dim(2), e}; break;
+  }
+  const std::int32_t* ip = ids.data();
+  for (index_t i = 0; i < count; ++i)
+    DATANAS_CHECK(ip[i] >= 0 && ip[i] < vocab, "embedding: id ", ip[i], " at position ", i,
+                  " is outside the vocabulary [0, ", vocab, ")");
+  Var<T, D> y(Tensor<T, D>::empty(out));
+  const T* wp = weight.value().data();
+  T* yp = y.value().data();
+  cpu::parallel_for(count, e, [&](index_t i) {
+    std::memcpy(yp + i * e, wp + index_t(ip[i]) * e, sizeof(T) * e);
+  });
+  if (needs_grad(weight))
+    record(y, [weight, ids, y, count, e] {
+      auto [g, acc] = weight.grad_slot();
+      if (!acc) g.fill(T(0));
+      const T* dy = y.out_grad().data();
+      const std::int32_t* ip = ids.data();
+      // Serial: repeated ids would race; the scatter is tiny next to the decoder GEMM.
+      for (index_t i = 0; i < count; ++i)
+        cpu::ArrayMap<T>(g.data() + index_t(ip[i]) * e, e) += cpu::ConstArrayMap<T>(dy + i * e, e);
+    });
+  return y;
+}
+
+}  // namespace datanas

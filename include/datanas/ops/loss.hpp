@@ -1,0 +1,105 @@
+// datanas/ops/loss.hpp - softmax, log-softmax (over the last dimension) and cross-entropy.
+#pragma once
+
+#include <cmath>
+
+#include "datanas/autograd/variable.hpp"
+#include "datanas/ops/cpu/common.hpp"
+
+namespace datanas {
+
+namespace detail {
+/// (rows, K) view of a rank-1 [K] or rank-2 [rows, K] tensor.
+inline std::pair<index_t, index_t> rows_cols(const Shape& s, const char* op) {
+  DATANAS_CHECK(s.rank() == 1 || s.rank() == 2, op, ": input must be [K] or [rows, K], got ",
+                s.str());
+  return s.rank() == 1 ? std::pair{index_t(1), s[0]} : std::pair{s[0], s[1]};
+}
+
+/// Row-wise log-softmax of x into y (max-shifted, so large logits do not overflow).
+template <class T>
+void log_softmax_rows(const T* x, T* y, index_t rows, index_t k) {
+  cpu::parallel_for(rows, k, [&](index_t r) {
+    cpu::ConstArrayMap<T> xv(x + r * k, k);
+    const T m = xv.maxCoeff();
+    const T lse = m + std::log((xv - m).exp().sum());
+    cpu::ArrayMap<T>(y + r * k, k) = xv - lse;
+  });
+}
+}  // namespace detail
+
+/// softmax(x)_i = exp(x_i) / sum_j exp(x_j) over the last dimension. x: [K] or [rows, K].
+template <class T, class D>
+Var<T, D> softmax(const Var<T, D>& x) {
+  const auto [rows, k] = detail::rows_cols(x.shape(), "softmax");
+  Var<T, D> y(Tensor<T, D>::empty(x.shape()));
+  detail::log_softmax_rows(x.value().data(), y.value().data(), rows, k);
+  y.value().eigen() = y.value().eigen().exp();
+  if (needs_grad(x))
+    record(y, [x, y, rows, k] {
+      auto [g, acc] = x.grad_slot();
+      const T *yp = y.value().data(), *dy = y.out_grad().data();
+      cpu::parallel_for(rows, k, [&](index_t r) {
+        cpu::ConstArrayMap<T> yv(yp + r * k, k), gv(dy + r * k, k);
+        const T dot = (yv * gv).sum();  // dx = y * (dy - <dy, y>)
+        cpu::store(cpu::ArrayMap<T>(g.data() + r * k, k), yv * (gv - dot), acc);
+      });
+    });
+  return y;
+}
+
+/// log softmax(x) over the last dimension. x: [K] or [rows, K].
+template <class T, class D>
+Var<T, D> log_softmax(const Var<T, D>& x) {
+  const auto [rows, k] = detail::rows_cols(x.shape(), "log_softmax");
+  Var<T, D> y(Tensor<T, D>::empty(x.shape()));
+  detail::log_softmax_rows(x.value().data(), y.value().data(), rows, k);
+  if (needs_grad(x))
+    record(y, [x, y, rows, k] {
+      auto [g, acc] = x.grad_slot();
+      const T *yp = y.value().data(), *dy = y.out_grad().data();
+      cpu::parallel_for(rows, k, [&](index_t r) {
+        cpu::ConstArrayMap<T> yv(yp + r * k, k), gv(dy + r * k, k);
+        const T s = gv.sum();  // dx = dy - softmax * sum(dy)
+        cpu::store(cpu::ArrayMap<T>(g.data() + r * k, k), gv - yv.exp() * s, acc);
+      });
+    });
+  return y;
+}
+
+/// Mean cross-entropy -1/N sum_n log softmax(logits_n)[labels_n]. logits: [N, K];
+/// labels: int32 [N] with values in [0, K). Returns shape [1].
+template <class T, class D>
+Var<T, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int32_t, D>& labels) {
+  DATANAS_CHECK(logits.shape().rank() == 2, "cross_entropy: logits must be [N, K], got ",
+                logits.shape().str());
+  const index_t n = logits.shape()[0], k = logits.shape()[1];
+  DATANAS_CHECK(labels.shape() == Shape{n}, "cross_entropy: labels must be [", n, "], got ",
+                labels.shape().str());
+  const std::int32_t* lp = labels.data();
+  for (index_t i = 0; i < n; ++i)
+    DATANAS_CHECK(lp[i] >= 0 && lp[i] < k, "cross_entropy: label ", lp[i], " of sample ", i,
+                  " is outside [0, ", k, ")");
+  // Keep the log-probabilities for backward: dL/dlogits = (softmax - onehot) / N.
+  Tensor<T, D> logp = Tensor<T, D>::empty(logits.shape());
+  detail::log_softmax_rows(logits.value().data(), logp.data(), n, k);
+  T loss = 0;
+  for (index_t i = 0; i < n; ++i) loss -= logp.data()[i * k + lp[i]];
+  Var<T, D> y(Tensor<T, D>::empty({1}));
+  y.value().data()[0] = loss / T(n);
+  if (needs_grad(logits))
+    record(y, [logits, labels, logp, y, n, k] {
+      auto [g, acc] = logits.grad_slot();
+      const T scale = y.out_grad().data()[0] / T(n);
+      const std::int32_t* lp = labels.data();
+      cpu::parallel_for(n, k, [&](index_t i) {
+        cpu::ArrayMap<T> gv(g.data() + i * k, k);
+        cpu::ConstArrayMap<T> pv(logp.data() + i * k, k);
+        cpu::store(gv, pv.exp() * scale, acc);
+        gv[lp[i]] -= scale;
+      });
+    });
+  return y;
+}
+
+}  // namespace datanas

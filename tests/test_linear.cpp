@@ -1,0 +1,50 @@
+// linear, matmul, embedding.
+#include "gradcheck.hpp"
+
+using namespace datanas;
+using namespace datanas::testing;
+
+TEST_SUITE("cpu") {
+TEST_CASE("linear forward by hand") {
+  VarD x(TensorD::from({2, 3}, {1, 2, 3, -1, 0, 1}));
+  VarD w(TensorD::from({2, 3}, {1, 0, 0, 0.5, 0.5, 0.5}));
+  VarD b(TensorD::from({2}, {10, 20}));
+  auto y = linear(x, w, b).value();
+  CHECK(y(0, 0) == 11);
+  CHECK(y(0, 1) == 23);
+  CHECK(y(1, 0) == 9);
+  CHECK(y(1, 1) == 20);
+  auto y2 = linear(x, w, VarD()).value();
+  CHECK(y2(1, 1) == 0);
+}
+
+TEST_CASE("linear, matmul, embedding gradients") {
+  for (index_t n : {1, 4})
+    check_gradients([](auto& in) { return linear(in[0], in[1], in[2]); },
+                    {param({n, 7}, 1), param({5, 7}, 2), param({5}, 3)});
+  check_gradients([](auto& in) { return linear(in[0], in[1], VarD()); },
+                  {param({3, 6}, 4), param({2, 6}, 5)});
+  check_gradients([](auto& in) { return matmul(in[0], in[1]); }, {param({3, 5}, 6), param({5, 2}, 7)});
+  auto ids = Tensor<std::int32_t>::from({2, 3}, {0, 4, 4, 2, 0, 1});
+  check_gradients([&](auto& in) { return embedding(in[0], ids); }, {param({5, 3}, 8)});
+}
+
+TEST_CASE("embedding looks up rows") {
+  VarD w(TensorD::from({3, 2}, {0, 1, 10, 11, 20, 21}));
+  auto y = embedding(w, Tensor<std::int32_t>::from({2}, {2, 0})).value();
+  CHECK(y.shape() == Shape{2, 2});
+  CHECK(y(0, 1) == 21);
+  CHECK(y(1, 0) == 0);
+}
+
+TEST_CASE("linear/matmul/embedding errors") {
+  VarD x(TensorD::zeros({2, 3})), w(TensorD::zeros({4, 5}));
+  CHECK_THROWS_WITH_AS(linear(x, w, VarD()), doctest::Contains("weight [4, 5] does not fit input [2, 3]"),
+                       datanas::error);
+  CHECK_THROWS_WITH_AS(matmul(x, x), doctest::Contains("cannot multiply [2, 3] by [2, 3]"),
+                       datanas::error);
+  CHECK_THROWS_WITH_AS(embedding(w, Tensor<std::int32_t>::from({1}, {4})),
+                       doctest::Contains("id 4 at position 0 is outside the vocabulary [0, 4)"),
+                       datanas::error);
+}
+}

@@ -1,0 +1,42 @@
+// softmax, log_softmax, cross_entropy.
+#include "gradcheck.hpp"
+
+using namespace datanas;
+using namespace datanas::testing;
+
+TEST_SUITE("cpu") {
+TEST_CASE("softmax and cross-entropy by hand") {
+  VarD x(TensorD::from({2, 3}, {0.0, std::log(2.0), std::log(5.0), 1000.0, 1000.0, 1000.0}));
+  auto p = softmax(x).value();
+  CHECK(p(0, 0) == doctest::Approx(1.0 / 8));
+  CHECK(p(0, 2) == doctest::Approx(5.0 / 8));
+  CHECK(p(1, 1) == doctest::Approx(1.0 / 3));  // large logits must not overflow
+  auto lp = log_softmax(x).value();
+  CHECK(lp(0, 1) == doctest::Approx(std::log(2.0 / 8)));
+  auto labels = Tensor<std::int32_t>::from({2}, {2, 0});
+  auto ce = cross_entropy(x, labels).value();
+  CHECK(ce[0] == doctest::Approx(-(std::log(5.0 / 8) + std::log(1.0 / 3)) / 2));
+  VarD v(TensorD::from({2}, {1.0, 1.0}));
+  CHECK(softmax(v).value()[0] == doctest::Approx(0.5));
+}
+
+TEST_CASE("softmax, log_softmax, cross-entropy gradients") {
+  check_gradients([](auto& in) { return softmax(in[0]); }, {param({3, 7}, 1, -2, 2)});
+  check_gradients([](auto& in) { return softmax(in[0]); }, {param({8}, 2, -2, 2)});
+  check_gradients([](auto& in) { return log_softmax(in[0]); }, {param({4, 5}, 3, -2, 2)});
+  auto labels = Tensor<std::int32_t>::from({5}, {0, 3, 3, 9, 1});
+  check_gradients([&](auto& in) { return cross_entropy(in[0], labels); }, {param({5, 10}, 4, -3, 3)});
+  auto one = Tensor<std::int32_t>::from({1}, {2});
+  check_gradients([&](auto& in) { return cross_entropy(in[0], one); }, {param({1, 3}, 5)});
+}
+
+TEST_CASE("loss errors") {
+  VarD x(TensorD::zeros({2, 3}));
+  CHECK_THROWS_WITH_AS(cross_entropy(x, Tensor<std::int32_t>::from({2}, {0, 3})),
+                       doctest::Contains("label 3 of sample 1 is outside [0, 3)"), datanas::error);
+  CHECK_THROWS_WITH_AS(cross_entropy(x, Tensor<std::int32_t>::from({3}, {0, 1, 2})),
+                       doctest::Contains("labels must be [2], got [3]"), datanas::error);
+  CHECK_THROWS_WITH_AS(softmax(VarD(TensorD::zeros({1, 2, 3}))),
+                       doctest::Contains("softmax: input must be [K] or [rows, K]"), datanas::error);
+}
+}
