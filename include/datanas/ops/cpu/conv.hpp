@@ -1,0 +1,629 @@
+// datanas/ops/cpu/conv.hpp - CPU kernels of conv2d (NCHW), forward and backward.
+//
+// Three paths, chosen from the shapes (conv_path):
+//   - depthwise: groups == Cin == Cout, square kernel 3 or 5, stride 1 or 2, dilation 1 or 2,
+//     padding <= (k - 1) * dilation. Direct loops over one (sample, channel) plane at a time: the
+//     plane is first copied into a zero-padded buffer split into `stride` column phases, so that
+//     every tap reads a contiguous row and the inner loop over output columns vectorises with no
+//     bounds checks. These are the sep_conv / dil_conv convolutions of a DARTS cell.
+//   - direct GEMM: 1x1 kernel, stride 1, no padding (any groups): Y_n = W * X_n per sample.
+//   - general: im2col + GEMM per sample and group (any stride, padding, dilation, groups).
+// All paths parallelise over samples (or planes) with OpenMP; each thread runs single-threaded
+// Eigen products on its own workspace slice, and weight gradients are summed from per-thread
+// partials, so no two threads ever write the same element. When the batch is too small to
+// split, each GEMM is split over row blocks instead (Eigen's own threading would allocate).
+// Workspaces are Tensors (caching allocator); Eigen's GEMM packing buffers stay on its stack
+// because products are cut into panels below EIGEN_STACK_ALLOCATION_LIMIT (see gemm below).
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cstring>
+
+#include "datanas/core/tensor.hpp"
+#include "datanas/ops/cpu/common.hpp"
+
+#if defined(_OPENMP)
+#define DATANAS_CONV_SIMD _Pragma("omp simd")
+#else
+#define DATANAS_CONV_SIMD
+#endif
+
+namespace datanas {
+
+/// Hyper-parameters of conv2d, with torch.nn.functional.conv2d's meaning (same on both axes).
+struct Conv2dParams {
+  int stride = 1;
+  int padding = 0;
+  int dilation = 1;
+  int groups = 1;
+};
+
+namespace cpu {
+
+/// Every size of one conv2d call, validated (conv_geometry).
+struct ConvGeom {
+  index_t n, cin, h, w;  // input [n, cin, h, w]
+  index_t cout, kh, kw;  // weight [cout, cin / groups, kh, kw]
+  index_t ho, wo;        // output [n, cout, ho, wo]
+  int stride, pad, dil, groups;
+};
+
+enum class ConvPath { kGeneral, kDirectGemm, kDepthwise };
+/// kAuto picks the fastest applicable path; kGeneral forces im2col + GEMM (tests compare them).
+enum class ConvAlgo { kAuto, kGeneral };
+
+/// Checks the shapes of x [N, Cin, H, W], w [Cout, Cin/groups, kh, kw] and (when `bias` is not
+/// null) bias [Cout] against `p`; throws datanas::error naming the problem otherwise.
+inline ConvGeom conv_geometry(const Shape& x, const Shape& w, const Shape* bias,
+                              const Conv2dParams& p) {
+  DATANAS_CHECK(x.rank() == 4, "conv2d: input must be rank 4 [N, C, H, W], got ", x.str());
+  DATANAS_CHECK(w.rank() == 4, "conv2d: weight must be rank 4 [Cout, Cin/groups, kh, kw], got ",
+                w.str());
+  DATANAS_CHECK(p.groups >= 1, "conv2d: groups must be positive, got ", p.groups);
+  DATANAS_CHECK(p.stride >= 1, "conv2d: stride must be positive, got ", p.stride);
+  DATANAS_CHECK(p.dilation >= 1, "conv2d: dilation must be positive, got ", p.dilation);
+  DATANAS_CHECK(p.padding >= 0, "conv2d: padding must be non-negative, got ", p.padding);
+  DATANAS_CHECK(x[1] % p.groups == 0, "conv2d: input channels ", x[1],
+                " are not divisible by groups ", p.groups, " (input ", x.str(), ")");
+  DATANAS_CHECK(w[0] % p.groups == 0, "conv2d: output channels ", w[0],
+                " are not divisible by groups ", p.groups, " (weight ", w.str(), ")");
+  DATANAS_CHECK(x[1] == w[1] * p.groups, "conv2d: input has ", x[1],
+                " channels but weight expects ", w[1] * p.groups, " (groups ", p.groups,
+                "); input ", x.str(), ", weight ", w.str());
+  DATANAS_CHECK(w[2] >= 1 && w[3] >= 1, "conv2d: empty kernel in weight ", w.str());
+  if (bias)
+    DATANAS_CHECK(bias->rank() == 1 && (*bias)[0] == w[0], "conv2d: bias has shape ", bias->str(),
+                  " but weight ", w.str(), " has ", w[0], " output channels");
+  ConvGeom g{x[0], x[1], x[2],     x[3],      w[0],       w[2],    w[3],
+             0,    0,    p.stride, p.padding, p.dilation, p.groups};
+  g.ho = (g.h + 2 * g.pad - g.dil * (g.kh - 1) - 1) / g.stride + 1;
+  g.wo = (g.w + 2 * g.pad - g.dil * (g.kw - 1) - 1) / g.stride + 1;
+  // C++ division truncates toward zero; the numerator test is the exact "floor < 0" test.
+  const bool ok = g.h + 2 * g.pad - g.dil * (g.kh - 1) - 1 >= 0 &&
+                  g.w + 2 * g.pad - g.dil * (g.kw - 1) - 1 >= 0;
+  DATANAS_CHECK(ok, "conv2d: output size is not positive for input ", x.str(), ", kernel ", g.kh,
+                "x", g.kw, ", stride ", g.stride, ", padding ", g.pad, ", dilation ", g.dil);
+  return g;
+}
+
+/// The kernel family that runs `g` (ConvAlgo::kGeneral forces the im2col path).
+inline ConvPath conv_path(const ConvGeom& g, ConvAlgo algo = ConvAlgo::kAuto) {
+  if (algo == ConvAlgo::kGeneral) return ConvPath::kGeneral;
+  if (g.groups == g.cin && g.cout == g.cin && g.kh == g.kw && (g.kh == 3 || g.kh == 5) &&
+      g.stride <= 2 && g.dil <= 2 && g.pad <= (g.kh - 1) * g.dil)
+    return ConvPath::kDepthwise;
+  if (g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0) return ConvPath::kDirectGemm;
+  return ConvPath::kGeneral;
+}
+
+namespace conv_detail {
+
+inline index_t floor_div(index_t a, index_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline index_t ceil_div(index_t a, index_t b) { return -floor_div(-a, b); }
+inline index_t round_up(index_t a, index_t b) { return (a + b - 1) / b * b; }
+
+/// Threads to use for `items` work items of `cost` elements each: 1 unless worth a fork.
+inline int threads_for(index_t items, index_t cost) {
+#if defined(_OPENMP)
+  if (items > 1 && items * cost >= kParallelGrain && !omp_in_parallel())
+    return int(std::min<index_t>(num_threads(), items));
+#endif
+  (void)items, (void)cost;
+  return 1;
+}
+
+/// f(thread, begin, end) over [0, items) in contiguous chunks on `nt` threads; `thread` is below
+/// nt, so it indexes per-thread workspace slices sized for nt.
+template <class F>
+void run_chunks(int nt, index_t items, F&& f) {
+#if defined(_OPENMP)
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+    {
+      const index_t team = omp_get_num_threads(), t = omp_get_thread_num();
+      const index_t chunk = (items + team - 1) / team;
+      const index_t b = std::min(items, t * chunk), e = std::min(items, b + chunk);
+      if (b < e) f(int(t), b, e);
+    }
+    return;
+  }
+#endif
+  (void)nt;
+  f(0, index_t(0), items);
+}
+
+/// dst (+)= sum of the `parts` slices of length n in `partial` (per-thread partial sums).
+template <class T>
+void reduce_partials(const T* partial, int parts, index_t n, T* dst, bool accumulate) {
+  ArrayMap<T> d(dst, n);
+  if (!accumulate) d = ConstArrayMap<T>(partial, n);
+  for (int t = accumulate ? 0 : 1; t < parts; ++t) d += ConstArrayMap<T>(partial + t * n, n);
+}
+
+// ---- GEMM -----------------------------------------------------------------------------------
+
+/// C[m x n] (+)= op(A) op(B), row-major with leading dimensions; op(A) is m x k (A stored k x m
+/// when TA), op(B) is k x n (B stored n x k when TB). Eigen packs panels of kc x mc and kc x nc
+/// elements and takes them from the heap once they exceed EIGEN_STACK_ALLOCATION_LIMIT, so the
+/// product is cut into blocks whose panels are below it: no allocation in the hot loop.
+template <bool TA, bool TB, class T>
+void gemm(index_t m, index_t n, index_t k, const T* a, index_t lda, const T* b, index_t ldb, T* c,
+          index_t ldc, bool accumulate) {
+  using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using CMap = Eigen::Map<const Mat, 0, Eigen::OuterStride<>>;
+  using MMap = Eigen::Map<Mat, 0, Eigen::OuterStride<>>;
+  constexpr index_t kPanel = std::max<index_t>(EIGEN_STACK_ALLOCATION_LIMIT / sizeof(T), 4096);
+  const index_t kt = std::min<index_t>(k, 1024 / sizeof(T));
+  const index_t mt = std::max<index_t>(kPanel / kt, 16), nt = mt;
+  for (index_t m0 = 0; m0 < m; m0 += mt) {
+    const index_t mb = std::min(mt, m - m0);
+    for (index_t n0 = 0; n0 < n; n0 += nt) {
+      const index_t nb = std::min(nt, n - n0);
+      MMap cm(c + m0 * ldc + n0, mb, nb, Eigen::OuterStride<>(ldc));
+      for (index_t k0 = 0; k0 < k; k0 += kt) {
+        const index_t kb = std::min(kt, k - k0);
+        const bool acc = accumulate || k0 > 0;
+        auto run = [&](const auto& am, const auto& bm) {
+          if (acc)
+            cm.noalias() += am * bm;
+          else
+            cm.noalias() = am * bm;
+        };
+        auto with_a = [&](const auto& bm) {
+          if constexpr (TA)
+            run(CMap(a + k0 * lda + m0, kb, mb, Eigen::OuterStride<>(lda)).transpose(), bm);
+          else
+            run(CMap(a + m0 * lda + k0, mb, kb, Eigen::OuterStride<>(lda)), bm);
+        };
+        if constexpr (TB)
+          with_a(CMap(b + n0 * ldb + k0, nb, kb, Eigen::OuterStride<>(ldb)).transpose());
+        else
+          with_a(CMap(b + k0 * ldb + n0, kb, nb, Eigen::OuterStride<>(ldb)));
+      }
+    }
+  }
+}
+
+/// gemm, split over row blocks of C on the threads when not already inside a parallel region
+/// (a batch too small to parallelise over). Left to itself, Eigen would parallelise a large
+/// product with its own OpenMP code, which allocates its packing buffers on the heap.
+template <bool TA, bool TB, class T>
+void gemm_rows_parallel(index_t m, index_t n, index_t k, const T* a, index_t lda, const T* b,
+                        index_t ldb, T* c, index_t ldc, bool accumulate) {
+  run_chunks(threads_for(m, n * k), m, [&](int, index_t r0, index_t r1) {
+    gemm<TA, TB>(r1 - r0, n, k, TA ? a + r0 : a + r0 * lda, lda, b, ldb, c + r0 * ldc, ldc,
+                 accumulate);
+  });
+}
+
+// ---- im2col path ----------------------------------------------------------------------------
+
+/// Output columns [lo, hi) whose tap at kernel column j falls inside the input row.
+inline void valid_cols(const ConvGeom& g, index_t j, index_t& lo, index_t& hi) {
+  const index_t off = j * g.dil - g.pad;  // input column = wo * stride + off
+  lo = std::clamp<index_t>(ceil_div(-off, g.stride), 0, g.wo);
+  hi = std::clamp<index_t>(floor_div(g.w - 1 - off, g.stride) + 1, lo, g.wo);
+}
+
+/// col[(c * kh + i) * kw + j][ho * wo + wo'] = x[c][ho * s - p + i * d][wo' * s - p + j * d] (0
+/// outside) for the `cg` channels at x (one sample, one group).
+template <class T>
+void im2col(const ConvGeom& g, index_t cg, const T* __restrict x, T* __restrict col) {
+  const index_t p = g.ho * g.wo, s = g.stride;
+  for (index_t c = 0; c < cg; ++c)
+    for (index_t i = 0; i < g.kh; ++i)
+      for (index_t j = 0; j < g.kw; ++j) {
+        T* row = col + ((c * g.kh + i) * g.kw + j) * p;
+        index_t lo, hi;
+        valid_cols(g, j, lo, hi);
+        const index_t off = j * g.dil - g.pad;
+        for (index_t oh = 0; oh < g.ho; ++oh) {
+          T* r = row + oh * g.wo;
+          const index_t ih = oh * s - g.pad + i * g.dil;
+          if (ih < 0 || ih >= g.h) {
+            std::fill_n(r, g.wo, T(0));
+            continue;
+          }
+          const T* xr = x + (c * g.h + ih) * g.w;
+          std::fill(r, r + lo, T(0));
+          if (s == 1)
+            std::copy(xr + lo + off, xr + hi + off, r + lo);
+          else
+            for (index_t ow = lo; ow < hi; ++ow) r[ow] = xr[ow * s + off];
+          std::fill(r + hi, r + g.wo, T(0));
+        }
+      }
+}
+
+/// The adjoint of im2col: dx[c][...] += every col entry that im2col copied from there.
+template <class T>
+void col2im(const ConvGeom& g, index_t cg, const T* __restrict col, T* __restrict dx) {
+  const index_t p = g.ho * g.wo, s = g.stride;
+  for (index_t c = 0; c < cg; ++c)
+    for (index_t i = 0; i < g.kh; ++i)
+      for (index_t j = 0; j < g.kw; ++j) {
+        const T* row = col + ((c * g.kh + i) * g.kw + j) * p;
+        index_t lo, hi;
+        valid_cols(g, j, lo, hi);
+        const index_t off = j * g.dil - g.pad;
+        for (index_t oh = 0; oh < g.ho; ++oh) {
+          const index_t ih = oh * s - g.pad + i * g.dil;
+          if (ih < 0 || ih >= g.h) continue;
+          const T* r = row + oh * g.wo;
+          T* xr = dx + (c * g.h + ih) * g.w;
+          if (s == 1) {
+            DATANAS_CONV_SIMD
+            for (index_t ow = lo; ow < hi; ++ow) xr[ow + off] += r[ow];
+          } else {
+            for (index_t ow = lo; ow < hi; ++ow) xr[ow * s + off] += r[ow];
+          }
+        }
+      }
+}
+
+template <class T>
+void gemm_forward(const ConvGeom& g, ConvPath path, const T* x, const T* w, const T* bias, T* y) {
+  const bool direct = path == ConvPath::kDirectGemm;
+  const index_t p = g.ho * g.wo, cg = g.cin / g.groups, og = g.cout / g.groups;
+  const index_t kg = cg * g.kh * g.kw;
+  const int nt = threads_for(g.n, g.cout * kg * p);
+  Tensor<T, Cpu> ws;
+  if (!direct) ws = Tensor<T, Cpu>::empty({nt, kg * p});
+  run_chunks(nt, g.n, [&](int t, index_t b, index_t e) {
+    T* col = direct ? nullptr : ws.data() + t * kg * p;
+    for (index_t n = b; n < e; ++n)
+      for (index_t gi = 0; gi < g.groups; ++gi) {
+        const T* xs = x + (n * g.cin + gi * cg) * g.h * g.w;
+        if (!direct) im2col(g, cg, xs, col);
+        T* ys = y + (n * g.cout + gi * og) * p;
+        gemm_rows_parallel<false, false>(og, p, kg, w + gi * og * kg, kg, direct ? xs : col, p, ys,
+                                         p, false);
+        if (bias)
+          for (index_t o = 0; o < og; ++o) ArrayMap<T>(ys + o * p, p) += bias[gi * og + o];
+      }
+  });
+}
+
+/// dx, dw: null when not wanted. The GradSlot convention: overwrite unless acc_*.
+template <class T>
+void gemm_backward(const ConvGeom& g, ConvPath path, const T* x, const T* w, const T* dy, T* dx,
+                   bool acc_x, T* dw, bool acc_w) {
+  const bool direct = path == ConvPath::kDirectGemm;
+  const index_t p = g.ho * g.wo, cg = g.cin / g.groups, og = g.cout / g.groups;
+  const index_t kg = cg * g.kh * g.kw, wsize = g.cout * kg;
+  const int nt = threads_for(g.n, g.cout * kg * p * (int(dx != nullptr) + int(dw != nullptr)));
+  Tensor<T, Cpu> cols, parts;
+  if (!direct) cols = Tensor<T, Cpu>::empty({nt, kg * p});
+  if (dw) {
+    parts = Tensor<T, Cpu>::empty({nt, wsize});
+    parts.fill(T(0));
+  }
+  run_chunks(nt, g.n, [&](int t, index_t b, index_t e) {
+    T* col = direct ? nullptr : cols.data() + t * kg * p;
+    T* part = dw ? parts.data() + t * wsize : nullptr;
+    for (index_t n = b; n < e; ++n)
+      for (index_t gi = 0; gi < g.groups; ++gi) {
+        const T* xs = x + (n * g.cin + gi * cg) * g.h * g.w;
+        const T* dys = dy + (n * g.cout + gi * og) * p;
+        const T* wg = w + gi * og * kg;
+        if (dw) {
+          if (!direct) im2col(g, cg, xs, col);
+          gemm_rows_parallel<false, true>(og, kg, p, dys, p, direct ? xs : col, p,
+                                          part + gi * og * kg, kg, true);
+        }
+        if (dx) {
+          T* dxs = dx + (n * g.cin + gi * cg) * g.h * g.w;
+          if (direct) {
+            gemm_rows_parallel<true, false>(kg, p, og, wg, kg, dys, p, dxs, p, acc_x);
+          } else {
+            gemm_rows_parallel<true, false>(kg, p, og, wg, kg, dys, p, col, p, false);
+            if (!acc_x) std::fill_n(dxs, cg * g.h * g.w, T(0));
+            col2im(g, cg, col, dxs);
+          }
+        }
+      }
+  });
+  if (dw) reduce_partials(parts.data(), nt, wsize, dw, acc_w);
+}
+
+// ---- depthwise path -------------------------------------------------------------------------
+
+/// Lanes of one SIMD register of T (Eigen's packet): the weight-gradient loop reads dy in whole
+/// packets, so dy rows are padded with zeros to a multiple of it.
+template <class T>
+inline constexpr int kLanes = Eigen::internal::packet_traits<T>::size;
+
+/// Buffer sizes of the depthwise path for one plane.
+struct DwGeom {
+  index_t hn;        // padded input rows read: (ho - 1) * s + (k - 1) * d + 1
+  index_t wb;        // row stride of a padded phase plane: covers the padded row, every tap and the
+                     // lane tail of the weight-gradient loop
+  index_t wv;        // output columns rounded up to kLanes
+  index_t hn2, wb2;  // stride 1: the dy plane padded for the input-gradient correlation
+  index_t xbuf, dybuf, dxbuf, rowbuf;  // elements of each per-thread buffer
+  index_t per_thread;
+};
+
+template <class T>
+DwGeom dw_geom(const ConvGeom& g) {
+  const index_t k = g.kh, s = g.stride, d = g.dil, span = (k - 1) * d;
+  DwGeom b{};
+  b.hn = (g.ho - 1) * s + span + 1;
+  b.wv = round_up(g.wo, kLanes<T>);
+  b.wb = std::max(ceil_div(g.w + 2 * g.pad, s), b.wv + span / s);
+  b.hn2 = g.h + span;
+  b.wb2 = g.w + span;
+  b.xbuf = round_up(s * b.hn * b.wb, 16);
+  b.dybuf = round_up(g.ho * b.wv, 16);
+  b.dxbuf = round_up(s == 1 ? b.hn2 * b.wb2 : s * b.hn * b.wb, 16);
+  b.rowbuf = round_up(s * b.wb, 16);
+  b.per_thread = b.xbuf + b.dybuf + b.dxbuf + b.rowbuf;
+  return b;
+}
+
+/// o[c] = src[c - left] for c in [0, n), 0 outside src [0, w).
+template <class T>
+void pad_row(const T* __restrict src, index_t w, index_t left, index_t n, T* __restrict o) {
+  const index_t lo = std::min(left, n), hi = std::clamp<index_t>(w + left, lo, n);
+  std::fill(o, o + lo, T(0));
+  std::copy(src + (lo - left), src + (hi - left), o + lo);
+  std::fill(o + hi, o + n, T(0));
+}
+
+/// dst: S phase planes of [hn][wb], dst[ph][r][q] = src[r - top][q * S + ph - left] (src is
+/// [h][w]), 0 outside src. With the phases, a stride-S tap reads consecutive elements. `row`
+/// (S * wb elements) is scratch for S > 1: the padded row is built there, then split with a
+/// constant stride, which vectorises, unlike a strided gather from src with its edge cases.
+template <int S, class T>
+void pad_plane(const T* __restrict src, index_t h, index_t w, index_t top, index_t left, index_t hn,
+               index_t wb, T* __restrict dst, T* __restrict row) {
+  for (index_t r = 0; r < hn; ++r) {
+    const index_t ih = r - top;
+    if (ih < 0 || ih >= h) {
+      for (int ph = 0; ph < S; ++ph) std::fill_n(dst + (ph * hn + r) * wb, wb, T(0));
+      continue;
+    }
+    if constexpr (S == 1) {
+      pad_row(src + ih * w, w, left, wb, dst + r * wb);
+    } else {
+      pad_row(src + ih * w, w, left, S * wb, row);
+      for (int ph = 0; ph < S; ++ph) {
+        T* o = dst + (ph * hn + r) * wb;
+        for (index_t q = 0; q < wb; ++q) o[q] = row[q * S + ph];
+      }
+    }
+  }
+}
+
+/// out[oh][ow] (+)= bias + sum_ij wk[i][j] * buf[(j d) % S][oh S + i d][ow + (j d) / S]: a K x K
+/// correlation over a buffer from pad_plane.
+template <int K, int S, int D, bool Acc, class T>
+void dw_correlate(const T* __restrict buf, index_t hn, index_t wb, const T* wk, T bias,
+                  T* __restrict out, index_t oh_n, index_t ow_n) {
+  T wr[K * K];
+  std::copy_n(wk, K * K, wr);
+  const index_t plane = hn * wb;
+  for (index_t oh = 0; oh < oh_n; ++oh) {
+    const T* base = buf + oh * S * wb;
+    T* o = out + oh * ow_n;
+    DATANAS_CONV_SIMD
+    for (index_t ow = 0; ow < ow_n; ++ow) {
+      T a = bias;
+#pragma GCC unroll 5
+      for (int i = 0; i < K; ++i)
+#pragma GCC unroll 5
+        for (int j = 0; j < K; ++j)
+          a += wr[i * K + j] * base[((j * D) % S) * plane + i * D * wb + (j * D) / S + ow];
+      if constexpr (Acc)
+        o[ow] += a;
+      else
+        o[ow] = a;
+    }
+  }
+}
+
+/// dwk[i][j] += sum_{oh, ow} dyb[oh][ow] * xb[(j d) % S][oh S + i d][ow + (j d) / S], with dyb
+/// [oh_n][wv] zero beyond the real columns. One SIMD accumulator per tap of a kernel row, so the
+/// sum stays in registers (compilers do not vectorise a float reduction on their own).
+template <int K, int S, int D, class T>
+void dw_weight_grad(const T* __restrict xb, index_t hn, index_t wb, const T* __restrict dyb,
+                    index_t oh_n, index_t wv, T* __restrict dwk) {
+  namespace ei = Eigen::internal;
+  using Packet = typename ei::packet_traits<T>::type;
+  constexpr int V = kLanes<T>;
+  const index_t plane = hn * wb;
+  for (int i = 0; i < K; ++i) {
+    Packet acc[K];
+    for (int j = 0; j < K; ++j) acc[j] = ei::pset1<Packet>(T(0));
+    for (index_t oh = 0; oh < oh_n; ++oh) {
+      const T* dr = dyb + oh * wv;
+      const T* xr = xb + (oh * S + i * D) * wb;
+      for (index_t c0 = 0; c0 < wv; c0 += V) {
+        const Packet dv = ei::ploadu<Packet>(dr + c0);
+#pragma GCC unroll 5
+        for (int j = 0; j < K; ++j)
+          acc[j] = ei::pmadd(dv, ei::ploadu<Packet>(xr + ((j * D) % S) * plane + (j * D) / S + c0),
+                             acc[j]);
+      }
+    }
+    for (int j = 0; j < K; ++j) dwk[i * K + j] += ei::predux(acc[j]);
+  }
+}
+
+/// The stride-S input gradient of one plane by scatter: dxb (S phase planes like pad_plane's,
+/// zeroed here) receives w[i][j] * dy at every tap, then is unpadded into dx.
+template <int K, int S, int D, class T>
+void dw_input_grad_scatter(const ConvGeom& g, const DwGeom& b, const T* __restrict dy, const T* wk,
+                           T* __restrict dxb, T* __restrict row, T* __restrict dx, bool acc) {
+  const index_t plane = b.hn * b.wb;
+  std::fill_n(dxb, S * plane, T(0));
+  for (index_t oh = 0; oh < g.ho; ++oh) {
+    const T* dr = dy + oh * g.wo;
+    for (int i = 0; i < K; ++i)
+      for (int j = 0; j < K; ++j) {
+        T* o = dxb + ((j * D) % S) * plane + (oh * S + i * D) * b.wb + (j * D) / S;
+        const T wij = wk[i * K + j];
+        DATANAS_CONV_SIMD
+        for (index_t ow = 0; ow < g.wo; ++ow) o[ow] += wij * dr[ow];
+      }
+  }
+  // dxb is zero wherever no tap wrote, so the padded row can be read up to its full width.
+  for (index_t ih = 0; ih < g.h; ++ih) {
+    T* o = dx + ih * g.w;
+    const index_t r = ih + g.pad;
+    if (r >= b.hn) {
+      if (!acc) std::fill_n(o, g.w, T(0));
+      continue;
+    }
+    for (int ph = 0; ph < S; ++ph) {
+      const T* src = dxb + ph * plane + r * b.wb;
+      for (index_t q = 0; q < b.wb; ++q) row[q * S + ph] = src[q];
+    }
+    const T* rp = row + g.pad;
+    if (acc)
+      ArrayMap<T>(o, g.w) += ConstArrayMap<T>(rp, g.w);
+    else
+      std::copy_n(rp, g.w, o);
+  }
+}
+
+template <int K, int S, int D, class T>
+void dw_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y) {
+  const DwGeom b = dw_geom<T>(g);
+  const index_t planes = g.n * g.cin;
+  const int nt = threads_for(planes, g.ho * g.wo * K * K);
+  Tensor<T, Cpu> ws = Tensor<T, Cpu>::empty({nt, b.xbuf + b.rowbuf});
+  run_chunks(nt, planes, [&](int t, index_t q0, index_t q1) {
+    T* xb = ws.data() + t * (b.xbuf + b.rowbuf);
+    T* row = xb + b.xbuf;
+    for (index_t q = q0; q < q1; ++q) {
+      const index_t c = q % g.cin;
+      pad_plane<S>(x + q * g.h * g.w, g.h, g.w, g.pad, g.pad, b.hn, b.wb, xb, row);
+      dw_correlate<K, S, D, false>(xb, b.hn, b.wb, w + c * K * K, bias ? bias[c] : T(0),
+                                   y + q * g.ho * g.wo, g.ho, g.wo);
+    }
+  });
+}
+
+template <int K, int S, int D, class T>
+void dw_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, bool acc_x, T* dw,
+                 bool acc_w) {
+  const DwGeom b = dw_geom<T>(g);
+  const index_t planes = g.n * g.cin, wsize = g.cin * K * K;
+  const int nt = threads_for(planes, 2 * g.ho * g.wo * K * K);
+  Tensor<T, Cpu> ws = Tensor<T, Cpu>::empty({nt, b.per_thread});
+  Tensor<T, Cpu> parts;
+  if (dw) {
+    parts = Tensor<T, Cpu>::empty({nt, wsize});
+    parts.fill(T(0));
+  }
+  run_chunks(nt, planes, [&](int t, index_t q0, index_t q1) {
+    T* xb = ws.data() + t * b.per_thread;
+    T* dyb = xb + b.xbuf;
+    T* dxb = dyb + b.dybuf;
+    T* row = dxb + b.dxbuf;
+    for (index_t q = q0; q < q1; ++q) {
+      const index_t c = q % g.cin;
+      const T* dyq = dy + q * g.ho * g.wo;
+      const T* wk = w + c * K * K;
+      if (dw) {
+        pad_plane<S>(x + q * g.h * g.w, g.h, g.w, g.pad, g.pad, b.hn, b.wb, xb, row);
+        pad_plane<1>(dyq, g.ho, g.wo, 0, 0, g.ho, b.wv, dyb, row);
+        dw_weight_grad<K, S, D>(xb, b.hn, b.wb, dyb, g.ho, b.wv,
+                                parts.data() + t * wsize + c * K * K);
+      }
+      if (!dx) continue;
+      T* dxq = dx + q * g.h * g.w;
+      if constexpr (S == 1) {
+        // dx[h][w] = sum_ij w[i][j] dy[h + p - i d][w + p - j d]: the forward correlation of dy
+        // padded by (k - 1) d - p with the flipped kernel, no scatter.
+        T wf[K * K];
+        for (int i = 0; i < K * K; ++i) wf[i] = wk[K * K - 1 - i];
+        const index_t p0 = (K - 1) * D - g.pad;
+        pad_plane<1>(dyq, g.ho, g.wo, p0, p0, b.hn2, b.wb2, dxb, row);
+        if (acc_x)
+          dw_correlate<K, 1, D, true>(dxb, b.hn2, b.wb2, wf, T(0), dxq, g.h, g.w);
+        else
+          dw_correlate<K, 1, D, false>(dxb, b.hn2, b.wb2, wf, T(0), dxq, g.h, g.w);
+      } else {
+        dw_input_grad_scatter<K, S, D>(g, b, dyq, wk, dxb, row, dxq, acc_x);
+      }
+    }
+  });
+  if (dw) reduce_partials(parts.data(), nt, wsize, dw, acc_w);
+}
+
+/// f.template operator()<K, S, D>() for the runtime kernel size, stride and dilation of a
+/// depthwise conv (conv_path has checked they are supported).
+template <class F>
+void dw_dispatch(const ConvGeom& g, F&& f) {
+  auto with_kd = [&]<int K, int D>() {
+    if (g.stride == 1)
+      f.template operator()<K, 1, D>();
+    else
+      f.template operator()<K, 2, D>();
+  };
+  auto with_k = [&]<int K>() {
+    if (g.dil == 1)
+      with_kd.template operator()<K, 1>();
+    else
+      with_kd.template operator()<K, 2>();
+  };
+  if (g.kh == 3)
+    with_k.template operator()<3>();
+  else
+    with_k.template operator()<5>();
+}
+
+}  // namespace conv_detail
+
+/// y [N, Cout, Ho, Wo] = conv(x, w) + bias; bias may be null.
+template <class T>
+void conv2d_forward(const ConvGeom& g, ConvPath path, const Tensor<T, Cpu>& x,
+                    const Tensor<T, Cpu>& w, const T* bias, const Tensor<T, Cpu>& y) {
+  if (g.n == 0) return;
+  if (path == ConvPath::kDepthwise) {
+    conv_detail::dw_dispatch(g, [&]<int K, int S, int D>() {
+      conv_detail::dw_forward<K, S, D>(g, x.data(), w.data(), bias, y.data());
+    });
+  } else {
+    conv_detail::gemm_forward(g, path, x.data(), w.data(), bias, y.data());
+  }
+}
+
+/// Gradients of conv2d given dy: into dx, dw, db when those tensors are defined (overwriting
+/// unless acc_*, the GradSlot convention). Needs x only for dw and w only for dx.
+template <class T>
+void conv2d_backward(const ConvGeom& g, ConvPath path, const Tensor<T, Cpu>& x,
+                     const Tensor<T, Cpu>& w, const Tensor<T, Cpu>& dy, const Tensor<T, Cpu>& dx,
+                     bool acc_x, const Tensor<T, Cpu>& dw, bool acc_w, const Tensor<T, Cpu>& db,
+                     bool acc_b) {
+  const index_t p = g.ho * g.wo;
+  if (db.defined()) {
+    T* o = db.data();
+    for (index_t c = 0; c < g.cout; ++c) {
+      T s = 0;
+      for (index_t n = 0; n < g.n; ++n)
+        s += ConstArrayMap<T>(dy.data() + (n * g.cout + c) * p, p).sum();
+      o[c] = acc_b ? o[c] + s : s;
+    }
+  }
+  if (!dx.defined() && !dw.defined()) return;
+  if (g.n == 0) {  // empty batch: the weight gradient is an empty sum
+    if (dw.defined() && !acc_w) dw.fill(T(0));
+    return;
+  }
+  T* dxp = dx.defined() ? dx.data() : nullptr;
+  T* dwp = dw.defined() ? dw.data() : nullptr;
+  if (path == ConvPath::kDepthwise) {
+    conv_detail::dw_dispatch(g, [&]<int K, int S, int D>() {
+      conv_detail::dw_backward<K, S, D>(g, x.data(), w.data(), dy.data(), dxp, acc_x, dwp, acc_w);
+    });
+  } else {
+    conv_detail::gemm_backward(g, path, x.data(), w.data(), dy.data(), dxp, acc_x, dwp, acc_w);
+  }
+}
+
+}  // namespace cpu
+}  // namespace datanas

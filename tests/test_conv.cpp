@@ -1,0 +1,290 @@
+// conv2d: forward values by hand, finite-difference gradients on every kernel path, fast paths
+// against the im2col path, and the error messages.
+#include <cmath>
+
+#include "gradcheck.hpp"
+
+using namespace datanas;
+using namespace datanas::testing;
+
+namespace {
+
+VarD no_bias() { return VarD(); }
+
+/// y = conv2d(x, w, b) with x, w (and b when given) as check_gradients inputs.
+void check_conv(const Shape& xs, const Shape& ws, Conv2dParams p, bool bias, std::uint64_t seed) {
+  CAPTURE(xs.str());
+  CAPTURE(ws.str());
+  CAPTURE(p.stride);
+  CAPTURE(p.padding);
+  CAPTURE(p.dilation);
+  CAPTURE(p.groups);
+  CAPTURE(bias);
+  std::vector<VarD> in{param(xs, seed), param(ws, seed + 1)};
+  if (bias) in.push_back(param({ws[0]}, seed + 2));
+  check_gradients(
+      [p](const std::vector<VarD>& v) {
+        return conv2d(v[0], v[1], v.size() > 2 ? v[2] : no_bias(), p);
+      },
+      in);
+}
+
+/// The tape's output gradient r pushed through y (as in check_gradients), in float.
+template <class T>
+void backward_with(const Var<T, Cpu>& y, const Tensor<T, Cpu>& r) {
+  auto [g, acc] = y.grad_slot();
+  (void)acc;
+  g.copy_from(r);
+  tape<T, Cpu>().run_backward();
+}
+
+Tensor<float, Cpu> random_float(const Shape& s, std::uint64_t seed) {
+  PhiloxGenerator g(seed);
+  auto t = Tensor<float, Cpu>::empty(s);
+  for (index_t i = 0; i < t.numel(); ++i) t[i] = 2 * float(g.uniform()) - 1;
+  return t;
+}
+
+void check_close(const Tensor<float, Cpu>& a, const Tensor<float, Cpu>& b, const char* what) {
+  REQUIRE(a.shape() == b.shape());
+  for (index_t i = 0; i < a.numel(); ++i) {
+    if (std::abs(a[i] - b[i]) > 1e-5f * std::max(1.0f, std::abs(b[i]))) {
+      FAIL_CHECK(what << " element " << i << ": fast " << a[i] << " vs general " << b[i]);
+      return;
+    }
+  }
+}
+
+/// Runs the chosen path and the forced im2col path on the same float inputs; compares y, dx,
+/// dw and db.
+void check_fast_vs_general(const Shape& xs, const Shape& ws, Conv2dParams p, cpu::ConvPath expected,
+                           std::uint64_t seed) {
+  using VarF = Var<float, Cpu>;
+  CAPTURE(xs.str());
+  CAPTURE(ws.str());
+  CAPTURE(p.stride);
+  CAPTURE(p.padding);
+  CAPTURE(p.dilation);
+  const Shape bs{ws[0]};
+  REQUIRE(cpu::conv_path(cpu::conv_geometry(xs, ws, &bs, p)) == expected);
+  const auto xv = random_float(xs, seed), wv = random_float(ws, seed + 1);
+  const auto bv = random_float(bs, seed + 2);
+  Tensor<float, Cpu> out[2][4];
+  for (int k = 0; k < 2; ++k) {
+    VarF x(xv.clone(), true), w(wv.clone(), true), b(bv.clone(), true);
+    VarF y = detail::conv2d(x, w, b, p, k == 0 ? cpu::ConvAlgo::kAuto : cpu::ConvAlgo::kGeneral);
+    backward_with(y, random_float(y.shape(), seed + 3));
+    out[k][0] = y.value();
+    out[k][1] = x.grad();
+    out[k][2] = w.grad();
+    out[k][3] = b.grad();
+  }
+  check_close(out[0][0], out[1][0], "y");
+  check_close(out[0][1], out[1][1], "dx");
+  check_close(out[0][2], out[1][2], "dw");
+  check_close(out[0][3], out[1][3], "db");
+}
+
+}  // namespace
+
+TEST_SUITE("cpu") {
+  TEST_CASE("conv2d forward values by hand") {
+    SUBCASE("2x2 kernel, padding 1, stride 2, bias") {
+      VarD x(TensorD::from({1, 1, 3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9}));
+      VarD w(TensorD::from({1, 1, 2, 2}, {1, 2, 3, 4}));
+      VarD b(TensorD::from({1}, {0.5}));
+      auto y = conv2d(x, w, b, {.stride = 2, .padding = 1}).value();
+      REQUIRE(y.shape() == Shape{1, 1, 2, 2});
+      // Windows of the zero-padded 5x5 input: [0 0; 0 1], [0 0; 2 3], [0 4; 0 7], [5 6; 8 9].
+      CHECK(y[0] == 4.5);
+      CHECK(y[1] == 18.5);
+      CHECK(y[2] == 36.5);
+      CHECK(y[3] == 77.5);
+    }
+    SUBCASE("depthwise 3x3, padding 1, stride 1 and 2") {
+      VarD x(TensorD::from({1, 2, 3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9,  //
+                                          9, 8, 7, 6, 5, 4, 3, 2, 1}));
+      VarD w(TensorD::from({2, 1, 3, 3}, {1, 1, 1, 1, 1, 1, 1, 1, 1,  //
+                                          0, 0, 0, 0, 0, 2, 0, 0, 0}));
+      auto y = conv2d(x, w, no_bias(), {.padding = 1, .groups = 2}).value();
+      REQUIRE(y.shape() == Shape{1, 2, 3, 3});
+      // Channel 0: sums of 3x3 neighbourhoods; channel 1: twice the right neighbour.
+      const double expected[18] = {12, 21, 16, 27, 45, 33, 24, 39, 28,  //
+                                   16, 14, 0,  10, 8,  0,  4,  2,  0};
+      for (int i = 0; i < 18; ++i) CHECK(y[i] == expected[i]);
+      auto y2 = conv2d(x, w, no_bias(), {.stride = 2, .padding = 1, .groups = 2}).value();
+      REQUIRE(y2.shape() == Shape{1, 2, 2, 2});
+      const double expected2[8] = {12, 16, 24, 28, 16, 0, 4, 0};
+      for (int i = 0; i < 8; ++i) CHECK(y2[i] == expected2[i]);
+    }
+    SUBCASE("1x1, stride 1 and 2") {
+      VarD x(TensorD::from({1, 2, 2, 3}, {1, 2, 3, 4, 5, 6,  //
+                                          10, 20, 30, 40, 50, 60}));
+      VarD w(TensorD::from({1, 2, 1, 1}, {2, -1}));
+      auto y = conv2d(x, w, no_bias()).value();
+      const double expected[6] = {-8, -16, -24, -32, -40, -48};
+      for (int i = 0; i < 6; ++i) CHECK(y[i] == expected[i]);
+      auto y2 = conv2d(x, w, no_bias(), {.stride = 2}).value();
+      REQUIRE(y2.shape() == Shape{1, 1, 1, 2});
+      CHECK(y2[0] == -8);
+      CHECK(y2[1] == -24);
+    }
+  }
+
+  TEST_CASE("conv2d gradients: general path") {
+    check_conv({1, 4, 7, 5}, {6, 2, 3, 3}, {.stride = 2, .padding = 1, .dilation = 2, .groups = 2},
+               true, 1);
+    check_conv({3, 3, 7, 5}, {5, 3, 3, 2}, {.stride = 2}, false, 2);
+    check_conv({2, 3, 5, 6}, {4, 3, 3, 3}, {.padding = 2}, true, 3);
+    check_conv({3, 6, 5, 4}, {6, 2, 2, 3}, {.stride = 1, .padding = 1, .groups = 3}, false, 4);
+    // Depthwise shapes the fast path refuses (padding too large, stride 3, 2x2 kernel).
+    check_conv({1, 5, 6, 5}, {5, 1, 3, 3}, {.padding = 3, .groups = 5}, false, 5);
+    check_conv({2, 3, 7, 7}, {3, 1, 3, 3}, {.stride = 3, .padding = 1, .groups = 3}, true, 6);
+  }
+
+  TEST_CASE("conv2d gradients: depthwise path") {
+    struct Case {
+      int k, s, d;
+    };
+    for (Case c : {Case{3, 1, 1}, Case{5, 1, 1}, Case{3, 2, 1}, Case{5, 2, 1}, Case{3, 1, 2},
+                   Case{5, 1, 2}, Case{3, 2, 2}, Case{5, 2, 2}}) {
+      const Conv2dParams p{
+          .stride = c.s, .padding = (c.k - 1) * c.d / 2, .dilation = c.d, .groups = 5};
+      const Shape ws{5, 1, c.k, c.k};
+      REQUIRE(cpu::conv_path(cpu::conv_geometry({1, 5, 7, 5}, ws, nullptr, p)) ==
+              cpu::ConvPath::kDepthwise);
+      check_conv({1, 5, 7, 5}, ws, p, false, 10 + c.k);
+      check_conv({3, 5, 6, 9}, ws, p, c.s == 1, 20 + c.k);
+    }
+    // No padding and the largest padding the fast path takes.
+    check_conv({2, 3, 7, 6}, {3, 1, 3, 3}, {.groups = 3}, true, 30);
+    check_conv({2, 3, 5, 6}, {3, 1, 3, 3}, {.stride = 2, .padding = 4, .dilation = 2, .groups = 3},
+               false, 31);
+    check_conv({1, 3, 5, 5}, {3, 1, 5, 5}, {.padding = 4, .groups = 3}, false, 32);
+  }
+
+  TEST_CASE("conv2d gradients: 1x1") {
+    check_conv({3, 5, 4, 3}, {6, 5, 1, 1}, {}, true, 40);
+    check_conv({1, 6, 5, 7}, {4, 3, 1, 1}, {.groups = 2}, false, 41);
+    check_conv({3, 6, 7, 5}, {3, 6, 1, 1}, {.stride = 2}, false, 42);
+    check_conv({2, 4, 6, 6}, {2, 4, 1, 1}, {.stride = 2}, true, 43);
+  }
+
+  TEST_CASE("conv2d gradients accumulate over uses") {
+    // Two convs of the same x and w: the second backward adds into the first one's gradients.
+    for (Conv2dParams p : {Conv2dParams{.padding = 1, .groups = 3},
+                           Conv2dParams{.stride = 2, .padding = 1, .groups = 3},
+                           Conv2dParams{.padding = 1, .dilation = 2}}) {
+      const Shape ws = p.groups == 3 ? Shape{3, 1, 3, 3} : Shape{3, 3, 3, 3};
+      check_gradients(
+          [p](const std::vector<VarD>& v) {
+            return add(conv2d(v[0], v[1], v[2], p), conv2d(v[0], v[1], v[2], p));
+          },
+          {param({2, 3, 6, 5}, 50), param(ws, 51), param({3}, 52)});
+    }
+    check_gradients(
+        [](const std::vector<VarD>& v) {
+          return add(conv2d(v[0], v[1], no_bias()), conv2d(v[0], v[1], no_bias()));
+        },
+        {param({2, 3, 4, 5}, 53), param({3, 3, 1, 1}, 54)});
+  }
+
+  TEST_CASE("conv2d gradient only to the inputs that require it") {
+    VarD x(random_tensor({2, 3, 5, 5}, 60), false);
+    VarD w = param({3, 1, 3, 3}, 61);
+    check_gradients(
+        [](const std::vector<VarD>& v) {
+          return conv2d(v[0], v[1], no_bias(), {.padding = 1, .groups = 3});
+        },
+        {x, w});
+    CHECK_FALSE(x.has_grad());
+    VarD w2(random_tensor({4, 3, 3, 3}, 62), false);
+    check_gradients(
+        [](const std::vector<VarD>& v) { return conv2d(v[0], v[1], no_bias(), {.stride = 2}); },
+        {param({2, 3, 7, 7}, 63), w2});
+    CHECK_FALSE(w2.has_grad());
+  }
+
+  TEST_CASE("conv2d fast paths agree with im2col + GEMM (float)") {
+    std::uint64_t seed = 100;
+    for (int k : {3, 5})
+      for (int s : {1, 2})
+        for (int d : {1, 2})
+          for (int pad : {0, (k - 1) * d / 2, (k - 1) * d}) {
+            const Conv2dParams p{.stride = s, .padding = pad, .dilation = d, .groups = 6};
+            for (Shape xs : {Shape{3, 6, 9, 7}, Shape{2, 6, 8, 8}, Shape{1, 6, 12, 11}}) {
+              if (xs[2] + 2 * pad < (k - 1) * d + 1 || xs[3] + 2 * pad < (k - 1) * d + 1) continue;
+              check_fast_vs_general(xs, {6, 1, k, k}, p, cpu::ConvPath::kDepthwise, seed++);
+            }
+          }
+    check_fast_vs_general({3, 5, 9, 7}, {6, 5, 1, 1}, {}, cpu::ConvPath::kDirectGemm, seed++);
+    check_fast_vs_general({2, 16, 32, 32}, {16, 16, 1, 1}, {}, cpu::ConvPath::kDirectGemm, seed++);
+    check_fast_vs_general({2, 16, 32, 32}, {16, 1, 3, 3}, {.padding = 1, .groups = 16},
+                          cpu::ConvPath::kDepthwise, seed++);
+    check_fast_vs_general({2, 8, 16, 16}, {8, 1, 5, 5},
+                          {.stride = 2, .padding = 4, .dilation = 2, .groups = 8},
+                          cpu::ConvPath::kDepthwise, seed++);
+  }
+
+  TEST_CASE("conv2d on one large sample (GEMMs split over rows) equals it inside a batch") {
+    // Batch 1 runs each GEMM split across the threads; batch 2 runs one sample per thread. With the
+    // second sample zero, y, dx of the first sample and dw must agree.
+    for (Shape ws : {Shape{24, 16, 3, 3}, Shape{24, 16, 1, 1}}) {
+      const Conv2dParams p{.padding = int(ws[2] / 2)};
+      const TensorD x1 = random_tensor({1, 16, 16, 16}, 80), w0 = random_tensor(ws, 81);
+      TensorD x2 = TensorD::zeros({2, 16, 16, 16});
+      std::copy_n(x1.data(), x1.numel(), x2.data());
+      TensorD out[2][3];
+      for (int k = 0; k < 2; ++k) {
+        VarD x(k == 0 ? x1.clone() : x2, true), w(w0.clone(), true);
+        VarD y = conv2d(x, w, no_bias(), p);
+        backward_with(y, TensorD::full(y.shape(), 0.5));
+        out[k][0] = y.value(), out[k][1] = x.grad(), out[k][2] = w.grad();
+      }
+      for (int j = 0; j < 3; ++j)
+        for (index_t i = 0; i < out[0][j].numel(); ++i)
+          REQUIRE(out[0][j][i] == doctest::Approx(out[1][j][i]).epsilon(1e-12));
+    }
+  }
+
+  TEST_CASE("conv2d on an empty batch") {
+    VarD x(TensorD::empty({0, 3, 5, 5}), true), w = param({4, 3, 3, 3}, 70);
+    VarD y = conv2d(x, w, no_bias(), {.padding = 1});
+    CHECK(y.shape() == Shape{0, 4, 5, 5});
+    clear_tape<double, Cpu>();
+  }
+
+  TEST_CASE("conv2d rejects bad input") {
+    auto t = [](const Shape& s) { return VarD(TensorD::zeros(s)); };
+    CHECK_THROWS_WITH_AS(conv2d(t({1, 3, 4}), t({4, 3, 3, 3}), no_bias()),
+                         doctest::Contains("conv2d: input must be rank 4"), datanas::error);
+    CHECK_THROWS_WITH_AS(conv2d(t({1, 3, 4, 4}), t({4, 3, 3}), no_bias()),
+                         doctest::Contains("conv2d: weight must be rank 4"), datanas::error);
+    CHECK_THROWS_WITH_AS(
+        conv2d(t({1, 5, 4, 4}), t({4, 6, 3, 3}), no_bias()),
+        doctest::Contains("conv2d: input has 5 channels but weight expects 6 (groups 1)"),
+        datanas::error);
+    CHECK_THROWS_WITH_AS(conv2d(t({1, 6, 4, 4}), t({4, 2, 3, 3}), no_bias(), {.groups = 4}),
+                         doctest::Contains("input channels 6 are not divisible by groups 4"),
+                         datanas::error);
+    CHECK_THROWS_WITH_AS(conv2d(t({1, 6, 4, 4}), t({5, 3, 3, 3}), no_bias(), {.groups = 2}),
+                         doctest::Contains("output channels 5 are not divisible by groups 2"),
+                         datanas::error);
+    CHECK_THROWS_WITH_AS(conv2d(t({1, 3, 4, 4}), t({4, 3, 3, 3}), t({5})),
+                         doctest::Contains("conv2d: bias has shape [5]"), datanas::error);
+    CHECK_THROWS_WITH_AS(conv2d(t({1, 3, 4, 4}), t({4, 3, 3, 3}), no_bias(), {.stride = 0}),
+                         doctest::Contains("conv2d: stride must be positive"), datanas::error);
+    CHECK_THROWS_WITH_AS(conv2d(t({1, 3, 4, 4}), t({4, 3, 3, 3}), no_bias(), {.dilation = 0}),
+                         doctest::Contains("conv2d: dilation must be positive"), datanas::error);
+    CHECK_THROWS_WITH_AS(conv2d(t({1, 3, 4, 4}), t({4, 3, 3, 3}), no_bias(), {.padding = -1}),
+                         doctest::Contains("conv2d: padding must be non-negative"), datanas::error);
+    CHECK_THROWS_WITH_AS(conv2d(t({1, 3, 4, 4}), t({4, 3, 3, 3}), no_bias(), {.groups = 0}),
+                         doctest::Contains("conv2d: groups must be positive"), datanas::error);
+    CHECK_THROWS_WITH_AS(
+        conv2d(t({1, 3, 2, 2}), t({4, 3, 3, 3}), no_bias()),
+        doctest::Contains("conv2d: output size is not positive for input [1, 3, 2, 2]"),
+        datanas::error);
+    CHECK_THROWS_WITH_AS(conv2d(t({1, 3, 5, 5}), t({4, 3, 3, 3}), no_bias(), {.dilation = 3}),
+                         doctest::Contains("conv2d: output size is not positive"), datanas::error);
+  }
+}
