@@ -1,0 +1,387 @@
+// datanas/ops/cpu/pool.hpp - CPU kernels of 2d max / average pooling and global average pooling.
+//
+// Windows are separable, so both pools work in two 1-d passes per (n, c) plane, one loop per
+// window offset over an output row, which the compiler vectorises (strided rows of the max pool
+// are first split into their stride phases so that every loop reads contiguous memory). Max
+// pool goes row first, then column: a row pass that keeps the first maximum of each row segment,
+// followed by a column pass that keeps the first row, finds the first maximum in row-major
+// window order, torch's tie rule. Border windows are handled by padding a row buffer (-inf for
+// max, 0 for the average), so the inner loops have no clipping. Planes are spread over the
+// OpenMP threads; each thread takes its scratch from the caching allocator once per call.
+#pragma once
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+
+#include "datanas/ops/cpu/common.hpp"
+
+namespace datanas::cpu {
+
+/// Sizes of a 2d pooling: input plane h x w, output plane ho x wo, window k, stride s, padding p.
+struct PoolGeometry {
+  index_t h, w, ho, wo;
+  int k, s, p;
+
+  /// Output size of one dimension, floor((in + 2p - k) / s) + 1; 0 when the window does not fit.
+  static index_t out_size(index_t in, int k, int s, int p) {
+    return in + 2 * p < k ? 0 : (in + 2 * p - k) / s + 1;
+  }
+  /// First valid input row (or column) of output row (column) o, and one past the last.
+  [[nodiscard]] index_t lo(index_t o) const { return std::max<index_t>(0, o * s - p); }
+  [[nodiscard]] index_t hi(index_t o, index_t in) const {
+    return std::min<index_t>(in, o * s - p + k);
+  }
+  /// Length of a padded row: it covers every window of the output row and the copied input.
+  [[nodiscard]] index_t padded_w() const { return std::max<index_t>((wo - 1) * s + k, p + w); }
+  /// Input rows that some window reads (with floor mode, the bottom rows may be unused).
+  [[nodiscard]] index_t used_h() const { return std::min<index_t>(h, (ho - 1) * s - p + k); }
+};
+
+namespace detail {
+
+/// Calls f(std::integral_constant<int, S>) with S = stride for the specialised strides 1 and 2,
+/// else S = 0 (the kernel then reads the runtime stride). A compile-time stride lets the
+/// compiler vectorise the loops over output columns (contiguous or 2-interleaved loads).
+template <class F>
+void dispatch_stride(int stride, F&& f) {
+  switch (stride) {
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    default:
+      f(std::integral_constant<int, 0>{});
+      break;
+  }
+}
+
+/// True when v beats the current maximum m: greater, or NaN (torch propagates NaN). Bitwise |
+/// keeps the loops branch-free so that they vectorise.
+template <class T>
+inline bool beats(T v, T m) {
+  return (v > m) | (v != v);
+}
+
+// The inner loops live in functions with __restrict parameters: all their buffers come from one
+// scratch block, and without the promise GCC guards the vector loop with an overlap check that
+// fails and falls back to scalar code.
+
+// With -ftrapping-math (the default) GCC will not if-convert a select whose value needs
+// floating-point arithmetic, so the loops below only select between loaded values: column
+// numbers come from a precomputed array, and row offsets are added after the selection.
+
+/// One window offset of the row pass: m[o], c[o] take src[o] and its column col[o] when it
+/// beats m[o].
+template <bool kIdx, class T>
+inline void row_max_step(const T* __restrict src, const T* __restrict col, index_t wo,
+                         T* __restrict m, T* __restrict c) {
+  for (index_t o = 0; o < wo; ++o) {
+    const T v = src[o], mo = m[o];
+    const bool t = beats(v, mo);
+    m[o] = t ? v : mo;
+    if constexpr (kIdx) {
+      const T co = c[o], cn = col[o];
+      c[o] = t ? cn : co;
+    }
+  }
+}
+
+/// One row of the column pass: y[o], i[o] take m[o] and its index c[o] when m[o] beats y[o].
+template <bool kIdx, class T>
+inline void col_max_step(const T* __restrict m, const T* __restrict c, index_t wo, T* __restrict y,
+                         T* __restrict i) {
+  for (index_t o = 0; o < wo; ++o) {
+    const T mo = m[o], yo = y[o];
+    const bool t = beats(mo, yo);
+    y[o] = t ? mo : yo;
+    if constexpr (kIdx) {
+      const T io = i[o], in = c[o];
+      i[o] = t ? in : io;
+    }
+  }
+}
+
+/// dst[o] += src[o * s] (gather, average forward) for o < n.
+template <int S, class T>
+inline void strided_gather_add(const T* __restrict src, index_t s, index_t n, T* __restrict dst) {
+  if (S) s = S;
+  for (index_t o = 0; o < n; ++o) dst[o] += src[o * s];
+}
+
+/// dst[o * s] += src[o] (scatter, average backward) for o < n.
+template <int S, class T>
+inline void strided_scatter_add(const T* __restrict src, index_t s, index_t n, T* __restrict dst) {
+  if (S) s = S;
+  for (index_t o = 0; o < n; ++o) dst[o * s] += src[o];
+}
+
+/// Splits a padded row into its s phases, ph[f * lp + q] = row[q * s + f] (`fill` past the
+/// end), so that window offset j of output o reads ph[(j % s) * lp + j / s + o]: contiguous.
+template <class T>
+inline void deinterleave(const T* row, index_t lw, index_t s, index_t lp, T fill, T* ph) {
+  for (index_t f = 0; f < s; ++f)
+    for (index_t q = 0; q < lp; ++q) ph[f * lp + q] = q * s + f < lw ? row[q * s + f] : fill;
+}
+
+/// Max pool of planes [b, e). See max_pool_forward.
+template <bool kIdx, class T>
+void max_pool_planes(const T* xp, T* yp, T* ip, const PoolGeometry& g, index_t b, index_t e) {
+  const index_t h = g.h, w = g.w, ho = g.ho, wo = g.wo, lw = g.padded_w(), uh = g.used_h();
+  const index_t s = g.s, lp = (lw + s - 1) / s;
+  const int k = g.k, p = g.p;
+  // Scratch: a padded row and its phases; the row maxima hm [uh, wo]; with indices also the
+  // plane index of each row maximum hc [uh, wo], the column number of every padded position
+  // (and its phases) and the first real column of each output column.
+  const index_t phase_len = s > 1 ? s * lp : 0;
+  const index_t idx_len = kIdx ? uh * wo + lw + phase_len + wo : 0;
+  Tensor<T, Cpu> scratch = Tensor<T, Cpu>::empty({lw + phase_len + uh * wo + idx_len});
+  T* row = scratch.data();
+  T* row_ph = s > 1 ? row + lw : row;
+  T* hm = row + lw + phase_len;
+  T* hc = hm + uh * wo;
+  T* col = hc + uh * wo;
+  T* col_ph = s > 1 ? col + lw : col;
+  T* first = col + lw + phase_len;
+  const T lowest = -std::numeric_limits<T>::infinity();
+  std::fill_n(row, lw, lowest);  // padding never wins
+  if constexpr (kIdx) {
+    for (index_t q = 0; q < lw; ++q) col[q] = T(q - p);
+    if (s > 1) deinterleave(col, lw, s, lp, T(0), col_ph);
+    for (index_t ow = 0; ow < wo; ++ow) first[ow] = T(std::max<index_t>(0, ow * s - p));
+  }
+  for (index_t plane = b; plane < e; ++plane) {
+    const T* xpl = xp + plane * h * w;
+    // Row pass: the first maximum of each window's row segment. A window whose real pixels are
+    // all -inf keeps its first real column, as torch does.
+    for (index_t r = 0; r < uh; ++r) {
+      std::copy_n(xpl + r * w, w, row + p);
+      if (s > 1) deinterleave(row, lw, s, lp, lowest, row_ph);
+      T* mr = hm + r * wo;
+      T* cr = hc + r * wo;
+      std::fill_n(mr, wo, lowest);
+      if constexpr (kIdx) std::copy_n(first, wo, cr);
+      for (int j = 0; j < k; ++j) {
+        const index_t off = (j % s) * lp + j / s;
+        row_max_step<kIdx>(row_ph + off, col_ph + off, wo, mr, cr);
+      }
+      if constexpr (kIdx) {
+        const T base = T(r * w);  // column -> plane index
+        for (index_t ow = 0; ow < wo; ++ow) cr[ow] += base;
+      }
+    }
+    // Column pass: the first row wins ties, completing row-major order.
+    T* ypl = yp + plane * ho * wo;
+    T* ipl = kIdx ? ip + plane * ho * wo : nullptr;
+    for (index_t oh = 0; oh < ho; ++oh) {
+      const index_t r0 = g.lo(oh), r1 = g.hi(oh, h);
+      T* yr = ypl + oh * wo;
+      T* ir = kIdx ? ipl + oh * wo : nullptr;
+      std::copy_n(hm + r0 * wo, wo, yr);
+      if constexpr (kIdx) std::copy_n(hc + r0 * wo, wo, ir);
+      for (index_t r = r0 + 1; r < r1; ++r)
+        col_max_step<kIdx>(hm + r * wo, hc + r * wo, wo, yr, ir);
+    }
+  }
+}
+
+}  // namespace detail
+
+/// Max pool of x [N, C, H, W] into y [N, C, Ho, Wo]; when idx is not null it receives, for every
+/// output, the plane-local index h * W + w of the first maximum of its window in row-major
+/// order (as a T; exact below 2^digits, which the caller checks).
+template <class T>
+void max_pool_forward(const Tensor<T, Cpu>& x, const PoolGeometry& g, const Tensor<T, Cpu>& y,
+                      T* idx) {
+  const index_t planes = x.dim(0) * x.dim(1);
+  const T* xp = x.data();
+  T* yp = y.data();
+  parallel_range(planes, g.h * g.w * g.k, [&](index_t b, index_t e) {
+    if (idx)
+      detail::max_pool_planes<true>(xp, yp, idx, g, b, e);
+    else
+      detail::max_pool_planes<false>(xp, yp, idx, g, b, e);
+  });
+}
+
+namespace detail {
+/// acc[o] += g[o] where ids[o] == target[o] (the stride-1 max-pool backward).
+template <class T>
+inline void add_where_equal(const T* __restrict ids, const T* __restrict g,
+                            const T* __restrict target, index_t n, T* __restrict acc) {
+  for (index_t o = 0; o < n; ++o) {
+    const T gi = g[o], zero = T(0);
+    acc[o] += ids[o] == target[o] ? gi : zero;
+  }
+}
+}  // namespace detail
+
+/// dx (+)= dy [N, C, Ho, Wo] routed to the arg-max positions idx of max_pool_forward.
+/// At stride 1, where up to k * k windows share a maximum, a scatter d[idx] += dy chains each
+/// add on the previous store to the same address; there every input pixel instead gathers the
+/// dy of the k * k windows that can contain it and keeps those whose index names it, which
+/// vectorises. Other strides scatter.
+template <class T>
+void max_pool_backward(const Tensor<T, Cpu>& dy, const T* idx, const PoolGeometry& g, T* dx,
+                       bool accumulate) {
+  const index_t planes = dy.dim(0) * dy.dim(1), h = g.h, w = g.w, ho = g.ho, wo = g.wo;
+  const index_t hw = h * w, ohw = ho * wo;
+  const int k = g.k, p = g.p;
+  const T* gp = dy.data();
+  if (g.s != 1) {
+    parallel_range(planes, hw + ohw, [&](index_t b, index_t e) {
+      for (index_t plane = b; plane < e; ++plane) {
+        T* d = dx + plane * hw;
+        if (!accumulate) std::fill_n(d, hw, T(0));
+        const T* gpl = gp + plane * ohw;
+        const T* ipl = idx + plane * ohw;
+        for (index_t o = 0; o < ohw; ++o) d[index_t(ipl[o])] += gpl[o];
+      }
+    });
+    return;
+  }
+  // Output columns padded by k - 1 on both sides (index -1 matches no pixel), so that input
+  // column w reads output column w + p - j at padded position w + p - j + k - 1 >= 0.
+  const index_t lq = wo + 2 * (k - 1);
+  parallel_range(planes, hw * k, [&](index_t b, index_t e) {
+    Tensor<T, Cpu> scratch = Tensor<T, Cpu>::empty({2 * ho * lq + 2 * w});
+    T* pidx = scratch.data();
+    T* pdy = pidx + ho * lq;
+    T* iota = pdy + ho * lq;
+    T* target = iota + w;
+    std::fill_n(pidx, ho * lq, T(-1));
+    std::fill_n(pdy, ho * lq, T(0));
+    for (index_t c = 0; c < w; ++c) iota[c] = T(c);
+    for (index_t plane = b; plane < e; ++plane) {
+      const T* gpl = gp + plane * ohw;
+      const T* ipl = idx + plane * ohw;
+      for (index_t oh = 0; oh < ho; ++oh) {
+        std::copy_n(ipl + oh * wo, wo, pidx + oh * lq + k - 1);
+        std::copy_n(gpl + oh * wo, wo, pdy + oh * lq + k - 1);
+      }
+      T* d = dx + plane * hw;
+      for (index_t r = 0; r < h; ++r) {
+        T* dr = d + r * w;
+        if (!accumulate) std::fill_n(dr, w, T(0));
+        const T base = T(r * w);
+        for (index_t c = 0; c < w; ++c) target[c] = base + iota[c];
+        for (int i = 0; i < k; ++i) {
+          const index_t oh = r + p - i;
+          if (oh < 0 || oh >= ho) continue;
+          for (int j = 0; j < k; ++j) {
+            const index_t q0 = oh * lq + p - j + k - 1;
+            detail::add_where_equal(pidx + q0, pdy + q0, target, w, dr);
+          }
+        }
+      }
+    }
+  });
+}
+
+/// Average pool with count_include_pad = false of x [N, C, H, W] into y [N, C, Ho, Wo]: each
+/// output is the sum of its window's real pixels divided by their number,
+/// (hi_r - lo_r) * (hi_c - lo_c).
+template <class T>
+void avg_pool_forward(const Tensor<T, Cpu>& x, const PoolGeometry& g, const Tensor<T, Cpu>& y) {
+  const index_t planes = x.dim(0) * x.dim(1), h = g.h, w = g.w, ho = g.ho, wo = g.wo;
+  const index_t lw = g.padded_w();
+  const int k = g.k, p = g.p;
+  const T* xp = x.data();
+  T* yp = y.data();
+  detail::dispatch_stride(g.s, [&](auto sc) {
+    constexpr int S = decltype(sc)::value;
+    const index_t s = S ? S : g.s;
+    parallel_range(planes, h * w * k, [&](index_t b, index_t e) {
+      // Scratch: the zero-padded column-sum row, then 1 / (real columns) of every output column.
+      Tensor<T, Cpu> scratch = Tensor<T, Cpu>::empty({lw + wo});
+      T* row = scratch.data();
+      T* inv_c = row + lw;
+      std::fill_n(row, lw, T(0));
+      for (index_t ow = 0; ow < wo; ++ow) inv_c[ow] = T(1) / T(g.hi(ow, w) - g.lo(ow));
+      ArrayMap<T> sums(row + p, w);
+      for (index_t plane = b; plane < e; ++plane) {
+        const T* xpl = xp + plane * h * w;
+        T* ypl = yp + plane * ho * wo;
+        for (index_t oh = 0; oh < ho; ++oh) {
+          const index_t r0 = g.lo(oh), r1 = g.hi(oh, h);
+          sums = ConstArrayMap<T>(xpl + r0 * w, w);
+          for (index_t r = r0 + 1; r < r1; ++r) sums += ConstArrayMap<T>(xpl + r * w, w);
+          const T inv_r = T(1) / T(r1 - r0);
+          T* yr = ypl + oh * wo;
+          std::fill_n(yr, wo, T(0));
+          for (int j = 0; j < k; ++j) detail::strided_gather_add<S>(row + j, s, wo, yr);
+          for (index_t ow = 0; ow < wo; ++ow) yr[ow] *= inv_r * inv_c[ow];
+        }
+      }
+    });
+  });
+}
+
+/// dx (+)= the gradient of avg_pool_forward: every dy spread evenly over its window's real
+/// pixels.
+template <class T>
+void avg_pool_backward(const Tensor<T, Cpu>& dy, const PoolGeometry& g, T* dx, bool accumulate) {
+  const index_t planes = dy.dim(0) * dy.dim(1), h = g.h, w = g.w, ho = g.ho, wo = g.wo;
+  const index_t lw = g.padded_w();
+  const int k = g.k, p = g.p;
+  const T* gp = dy.data();
+  detail::dispatch_stride(g.s, [&](auto sc) {
+    constexpr int S = decltype(sc)::value;
+    const index_t s = S ? S : g.s;
+    parallel_range(planes, h * w * k, [&](index_t b, index_t e) {
+      // Scratch: the padded row of spread gradients, one scaled dy row, 1 / (real columns).
+      Tensor<T, Cpu> scratch = Tensor<T, Cpu>::empty({lw + 2 * wo});
+      T* row = scratch.data();
+      T* gs = row + lw;
+      T* inv_c = gs + wo;
+      for (index_t ow = 0; ow < wo; ++ow) inv_c[ow] = T(1) / T(g.hi(ow, w) - g.lo(ow));
+      const ConstArrayMap<T> spread(row + p, w);
+      for (index_t plane = b; plane < e; ++plane) {
+        T* d = dx + plane * h * w;
+        if (!accumulate) std::fill_n(d, h * w, T(0));
+        const T* gpl = gp + plane * ho * wo;
+        for (index_t oh = 0; oh < ho; ++oh) {
+          const index_t r0 = g.lo(oh), r1 = g.hi(oh, h);
+          const T inv_r = T(1) / T(r1 - r0);
+          const T* gr = gpl + oh * wo;
+          for (index_t ow = 0; ow < wo; ++ow) gs[ow] = gr[ow] * (inv_r * inv_c[ow]);
+          std::fill_n(row, lw, T(0));
+          // One pass per window offset j: within a pass the targets ow * s + j are distinct, so
+          // the loop over ow has no dependence and vectorises.
+          for (int j = 0; j < k; ++j) detail::strided_scatter_add<S>(gs, s, wo, row + j);
+          for (index_t r = r0; r < r1; ++r) ArrayMap<T>(d + r * w, w) += spread;
+        }
+      }
+    });
+  });
+}
+
+/// y[n, c] = mean of the plane x[n, c, :, :].
+template <class T>
+void global_avg_pool_forward(const Tensor<T, Cpu>& x, const Tensor<T, Cpu>& y) {
+  const index_t planes = x.dim(0) * x.dim(1), hw = x.dim(2) * x.dim(3);
+  const T* xp = x.data();
+  T* yp = y.data();
+  const T inv = T(1) / T(hw);
+  parallel_for(planes, hw,
+               [&](index_t i) { yp[i] = ConstArrayMap<T>(xp + i * hw, hw).sum() * inv; });
+}
+
+/// dx[n, c, :, :] (+)= dy[n, c] / (H * W).
+template <class T>
+void global_avg_pool_backward(const Tensor<T, Cpu>& dy, index_t hw, T* dx, bool accumulate) {
+  const index_t planes = dy.numel();
+  const T* gp = dy.data();
+  const T inv = T(1) / T(hw);
+  parallel_for(planes, hw, [&](index_t i) {
+    ArrayMap<T> d(dx + i * hw, hw);
+    if (accumulate)
+      d += gp[i] * inv;
+    else
+      d.setConstant(gp[i] * inv);
+  });
+}
+
+}  // namespace datanas::cpu
