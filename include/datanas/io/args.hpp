@@ -1,0 +1,130 @@
+// datanas/io/args.hpp - a small command-line parser for the sample programs.
+//
+// Flags are `--name value` or `--name=value`; booleans are `--name`. Unknown flags, missing or
+// malformed values and out-of-range choices throw datanas::error naming the flag.
+#pragma once
+
+#include <charconv>
+#include <cstdint>
+#include <functional>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "datanas/core/error.hpp"
+
+namespace datanas::io {
+
+class ArgParser {
+ public:
+  ArgParser(std::string program, std::string description)
+      : program_(std::move(program)), description_(std::move(description)) {}
+
+  ArgParser& add(std::string name, std::string* v, std::string help) {
+    return add_impl(std::move(name), std::move(help), *v, false, [v](std::string_view s) { *v = s; });
+  }
+  ArgParser& add(std::string name, bool* v, std::string help) {
+    return add_impl(std::move(name), std::move(help), *v ? "true" : "false", true,
+                    [v](std::string_view) { *v = true; });
+  }
+  template <class N>
+    requires std::is_arithmetic_v<N>
+  ArgParser& add(std::string name, N* v, std::string help) {
+    const std::string flag = name;
+    return add_impl(std::move(name), std::move(help), to_string(*v), false, [v, flag](std::string_view s) {
+      N out{};
+      const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+      DATANAS_CHECK(ec == std::errc() && p == s.data() + s.size(), "--", flag, ": '", s,
+                    "' is not a valid ", std::is_floating_point_v<N> ? "number" : "integer");
+      *v = out;
+    });
+  }
+  /// A string restricted to `choices`.
+  ArgParser& add_choice(std::string name, std::string* v, std::vector<std::string> choices, std::string help) {
+    const std::string flag = name;
+    std::string list;
+    for (const auto& c : choices) list += (list.empty() ? "" : ", ") + c;
+    return add_impl(std::move(name), help + " {" + list + "}", *v, false, [=](std::string_view s) {
+      for (const auto& c : choices)
+        if (s == c) {
+          *v = c;
+          return;
+        }
+      throw error(detail::concat("--", flag, ": '", s, "' is not one of {", list, "}"));
+    });
+  }
+
+  /// Parses argv; returns false when --help was given (usage already printed to `out`).
+  bool parse(int argc, const char* const* argv, std::ostream& out) {
+    for (int i = 1; i < argc; ++i) {
+      std::string_view a = argv[i];
+      if (a == "--help" || a == "-h") {
+        usage(out);
+        return false;
+      }
+      DATANAS_CHECK(a.starts_with("--"), "unexpected argument '", a, "' (flags start with --; see --help)");
+      a.remove_prefix(2);
+      std::string_view value;
+      bool has_value = false;
+      if (auto eq = a.find('='); eq != std::string_view::npos) {
+        value = a.substr(eq + 1);
+        a = a.substr(0, eq);
+        has_value = true;
+      }
+      Flag* f = find(a);
+      DATANAS_CHECK(f != nullptr, "unknown flag --", a, " (see --help)");
+      if (f->is_bool) {
+        DATANAS_CHECK(!has_value, "--", a, " takes no value");
+        f->set({});
+        continue;
+      }
+      if (!has_value) {
+        DATANAS_CHECK(i + 1 < argc, "--", a, " needs a value");
+        value = argv[++i];
+      }
+      f->set(value);
+    }
+    return true;
+  }
+
+  void usage(std::ostream& out) const {
+    out << "usage: " << program_ << " [flags]\n" << description_ << "\n\nflags:\n";
+    for (const auto& f : flags_) {
+      std::string head = "  --" + f.name + (f.is_bool ? "" : " V");
+      if (head.size() < 26) head.resize(26, ' ');
+      out << head << " " << f.help << (f.is_bool ? "" : " (default: " + f.default_value + ")") << "\n";
+    }
+    out << "  --help                     show this message\n";
+  }
+
+ private:
+  struct Flag {
+    std::string name, help, default_value;
+    bool is_bool;
+    std::function<void(std::string_view)> set;
+  };
+  template <class N>
+  static std::string to_string(N v) {
+    std::string s = std::to_string(v);
+    if constexpr (std::is_floating_point_v<N>) {  // 0.025000 -> 0.025
+      s.erase(s.find_last_not_of('0') + 1);
+      if (s.back() == '.') s.pop_back();
+    }
+    return s;
+  }
+  ArgParser& add_impl(std::string name, std::string help, std::string def, bool is_bool,
+                      std::function<void(std::string_view)> set) {
+    flags_.push_back({std::move(name), std::move(help), std::move(def), is_bool, std::move(set)});
+    return *this;
+  }
+  Flag* find(std::string_view name) {
+    for (auto& f : flags_)
+      if (f.name == name) return &f;
+    return nullptr;
+  }
+  std::string program_, description_;
+  std::vector<Flag> flags_;
+};
+
+}  // namespace datanas::io

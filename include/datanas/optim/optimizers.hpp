@@ -1,0 +1,138 @@
+// datanas/optim/optimizers.hpp - SGD with momentum and Adam (torch semantics), gradient-norm
+// clipping and the cosine learning-rate schedule.
+//
+// One place performs every parameter update (step()), so a future data-parallel communicator
+// can all-reduce gradients just before it. State buffers are allocated on the first step only.
+#pragma once
+
+#include <cmath>
+#include <numbers>
+#include <span>
+#include <vector>
+
+#include "datanas/autograd/variable.hpp"
+#include "datanas/ops/cpu/common.hpp"
+
+namespace datanas::optim {
+
+/// SGD as torch.optim.SGD: g = grad + wd * w; buf = momentum * buf + g (buf = g on the first
+/// step); w -= lr * buf. Parameters without a gradient are skipped.
+template <class T, class D = Cpu>
+class SGD {
+ public:
+  SGD(std::vector<Var<T, D>> params, double lr, double momentum = 0.0, double weight_decay = 0.0)
+      : params_(std::move(params)), lr_(lr), momentum_(momentum), wd_(weight_decay) {
+    DATANAS_CHECK(lr >= 0 && momentum >= 0 && weight_decay >= 0,
+                  "SGD: lr, momentum and weight decay must be >= 0");
+    buf_.resize(params_.size());
+  }
+  void step() {
+    NoGradGuard ng;
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      const Var<T, D>& p = params_[i];
+      if (!p.has_grad()) continue;
+      auto w = p.value().eigen();
+      auto g = p.grad().eigen();
+      if (wd_ != 0) g += T(wd_) * w;  // the gradient buffer is ours until the next zero_grad
+      if (momentum_ != 0) {
+        if (!buf_[i].defined()) {
+          buf_[i] = p.grad().clone();
+        } else {
+          buf_[i].eigen() = T(momentum_) * buf_[i].eigen() + g;
+        }
+        w -= T(lr_) * buf_[i].eigen();
+      } else {
+        w -= T(lr_) * g;
+      }
+    }
+  }
+  void zero_grad() {
+    for (auto& p : params_) p.zero_grad();
+  }
+  void set_lr(double lr) { lr_ = lr; }
+  [[nodiscard]] double lr() const { return lr_; }
+  [[nodiscard]] double momentum() const { return momentum_; }
+  [[nodiscard]] const std::vector<Var<T, D>>& params() const { return params_; }
+  /// Momentum buffers (undefined before the first step), for checkpoints and unrolled steps.
+  [[nodiscard]] std::vector<Tensor<T, D>>& momentum_buffers() { return buf_; }
+
+ private:
+  std::vector<Var<T, D>> params_;
+  std::vector<Tensor<T, D>> buf_;
+  double lr_, momentum_, wd_;
+};
+
+/// Adam as torch.optim.Adam (L2 weight decay added to the gradient, bias-corrected moments).
+template <class T, class D = Cpu>
+class Adam {
+ public:
+  Adam(std::vector<Var<T, D>> params, double lr, double beta1 = 0.9, double beta2 = 0.999,
+       double weight_decay = 0.0, double eps = 1e-8)
+      : params_(std::move(params)), lr_(lr), b1_(beta1), b2_(beta2), wd_(weight_decay), eps_(eps) {
+    DATANAS_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1,
+                  "Adam: betas must be in [0, 1), got (", beta1, ", ", beta2, ")");
+    m_.resize(params_.size());
+    v_.resize(params_.size());
+  }
+  void step() {
+    NoGradGuard ng;
+    ++t_;
+    const double c1 = 1 - std::pow(b1_, double(t_)), c2 = 1 - std::pow(b2_, double(t_));
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      const Var<T, D>& p = params_[i];
+      if (!p.has_grad()) continue;
+      if (!m_[i].defined()) {
+        m_[i] = Tensor<T, D>::zeros(p.shape());
+        v_[i] = Tensor<T, D>::zeros(p.shape());
+      }
+      auto w = p.value().eigen();
+      auto g = p.grad().eigen();
+      if (wd_ != 0) g += T(wd_) * w;
+      auto m = m_[i].eigen();
+      auto v = v_[i].eigen();
+      m = T(b1_) * m + T(1 - b1_) * g;
+      v = T(b2_) * v + T(1 - b2_) * g.square();
+      w -= T(lr_ / c1) * m / ((v / T(c2)).sqrt() + T(eps_));
+    }
+  }
+  void zero_grad() {
+    for (auto& p : params_) p.zero_grad();
+  }
+  void set_lr(double lr) { lr_ = lr; }
+  [[nodiscard]] double lr() const { return lr_; }
+  [[nodiscard]] long step_count() const { return t_; }
+  void set_step_count(long t) { t_ = t; }
+  [[nodiscard]] const std::vector<Var<T, D>>& params() const { return params_; }
+  /// First and second moment estimates (undefined before a parameter's first step).
+  [[nodiscard]] std::vector<Tensor<T, D>>& exp_avg() { return m_; }
+  [[nodiscard]] std::vector<Tensor<T, D>>& exp_avg_sq() { return v_; }
+
+ private:
+  std::vector<Var<T, D>> params_;
+  std::vector<Tensor<T, D>> m_, v_;
+  double lr_, b1_, b2_, wd_, eps_;
+  long t_ = 0;
+};
+
+/// Scales all gradients so that their joint L2 norm is at most max_norm (torch's
+/// clip_grad_norm_); returns the norm before clipping.
+template <class T, class D>
+double clip_grad_norm(std::span<const Var<T, D>> params, double max_norm) {
+  double sq = 0;
+  for (const auto& p : params)
+    if (p.has_grad()) sq += double(p.grad().eigen().square().sum());
+  const double norm = std::sqrt(sq);
+  const double coef = max_norm / (norm + 1e-6);
+  if (coef < 1)
+    for (const auto& p : params)
+      if (p.has_grad()) p.grad().eigen() *= T(coef);
+  return norm;
+}
+
+/// Cosine annealing (torch CosineAnnealingLR stepped per epoch):
+/// lr_e = lr_min + (lr_max - lr_min) * (1 + cos(pi * e / total)) / 2.
+inline double cosine_lr(double lr_max, double lr_min, long epoch, long total) {
+  return lr_min + (lr_max - lr_min) * (1 + std::cos(std::numbers::pi * double(epoch) / double(total))) / 2;
+}
+
+}  // namespace datanas::optim

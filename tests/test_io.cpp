@@ -1,0 +1,53 @@
+// The sample programs' argument parser: values, choices and every kind of bad flag.
+#include <doctest/doctest.h>
+
+#include <sstream>
+
+#include "datanas/io/args.hpp"
+
+using namespace datanas;
+
+namespace {
+struct Flags {
+  std::string dataset = "fashion-mnist";
+  long epochs = 2;
+  double lr = 0.025;
+  bool sparse = false;
+  io::ArgParser parser{"prog", "test"};
+  Flags() {
+    parser.add_choice("dataset", &dataset, {"fashion-mnist", "cifar10"}, "data set")
+        .add("epochs", &epochs, "epochs")
+        .add("lr", &lr, "learning rate")
+        .add("sparse", &sparse, "sparse mode");
+  }
+  bool parse(std::vector<const char*> a) {
+    a.insert(a.begin(), "prog");
+    std::ostringstream out;
+    return parser.parse(int(a.size()), a.data(), out);
+  }
+};
+}  // namespace
+
+TEST_SUITE("cpu") {
+TEST_CASE("flags parse in both spellings") {
+  Flags f;
+  CHECK(f.parse({"--epochs", "7", "--lr=0.5", "--sparse", "--dataset", "cifar10"}));
+  CHECK(f.epochs == 7);
+  CHECK(f.lr == 0.5);
+  CHECK(f.sparse);
+  CHECK(f.dataset == "cifar10");
+  Flags h;
+  CHECK_FALSE(h.parse({"--help"}));
+}
+
+TEST_CASE("bad flags are named in the error") {
+  CHECK_THROWS_WITH_AS(Flags().parse({"--epoch", "3"}), doctest::Contains("unknown flag --epoch"), datanas::error);
+  CHECK_THROWS_WITH_AS(Flags().parse({"--epochs", "3x"}), doctest::Contains("--epochs: '3x' is not a valid integer"),
+                       datanas::error);
+  CHECK_THROWS_WITH_AS(Flags().parse({"--lr"}), doctest::Contains("--lr needs a value"), datanas::error);
+  CHECK_THROWS_WITH_AS(Flags().parse({"--dataset", "mnist"}),
+                       doctest::Contains("'mnist' is not one of {fashion-mnist, cifar10}"), datanas::error);
+  CHECK_THROWS_WITH_AS(Flags().parse({"--sparse=1"}), doctest::Contains("--sparse takes no value"), datanas::error);
+  CHECK_THROWS_WITH_AS(Flags().parse({"epochs"}), doctest::Contains("unexpected argument 'epochs'"), datanas::error);
+}
+}
