@@ -13,6 +13,16 @@
 
 namespace datanas::data {
 
+/// The first n samples of a split (a copy; n larger than the split keeps everything).
+inline LabelledImages head(const LabelledImages& src, index_t n) {
+  if (n <= 0 || n >= src.size()) return src;
+  const Shape& s = src.images.shape();
+  LabelledImages out{Tensor<float>::empty({n, s.c(), s.h(), s.w()}), Tensor<std::int32_t>::empty({n})};
+  std::copy_n(src.images.data(), out.images.numel(), out.images.data());
+  std::copy_n(src.labels.data(), n, out.labels.data());
+  return out;
+}
+
 /// A random permutation of [0, n) drawn from `gen` (Fisher-Yates).
 inline std::vector<index_t> shuffled_indices(index_t n, PhiloxGenerator& gen) {
   std::vector<index_t> idx(static_cast<std::size_t>(n));

@@ -1,0 +1,262 @@
+// datanas/spaces/darts_ops.hpp - the candidate operations of the DARTS CNN space, exactly as
+// composed in ALGORITHMS.md §1.1, in their search and evaluation variants.
+//
+// Search variant (Phase::kSearch): every BN is non-affine and each pooling op is followed by a
+// non-affine BN. Evaluation variant (Phase::kEval): affine BNs, pools without BN.
+//
+// Each op is a descriptor type (SepConv3x3, ...) with a compile-time name and a factory; an op
+// set is a type list of descriptors (OpSet<...>). Op modules share the OpModule interface so
+// that the evaluation network can also build them from a genotype's names at run time.
+#pragma once
+
+#include <array>
+#include <memory>
+#include <string_view>
+
+#include "datanas/nn/layers.hpp"
+#include "datanas/ops/activation.hpp"
+#include "datanas/ops/arithmetic.hpp"
+#include "datanas/ops/pool.hpp"
+#include "datanas/ops/structure.hpp"
+
+namespace datanas::spaces {
+
+enum class Phase { kSearch, kEval };
+
+/// A candidate operation: C channels in, C channels out, stride 1 or 2.
+template <class T>
+class OpModule : public nn::Module<T> {
+ public:
+  virtual Var<T> operator()(const Var<T>& x) const = 0;
+  /// DARTS "none": the output is a symbolic zero and nothing runs.
+  [[nodiscard]] virtual bool is_zero() const { return false; }
+  /// skip_connect at stride 1: no drop path in the evaluation network.
+  [[nodiscard]] virtual bool is_identity() const { return false; }
+};
+
+/// Output spatial size of the stride-s DARTS ops (3x3 with padding 1): ceil(h / s).
+inline index_t strided_size(index_t h, int stride) { return (h + stride - 1) / stride; }
+
+/// ReLU -> conv k x k (no bias) -> BN.
+template <class T>
+class ReLUConvBN : public OpModule<T> {
+ public:
+  ReLUConvBN(index_t cin, index_t cout, int k, int stride, int pad, bool affine, PhiloxGenerator& g)
+      : conv_(cin, cout, k, {.stride = stride, .padding = pad}, false, g), bn_(cout, affine) {
+    this->register_module("op.1", conv_);
+    this->register_module("op.2", bn_);
+  }
+  Var<T> operator()(const Var<T>& x) const override { return bn_(conv_(relu(x))); }
+
+ private:
+  nn::Conv2d<T> conv_;
+  nn::BatchNorm2d<T> bn_;
+};
+
+/// ReLU, then two 1x1 stride-2 convs with Cout/2 outputs on x and on x[:, :, 1:, 1:],
+/// concatenated on channels, then BN.
+template <class T>
+class FactorizedReduce : public OpModule<T> {
+ public:
+  FactorizedReduce(index_t cin, index_t cout, bool affine, PhiloxGenerator& g)
+      : conv1_(cin, half(cout), 1, {.stride = 2}, false, g),
+        conv2_(cin, half(cout), 1, {.stride = 2}, false, g), bn_(cout, affine) {
+    this->register_module("conv_1", conv1_);
+    this->register_module("conv_2", conv2_);
+    this->register_module("bn", bn_);
+  }
+  Var<T> operator()(const Var<T>& x) const override {
+    DATANAS_CHECK(x.shape().h() % 2 == 0 && x.shape().w() % 2 == 0,
+                  "FactorizedReduce: input ", x.shape().str(),
+                  " has an odd spatial size; its two halves would not line up");
+    Var<T> r = relu(x);
+    Var<T> halves[] = {conv1_(r), conv2_(shift_crop(r))};
+    return bn_(concat_channels<T, Cpu>(halves));
+  }
+
+ private:
+  static index_t half(index_t cout) {
+    DATANAS_CHECK(cout % 2 == 0, "FactorizedReduce: output channels ", cout, " must be even");
+    return cout / 2;
+  }
+  nn::Conv2d<T> conv1_, conv2_;
+  nn::BatchNorm2d<T> bn_;
+};
+
+/// [ReLU -> dw kxk (stride s) -> 1x1 -> BN] then [ReLU -> dw kxk -> 1x1 -> BN].
+template <class T>
+class SepConv : public OpModule<T> {
+ public:
+  SepConv(index_t c, int k, int stride, int pad, bool affine, PhiloxGenerator& g)
+      : dw1_(c, c, k, {.stride = stride, .padding = pad, .groups = int(c)}, false, g),
+        pw1_(c, c, 1, {}, false, g), bn1_(c, affine),
+        dw2_(c, c, k, {.stride = 1, .padding = pad, .groups = int(c)}, false, g),
+        pw2_(c, c, 1, {}, false, g), bn2_(c, affine) {
+    this->register_module("op.1", dw1_);
+    this->register_module("op.2", pw1_);
+    this->register_module("op.3", bn1_);
+    this->register_module("op.5", dw2_);
+    this->register_module("op.6", pw2_);
+    this->register_module("op.7", bn2_);
+  }
+  Var<T> operator()(const Var<T>& x) const override {
+    return bn2_(pw2_(dw2_(relu(bn1_(pw1_(dw1_(relu(x))))))));
+  }
+
+ private:
+  nn::Conv2d<T> dw1_, pw1_;
+  nn::BatchNorm2d<T> bn1_;
+  nn::Conv2d<T> dw2_, pw2_;
+  nn::BatchNorm2d<T> bn2_;
+};
+
+/// ReLU -> dw kxk dilation d (stride s) -> 1x1 -> BN.
+template <class T>
+class DilConv : public OpModule<T> {
+ public:
+  DilConv(index_t c, int k, int stride, int pad, int dilation, bool affine, PhiloxGenerator& g)
+      : dw_(c, c, k, {.stride = stride, .padding = pad, .dilation = dilation, .groups = int(c)}, false, g),
+        pw_(c, c, 1, {}, false, g), bn_(c, affine) {
+    this->register_module("op.1", dw_);
+    this->register_module("op.2", pw_);
+    this->register_module("op.3", bn_);
+  }
+  Var<T> operator()(const Var<T>& x) const override { return bn_(pw_(dw_(relu(x)))); }
+
+ private:
+  nn::Conv2d<T> dw_, pw_;
+  nn::BatchNorm2d<T> bn_;
+};
+
+/// Max or average 3x3 pooling (padding 1, average without the padding), with a non-affine BN
+/// after it in the search phase.
+template <class T>
+class Pool3x3 : public OpModule<T> {
+ public:
+  Pool3x3(bool max, index_t c, int stride, bool with_bn)
+      : max_(max), stride_(stride), bn_(with_bn ? std::make_unique<nn::BatchNorm2d<T>>(c, false) : nullptr) {
+    if (bn_) this->register_module("bn", *bn_);
+  }
+  Var<T> operator()(const Var<T>& x) const override {
+    Var<T> y = max_ ? max_pool2d(x, 3, stride_, 1) : avg_pool2d(x, 3, stride_, 1);
+    return bn_ ? (*bn_)(y) : y;
+  }
+
+ private:
+  bool max_;
+  int stride_;
+  std::unique_ptr<nn::BatchNorm2d<T>> bn_;
+};
+
+template <class T>
+class Identity : public OpModule<T> {
+ public:
+  Var<T> operator()(const Var<T>& x) const override { return x; }
+  [[nodiscard]] bool is_identity() const override { return true; }
+};
+
+/// DARTS "none": zeros of the output shape (stride 2: the subsampled shape).
+template <class T>
+class Zero : public OpModule<T> {
+ public:
+  explicit Zero(int stride) : stride_(stride) {}
+  Var<T> operator()(const Var<T>& x) const override {
+    const Shape& s = x.shape();
+    return zeros<T>({s.n(), s.c(), strided_size(s.h(), stride_), strided_size(s.w(), stride_)});
+  }
+  [[nodiscard]] bool is_zero() const override { return true; }
+
+ private:
+  int stride_;
+};
+
+// ---- descriptors: name + factory ----------------------------------------------------------
+
+template <class T>
+using OpPtr = std::unique_ptr<OpModule<T>>;
+
+#define DATANAS_DEFINE_OP(Type, op_name, ...)                                                \
+  struct Type {                                                                               \
+    static constexpr std::string_view kName = op_name;                                        \
+    template <class T>                                                                        \
+    static OpPtr<T> make(index_t c, int stride, Phase phase, PhiloxGenerator& gen) {          \
+      const bool affine = phase == Phase::kEval;                                              \
+      (void)affine;                                                                           \
+      (void)gen;                                                                              \
+      (void)c;                                                                                \
+      __VA_ARGS__                                                                             \
+    }                                                                                         \
+  }
+
+DATANAS_DEFINE_OP(NoneOp, "none", return std::make_unique<Zero<T>>(stride););
+DATANAS_DEFINE_OP(MaxPool3x3, "max_pool_3x3",
+                  return std::make_unique<Pool3x3<T>>(true, c, stride, phase == Phase::kSearch););
+DATANAS_DEFINE_OP(AvgPool3x3, "avg_pool_3x3",
+                  return std::make_unique<Pool3x3<T>>(false, c, stride, phase == Phase::kSearch););
+DATANAS_DEFINE_OP(SkipConnect, "skip_connect",
+                  if (stride == 1) return std::make_unique<Identity<T>>();
+                  return std::make_unique<FactorizedReduce<T>>(c, c, affine, gen););
+DATANAS_DEFINE_OP(SepConv3x3, "sep_conv_3x3",
+                  return std::make_unique<SepConv<T>>(c, 3, stride, 1, affine, gen););
+DATANAS_DEFINE_OP(SepConv5x5, "sep_conv_5x5",
+                  return std::make_unique<SepConv<T>>(c, 5, stride, 2, affine, gen););
+DATANAS_DEFINE_OP(DilConv3x3, "dil_conv_3x3",
+                  return std::make_unique<DilConv<T>>(c, 3, stride, 2, 2, affine, gen););
+DATANAS_DEFINE_OP(DilConv5x5, "dil_conv_5x5",
+                  return std::make_unique<DilConv<T>>(c, 5, stride, 4, 2, affine, gen););
+#undef DATANAS_DEFINE_OP
+
+/// What an op descriptor must provide: a compile-time name and a factory of OpModules.
+template <class Op>
+concept OpDescriptor = requires(index_t c, int stride, Phase phase, PhiloxGenerator& gen) {
+  { Op::kName } -> std::convertible_to<std::string_view>;
+  { Op::template make<float>(c, stride, phase, gen) } -> std::same_as<OpPtr<float>>;
+};
+
+/// A compile-time list of candidate operations; its order is the column order of alpha.
+template <OpDescriptor... Ops>
+struct OpSet {
+  static constexpr int kSize = int(sizeof...(Ops));
+  static_assert(kSize >= 1, "an OpSet needs at least one op");
+  static constexpr std::array<std::string_view, sizeof...(Ops)> kNames = {Ops::kName...};
+
+  /// Column of `name`, or -1.
+  static constexpr int index_of(std::string_view name) {
+    for (int i = 0; i < kSize; ++i)
+      if (kNames[std::size_t(i)] == name) return i;
+    return -1;
+  }
+  /// Builds op k (column k of alpha).
+  template <class T>
+  static OpPtr<T> make(int k, index_t c, int stride, Phase phase, PhiloxGenerator& gen) {
+    OpPtr<T> out;
+    int i = 0;
+    ((i++ == k ? (out = Ops::template make<T>(c, stride, phase, gen), 0) : 0), ...);
+    DATANAS_CHECK(out != nullptr, "OpSet: no op at index ", k);
+    return out;
+  }
+  /// Builds the op called `name`; throws naming the known ops otherwise.
+  template <class T>
+  static OpPtr<T> make(std::string_view name, index_t c, int stride, Phase phase, PhiloxGenerator& gen) {
+    const int k = index_of(name);
+    if (k < 0) {
+      std::string known;
+      for (auto n : kNames) known += (known.empty() ? "" : ", ") + std::string(n);
+      throw error(datanas::detail::concat("unknown op '", name, "' (known: ", known, ")"));
+    }
+    return make<T>(k, c, stride, phase, gen);
+  }
+};
+
+template <class S>
+concept OpSetType = requires {
+  { S::kSize } -> std::convertible_to<int>;
+  { S::kNames[0] } -> std::convertible_to<std::string_view>;
+  { S::index_of(std::string_view()) } -> std::same_as<int>;
+};
+
+/// The DARTS CNN op set (ALGORITHMS.md §1.1), in alpha column order.
+using DartsOps = OpSet<NoneOp, MaxPool3x3, AvgPool3x3, SkipConnect, SepConv3x3, SepConv5x5,
+                       DilConv3x3, DilConv5x5>;
+
+}  // namespace datanas::spaces

@@ -1,0 +1,258 @@
+// datanas/spaces/supernet.hpp - the DARTS search network (ALGORITHMS.md §1.2), specialised at
+// compile time over a search space (op set, nodes, multiplier, estimator policy, granularity).
+//
+//   stem: conv 3x3 (in -> stem_multiplier * C) -> BN
+//   cells 0..L-1, reductions at L/3 and 2L/3 (channels double there); cell k reads the outputs
+//   of cells k-2 and k-1; node i = sum over its 2 + i incoming edges of MixedOp(state_j);
+//   cell output = concat of the last `multiplier` nodes
+//   head: global average pool -> linear
+// One alpha [E, K] for all normal cells and one for all reduction cells.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "datanas/estimators/estimators.hpp"
+#include "datanas/ops/loss.hpp"
+#include "datanas/spaces/darts_ops.hpp"
+
+namespace datanas::spaces {
+
+using estimators::EstimatorPolicy;
+using estimators::GroupLayout;
+using search::Granularity;
+using search::Normalize;
+
+/// A search space, entirely compile time. A user's space is another instantiation, e.g.
+/// SearchSpace<OpSet<NoneOp, SepConv3x3, SkipConnect>, 3, 3, estimators::EGS<2>, Granularity::kEdge>.
+template <OpSetType Ops, int Nodes, int Multiplier, EstimatorPolicy Estimator,
+          Granularity G = Granularity::kNode>
+struct SearchSpace {
+  static_assert(Nodes >= 1 && Nodes <= 16, "SearchSpace: Nodes must be in [1, 16]");
+  static_assert(Multiplier >= 1 && Multiplier <= Nodes,
+                "SearchSpace: Multiplier (nodes concatenated into the cell output) must be in [1, Nodes]");
+  using OpSetT = Ops;
+  using EstimatorT = Estimator;
+  static constexpr int kNodes = Nodes;
+  static constexpr int kMultiplier = Multiplier;
+  static constexpr int kOps = Ops::kSize;
+  static constexpr int kEdges = Nodes * (Nodes + 3) / 2;
+  static constexpr Granularity kGranularity = G;
+  static constexpr GroupLayout layout() { return {Nodes, Ops::kSize, G}; }
+};
+
+template <class S>
+concept SearchSpaceType = requires {
+  typename S::OpSetT;
+  typename S::EstimatorT;
+  { S::kNodes } -> std::convertible_to<int>;
+  { S::kMultiplier } -> std::convertible_to<int>;
+  { S::kEdges } -> std::convertible_to<int>;
+};
+
+/// sum_k w[offset + k] * op_k(x) over the K candidate ops of one edge. In sparse mode ops with
+/// weight 0 do not run (their term is a symbolic zero, so their weight's gradient is 0).
+template <class T, class Ops>
+class MixedOp : public nn::Module<T> {
+ public:
+  MixedOp(index_t c, int stride, PhiloxGenerator& gen) : stride_(stride) {
+    for (int k = 0; k < Ops::kSize; ++k) {
+      ops_[std::size_t(k)] = Ops::template make<T>(k, c, stride, Phase::kSearch, gen);
+      this->register_module("_ops." + std::to_string(k), *ops_[std::size_t(k)]);
+    }
+  }
+  /// w: the cell type's flat weights [E * K]; `offset` = edge * K.
+  Var<T> operator()(const Var<T>& x, const Var<T>& w, index_t offset, bool sparse) const {
+    Var<T> terms[Ops::kSize];
+    int idx[Ops::kSize];
+    const T* wp = w.value().data();
+    const Shape& s = x.shape();
+    const Shape out_shape{s.n(), s.c(), strided_size(s.h(), stride_), strided_size(s.w(), stride_)};
+    for (int k = 0; k < Ops::kSize; ++k) {
+      idx[k] = int(offset + k);
+      const OpModule<T>& op = *ops_[std::size_t(k)];
+      if (op.is_zero() || (sparse && wp[offset + k] == T(0))) continue;
+      terms[k] = op(x);
+      DATANAS_ASSERT(terms[k].shape() == out_shape);
+    }
+    for (int k = 0; k < Ops::kSize; ++k)
+      if (!terms[k].defined()) terms[k] = zeros<T>(out_shape);
+    return weighted_sum(std::span<const Var<T>>(terms, std::size_t(Ops::kSize)), w,
+                        std::span<const int>(idx, std::size_t(Ops::kSize)));
+  }
+  [[nodiscard]] const OpModule<T>& op(int k) const { return *ops_[std::size_t(k)]; }
+
+ private:
+  int stride_;
+  std::array<OpPtr<T>, std::size_t(Ops::kSize)> ops_;
+};
+
+/// One search cell. It depends on the op set and the cell's shape only, not on the estimator
+/// or the granularity, so every estimator of a space shares one instantiation of the heavy code.
+template <class T, OpSetType Ops, int Nodes, int Multiplier>
+class SearchCell : public nn::Module<T> {
+  static constexpr int kOps = Ops::kSize;
+  static constexpr int kEdges = Nodes * (Nodes + 3) / 2;
+
+ public:
+  SearchCell(index_t c_pp, index_t c_p, index_t c, bool reduction, bool reduction_prev, PhiloxGenerator& gen)
+      : reduction_(reduction) {
+    if (reduction_prev)
+      pre0_ = std::make_unique<FactorizedReduce<T>>(c_pp, c, false, gen);
+    else
+      pre0_ = std::make_unique<ReLUConvBN<T>>(c_pp, c, 1, 1, 0, false, gen);
+    pre1_ = std::make_unique<ReLUConvBN<T>>(c_p, c, 1, 1, 0, false, gen);
+    this->register_module("preprocess0", *pre0_);
+    this->register_module("preprocess1", *pre1_);
+    int e = 0;
+    for (int i = 0; i < Nodes; ++i)
+      for (int j = 0; j < 2 + i; ++j, ++e) {
+        const int stride = reduction && j < 2 ? 2 : 1;
+        edges_[std::size_t(e)] = std::make_unique<MixedOp<T, Ops>>(c, stride, gen);
+        this->register_module("_ops." + std::to_string(e), *edges_[std::size_t(e)]);
+      }
+  }
+
+  /// s0, s1: outputs of cells k-2 and k-1. w: this cell type's weights [E * K].
+  Var<T> operator()(const Var<T>& s0, const Var<T>& s1, const Var<T>& w, bool sparse) const {
+    std::array<Var<T>, std::size_t(Nodes + 2)> states;
+    states[0] = (*pre0_)(s0);
+    states[1] = (*pre1_)(s1);
+    int e = 0;
+    for (int i = 0; i < Nodes; ++i) {
+      Var<T> node;
+      for (int j = 0; j < 2 + i; ++j, ++e) {
+        Var<T> term = (*edges_[std::size_t(e)])(states[std::size_t(j)], w, index_t(e) * kOps, sparse);
+        node = node.defined() ? add(node, term) : term;
+      }
+      states[std::size_t(i + 2)] = node;
+    }
+    return concat_channels<T, Cpu>(std::span<const Var<T>>(states.data() + 2 + Nodes - Multiplier,
+                                                           std::size_t(Multiplier)));
+  }
+  [[nodiscard]] bool reduction() const { return reduction_; }
+
+ private:
+  bool reduction_;
+  std::unique_ptr<OpModule<T>> pre0_, pre1_;
+  std::array<std::unique_ptr<MixedOp<T, Ops>>, std::size_t(kEdges)> edges_;
+};
+
+/// What the search loop needs of a supernet, independent of its compile-time space: the one
+/// place where the runtime and compile-time worlds meet, so the loop (and everything else that
+/// only drives a search) is compiled once per scalar type, not once per space.
+template <class T>
+class SearchNetwork : public nn::Module<T> {
+ public:
+  /// Logits [N, classes] under explicit mixing weights [E * K] of each cell type.
+  virtual Var<T> forward(const Var<T>& x, const Var<T>& w_normal, const Var<T>& w_reduce,
+                         bool sparse) const = 0;
+  /// The estimator's mixing weights for one cell type's alpha (one sample per call).
+  virtual Var<T> mixing_weights(const Var<T>& alpha, const estimators::EstimatorConfig& ec,
+                                PhiloxGenerator& gen) const = 0;
+  /// Samples both cell types' weights and runs the network (sparse only for hard estimators).
+  Var<T> forward(const Var<T>& x, const estimators::EstimatorConfig& ec, PhiloxGenerator& gen,
+                 bool sparse) const {
+    Var<T> wn = mixing_weights(alpha_normal(), ec, gen);
+    Var<T> wr = mixing_weights(alpha_reduce(), ec, gen);
+    return forward(x, wn, wr, sparse && hard_estimator());
+  }
+  [[nodiscard]] virtual GroupLayout layout() const = 0;
+  [[nodiscard]] virtual bool hard_estimator() const = 0;
+  [[nodiscard]] virtual estimators::Kind estimator_kind() const = 0;
+  [[nodiscard]] virtual int ensemble_size() const = 0;  ///< M (1 for non-ensemble estimators)
+  [[nodiscard]] virtual std::span<const std::string_view> op_names() const = 0;
+  [[nodiscard]] virtual const Var<T>& alpha_normal() const = 0;
+  [[nodiscard]] virtual const Var<T>& alpha_reduce() const = 0;
+  [[nodiscard]] std::vector<Var<T>> alphas() const { return {alpha_normal(), alpha_reduce()}; }
+  /// The network weights (everything but alpha).
+  [[nodiscard]] std::vector<Var<T>> weights() const { return this->parameters(); }
+};
+
+/// Sizes of a supernet (runtime: data decides them).
+struct SupernetConfig {
+  index_t init_channels = 16;  ///< C
+  int layers = 8;              ///< cells
+  index_t in_channels = 3;
+  int num_classes = 10;
+  int stem_multiplier = 3;
+  Normalize normalize = Normalize::kSoftmax;  ///< relu: alpha initialised at 1 + 1e-3 N(0, 1)
+};
+
+template <class T, SearchSpaceType S>
+class Supernet : public SearchNetwork<T> {
+ public:
+  using Space = S;
+
+  Supernet(const SupernetConfig& cfg, PhiloxGenerator& gen)
+      : cfg_(cfg),
+        stem_conv_(cfg.in_channels, cfg.stem_multiplier * cfg.init_channels, 3, {.padding = 1}, false, gen),
+        stem_bn_(cfg.stem_multiplier * cfg.init_channels) {
+    DATANAS_CHECK(cfg.layers >= 1, "Supernet: needs at least one cell, got ", cfg.layers);
+    DATANAS_CHECK(cfg.init_channels >= 1, "Supernet: init channels must be >= 1, got ", cfg.init_channels);
+    this->register_module("stem.0", stem_conv_);
+    this->register_module("stem.1", stem_bn_);
+    index_t c_pp = cfg.stem_multiplier * cfg.init_channels, c_p = c_pp, c = cfg.init_channels;
+    bool reduction_prev = false;
+    for (int i = 0; i < cfg.layers; ++i) {
+      const bool reduction = cfg.layers >= 3 && (i == cfg.layers / 3 || i == 2 * cfg.layers / 3);
+      if (reduction) c *= 2;
+      cells_.push_back(std::make_unique<Cell>(c_pp, c_p, c, reduction, reduction_prev, gen));
+      this->register_module("cells." + std::to_string(i), *cells_.back());
+      reduction_prev = reduction;
+      c_pp = c_p;
+      c_p = S::kMultiplier * c;
+    }
+    head_ = std::make_unique<nn::Linear<T>>(c_p, cfg.num_classes, true, gen);
+    this->register_module("classifier", *head_);
+    // alpha ~ 1e-3 N(0, 1) (DARTS), or 1 + 1e-3 N(0, 1) for relu normalisation (DATA code).
+    const double shift = cfg.normalize == Normalize::kRelu ? 1.0 : 0.0;
+    for (Var<T>* a : {&alpha_normal_, &alpha_reduce_}) {
+      Tensor<T> t = Tensor<T>::empty({S::kEdges, S::kOps});
+      for (index_t i = 0; i < t.numel(); ++i) t[i] = T(shift + 1e-3 * gen.normal());
+      *a = Var<T>(t, true);
+    }
+  }
+
+  using SearchNetwork<T>::forward;
+
+  /// Logits [N, classes] for x [N, in_channels, H, W] under the given mixing weights.
+  Var<T> forward(const Var<T>& x, const Var<T>& w_normal, const Var<T>& w_reduce, bool sparse) const override {
+    Var<T> s0 = stem_bn_(stem_conv_(x));
+    Var<T> s1 = s0;
+    for (const auto& cell : cells_) {
+      Var<T> out = (*cell)(s0, s1, cell->reduction() ? w_reduce : w_normal, sparse);
+      s0 = s1;
+      s1 = out;
+    }
+    return (*head_)(global_avg_pool(s1));
+  }
+
+  Var<T> mixing_weights(const Var<T>& alpha, const estimators::EstimatorConfig& ec,
+                        PhiloxGenerator& gen) const override {
+    return estimators::weights<typename S::EstimatorT>(alpha, S::layout(), ec, gen);
+  }
+  [[nodiscard]] GroupLayout layout() const override { return S::layout(); }
+  [[nodiscard]] bool hard_estimator() const override { return S::EstimatorT::kHard; }
+  [[nodiscard]] estimators::Kind estimator_kind() const override { return S::EstimatorT::kKind; }
+  [[nodiscard]] int ensemble_size() const override { return S::EstimatorT::kM; }
+  [[nodiscard]] std::span<const std::string_view> op_names() const override { return S::OpSetT::kNames; }
+  [[nodiscard]] const Var<T>& alpha_normal() const override { return alpha_normal_; }
+  [[nodiscard]] const Var<T>& alpha_reduce() const override { return alpha_reduce_; }
+  [[nodiscard]] const SupernetConfig& config() const { return cfg_; }
+  [[nodiscard]] int num_cells() const { return int(cells_.size()); }
+  [[nodiscard]] const auto& cell(int i) const { return *cells_[std::size_t(i)]; }
+
+ private:
+  SupernetConfig cfg_;
+  nn::Conv2d<T> stem_conv_;
+  nn::BatchNorm2d<T> stem_bn_;
+  using Cell = SearchCell<T, typename S::OpSetT, S::kNodes, S::kMultiplier>;
+  std::vector<std::unique_ptr<Cell>> cells_;
+  std::unique_ptr<nn::Linear<T>> head_;
+  Var<T> alpha_normal_, alpha_reduce_;  // not registered: parameters() are the weights only
+};
+
+}  // namespace datanas::spaces

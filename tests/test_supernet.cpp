@@ -1,0 +1,116 @@
+// The DARTS search space: op compositions, cell and supernet shapes, parameter counts, the
+// sparse forward, and a user-defined space.
+#include "gradcheck.hpp"
+#include "datanas/spaces/supernet.hpp"
+
+using namespace datanas;
+using namespace datanas::spaces;
+using namespace datanas::testing;
+
+namespace {
+using DartsEgs = SearchSpace<DartsOps, 4, 4, estimators::EGS<4>, Granularity::kNode>;
+using DartsSoftmax = SearchSpace<DartsOps, 4, 4, estimators::Softmax, Granularity::kEdge>;
+}  // namespace
+
+TEST_SUITE("cpu") {
+TEST_CASE("DARTS op set: names in alpha order, factories, errors") {
+  CHECK(DartsOps::kSize == 8);
+  CHECK(DartsOps::kNames[4] == "sep_conv_3x3");
+  CHECK(DartsOps::index_of("dil_conv_5x5") == 7);
+  CHECK(DartsOps::index_of("conv_7x1_1x7") == -1);
+  PhiloxGenerator g(1);
+  CHECK_THROWS_WITH_AS(DartsOps::make<float>("sep_conv_7x7", 4, 1, Phase::kEval, g),
+                       doctest::Contains("unknown op 'sep_conv_7x7' (known: none, max_pool_3x3"), datanas::error);
+  // Search-phase pools carry a non-affine BN (no parameters), eval pools nothing; sep_conv has
+  // two dw + two pw convs and (eval) two affine BNs: 2 * (9C + C^2 + 2C).
+  const index_t c = 6;
+  CHECK(DartsOps::make<float>("max_pool_3x3", c, 1, Phase::kSearch, g)->parameter_count() == 0);
+  CHECK(DartsOps::make<float>("sep_conv_3x3", c, 1, Phase::kEval, g)->parameter_count() == 2 * (9 * c + c * c + 2 * c));
+  CHECK(DartsOps::make<float>("sep_conv_3x3", c, 1, Phase::kSearch, g)->parameter_count() == 2 * (9 * c + c * c));
+  CHECK(DartsOps::make<float>("dil_conv_5x5", c, 2, Phase::kEval, g)->parameter_count() == 25 * c + c * c + 2 * c);
+  CHECK(DartsOps::make<float>("skip_connect", c, 2, Phase::kEval, g)->parameter_count() == 2 * c * (c / 2) + 2 * c);
+  CHECK(DartsOps::make<float>("skip_connect", c, 1, Phase::kEval, g)->is_identity());
+  CHECK(DartsOps::make<float>("none", c, 2, Phase::kEval, g)->is_zero());
+}
+
+TEST_CASE("every DARTS op maps [N, C, H, W] to C channels at stride 1 and 2 (odd sizes too)") {
+  PhiloxGenerator g(2);
+  Var<float> x(Tensor<float>::full({2, 4, 7, 8}, 0.5f));
+  Var<float> x_even(Tensor<float>::full({2, 4, 8, 6}, 0.5f));
+  NoGradGuard ng;
+  for (auto name : DartsOps::kNames) {
+    CAPTURE(name);
+    auto op1 = DartsOps::make<float>(name, 4, 1, Phase::kSearch, g);
+    CHECK((*op1)(x).shape() == Shape{2, 4, 7, 8});
+    auto op2 = DartsOps::make<float>(name, 4, 2, Phase::kSearch, g);
+    CHECK((*op2)(x_even).shape() == Shape{2, 4, 4, 3});
+  }
+}
+
+TEST_CASE("supernet shapes: 8 cells, reductions at 2 and 5, 14 x 8 alphas") {
+  PhiloxGenerator g(3);
+  SupernetConfig cfg{.init_channels = 4, .layers = 5, .in_channels = 1, .num_classes = 7};
+  Supernet<float, DartsEgs> net(cfg, g);
+  CHECK(net.alpha_normal().shape() == Shape{14, 8});
+  CHECK(net.alpha_reduce().shape() == Shape{14, 8});
+  CHECK_FALSE(net.cell(0).reduction());
+  CHECK(net.cell(1).reduction());  // layers / 3
+  CHECK(net.cell(3).reduction());  // 2 * layers / 3
+  Var<float> x(Tensor<float>::full({3, 1, 16, 16}, 0.1f));
+  PhiloxGenerator noise(4);
+  NoGradGuard ng;
+  auto y = net.forward(x, {}, noise, false);
+  CHECK(y.shape() == Shape{3, 7});
+  auto ys = net.forward(x, {}, noise, true);  // sparse: only sampled ops run
+  CHECK(ys.shape() == Shape{3, 7});
+  // Default DARTS sizes: 8 cells, C = 16, CIFAR -> 1.93M weights as the DARTS code reports
+  // (it counts weights only, not alpha; its "param size" excludes nothing else in search).
+  Supernet<float, DartsSoftmax> darts(SupernetConfig{}, g);
+  CHECK(darts.parameter_count() == 1930618);
+}
+
+TEST_CASE("sparse and dense forwards agree when the weights are the same hard code") {
+  PhiloxGenerator g(5);
+  SupernetConfig cfg{.init_channels = 4, .layers = 3, .in_channels = 2, .num_classes = 3};
+  Supernet<double, DartsEgs> net(cfg, g);
+  VarD x(random_tensor({2, 2, 8, 8}, 6));
+  PhiloxGenerator n1(7), n2(7);
+  auto dense = net.forward(x, {}, n1, false).value();
+  auto sparse = net.forward(x, {}, n2, true).value();
+  for (index_t i = 0; i < dense.numel(); ++i) CHECK(sparse[i] == doctest::Approx(dense[i]).epsilon(1e-10));
+  clear_tape<double>();
+}
+
+TEST_CASE("gradients reach alpha and weights through a whole supernet") {
+  PhiloxGenerator g(8);
+  SupernetConfig cfg{.init_channels = 2, .layers = 3, .in_channels = 1, .num_classes = 3};
+  using Space = SearchSpace<OpSet<NoneOp, AvgPool3x3, SkipConnect, SepConv3x3>, 2, 2,
+                            estimators::Softmax, Granularity::kEdge>;
+  Supernet<double, Space> net(cfg, g);
+  VarD x(random_tensor({2, 1, 8, 8}, 9));
+  auto labels = Tensor<std::int32_t>::from({2}, {0, 2});
+  // Finite differences on a few alpha entries of the full network (batch-norm in train mode
+  // makes every sample's output depend on the batch; the check holds all the same).
+  auto loss_at = [&]() {
+    PhiloxGenerator n(1);
+    return cross_entropy(net.forward(x, {}, n, false), labels);
+  };
+  clear_tape<double>();
+  backward(loss_at());
+  const TensorD grad = net.alpha_normal().grad().clone();
+  for (index_t i : {index_t(1), index_t(6), index_t(13)}) {
+    double& a = net.alpha_normal().value()[i];
+    const double orig = a, h = 1e-6;
+    double lp, lm;
+    {
+      NoGradGuard ng;
+      a = orig + h;
+      lp = loss_at().value()[0];
+      a = orig - h;
+      lm = loss_at().value()[0];
+      a = orig;
+    }
+    CHECK(grad[i] == doctest::Approx((lp - lm) / (2 * h)).epsilon(1e-5));
+  }
+}
+}
