@@ -20,9 +20,9 @@ void philox(bool gumbel, std::uint64_t seed, std::uint64_t base, std::int64_t n,
   // Poison the output so a kernel that skips elements cannot pass.
   DATANAS_CUDA_CHECK(cudaMemset(d, 0xff, sizeof(float) * std::size_t(n)));
   if (gumbel)
-    cuda::launch_philox(cuda::philox_gumbel_kernel, seed, base, n, d);
+    cuda::launch_philox(cuda::GumbelTransform{}, seed, base, n, d);
   else
-    cuda::launch_philox(cuda::philox_uniform_kernel, seed, base, n, d);
+    cuda::launch_philox(cuda::UniformTransform{}, seed, base, n, d);
   DATANAS_CUDA_CHECK(cudaMemcpy(host_out, d, sizeof(float) * std::size_t(n), cudaMemcpyDeviceToHost));
   DATANAS_CUDA_CHECK(cudaFree(d));
 }

@@ -12,31 +12,32 @@
 
 namespace datanas::cuda {
 
-/// out[i] = uniform_open01(word i of the stream starting at counter `base`), i < n.
-__global__ void philox_uniform_kernel(std::uint64_t seed, std::uint64_t base, std::int64_t n,
-                                      float* out) {
+/// out[i] = f(word i of the stream starting at counter `base`), i < n; one thread per counter
+/// (four words), exactly as the CPU's PhiloxGenerator::bits_at numbers them.
+template <class F>
+__global__ void philox_kernel(std::uint64_t seed, std::uint64_t base, std::int64_t n, float* out, F f) {
   const std::int64_t block = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (block * 4 >= n) return;
   const Philox4x32 r = philox4x32(base + std::uint64_t(block), 0, seed);
-  for (int j = 0; j < 4 && block * 4 + j < n; ++j) out[block * 4 + j] = uniform_open01(r.v[j]);
+  for (int j = 0; j < 4 && block * 4 + j < n; ++j) out[block * 4 + j] = f(r.v[j]);
 }
 
-/// out[i] = Gumbel(0, 1) sample from word i of the stream starting at counter `base`.
-__global__ void philox_gumbel_kernel(std::uint64_t seed, std::uint64_t base, std::int64_t n,
-                                     float* out) {
-  const std::int64_t block = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (block * 4 >= n) return;
-  const Philox4x32 r = philox4x32(base + std::uint64_t(block), 0, seed);
-  for (int j = 0; j < 4 && block * 4 + j < n; ++j) out[block * 4 + j] = gumbel_from_bits(r.v[j]);
-}
+/// Uniforms in (0, 1) (uniform_open01).
+struct UniformTransform {
+  __device__ float operator()(std::uint32_t bits) const { return uniform_open01(bits); }
+};
+/// Gumbel(0, 1) samples (gumbel_from_bits).
+struct GumbelTransform {
+  __device__ float operator()(std::uint32_t bits) const { return gumbel_from_bits(bits); }
+};
 
-/// Launches one of the kernels above for n numbers on `stream`.
-template <class Kernel>
-void launch_philox(Kernel k, std::uint64_t seed, std::uint64_t base, std::int64_t n, float* out,
+/// Launches philox_kernel for n numbers on `stream`.
+template <class F>
+void launch_philox(F f, std::uint64_t seed, std::uint64_t base, std::int64_t n, float* out,
                    cudaStream_t stream = nullptr) {
   const std::int64_t blocks = (n + 3) / 4;
   constexpr int kThreads = 256;
-  k<<<unsigned((blocks + kThreads - 1) / kThreads), kThreads, 0, stream>>>(seed, base, n, out);
+  philox_kernel<<<unsigned((blocks + kThreads - 1) / kThreads), kThreads, 0, stream>>>(seed, base, n, out, f);
   DATANAS_CUDA_CHECK(cudaGetLastError());
 }
 
