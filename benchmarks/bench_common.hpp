@@ -1,0 +1,65 @@
+// benchmarks/bench_common.hpp - what bench_ops and bench_autograd share with
+// benchmarks/pytorch/ops.py: the deterministic inputs and the --verify checksums.
+//
+// Both sides fill their tensors from the same integer hash, computed in double and rounded once
+// to float, so the C++ and the Python benchmarks see bit-identical inputs (the sparsity of relu
+// and the arg-max pattern of max pooling, which change kernel time, are then the same too).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "datanas/datanas.hpp"
+
+namespace datanas::bench {
+
+using F32 = float;
+using VarF = Var<F32, Cpu>;
+using TensorF = Tensor<F32, Cpu>;
+
+/// Element i of input number `seed`: uniform-looking in [-scale, scale). ops.py: hashed().
+inline TensorF hashed(const Shape& s, std::uint32_t seed, double scale = 1.0) {
+  TensorF t = TensorF::empty(s);
+  for (index_t i = 0; i < t.numel(); ++i) {
+    const std::uint64_t h =
+        (std::uint64_t(i + 1) * 2654435761ull + std::uint64_t(seed) * 40503ull) % 4294967296ull;
+    t[i] = F32((double(h) / 4294967296.0 * 2.0 - 1.0) * scale);
+  }
+  return t;
+}
+
+/// A leaf that requires grad (an input or a weight that PyTorch would differentiate).
+inline VarF param(const Shape& s, std::uint32_t seed, double scale = 1.0) {
+  return VarF(hashed(s, seed, scale), true);
+}
+
+/// Two numbers that identify a gradient up to float rounding: sum_i g_i * ((i % 7) - 3) and
+/// sum_i |g_i|. A permuted or mis-padded gradient changes the first; a wrong scale both.
+inline std::pair<double, double> checksum(const TensorF& g) {
+  double w = 0, a = 0;
+  for (index_t i = 0; i < g.numel(); ++i) {
+    w += double(g[i]) * double(i % 7 - 3);
+    a += std::abs(double(g[i]));
+  }
+  return {w, a};
+}
+
+/// {"loss": l, "grads": [[w, a], ...]} for the --verify output.
+inline std::string verify_json(double loss, const std::vector<VarF>& leaves) {
+  std::string s = "{\"loss\": ";
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%.9g", loss);
+  s += buf;
+  s += ", \"grads\": [";
+  for (std::size_t i = 0; i < leaves.size(); ++i) {
+    const auto [w, a] = checksum(leaves[i].grad());
+    std::snprintf(buf, sizeof buf, "%s[%.9g, %.9g]", i ? ", " : "", w, a);
+    s += buf;
+  }
+  return s + "]}";
+}
+
+}  // namespace datanas::bench
