@@ -1,5 +1,7 @@
 // The DARTS search space: op compositions, cell and supernet shapes, parameter counts, the
 // sparse forward, and a user-defined space.
+#include <cstring>
+
 #include "gradcheck.hpp"
 #include "datanas/spaces/supernet.hpp"
 
@@ -44,7 +46,15 @@ TEST_CASE("every DARTS op maps [N, C, H, W] to C channels at stride 1 and 2 (odd
     CHECK((*op1)(x).shape() == Shape{2, 4, 7, 8});
     auto op2 = DartsOps::make<float>(name, 4, 2, Phase::kSearch, g);
     CHECK((*op2)(x_even).shape() == Shape{2, 4, 4, 3});
+    // Ops that start with ReLU give the same values from a shared relu(x) (the mixed op's path).
+    if (op2->relu_first()) {
+      auto a = (*op2)(x_even).value(), b = op2->from_relu(relu(x_even)).value();
+      CHECK(std::memcmp(a.data(), b.data(), sizeof(float) * std::size_t(a.numel())) == 0);
+    }
   }
+  CHECK(DartsOps::make<float>("sep_conv_3x3", 4, 1, Phase::kSearch, g)->relu_first());
+  CHECK_FALSE(DartsOps::make<float>("max_pool_3x3", 4, 1, Phase::kSearch, g)->relu_first());
+  CHECK_THROWS_AS(DartsOps::make<float>("avg_pool_3x3", 4, 1, Phase::kSearch, g)->from_relu(x), datanas::error);
 }
 
 TEST_CASE("supernet shapes: 8 cells, reductions at 2 and 5, 14 x 8 alphas") {

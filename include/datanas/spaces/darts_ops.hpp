@@ -32,6 +32,15 @@ class OpModule : public nn::Module<T> {
   [[nodiscard]] virtual bool is_zero() const { return false; }
   /// skip_connect at stride 1: no drop path in the evaluation network.
   [[nodiscard]] virtual bool is_identity() const { return false; }
+  /// Whether the op begins with ReLU(x). A mixed op then computes relu(x) once per edge and
+  /// hands it to every such op through from_relu(): one activation (and one ReLU backward)
+  /// per edge instead of one per op, the same values.
+  [[nodiscard]] virtual bool relu_first() const { return false; }
+  /// The op applied to r = relu(x); only for relu_first() ops.
+  virtual Var<T> from_relu(const Var<T>& r) const {
+    (void)r;
+    throw error("from_relu: this op does not start with ReLU");
+  }
 };
 
 /// Output spatial size of the stride-s DARTS ops (3x3 with padding 1): ceil(h / s).
@@ -46,7 +55,9 @@ class ReLUConvBN : public OpModule<T> {
     this->register_module("op.1", conv_);
     this->register_module("op.2", bn_);
   }
-  Var<T> operator()(const Var<T>& x) const override { return bn_(conv_(relu(x))); }
+  Var<T> operator()(const Var<T>& x) const override { return from_relu(relu(x)); }
+  [[nodiscard]] bool relu_first() const override { return true; }
+  Var<T> from_relu(const Var<T>& r) const override { return bn_(conv_(r)); }
 
  private:
   nn::Conv2d<T> conv_;
@@ -65,11 +76,12 @@ class FactorizedReduce : public OpModule<T> {
     this->register_module("conv_2", conv2_);
     this->register_module("bn", bn_);
   }
-  Var<T> operator()(const Var<T>& x) const override {
-    DATANAS_CHECK(x.shape().h() % 2 == 0 && x.shape().w() % 2 == 0,
-                  "FactorizedReduce: input ", x.shape().str(),
+  Var<T> operator()(const Var<T>& x) const override { return from_relu(relu(x)); }
+  [[nodiscard]] bool relu_first() const override { return true; }
+  Var<T> from_relu(const Var<T>& r) const override {
+    DATANAS_CHECK(r.shape().h() % 2 == 0 && r.shape().w() % 2 == 0,
+                  "FactorizedReduce: input ", r.shape().str(),
                   " has an odd spatial size; its two halves would not line up");
-    Var<T> r = relu(x);
     Var<T> halves[] = {conv1_(r), conv2_(shift_crop(r))};
     return bn_(concat_channels<T, Cpu>(halves));
   }
@@ -99,8 +111,10 @@ class SepConv : public OpModule<T> {
     this->register_module("op.6", pw2_);
     this->register_module("op.7", bn2_);
   }
-  Var<T> operator()(const Var<T>& x) const override {
-    return bn2_(pw2_(dw2_(relu(bn1_(pw1_(dw1_(relu(x))))))));
+  Var<T> operator()(const Var<T>& x) const override { return from_relu(relu(x)); }
+  [[nodiscard]] bool relu_first() const override { return true; }
+  Var<T> from_relu(const Var<T>& r) const override {
+    return bn2_(pw2_(dw2_(relu(bn1_(pw1_(dw1_(r)))))));
   }
 
  private:
@@ -121,7 +135,9 @@ class DilConv : public OpModule<T> {
     this->register_module("op.2", pw_);
     this->register_module("op.3", bn_);
   }
-  Var<T> operator()(const Var<T>& x) const override { return bn_(pw_(dw_(relu(x)))); }
+  Var<T> operator()(const Var<T>& x) const override { return from_relu(relu(x)); }
+  [[nodiscard]] bool relu_first() const override { return true; }
+  Var<T> from_relu(const Var<T>& r) const override { return bn_(pw_(dw_(r))); }
 
  private:
   nn::Conv2d<T> dw_, pw_;

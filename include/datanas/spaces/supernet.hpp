@@ -70,11 +70,17 @@ class MixedOp : public nn::Module<T> {
     const T* wp = w.value().data();
     const Shape& s = x.shape();
     const Shape out_shape{s.n(), s.c(), strided_size(s.h(), stride_), strided_size(s.w(), stride_)};
+    Var<T> r;  // relu(x), shared by every op of the edge that starts with ReLU
     for (int k = 0; k < Ops::kSize; ++k) {
       idx[k] = int(offset + k);
       const OpModule<T>& op = *ops_[std::size_t(k)];
       if (op.is_zero() || (sparse && wp[offset + k] == T(0))) continue;
-      terms[k] = op(x);
+      if (op.relu_first()) {
+        if (!r.defined()) r = relu(x);
+        terms[k] = op.from_relu(r);
+      } else {
+        terms[k] = op(x);
+      }
       DATANAS_ASSERT(terms[k].shape() == out_shape);
     }
     for (int k = 0; k < Ops::kSize; ++k)
