@@ -142,6 +142,14 @@ int search_with(spaces::SearchNetwork<float>& net, const Options& o, const Data&
     DATANAS_CHECK(saved == o.identity(), "--resume: '", ckpt_path, "' was written with different flags:\n  saved: ",
                   saved, "\n  now:   ", o.identity());
     searcher.restore(ck);
+    // Keep the log consistent with the checkpoint: a run killed after logging an epoch but
+    // before its checkpoint landed would otherwise log that epoch twice.
+    if (fs::exists(log_path)) {
+      std::istringstream in(io::read_text_file(log_path));
+      std::string line, kept;
+      for (long row = -1; std::getline(in, line) && row < searcher.epoch(); ++row) kept += line + "\n";
+      io::write_text_file(log_path, kept);
+    }
     std::printf("resumed from %s at epoch %ld of %ld\n", ckpt_path.c_str(), searcher.epoch(), o.epochs);
   } else {
     io::write_text_file(log_path,

@@ -10,6 +10,8 @@ flags="--train-limit 192 --init-channels 4 --layers 3 --nodes 3 --epochs 3 --bat
 "$search" $flags --out "$dir/straight" > "$dir/straight.log" 2>&1
 "$search" $flags --out "$dir/split" --stop-after 1 > "$dir/split1.log" 2>&1
 grep -q "continue with --resume" "$dir/split1.log"
+# As if the run had been killed after logging epoch 2 but before its checkpoint landed.
+echo '2,stale row of a lost epoch' >> "$dir/split/log.csv"
 [ ! -f "$dir/split/summary.json" ]
 "$search" $flags --out "$dir/split" --resume --stop-after 1 > "$dir/split2.log" 2>&1
 grep -q "resumed from .* at epoch 1 of 3" "$dir/split2.log"
