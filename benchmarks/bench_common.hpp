@@ -62,4 +62,22 @@ inline std::string verify_json(double loss, const std::vector<VarF>& leaves) {
   return s + "]}";
 }
 
+/// The common tail of every benchmark main(): context lines (threads, NDEBUG), then Google
+/// Benchmark's own argument handling and run. Needs <benchmark/benchmark.h> included first.
+#ifdef BENCHMARK_BENCHMARK_H_
+inline int run_benchmarks(int argc, char** argv) {
+  benchmark::AddCustomContext("omp_threads", std::to_string(cpu::num_threads()));
+#ifdef NDEBUG
+  benchmark::AddCustomContext("NDEBUG", "yes");
+#else
+  benchmark::AddCustomContext("NDEBUG", "no (Eigen assertions on)");
+#endif
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
+#endif
+
 }  // namespace datanas::bench

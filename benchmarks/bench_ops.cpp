@@ -253,16 +253,6 @@ int main(int argc, char** argv) {
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
   }
-  benchmark::AddCustomContext("omp_threads", std::to_string(cpu::num_threads()));
   benchmark::AddCustomContext("datanas_conv", DATANAS_BENCH_HAVE_CONV ? "yes" : "not built");
-#ifdef NDEBUG
-  benchmark::AddCustomContext("NDEBUG", "yes");
-#else
-  benchmark::AddCustomContext("NDEBUG", "no (Eigen assertions on)");
-#endif
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return bench::run_benchmarks(argc, argv);
 }

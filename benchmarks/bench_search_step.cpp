@@ -31,6 +31,8 @@
 //                                                      CPU ms, allocator and process peak
 #include <benchmark/benchmark.h>
 
+#include "bench_common.hpp"
+
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -242,15 +244,5 @@ int main(int argc, char** argv) {
         ->Iterations(3)
         ->Unit(benchmark::kMillisecond);
   }
-  benchmark::AddCustomContext("omp_threads", std::to_string(cpu::num_threads()));
-#ifdef NDEBUG
-  benchmark::AddCustomContext("NDEBUG", "yes");
-#else
-  benchmark::AddCustomContext("NDEBUG", "no (Eigen assertions on)");
-#endif
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return bench::run_benchmarks(argc, argv);
 }
