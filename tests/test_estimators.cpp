@@ -4,6 +4,7 @@
 
 #include "gradcheck.hpp"
 #include "datanas/estimators/estimators.hpp"
+#include "datanas/search/sample.hpp"
 
 using namespace datanas;
 using namespace datanas::testing;
@@ -283,5 +284,36 @@ TEST_CASE("group layouts and temperature schedules") {
   CHECK_THROWS_WITH_AS(mixing_weights(Kind::kEgs, 4, bad, node, {}, g),
                        doctest::Contains("alpha has shape [3, 8], the cell needs [14, 8]"), datanas::error);
   clear_tape<double>();
+}
+TEST_CASE("sample_cell draws what the estimator draws: at most M pairs per node, no none, reproducible") {
+  search::AlphaMatrix a{14, 8, {}};
+  PhiloxGenerator init(3);
+  for (int i = 0; i < 14 * 8; ++i) a.logits.push_back(init.normal());
+  a.logits[0] = 4.0;  // node 0, edge 0: 'none' very likely, and never listed
+  for (int M : {1, 4}) {
+    PhiloxGenerator g1(9), g2(9);
+    for (int t = 0; t < 200; ++t) {
+      const auto c = search::sample_cell(a, search::kDartsOps, 4, Kind::kEgs, M, Normalize::kSoftmax,
+                                         Granularity::kNode, g1);
+      const auto d = search::sample_cell(a, search::kDartsOps, 4, Kind::kEgs, M, Normalize::kSoftmax,
+                                         Granularity::kNode, g2);
+      REQUIRE(c.nodes.size() == 4);
+      for (std::size_t i = 0; i < 4; ++i) {
+        REQUIRE(c.nodes[i].size() <= std::size_t(M));
+        REQUIRE(c.nodes[i] == d.nodes[i]);  // same seed, same architecture
+        for (const auto& p : c.nodes[i]) {
+          REQUIRE(p.op != "none");
+          REQUIRE(p.input < int(i) + 2);
+        }
+      }
+    }
+  }
+  PhiloxGenerator g(1);
+  CHECK_THROWS_WITH_AS(search::sample_cell(a, search::kDartsOps, 4, Kind::kSoftmax, 1, Normalize::kSoftmax,
+                                           Granularity::kNode, g),
+                       doctest::Contains("only hard estimators"), datanas::error);
+  CHECK_THROWS_WITH_AS(search::sample_cell(a, search::kDartsOps, 3, Kind::kEgs, 4, Normalize::kSoftmax,
+                                           Granularity::kNode, g),
+                       doctest::Contains("needs 9 x 8"), datanas::error);
 }
 }
