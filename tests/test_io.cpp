@@ -40,6 +40,19 @@ TEST_CASE("flags parse in both spellings") {
   CHECK_FALSE(h.parse({"--help"}));
 }
 
+TEST_CASE("boolean flags switch on and off; given() tells what the command line set") {
+  Flags f;
+  CHECK(f.parse({"--sparse=true"}));
+  CHECK(f.sparse);
+  CHECK(f.parser.given("sparse"));
+  CHECK_FALSE(f.parser.given("epochs"));
+  CHECK(f.parse({"--no-sparse"}));
+  CHECK_FALSE(f.sparse);
+  CHECK(f.parse({"--sparse", "--sparse=0"}));
+  CHECK_FALSE(f.sparse);
+  CHECK_THROWS_AS((void)f.parser.given("nope"), datanas::error);
+}
+
 TEST_CASE("bad flags are named in the error") {
   CHECK_THROWS_WITH_AS(Flags().parse({"--epoch", "3"}), doctest::Contains("unknown flag --epoch"), datanas::error);
   CHECK_THROWS_WITH_AS(Flags().parse({"--epochs", "3x"}), doctest::Contains("--epochs: '3x' is not a valid integer"),
@@ -47,7 +60,9 @@ TEST_CASE("bad flags are named in the error") {
   CHECK_THROWS_WITH_AS(Flags().parse({"--lr"}), doctest::Contains("--lr needs a value"), datanas::error);
   CHECK_THROWS_WITH_AS(Flags().parse({"--dataset", "mnist"}),
                        doctest::Contains("'mnist' is not one of {fashion-mnist, cifar10}"), datanas::error);
-  CHECK_THROWS_WITH_AS(Flags().parse({"--sparse=1"}), doctest::Contains("--sparse takes no value"), datanas::error);
+  CHECK_THROWS_WITH_AS(Flags().parse({"--sparse=yes"}), doctest::Contains("--sparse: 'yes' is not true/false"),
+                       datanas::error);
+  CHECK_THROWS_WITH_AS(Flags().parse({"--no-epochs"}), doctest::Contains("unknown flag --no-epochs"), datanas::error);
   CHECK_THROWS_WITH_AS(Flags().parse({"epochs"}), doctest::Contains("unexpected argument 'epochs'"), datanas::error);
 }
 }

@@ -25,8 +25,13 @@ class ArgParser {
     return add_impl(std::move(name), std::move(help), *v, false, [v](std::string_view s) { *v = s; });
   }
   ArgParser& add(std::string name, bool* v, std::string help) {
+    const std::string flag = name;
     return add_impl(std::move(name), std::move(help), *v ? "true" : "false", true,
-                    [v](std::string_view) { *v = true; });
+                    [v, flag](std::string_view s) {
+                      DATANAS_CHECK(s == "true" || s == "false" || s == "1" || s == "0", "--", flag,
+                                    ": '", s, "' is not true/false");
+                      *v = s == "true" || s == "1";
+                    });
   }
   template <class N>
     requires std::is_arithmetic_v<N>
@@ -73,10 +78,16 @@ class ArgParser {
         has_value = true;
       }
       Flag* f = find(a);
+      if (!f && a.starts_with("no-") && !has_value)  // --no-X switches a boolean flag off
+        if (Flag* b = find(a.substr(3)); b && b->is_bool) {
+          b->set("false");
+          b->given = true;
+          continue;
+        }
       DATANAS_CHECK(f != nullptr, "unknown flag --", a, " (see --help)");
-      if (f->is_bool) {
-        DATANAS_CHECK(!has_value, "--", a, " takes no value");
-        f->set({});
+      f->given = true;
+      if (f->is_bool) {  // --X, --X=true, --X=false
+        f->set(has_value ? value : std::string_view("true"));
         continue;
       }
       if (!has_value) {
@@ -88,12 +99,22 @@ class ArgParser {
     return true;
   }
 
+  /// Whether --name (or --no-name) appeared on the command line of the last parse().
+  [[nodiscard]] bool given(std::string_view name) const {
+    for (const auto& f : flags_)
+      if (f.name == name) return f.given;
+    throw error(detail::concat("ArgParser::given: no flag --", name));
+  }
+
   void usage(std::ostream& out) const {
     out << "usage: " << program_ << " [flags]\n" << description_ << "\n\nflags:\n";
     for (const auto& f : flags_) {
       std::string head = "  --" + f.name + (f.is_bool ? "" : " V");
       if (head.size() < 26) head.resize(26, ' ');
-      out << head << " " << f.help << (f.is_bool ? "" : " (default: " + f.default_value + ")") << "\n";
+      out << head << " " << f.help
+          << (f.is_bool ? (f.default_value == "true" ? " (on by default; --no-" + f.name + " turns it off)" : "")
+                        : " (default: " + f.default_value + ")")
+          << "\n";
     }
     out << "  --help                     show this message\n";
   }
@@ -102,6 +123,7 @@ class ArgParser {
   struct Flag {
     std::string name, help, default_value;
     bool is_bool;
+    bool given = false;
     std::function<void(std::string_view)> set;
   };
   template <class N>
@@ -115,7 +137,7 @@ class ArgParser {
   }
   ArgParser& add_impl(std::string name, std::string help, std::string def, bool is_bool,
                       std::function<void(std::string_view)> set) {
-    flags_.push_back({std::move(name), std::move(help), std::move(def), is_bool, std::move(set)});
+    flags_.push_back({std::move(name), std::move(help), std::move(def), is_bool, false, std::move(set)});
     return *this;
   }
   Flag* find(std::string_view name) {
