@@ -18,6 +18,7 @@
 #include <cctype>
 #include <charconv>
 #include <cstdio>
+#include <filesystem>
 #include <optional>
 #include <span>
 #include <string>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "datanas/core/error.hpp"
+#include "datanas/io/files.hpp"
 #include "datanas/io/json.hpp"
 
 namespace datanas::search {
@@ -855,6 +857,34 @@ inline constexpr std::array<std::string_view, 5> kPublishedGenotypes = {
   if (n == "DATA_M4") return detail::make_data_m4();
   if (n == "DATA_M7") return detail::make_data_m7();
   return std::nullopt;
+}
+
+/// A genotype from what a user types: a published name (see published_genotype), a text form
+/// as printed by DARTS-family code ("Genotype(normal=[...], ...)"), or the path of a file
+/// holding either the text form or the JSON form (genotype.txt / genotype.json written by
+/// datanas-search). Errors say which of the three was tried and why it failed.
+[[nodiscard]] inline Genotype load_genotype(std::string_view spec) {
+  if (auto g = published_genotype(spec)) return *g;
+  std::string_view s = spec;
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  if (s.starts_with("Genotype")) return parse_genotype(s);
+  const std::string path(spec);
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    std::string names;
+    for (auto n : kPublishedGenotypes) names += (names.empty() ? "" : ", ") + std::string(n);
+    throw error(datanas::detail::concat("genotype '", spec, "' is not a published name (", names,
+                                        "), not a Genotype(...) text and not a readable file"));
+  }
+  const std::string text = io::read_text_file(path);
+  std::string_view t = text;
+  while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.remove_prefix(1);
+  try {
+    if (t.starts_with("{")) return genotype_from_json(t, path);
+    return parse_genotype(t);
+  } catch (const error& e) {
+    throw error(datanas::detail::concat("genotype file '", path, "': ", e.what()));
+  }
 }
 
 }  // namespace datanas::search
