@@ -30,20 +30,24 @@ using search::Normalize;
 
 enum class Kind { kSoftmax, kSoftGumbel, kHardGumbel, kEgs };
 
-/// The groups of a cell's alpha [E, K] (edges in node order, node i having 2 + i edges): per
-/// edge, group e is row e; per node, group i is the contiguous block of node i's rows.
+/// The groups of a cell's alpha [E, K] (edges in node order, node i having first_inputs + i
+/// edges): per edge, group e is row e; per node, group i is the contiguous block of node i's rows.
+/// first_inputs is 2 in the DARTS CNN cell (two cell inputs) and 1 in the recurrent cell (node i
+/// reads states 0 .. i, ALGORITHMS.md §4).
 struct GroupLayout {
   int nodes = 4;
   int ops = 8;  // K
   Granularity granularity = Granularity::kNode;
+  int first_inputs = 2;
 
-  [[nodiscard]] int edges() const { return nodes * (nodes + 3) / 2; }  // sum of (2 + i)
+  /// sum over i < nodes of (first_inputs + i)
+  [[nodiscard]] int edges() const { return nodes * first_inputs + nodes * (nodes - 1) / 2; }
   [[nodiscard]] int count() const { return granularity == Granularity::kEdge ? edges() : nodes; }
   /// First flat index and length of group g.
   [[nodiscard]] std::pair<index_t, index_t> group(int g) const {
     if (granularity == Granularity::kEdge) return {index_t(g) * ops, ops};
-    const index_t first_edge = index_t(g) * (g + 3) / 2;  // sum_{j<g} (2 + j)
-    return {first_edge * ops, index_t(2 + g) * ops};
+    const index_t first_edge = index_t(g) * first_inputs + index_t(g) * (g - 1) / 2;
+    return {first_edge * ops, index_t(first_inputs + g) * ops};
   }
 };
 
