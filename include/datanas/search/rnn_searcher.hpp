@@ -1,0 +1,213 @@
+// datanas/search/rnn_searcher.hpp - the recurrent architecture search of ALGORITHMS.md §3-4 on
+// a word-level corpus, as DARTS' rnn/train_search.py runs it (first order):
+//
+//   for each window i of the training stream (length bptt, or bptt / 2 with probability 0.05):
+//     lr of the step = lr * seq_len / bptt
+//     architecture step: Adam on alpha, loss = CE on the window of the *validation* stream
+//       (batchified with the training batch size) at row i mod (rows - 1), length bptt, with its
+//       own hidden state carried across steps
+//     weight step: SGD (weight decay, no momentum) on CE + beta * TAR of the training window,
+//       joint gradient norm clipped
+//   then the validation perplexity (eval batch size, fixed windows).
+// Every forward draws a fresh estimator sample, shared by all time steps of its window, and
+// fresh dropout masks. All randomness comes from three counter-based generators checkpointed at
+// each epoch end, so a resumed run is bit-identical.
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "datanas/data/ptb.hpp"
+#include "datanas/estimators/estimators.hpp"
+#include "datanas/io/checkpoint.hpp"
+#include "datanas/io/progress.hpp"
+#include "datanas/optim/optimizers.hpp"
+#include "datanas/search/rnn_genotype.hpp"
+#include "datanas/spaces/rnn_space.hpp"
+#include "datanas/train/language_model.hpp"
+
+namespace datanas::search {
+
+struct RnnSearchConfig {
+  long epochs = 50;
+  index_t batch_size = 256;      ///< training and architecture batches
+  index_t eval_batch_size = 10;  ///< validation perplexity
+  index_t bptt = 35;
+  index_t max_seq_len_delta = 20;
+  bool seq_jitter = false;  ///< N(bptt, 5) window lengths; DARTS' search script has them off
+  // Weights (§4): SGD lr 20, no momentum, wd 5e-7, clip 0.25; TAR beta 1e-3 (DARTS default).
+  double lr = 20, weight_decay = 5e-7, clip = 0.25, beta = 1e-3;
+  // Architecture: Adam lr 3e-3, torch's default betas (DARTS rnn/architect.py), wd 1e-3.
+  double arch_lr = 3e-3, arch_beta1 = 0.9, arch_beta2 = 0.999, arch_weight_decay = 1e-3;
+  bool sparse = false;  ///< run only the sampled (predecessor, op) terms (hard estimators)
+  estimators::TemperatureSchedule tau;
+  Normalize normalize = Normalize::kSoftmax;
+  std::uint64_t seed = 1;
+};
+
+struct RnnSearchEpoch {
+  long epoch = 0;  ///< 1-based
+  double train_loss = 0, train_acc = 0, arch_loss = 0, valid_loss = 0, lr = 0, tau = 0, seconds = 0;
+  long steps = 0, tokens = 0;
+  double tokens_per_second = 0;  ///< training + architecture tokens per second (excluding validation)
+};
+
+template <class T>
+class RnnSearcher {
+ public:
+  using Net = spaces::rnn::RnnSearchNetwork<T>;
+
+  /// train: the training stream batchified with batch_size; search: the validation stream
+  /// batchified with batch_size (architecture steps); valid: the validation stream batchified
+  /// with eval_batch_size (perplexity). The streams must outlive the searcher.
+  RnnSearcher(Net& net, const Tensor<std::int32_t>& train, const Tensor<std::int32_t>& search,
+              const Tensor<std::int32_t>& valid, RnnSearchConfig cfg)
+      : net_(net), train_(train), search_(search), valid_(valid), cfg_(cfg), weights_(net.parameters()),
+        alphas_{net.alpha()},
+        w_opt_(weights_, cfg.lr, 0.0, cfg.weight_decay),
+        a_opt_(alphas_, cfg.arch_lr, cfg.arch_beta1, cfg.arch_beta2, cfg.arch_weight_decay),
+        data_gen_(cfg.seed ^ 0x52AA5EA4C4000001ull), noise_gen_(cfg.seed ^ 0x52AA5EA4C4000002ull),
+        dropout_gen_(cfg.seed ^ 0x52AA5EA4C4000003ull) {
+    DATANAS_CHECK(cfg.epochs >= 1, "search: --epochs must be >= 1, got ", cfg.epochs);
+    DATANAS_CHECK(cfg.bptt >= 2, "search: --bptt must be >= 2, got ", cfg.bptt);
+    DATANAS_CHECK(train.dim(1) == cfg.batch_size && search.dim(1) == cfg.batch_size, "search: the training and "
+                  "architecture streams must be batchified with the batch size ", cfg.batch_size);
+    DATANAS_CHECK(train.dim(0) >= 3 && search.dim(0) >= 2, "search: streams too short (", train.dim(0), " and ",
+                  search.dim(0), " rows)");
+    DATANAS_CHECK(cfg.batch_size >= 2, "search: the batch norm of the search cell needs a batch of >= 2");
+    ec_ = {cfg.tau.at(0, cfg.epochs), cfg.normalize};
+  }
+
+  [[nodiscard]] long epoch() const { return epoch_; }
+  [[nodiscard]] const RnnSearchConfig& config() const { return cfg_; }
+  /// About how many windows an epoch has (the exact count depends on the sampled lengths).
+  [[nodiscard]] long estimated_steps() const { return long((train_.dim(0) - 2) / cfg_.bptt) + 1; }
+
+  /// Runs the next epoch, then measures the validation loss.
+  RnnSearchEpoch run_epoch(io::ProgressBar* bar = nullptr) {
+    const auto t0 = std::chrono::steady_clock::now();
+    RnnSearchEpoch st;
+    st.epoch = epoch_ + 1;
+    st.lr = cfg_.lr;
+    st.tau = cfg_.tau.at(epoch_, cfg_.epochs);
+    ec_ = {st.tau, cfg_.normalize};
+    const data::BpttSampler sampler{cfg_.bptt, cfg_.max_seq_len_delta, cfg_.seq_jitter};
+    const index_t rows = train_.dim(0), search_rows = search_.dim(0), batch = cfg_.batch_size;
+    Tensor<T> hidden = net_.init_hidden(batch), hidden_valid = net_.init_hidden(batch);
+    net_.train();
+    double loss_w = 0, loss_a = 0;
+    long correct = 0, tokens = 0, steps = 0;
+    const long estimate = estimated_steps();
+    for (index_t i = 0; i < rows - 2;) {
+      const index_t seq_len = sampler(data_gen_);
+      w_opt_.set_lr(cfg_.lr * double(seq_len) / double(cfg_.bptt));
+      // Architecture step (weights frozen: only dL/dalpha is computed).
+      const data::Window wa = data::get_window(search_, i % (search_rows - 1), cfg_.bptt);
+      {
+        set_requires_grad(weights_, false);
+        spaces::rnn::RnnOutput<T> o =
+            net_.forward_sampled(wa.inputs, hidden_valid, ec_, noise_gen_, dropout_gen_, cfg_.sparse);
+        const Var<T> loss = cross_entropy(o.logits, wa.targets);
+        loss_a += train::checked_loss(double(loss.value()[0]), "architecture", st.epoch, steps);
+        a_opt_.zero_grad();
+        backward(loss);
+        a_opt_.step();
+        hidden_valid = o.hidden;
+        set_requires_grad(weights_, true);
+      }
+      // Weight step (alpha frozen).
+      const data::Window ww = data::get_window(train_, i, seq_len);
+      set_requires_grad(alphas_, false);
+      const auto r = train::weight_step<T>(
+          ww, hidden,
+          [&](const Tensor<std::int32_t>& in, const Tensor<T>& h) {
+            return net_.forward_sampled(in, h, ec_, noise_gen_, dropout_gen_, cfg_.sparse);
+          },
+          weights_, w_opt_, cfg_.clip, cfg_.beta, st.epoch, steps);
+      set_requires_grad(alphas_, true);
+      loss_w += r.loss * double(r.tokens);
+      correct += r.correct;
+      tokens += r.tokens;
+      ++steps;
+      i += seq_len;
+      if (bar)
+        bar->update(std::min(steps, estimate - (i < rows - 2 ? 1 : 0)), loss_w / double(tokens),
+                    double(correct) / double(tokens), tokens + steps * long(cfg_.bptt * batch));
+    }
+    w_opt_.set_lr(cfg_.lr);
+    st.steps = steps;
+    st.tokens = tokens;
+    st.train_loss = loss_w / double(tokens);
+    st.train_acc = double(correct) / double(tokens);
+    st.arch_loss = loss_a / double(steps);
+    const double train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    st.tokens_per_second = double(tokens + steps * cfg_.bptt * batch) / std::max(train_seconds, 1e-9);
+    st.valid_loss = valid_loss();
+    st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++epoch_;
+    return st;
+  }
+
+  /// Mean cross-entropy of the validation stream under the estimator's distribution (a fresh
+  /// sample per window; batch norm with running statistics, no dropout).
+  double valid_loss() {
+    net_.eval();
+    const auto l = train::evaluate_stream<T>(valid_, cfg_.bptt, net_.config().nhid,
+                                             [&](const Tensor<std::int32_t>& in, const Tensor<T>& h) {
+                                               return net_.forward_sampled(in, h, ec_, noise_gen_, dropout_gen_,
+                                                                           cfg_.sparse);
+                                             });
+    net_.train();
+    return l.mean();
+  }
+
+  /// alpha as a matrix of logits (rows: (node, predecessor) in node order; columns: ops).
+  [[nodiscard]] AlphaMatrix alpha_matrix() const {
+    const Var<T>& a = net_.alpha();
+    AlphaMatrix m{int(a.shape()[0]), int(a.shape()[1]), {}};
+    m.logits.assign(a.value().data(), a.value().data() + a.value().numel());
+    return m;
+  }
+
+  void save(io::Checkpoint& ck) const {
+    io::put_module(ck, "model.", net_);
+    ck.put("alpha", net_.alpha().value());
+    io::put_optimizer(ck, "w_opt.", const_cast<optim::SGD<T>&>(w_opt_));
+    io::put_optimizer(ck, "a_opt.", const_cast<optim::Adam<T>&>(a_opt_));
+    io::put_generator(ck, "gen.data", data_gen_);
+    io::put_generator(ck, "gen.noise", noise_gen_);
+    io::put_generator(ck, "gen.dropout", dropout_gen_);
+    ck.put("epoch", std::int64_t(epoch_));
+  }
+  void restore(const io::Checkpoint& ck) {
+    io::restore_module(ck, "model.", net_);
+    ck.get_tensor_into("alpha", net_.alpha().value());
+    io::restore_optimizer(ck, "w_opt.", w_opt_);
+    io::restore_optimizer(ck, "a_opt.", a_opt_);
+    io::restore_generator(ck, "gen.data", data_gen_);
+    io::restore_generator(ck, "gen.noise", noise_gen_);
+    io::restore_generator(ck, "gen.dropout", dropout_gen_);
+    epoch_ = long(ck.get_int("epoch"));
+  }
+
+ private:
+  static void set_requires_grad(const std::vector<Var<T>>& vs, bool on) {
+    for (const auto& v : vs) v.set_requires_grad(on);
+  }
+
+  Net& net_;
+  const Tensor<std::int32_t>& train_;
+  const Tensor<std::int32_t>& search_;
+  const Tensor<std::int32_t>& valid_;
+  RnnSearchConfig cfg_;
+  std::vector<Var<T>> weights_, alphas_;
+  optim::SGD<T> w_opt_;
+  optim::Adam<T> a_opt_;
+  PhiloxGenerator data_gen_, noise_gen_, dropout_gen_;
+  estimators::EstimatorConfig ec_;
+  long epoch_ = 0;
+};
+
+}  // namespace datanas::search

@@ -1,0 +1,406 @@
+// datanas/spaces/rnn_space.hpp - the DARTS recurrent search space and the language model around
+// it (ALGORITHMS.md §4), specialised at compile time over an op set, a node count, an estimator
+// policy and a granularity.
+//
+// Cell (one time step, x_t [B, E], h_{t-1} [B, H]):
+//   [c0 | h0] = [x_t * mx ; h_{t-1} * mh] W0             W0: [(E + H), 2H]
+//   s0 = h_{t-1} + sigmoid(c0) (tanh(h0) - h_{t-1})
+//   node i reading s_p:  [c | h] = (s_p * mh) W_i,  s_i = s_p + sigmoid(c) (f(h) - s_p)
+//   h_t = mean of the states in concat (1 .. 8)
+// mx, mh are variational dropout masks [B, E], [B, H], drawn once per forward (per BPTT window)
+// and shared by every time step; mh multiplies every state before its matmul (DARTS' cell).
+// Search cell: node i = sum over predecessors j and ops k of w_jk [s_j + c_j (f_k(h_j) - s_j)]
+// (one W_i per node, shared over predecessors), then a non-affine batch norm; s0 too. One
+// batch norm (one set of running statistics) serves s0 and every node, as in DARTS.
+// Model: embedding (tied with the decoder weight) with embedding dropout (whole words) and
+// locked dropout on its output, the cell unrolled over the window, locked dropout on the
+// outputs, the decoder (tied weight, zero-initialised bias). Weights uniform in +-0.04.
+#pragma once
+
+#include <array>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "datanas/estimators/estimators.hpp"
+#include "datanas/nn/module.hpp"
+#include "datanas/ops/activation.hpp"
+#include "datanas/ops/arithmetic.hpp"
+#include "datanas/ops/batchnorm.hpp"
+#include "datanas/ops/linear.hpp"
+#include "datanas/ops/recurrent.hpp"
+#include "datanas/search/rnn_genotype.hpp"
+
+namespace datanas::spaces::rnn {
+
+using estimators::EstimatorPolicy;
+using estimators::GroupLayout;
+using search::Granularity;
+using search::Normalize;
+
+// ---- the op set ----------------------------------------------------------------------------------
+
+/// A recurrent candidate op: a name and the activation f of s_p + sigmoid(c) (f(h) - s_p).
+template <class O>
+concept RecurrentOpDescriptor = requires {
+  { O::kName } -> std::convertible_to<std::string_view>;
+  { O::kActivation } -> std::convertible_to<RecurrentActivation>;
+};
+
+struct NoneOp {
+  static constexpr std::string_view kName = "none";
+  static constexpr RecurrentActivation kActivation = RecurrentActivation::kNone;
+};
+struct TanhOp {
+  static constexpr std::string_view kName = "tanh";
+  static constexpr RecurrentActivation kActivation = RecurrentActivation::kTanh;
+};
+struct ReluOp {
+  static constexpr std::string_view kName = "relu";
+  static constexpr RecurrentActivation kActivation = RecurrentActivation::kRelu;
+};
+struct SigmoidOp {
+  static constexpr std::string_view kName = "sigmoid";
+  static constexpr RecurrentActivation kActivation = RecurrentActivation::kSigmoid;
+};
+struct IdentityOp {
+  static constexpr std::string_view kName = "identity";
+  static constexpr RecurrentActivation kActivation = RecurrentActivation::kIdentity;
+};
+
+/// A type list of recurrent ops; the order is the column order of alpha.
+template <RecurrentOpDescriptor... Ops>
+struct RecurrentOpSet {
+  static constexpr int kSize = int(sizeof...(Ops));
+  static_assert(kSize >= 1 && kSize <= 16, "RecurrentOpSet: 1 to 16 ops");
+  static constexpr std::array<std::string_view, sizeof...(Ops)> kNames = {Ops::kName...};
+  static constexpr std::array<RecurrentActivation, sizeof...(Ops)> kActivations = {Ops::kActivation...};
+  /// Column of `name`, or -1.
+  static constexpr int index_of(std::string_view name) {
+    for (int i = 0; i < kSize; ++i)
+      if (kNames[std::size_t(i)] == name) return i;
+    return -1;
+  }
+};
+
+template <class S>
+concept RecurrentOpSetType = requires {
+  { S::kSize } -> std::convertible_to<int>;
+  { S::kNames[0] } -> std::convertible_to<std::string_view>;
+  { S::kActivations[0] } -> std::convertible_to<RecurrentActivation>;
+};
+
+/// DARTS' PRIMITIVES: none, tanh, relu, sigmoid, identity.
+using DartsRnnOps = RecurrentOpSet<NoneOp, TanhOp, ReluOp, SigmoidOp, IdentityOp>;
+
+/// The recurrent search space, entirely compile time: e.g.
+/// RecurrentSearchSpace<DartsRnnOps, 8, estimators::EGS<4>> (EGS per node, DATA's default).
+template <RecurrentOpSetType Ops, int Nodes, EstimatorPolicy Estimator, Granularity G = Granularity::kNode>
+struct RecurrentSearchSpace {
+  static_assert(Nodes >= 1 && Nodes <= 16, "RecurrentSearchSpace: Nodes must be in [1, 16]");
+  using OpSetT = Ops;
+  using EstimatorT = Estimator;
+  static constexpr int kNodes = Nodes;
+  static constexpr int kOps = Ops::kSize;
+  static constexpr int kEdges = Nodes * (Nodes + 1) / 2;  // node i reads states 0 .. i
+  static constexpr Granularity kGranularity = G;
+  static constexpr GroupLayout layout() { return {Nodes, Ops::kSize, G, 1}; }
+};
+
+// ---- the model -----------------------------------------------------------------------------------
+
+/// Sizes and regularisation of a recurrent language model (defaults: DARTS' search script).
+struct RnnConfig {
+  index_t vocab = 10000;
+  index_t emsize = 300;  ///< must equal nhid (tied decoder)
+  index_t nhid = 300;
+  double dropout = 0.75;   ///< locked dropout on the RNN outputs
+  double dropouth = 0.25;  ///< variational dropout on h and on every state before its matmul
+  double dropoutx = 0.75;  ///< variational dropout on x_t
+  double dropouti = 0.2;   ///< locked dropout on the embedding output
+  double dropoute = 0.0;   ///< embedding dropout (whole words); 0.1 for training from scratch
+  double init_range = 0.04;
+};
+
+/// The per-forward state of a cell: dropout masks and, for search cells, the mixing weights.
+template <class T>
+struct CellContext {
+  bool training = false;
+  Tensor<T> x_mask, h_mask;  // undefined when not applied
+  Var<T> weights;            // search: the estimator's weights [E * K]
+  bool sparse = false;
+};
+
+/// What a forward pass over a window returns.
+template <class T>
+struct RnnOutput {
+  Var<T> logits;     ///< [T*B, V], row t*B + b
+  Var<T> raw;        ///< stacked h_t [T*B, H] before the output dropout (for the temporal penalty)
+  Tensor<T> hidden;  ///< h_T [B, H], to carry into the next window (detached)
+};
+
+/// Embedding, cell unrolled in time, decoder. Subclasses provide the cell.
+/// Parameter names follow the PyTorch model: encoder.weight, decoder.bias, rnns.0._W0, rnns.0._Ws.i.
+template <class T>
+class RnnModel : public nn::Module<T> {
+ public:
+  RnnModel(const RnnConfig& cfg, int steps, PhiloxGenerator& gen) : cfg_(cfg) {
+    DATANAS_CHECK(cfg.vocab >= 1 && cfg.emsize >= 1 && cfg.nhid >= 1, "RNN model: vocab, emsize and nhid must be >= 1");
+    DATANAS_CHECK(cfg.emsize == cfg.nhid, "RNN model: the tied decoder needs emsize == nhid, got ", cfg.emsize,
+                  " and ", cfg.nhid);
+    for (double p : {cfg.dropout, cfg.dropouth, cfg.dropoutx, cfg.dropouti, cfg.dropoute})
+      DATANAS_CHECK(p >= 0 && p < 1, "RNN model: dropout probabilities must be in [0, 1), got ", p);
+    DATANAS_CHECK(steps >= 1, "RNN model: the cell needs at least one node");
+    // Every weight U(-init_range, init_range) (DARTS' INITRANGE); the decoder bias is zero.
+    w0_ = nn::uniform_parameter<T>({cfg.emsize + cfg.nhid, 2 * cfg.nhid}, cfg.init_range, gen);
+    ws_.resize(std::size_t(steps));
+    for (auto& w : ws_) w = nn::uniform_parameter<T>({cfg.nhid, 2 * cfg.nhid}, cfg.init_range, gen);
+    encoder_ = nn::uniform_parameter<T>({cfg.vocab, cfg.emsize}, cfg.init_range, gen);
+    decoder_bias_ = Var<T>(Tensor<T>::zeros({cfg.vocab}), true);
+    this->register_parameter("encoder.weight", encoder_);
+    this->register_parameter("rnns.0._W0", w0_);
+    for (std::size_t i = 0; i < ws_.size(); ++i) this->register_parameter("rnns.0._Ws." + std::to_string(i), ws_[i]);
+    this->register_parameter("decoder.bias", decoder_bias_);
+  }
+
+  [[nodiscard]] const RnnConfig& config() const { return cfg_; }
+  /// Zeros [B, H]: the hidden state at the start of a stream.
+  [[nodiscard]] Tensor<T> init_hidden(index_t batch) const { return Tensor<T>::zeros({batch, cfg_.nhid}); }
+
+  /// Runs the window inputs [T, B] (token ids) from `hidden` [B, H]. In training mode the dropout
+  /// masks are drawn from `gen` (a fixed number of counters per call); `weights` and `sparse`
+  /// are for search cells (the estimator's sample, shared by every time step of the window).
+  RnnOutput<T> forward(const Tensor<std::int32_t>& inputs, const Tensor<T>& hidden, PhiloxGenerator& gen,
+                       const Var<T>& weights = {}, bool sparse = false) const {
+    DATANAS_CHECK(inputs.rank() == 2 && inputs.dim(0) >= 1 && inputs.dim(1) >= 1,
+                  "RNN forward: inputs must be [T, B] token ids, got ", inputs.shape().str());
+    const index_t steps = inputs.dim(0), batch = inputs.dim(1);
+    check_shape(hidden, Shape{batch, cfg_.nhid}, "RNN forward: hidden state");
+    CellContext<T> ctx;
+    ctx.training = this->training();
+    ctx.weights = weights;
+    ctx.sparse = sparse;
+    Tensor<T> in_mask, out_mask, word_scale;
+    if (ctx.training) {
+      // Always the same draws, in this order, so that a window costs a fixed count of counters.
+      ctx.x_mask = mask({batch, cfg_.emsize}, cfg_.dropoutx, gen);
+      ctx.h_mask = mask({batch, cfg_.nhid}, cfg_.dropouth, gen);
+      in_mask = mask({batch, cfg_.emsize}, cfg_.dropouti, gen);
+      out_mask = mask({batch, cfg_.nhid}, cfg_.dropout, gen);
+      if (cfg_.dropoute > 0) word_scale = mask({cfg_.vocab}, cfg_.dropoute, gen);
+    }
+    Var<T> h(hidden);
+    std::vector<Var<T>> outs(static_cast<std::size_t>(steps));
+    for (index_t t = 0; t < steps; ++t) {
+      // Fresh tensors each step: the backward closures keep these handles.
+      Tensor<std::int32_t> ids = Tensor<std::int32_t>::empty({batch});
+      std::copy_n(inputs.data() + t * batch, batch, ids.data());
+      Var<T> x = embedding(encoder_, ids);
+      if (word_scale.defined()) {
+        Tensor<T> token_scale = Tensor<T>::empty({batch});
+        for (index_t b = 0; b < batch; ++b) token_scale[b] = word_scale[ids[b]];
+        x = scale_rows(x, token_scale);
+      }
+      if (in_mask.defined()) x = mul_mask(x, in_mask);
+      h = cell(x, h, ctx);
+      outs[std::size_t(t)] = h;
+    }
+    RnnOutput<T> out;
+    out.raw = stack_rows<T>(outs);
+    const Var<T> dropped = out_mask.defined() ? mul_mask(out.raw, out_mask) : out.raw;
+    out.logits = linear(dropped, encoder_, decoder_bias_);
+    out.hidden = h.value();
+    return out;
+  }
+
+  /// The cell for one time step: h_t from x_t [B, E] and h_{t-1} [B, H].
+  virtual Var<T> cell(const Var<T>& x, const Var<T>& h, const CellContext<T>& ctx) const = 0;
+  [[nodiscard]] int steps() const { return int(ws_.size()); }
+
+ protected:
+  /// A dropout mask with drop probability p, or an undefined tensor when p == 0.
+  static Tensor<T> mask(const Shape& s, double p, PhiloxGenerator& gen) {
+    if (p == 0) return {};
+    Tensor<T> m = Tensor<T>::empty(s);
+    bernoulli_mask(m, 1.0 - p, gen);
+    return m;
+  }
+  static Var<T> masked(const Var<T>& v, const Tensor<T>& m) { return m.defined() ? mul_mask(v, m) : v; }
+
+  /// s0 = h + sigmoid(c0) (tanh(h0) - h), [c0 | h0] = [x * mx ; h * mh] W0.
+  Var<T> init_state(const Var<T>& x, const Var<T>& h, const CellContext<T>& ctx) const {
+    const Var<T> ch = matmul(concat_cols(masked(x, ctx.x_mask), masked(h, ctx.h_mask)), w0_);
+    return highway(h, ch, RecurrentActivation::kTanh);
+  }
+  /// [c | h] = (s * mh) W_i.
+  Var<T> gates(const Var<T>& s, int node, const CellContext<T>& ctx) const {
+    return matmul(masked(s, ctx.h_mask), ws_[std::size_t(node)]);
+  }
+  /// The mean of the states `which` (one op: a weighted sum with constant weights 1/n).
+  static Var<T> average(std::span<const Var<T>> states, std::span<const int> which) {
+    DATANAS_CHECK(!which.empty() && which.size() <= std::size_t(kMaxMixedTerms), "RNN cell: concat of ",
+                  which.size(), " states (1 to ", kMaxMixedTerms, ")");
+    if (which.size() == 1) return states[std::size_t(which[0])];
+    std::array<Var<T>, kMaxMixedTerms> xs;
+    std::array<int, kMaxMixedTerms> zero{};
+    for (std::size_t i = 0; i < which.size(); ++i) xs[i] = states[std::size_t(which[i])];
+    const Var<T> w(Tensor<T>::full({1}, T(1) / T(which.size())));
+    return weighted_sum<T, Cpu>(std::span<const Var<T>>(xs.data(), which.size()), w,
+                                std::span<const int>(zero.data(), which.size()));
+  }
+
+  RnnConfig cfg_;
+  Var<T> encoder_, decoder_bias_, w0_;
+  std::vector<Var<T>> ws_;  // sized once in the constructor: registered addresses stay valid
+};
+
+/// The evaluation (train-from-scratch) model of a recurrent genotype. A node with several
+/// (op, predecessor) terms (DATA's nested form) is their mean; terms on the same predecessor
+/// share one matmul.
+template <class T, RecurrentOpSetType Ops = DartsRnnOps>
+class RnnEvalModel : public RnnModel<T> {
+ public:
+  RnnEvalModel(const RnnConfig& cfg, search::RecurrentGenotype genotype, PhiloxGenerator& gen)
+      : RnnModel<T>(cfg, checked_steps(genotype), gen), genotype_(std::move(genotype)) {
+    for (const auto& node : genotype_.nodes) {
+      std::vector<RecurrentActivation> acts;
+      for (const auto& p : node) acts.push_back(Ops::kActivations[std::size_t(Ops::index_of(p.op))]);
+      acts_.push_back(std::move(acts));
+    }
+  }
+  [[nodiscard]] const search::RecurrentGenotype& genotype() const { return genotype_; }
+
+  Var<T> cell(const Var<T>& x, const Var<T>& h, const CellContext<T>& ctx) const override {
+    std::vector<Var<T>> states;
+    states.reserve(genotype_.nodes.size() + 1);
+    states.push_back(this->init_state(x, h, ctx));
+    std::vector<Var<T>> ch(genotype_.nodes.size() + 1);
+    for (std::size_t i = 0; i < genotype_.nodes.size(); ++i) {
+      const auto& node = genotype_.nodes[i];
+      std::fill(ch.begin(), ch.end(), Var<T>());
+      Var<T> s;
+      for (std::size_t k = 0; k < node.size(); ++k) {
+        const std::size_t p = std::size_t(node[k].input);
+        if (!ch[p].defined()) ch[p] = this->gates(states[p], int(i), ctx);
+        const Var<T> term = highway(states[p], ch[p], acts_[i][k]);
+        s = s.defined() ? add(s, term) : term;
+      }
+      if (node.size() > 1) s = scale(s, T(1) / T(node.size()));
+      states.push_back(s);
+    }
+    return RnnModel<T>::average(states, genotype_.concat);
+  }
+
+ private:
+  static int checked_steps(const search::RecurrentGenotype& g) {
+    search::validate(g, Ops::kNames, "RNN evaluation model");
+    return int(g.nodes.size());
+  }
+  search::RecurrentGenotype genotype_;
+  std::vector<std::vector<RecurrentActivation>> acts_;
+};
+
+/// What the recurrent search loop needs of a search model, independent of its compile-time
+/// space (so the loop compiles once per scalar type).
+template <class T>
+class RnnSearchNetwork : public RnnModel<T> {
+ public:
+  RnnSearchNetwork(const RnnConfig& cfg, int nodes, PhiloxGenerator& gen) : RnnModel<T>(cfg, nodes, gen) {
+    running_mean_ = Tensor<T>::zeros({cfg.nhid});
+    running_var_ = Tensor<T>::full({cfg.nhid}, T(1));
+    this->register_buffer("rnns.0.bn.running_mean", running_mean_);
+    this->register_buffer("rnns.0.bn.running_var", running_var_);
+  }
+  /// The estimator's mixing weights [E * K] for the current alpha (one sample per call).
+  virtual Var<T> mixing_weights(const estimators::EstimatorConfig& ec, PhiloxGenerator& gen) const = 0;
+  [[nodiscard]] virtual GroupLayout layout() const = 0;
+  [[nodiscard]] virtual bool hard_estimator() const = 0;
+  [[nodiscard]] virtual estimators::Kind estimator_kind() const = 0;
+  [[nodiscard]] virtual int ensemble_size() const = 0;
+  [[nodiscard]] virtual std::span<const std::string_view> op_names() const = 0;
+  [[nodiscard]] virtual std::span<const RecurrentActivation> op_activations() const = 0;
+  [[nodiscard]] const Var<T>& alpha() const { return alpha_; }
+
+  /// Samples the weights and runs the window (sparse only for hard estimators).
+  RnnOutput<T> forward_sampled(const Tensor<std::int32_t>& inputs, const Tensor<T>& hidden,
+                               const estimators::EstimatorConfig& ec, PhiloxGenerator& noise_gen,
+                               PhiloxGenerator& dropout_gen, bool sparse) const {
+    const Var<T> w = mixing_weights(ec, noise_gen);
+    return this->forward(inputs, hidden, dropout_gen, w, sparse && hard_estimator());
+  }
+
+  /// The search cell (file comment). Needs ctx.weights [E * K].
+  Var<T> cell(const Var<T>& x, const Var<T>& h, const CellContext<T>& ctx) const override {
+    const GroupLayout lay = layout();
+    const auto acts = op_activations();
+    DATANAS_CHECK(ctx.weights.defined() && ctx.weights.shape() == Shape{index_t(lay.edges()) * lay.ops},
+                  "RNN search cell: mixing weights must be [", lay.edges() * lay.ops, "], got ",
+                  ctx.weights.defined() ? ctx.weights.shape().str() : std::string("undefined"));
+    const T* wp = ctx.weights.value().data();
+    std::array<Var<T>, 17> states;
+    states[0] = bn(this->init_state(x, h, ctx));
+    for (int i = 0; i < lay.nodes; ++i) {
+      Var<T> node;
+      for (int j = 0; j <= i; ++j) {
+        const index_t off = index_t(search::rnn_edge_offset(i) + j) * lay.ops;
+        if (ctx.sparse) {  // a predecessor none of whose ops was sampled costs nothing
+          bool any = false;
+          for (int k = 0; k < lay.ops; ++k) any = any || (wp[off + k] != T(0) && acts[std::size_t(k)] != RecurrentActivation::kNone);
+          if (!any) continue;
+        }
+        const Var<T>& s = states[std::size_t(j)];
+        const Var<T> term = highway_mix(s, this->gates(s, i, ctx), ctx.weights, off, acts, ctx.sparse);
+        node = node.defined() ? add(node, term) : term;
+      }
+      // Every sampled op of the node was none: the node is the zero state.
+      if (!node.defined()) node = Var<T>(Tensor<T>::zeros({x.shape()[0], this->cfg_.nhid}));
+      states[std::size_t(i + 1)] = bn(node);
+    }
+    std::array<int, 16> which{};
+    for (int i = 0; i < lay.nodes; ++i) which[std::size_t(i)] = i + 1;
+    return RnnModel<T>::average(std::span<const Var<T>>(states.data(), std::size_t(lay.nodes + 1)),
+                                std::span<const int>(which.data(), std::size_t(lay.nodes)));
+  }
+
+ protected:
+  /// Non-affine batch norm of a state [B, H] (batch statistics in training, running ones in
+  /// evaluation), through the 2-d op on [B, H, 1, 1].
+  Var<T> bn(const Var<T>& s) const {
+    const index_t b = s.shape()[0], hid = s.shape()[1];
+    const Var<T> y = batch_norm2d(view(s, Shape{b, hid, 1, 1}), Var<T>(), Var<T>(), running_mean_, running_var_,
+                                  this->training());
+    return view(y, Shape{b, hid});
+  }
+  Var<T> alpha_;  // not registered: parameters() are the weights only
+  Tensor<T> running_mean_, running_var_;
+};
+
+/// The recurrent supernet of a compile-time space. alpha [E, K] ~ 1e-3 N(0, 1) (DARTS), or
+/// 1 + 1e-3 N(0, 1) with relu normalisation (the DATA code's convention).
+template <class T, class S>
+class RnnSupernet final : public RnnSearchNetwork<T> {
+ public:
+  using Space = S;
+  RnnSupernet(const RnnConfig& cfg, PhiloxGenerator& gen, Normalize normalize = Normalize::kSoftmax)
+      : RnnSearchNetwork<T>(cfg, S::kNodes, gen) {
+    const double shift = normalize == Normalize::kRelu ? 1.0 : 0.0;
+    Tensor<T> a = Tensor<T>::empty({S::kEdges, S::kOps});
+    for (index_t i = 0; i < a.numel(); ++i) a[i] = T(shift + 1e-3 * gen.normal());
+    this->alpha_ = Var<T>(a, true);
+  }
+  Var<T> mixing_weights(const estimators::EstimatorConfig& ec, PhiloxGenerator& gen) const override {
+    return estimators::weights<typename S::EstimatorT>(this->alpha_, S::layout(), ec, gen);
+  }
+  [[nodiscard]] GroupLayout layout() const override { return S::layout(); }
+  [[nodiscard]] bool hard_estimator() const override { return S::EstimatorT::kHard; }
+  [[nodiscard]] estimators::Kind estimator_kind() const override { return S::EstimatorT::kKind; }
+  [[nodiscard]] int ensemble_size() const override { return S::EstimatorT::kM; }
+  [[nodiscard]] std::span<const std::string_view> op_names() const override { return S::OpSetT::kNames; }
+  [[nodiscard]] std::span<const RecurrentActivation> op_activations() const override {
+    return S::OpSetT::kActivations;
+  }
+};
+
+}  // namespace datanas::spaces::rnn

@@ -1,0 +1,222 @@
+// The recurrent cell and language model of the DARTS RNN space: finite-difference gradient
+// checks (double) of the evaluation cell and of the search cell through several time steps,
+// including the architecture gradient; estimator integration (EGS samples, sparse mode);
+// perplexity = exp(mean cross-entropy) on a toy corpus.
+#include "../gradcheck.hpp"
+#include "datanas/search/rnn_searcher.hpp"
+#include "datanas/spaces/rnn_space.hpp"
+#include "datanas/train/language_model.hpp"
+
+using namespace datanas;
+using namespace datanas::testing;
+using namespace datanas::spaces::rnn;
+
+namespace {
+
+spaces::rnn::RnnConfig tiny_config(double dropout) {
+  RnnConfig c;
+  c.vocab = 7;
+  c.emsize = c.nhid = 3;
+  c.dropout = c.dropouth = c.dropoutx = c.dropouti = c.dropoute = dropout;
+  c.init_range = 0.6;  // larger than 0.04 so that the activations are far from linear
+  return c;
+}
+
+// [steps, batch] ids
+Tensor<std::int32_t> tokens(index_t steps, index_t batch, std::uint64_t seed) {
+  PhiloxGenerator g(seed);
+  Tensor<std::int32_t> t = Tensor<std::int32_t>::empty({steps, batch});
+  for (index_t i = 0; i < t.numel(); ++i) t[i] = std::int32_t(g.next_block().v[0] % 7);
+  return t;
+}
+
+// The model's logits over a window as a function of its parameters, with the same dropout
+// masks on every call, from a non-zero initial state.
+template <class Model>
+VarD window_logits(const Model& m, const Tensor<std::int32_t>& ids, const VarD& w = {}, bool sparse = false) {
+  PhiloxGenerator gen(77);
+  TensorD h0 = random_tensor({ids.dim(1), m.config().nhid}, 5, -0.5, 0.5);
+  return m.forward(ids, h0, gen, w, sparse).logits;
+}
+
+using SoftmaxSpace = RecurrentSearchSpace<DartsRnnOps, 8, estimators::Softmax>;
+using GumbelSpace = RecurrentSearchSpace<DartsRnnOps, 3, estimators::SoftGumbel, search::Granularity::kEdge>;
+using EgsSpace = RecurrentSearchSpace<DartsRnnOps, 8, estimators::EGS<2>>;
+
+}  // namespace
+
+TEST_SUITE("cpu") {
+TEST_CASE("evaluation cell (DARTS_V2): gradients through 3 time steps, dropout on") {
+  PhiloxGenerator init(1);
+  RnnEvalModel<double> m(tiny_config(0.3), search::RNN_DARTS_V2, init);
+  CHECK(m.parameter_count() == 7 * 3 + 6 * 6 + 8 * 3 * 6 + 7);
+  const auto ids = tokens(3, 2, 11);
+  check_gradients([&](auto&) { return window_logits(m, ids); }, m.parameters(), 1e-6);
+}
+
+TEST_CASE("evaluation cell of a DATA nested genotype (several terms per node), evaluation mode") {
+  auto g = search::parse_recurrent_genotype(
+      "Genotype(recurrent=[[('relu', 0), ('tanh', 0)], [('identity', 1), ('sigmoid', 0)], [('relu', 2)]], "
+      "concat=[1, 3])");
+  PhiloxGenerator init(2);
+  RnnEvalModel<double> m(tiny_config(0.0), g, init);
+  m.eval();
+  const auto ids = tokens(4, 2, 12);
+  check_gradients([&](auto&) { return window_logits(m, ids); }, m.parameters(), 1e-6);
+}
+
+TEST_CASE("evaluation cell: h_t by hand for a one-node cell") {
+  // One node: s1 = s0 + sig(c1)(relu(h1) - s0); h_t = s1. Weights set by hand, no dropout.
+  PhiloxGenerator init(3);
+  RnnConfig c = tiny_config(0.0);
+  c.emsize = c.nhid = 1;
+  c.vocab = 2;
+  RnnEvalModel<double> m(c, search::parse_recurrent_genotype("Genotype(recurrent=[('relu', 0)], concat=range(1, 2))"),
+                         init);
+  m.eval();
+  auto params = m.parameters();  // encoder [2,1], W0 [2,2], W1 [1,2], bias [2]
+  params[0].value()[0] = 0.5, params[0].value()[1] = -1.0;
+  const double w0[] = {0.2, -0.3, 0.7, 0.1};  // rows: x, h; columns: c0, h0
+  for (int i = 0; i < 4; ++i) params[1].value()[i] = w0[i];
+  params[2].value()[0] = 0.4, params[2].value()[1] = 0.9;
+  Tensor<std::int32_t> ids = Tensor<std::int32_t>::from({1, 1}, {1});
+  PhiloxGenerator gen(0);
+  const auto out = m.forward(ids, TensorD::from({1, 1}, {0.25}), gen);
+  const double x = -1.0, h = 0.25;
+  const double c0 = x * 0.2 + h * 0.7, hh0 = x * -0.3 + h * 0.1;
+  const double s0 = h + (1 / (1 + std::exp(-c0))) * (std::tanh(hh0) - h);
+  const double c1 = s0 * 0.4, hh1 = s0 * 0.9;
+  const double s1 = s0 + (1 / (1 + std::exp(-c1))) * (std::max(hh1, 0.0) - s0);
+  CHECK(out.hidden[0] == doctest::Approx(s1).epsilon(1e-12));
+  // Tied decoder: logits = h_t * encoder row + bias (0).
+  CHECK(out.logits.value()[1] == doctest::Approx(s1 * -1.0).epsilon(1e-12));
+}
+
+TEST_CASE("search cell (softmax): weight and alpha gradients through 3 time steps") {
+  PhiloxGenerator init(4);
+  RnnSupernet<double, SoftmaxSpace> net(tiny_config(0.2), init);
+  CHECK(net.alpha().shape() == Shape{36, 5});
+  // Spread alpha so that the softmax is far from uniform.
+  for (index_t i = 0; i < 180; ++i) net.alpha().value()[i] = random_tensor({180}, 9, -1, 1)[i];
+  const auto ids = tokens(3, 3, 13);
+  auto inputs = net.parameters();
+  inputs.push_back(net.alpha());
+  check_gradients(
+      [&](auto&) {
+        PhiloxGenerator noise(1);
+        return window_logits(net, ids, net.mixing_weights({1.0, search::Normalize::kSoftmax}, noise));
+      },
+      inputs, 1e-5);
+}
+
+TEST_CASE("search cell (SNAS soft Gumbel, per edge, relu normalisation): alpha gradient with fixed noise") {
+  PhiloxGenerator init(5);
+  RnnSupernet<double, GumbelSpace> net(tiny_config(0.0), init, search::Normalize::kRelu);
+  CHECK(net.layout().edges() == 6);
+  const auto ids = tokens(3, 2, 14);
+  check_gradients(
+      [&](auto&) {
+        PhiloxGenerator noise(3);
+        return window_logits(net, ids, net.mixing_weights({0.7, search::Normalize::kRelu}, noise));
+      },
+      {net.alpha()}, 1e-5);
+}
+
+TEST_CASE("EGS per node: codes have 1..M pairs per node, sparse == dense, alpha gets a gradient") {
+  PhiloxGenerator init(6);
+  RnnSupernet<double, EgsSpace> net(tiny_config(0.2), init);
+  CHECK(net.hard_estimator());
+  CHECK(net.ensemble_size() == 2);
+  const auto ids = tokens(3, 3, 15);
+  const estimators::EstimatorConfig ec{1.0, search::Normalize::kSoftmax};
+  for (std::uint64_t seed = 0; seed < 5; ++seed) {
+    PhiloxGenerator noise(seed);
+    const VarD w = net.mixing_weights(ec, noise);
+    const auto lay = net.layout();
+    for (int g = 0; g < lay.count(); ++g) {
+      const auto [o, n] = lay.group(g);
+      int nonzero = 0;
+      double total = 0;
+      for (index_t k = 0; k < n; ++k) {
+        nonzero += w.value()[o + k] != 0;
+        total += w.value()[o + k];
+      }
+      CHECK(nonzero >= 1);
+      CHECK(nonzero <= 2);
+      CHECK(total == doctest::Approx(1.0));
+    }
+    // Same sample: the sparse cell skips unsampled terms but computes the same function.
+    clear_tape<double>();
+    for (auto& p : net.parameters()) p.zero_grad();
+    net.alpha().zero_grad();
+    PhiloxGenerator n1(seed), n2(seed);
+    const VarD dense = window_logits(net, ids, net.mixing_weights(ec, n1), false);
+    backward(sum(dense));
+    const TensorD g_dense = net.parameters()[1].grad().clone();  // W0
+    CHECK(net.alpha().has_grad());
+    double alpha_norm = 0;
+    for (index_t i = 0; i < net.alpha().value().numel(); ++i) {
+      CHECK(std::isfinite(net.alpha().grad()[i]));
+      alpha_norm += std::abs(net.alpha().grad()[i]);
+    }
+    CHECK(alpha_norm > 0);
+    for (auto& p : net.parameters()) p.zero_grad();
+    const VarD sparse = window_logits(net, ids, net.mixing_weights(ec, n2), true);
+    backward(sum(sparse));
+    for (index_t i = 0; i < dense.value().numel(); ++i)
+      CHECK(sparse.value()[i] == doctest::Approx(dense.value()[i]).epsilon(1e-12));
+    for (index_t i = 0; i < g_dense.numel(); ++i)
+      CHECK(net.parameters()[1].grad()[i] == doctest::Approx(g_dense[i]).epsilon(1e-10));
+  }
+  // The weights' gradient is exact given the sample (finite differences on W0 and W_8).
+  const auto params = net.parameters();
+  check_gradients(
+      [&](auto&) {
+        PhiloxGenerator noise(2);
+        return window_logits(net, ids, net.mixing_weights(ec, noise), true);
+      },
+      {params[1], params[9]}, 1e-5);
+}
+
+TEST_CASE("perplexity is exp(mean cross-entropy) over every predicted token (toy corpus by hand)") {
+  // With zero embeddings the tied decoder gives logits = bias at every position, so each token's
+  // cross-entropy is logsumexp(bias) - bias[target], whatever the cell.
+  data::Vocabulary vocab;
+  std::vector<std::int32_t> ids;
+  data::tokenize("a b a\nc a\n", "toy", vocab, ids);  // a b a <eos> c a <eos>: 7 tokens, V = 4
+  REQUIRE(vocab.size() == 4);
+  const auto stream = data::batchify(ids, 2);  // rows 3: columns (a b a), (<eos> c a)
+  PhiloxGenerator init(7);
+  RnnConfig c = tiny_config(0.5);
+  c.vocab = 4;
+  RnnEvalModel<double> m(c, search::RNN_DARTS_V2, init);
+  m.parameters()[0].value().fill(0.0);  // encoder = decoder weight
+  const double bias[] = {0.5, -1.0, 2.0, 0.0};  // ids: a=1, b=2, <eos>=0, c=3
+  for (int k = 0; k < 4; ++k) m.parameters().back().value()[k] = bias[k];
+  m.eval();
+  const auto loss = train::evaluate_stream<double>(stream, 2, c.nhid, [&](const auto& in, const auto& h) {
+    PhiloxGenerator gen(0);
+    return m.forward(in, h, gen);
+  });
+  const double lse = std::log(std::exp(0.5) + std::exp(-1.0) + std::exp(2.0) + std::exp(0.0));
+  // Targets: rows 1..2 of both columns: b, a (column 0) and c, a (column 1).
+  const int targets[] = {2, 1, 3, 1};
+  double sum = 0;
+  for (int t : targets) sum += lse - bias[t];
+  CHECK(loss.tokens == 4);
+  CHECK(loss.mean() == doctest::Approx(sum / 4).epsilon(1e-12));
+  CHECK(train::perplexity(loss.mean()) == doctest::Approx(std::exp(sum / 4)).epsilon(1e-12));
+}
+
+TEST_CASE("model errors: untied sizes, bad dropout, wrong hidden shape") {
+  PhiloxGenerator init(8);
+  RnnConfig c = tiny_config(0.0);
+  c.emsize = 4;
+  CHECK_THROWS_WITH_AS((RnnEvalModel<double>(c, search::RNN_DARTS_V2, init)), doctest::Contains("emsize == nhid"), error);
+  c = tiny_config(1.0);
+  CHECK_THROWS_WITH_AS((RnnEvalModel<double>(c, search::RNN_DARTS_V2, init)), doctest::Contains("[0, 1)"), error);
+  RnnEvalModel<double> m(tiny_config(0.0), search::RNN_DARTS_V2, init);
+  PhiloxGenerator gen(0);
+  CHECK_THROWS_WITH_AS(m.forward(tokens(2, 2, 1), TensorD::zeros({3, 3}), gen), doctest::Contains("hidden state"), error);
+}
+}
