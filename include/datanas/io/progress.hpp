@@ -28,10 +28,15 @@ class ProgressBar {
     const int width = 24, filled = total_ > 0 ? int(width * step / total_) : width;
     std::string bar(std::size_t(filled), '#');
     bar.resize(width, '.');
-    std::fprintf(out_, "%s%s [%s] %ld/%ld loss %.4f acc %5.1f%% %6.0f img/s ETA %s%s",
+    std::fprintf(out_, "%s%s [%s] %ld/%ld loss %.4f acc %5.1f%% %6.0f %s/s ETA %s%s",
                  tty_ ? "\r" : "", label_.c_str(), bar.c_str(), step, total_, loss,
-                 100.0 * accuracy, ips, format_time(eta).c_str(), tty_ && !last ? "" : "\n");
+                 100.0 * accuracy, ips, unit_.c_str(), format_time(eta).c_str(), tty_ && !last ? "" : "\n");
     std::fflush(out_);
+  }
+  /// What the throughput counts ("img" by default; "tok" for language models).
+  ProgressBar& set_unit(std::string unit) {
+    unit_ = std::move(unit);
+    return *this;
   }
   [[nodiscard]] double elapsed() const {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
@@ -49,6 +54,7 @@ class ProgressBar {
 
  private:
   std::string label_;
+  std::string unit_ = "img";
   long total_;
   FILE* out_;
   bool tty_;
