@@ -39,7 +39,8 @@ struct Storage {
   Storage* next_free = nullptr;
 };
 
-/// Raw memory of a device. The CUDA backend specialises this for Cuda.
+/// Raw memory of a device. (The Cuda device has its own CachingAllocator specialisation, with
+/// per-stream free lists, in datanas/core/cuda.hpp.)
 template <class D>
 struct RawMemory;
 
@@ -59,6 +60,10 @@ struct RawMemory<Cpu> {
 /// Per-device caching allocator (a process-wide singleton per device, thread-safe).
 template <class D>
 class CachingAllocator {
+  static_assert(std::same_as<D, Cpu>,
+                "CachingAllocator<Cuda> (and so Tensor<T, Cuda>) is defined by the CUDA backend: "
+                "include <datanas/core/cuda.hpp> and use the datanas-cuda dependency");
+
  public:
   static CachingAllocator& instance() {
     static CachingAllocator a;  // destroyed at exit after all static tensors
