@@ -1,11 +1,24 @@
-// Declarations of the host-callable GPU test helpers (defined in gpu_helpers.cu).
+// Declarations of the host-callable GPU test helpers (defined in the .cu files beside this), so
+// that the doctest files stay ordinary C++ and nvcc never sees doctest.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
+
+#include "datanas/cuda/estimator_params.hpp"
 
 namespace datanas::gpu_test {
 /// Number of usable CUDA devices (0 when there is no driver or device).
 int device_count();
 /// Fills host_out[0..n) with Philox uniforms (or Gumbel samples) drawn on the GPU.
 void philox(bool gumbel, std::uint64_t seed, std::uint64_t base, std::int64_t n, float* host_out);
+
+/// cuda::launch_estimator_forward<float> on device pointers (gpu_estimators.cu).
+void estimator_forward(const cuda::EstimatorParams& p, const float* alpha, float* w, float* saved,
+                       cudaStream_t stream);
+/// cuda::launch_estimator_backward<float> on device pointers (gpu_estimators.cu).
+void estimator_backward(const cuda::EstimatorParams& p, const float* alpha, const float* w,
+                        const float* saved, const float* gw, float* galpha, bool accumulate,
+                        cudaStream_t stream);
 }  // namespace datanas::gpu_test
