@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# The one prepared check of the CUDA backend on a GPU machine: configure a fresh build for the
+# card, build only the GPU tests, run `meson test --suite gpu`, and, where compute-sanitizer
+# works, run the estimator kernels under memcheck, racecheck and synccheck. Logs go to $OUT.
+#
+# How to run it with the device tool (from the repository root of the development machine):
+#   1. benchmarks/gpu/prepare_deps.sh          # once, here: Eigen/doctest/zlib into .deps/
+#   2. device run:  command   "bash benchmarks/gpu/device_check.sh"
+#                   carry     [".deps"]
+#                   timeout_s 540
+# The machine has nvcc, CUDA, cuBLAS, meson, ninja, cmake and a compiler, but no Eigen or
+# doctest: they come from the carried .deps/. What comes back under $OUT:
+#   device_check.log  everything printed (the last lines are a summary table)
+#   nvidia-smi.txt    the card, driver and clocks as found
+#   meson-log.txt     configure details (dependency lookups), for when configure fails
+#   testlog.txt       meson's log of the GPU tests, with each test's output
+#   sanitizer.log     compute-sanitizer's reports
+#
+# It also runs without a GPU (a dry run: configure and build work, the tests skip with exit
+# 77), which is how it was checked on the development machine:
+#   OUT=/tmp/devout BUILD_DIR=/tmp/datanas-dry bash benchmarks/gpu/device_check.sh
+# Settings (environment): OUT, BUILD_DIR (default /tmp/datanas-gpu-build), GPU_ARCH (default
+# 90, the H100/H200), SANITIZE=0 to skip compute-sanitizer, NO_PKG_CONFIG=1 to act as if the
+# machine had no pkg-config (tests the CMake fallback).
+set -uo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$repo/build-device-out}
+BUILD_DIR=${BUILD_DIR:-/tmp/datanas-gpu-build}
+GPU_ARCH=${GPU_ARCH:-90}
+SANITIZE=${SANITIZE:-1}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/device_check.log") 2>&1
+
+declare -A result
+step() { echo; echo "=== $* ($(date +%T))"; }
+summary() {
+  echo
+  echo "=== summary"
+  for k in gpu configure build tests memcheck racecheck synccheck; do
+    printf '%-10s %s\n' "$k" "${result[$k]:-not run}"
+  done
+}
+finish() {  # finish EXIT_CODE
+  [ -f "$BUILD_DIR/meson-logs/meson-log.txt" ] && cp "$BUILD_DIR/meson-logs/meson-log.txt" "$OUT/"
+  [ -f "$BUILD_DIR/meson-logs/testlog.txt" ] && cp "$BUILD_DIR/meson-logs/testlog.txt" "$OUT/"
+  summary
+  exit "$1"
+}
+
+# ---- 1. the machine ---------------------------------------------------------------------------
+step "machine"
+have_gpu=0
+if command -v nvidia-smi > /dev/null && nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  have_gpu=1
+  result[gpu]="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+else
+  echo "no GPU visible (nvidia-smi missing or failing): dry run, the GPU tests will skip"
+  result[gpu]="none (dry run)"
+fi
+if ! command -v nvcc > /dev/null; then
+  for d in /usr/local/cuda/bin /usr/local/cuda-13/bin; do
+    [ -x "$d/nvcc" ] && export PATH="$d:$PATH" && break
+  done
+fi
+if command -v meson > /dev/null; then MESON=(meson); else MESON=(python3 -m mesonbuild.mesonmain); fi
+echo "repo:   $repo ($(git -C "$repo" log -1 --oneline 2>/dev/null || echo 'no git metadata'))"
+echo "nvcc:   $(command -v nvcc || echo MISSING) $(nvcc --version 2>/dev/null | tail -1)"
+echo "c++:    $(c++ --version 2>/dev/null | head -1)"
+echo "meson:  ${MESON[*]} $("${MESON[@]}" --version 2>/dev/null)"
+echo "ninja:  $(ninja --version 2>/dev/null || echo MISSING)"
+echo "cmake:  $(cmake --version 2>/dev/null | head -1 || echo MISSING)"
+cuda_root=$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x/x)")")
+echo "cuda:   $cuda_root; cudart/cublas there: $(ls "$cuda_root"/lib64/libcudart.so "$cuda_root"/lib64/libcublas.so 2>/dev/null | tr '\n' ' ')"
+
+# ---- 2. carried dependencies ------------------------------------------------------------------
+deps="$repo/.deps"
+if [ ! -f "$deps/include/eigen3/Eigen/Core" ] || [ ! -f "$deps/include/doctest/doctest.h" ]; then
+  echo "ERROR: $deps lacks Eigen or doctest: run benchmarks/gpu/prepare_deps.sh on the development"
+  echo "machine and name .deps in the device tool's carry list"
+  result[configure]="FAIL (no .deps)"
+  finish 2
+fi
+if [ "${NO_PKG_CONFIG:-0}" = 1 ] || ! command -v pkg-config > /dev/null; then
+  echo "no pkg-config: using the stub in .deps/bin, so meson finds the dependencies through CMake"
+  export PATH="$deps/bin:$PATH"
+fi
+
+# ---- 3. configure -----------------------------------------------------------------------------
+step "configure $BUILD_DIR for sm_$GPU_ARCH"
+rm -rf "$BUILD_DIR"
+if timeout 300 "${MESON[@]}" setup "$BUILD_DIR" "$repo" --buildtype=release \
+    -Dcuda=enabled -Dgpu_arch="$GPU_ARCH" -Dsamples=false -Dbenchmarks=disabled -Dtests=true \
+    -Dcmake_prefix_path="$deps" -Dpkg_config_path="$deps/lib/pkgconfig"; then
+  result[configure]=ok
+else
+  result[configure]=FAIL
+  finish 1
+fi
+
+# ---- 4. build the GPU tests only --------------------------------------------------------------
+step "build the GPU tests"
+# Every test of suite gpu, by its executable (tests/meson.build names them tests/test_<name>).
+mapfile -t targets < <("${MESON[@]}" introspect "$BUILD_DIR" --tests | python3 -c '
+import json, os, sys
+build = sys.argv[1]
+for t in json.load(sys.stdin):
+    if any(s == "gpu" or s.endswith(":gpu") for s in t["suite"]):  # "datanas:gpu"
+        print(os.path.relpath(t["cmd"][0], build))' "$BUILD_DIR")
+echo "targets: ${targets[*]}"
+if [ ${#targets[@]} -gt 0 ] && timeout 420 "${MESON[@]}" compile -C "$BUILD_DIR" "${targets[@]}"; then
+  result[build]="ok (${#targets[@]} test programs)"
+else
+  result[build]=FAIL
+  finish 1
+fi
+
+# ---- 5. run them ------------------------------------------------------------------------------
+step "meson test --suite gpu"
+"${MESON[@]}" test -C "$BUILD_DIR" --no-rebuild --suite gpu --print-errorlogs
+test_rc=$?
+counts=$(grep -E '^(Ok|Fail|Skipped|Timeout):' "$BUILD_DIR/meson-logs/testlog.txt" 2>/dev/null | tr -s ' ' | tr '\n' ' ')
+skipped=$(sed -n 's/^Skipped: *//p' "$BUILD_DIR/meson-logs/testlog.txt" 2>/dev/null)
+if [ $test_rc -ne 0 ]; then
+  result[tests]="FAIL ($counts)"
+elif [ "$have_gpu" = 1 ] && [ "${skipped:-0}" != 0 ]; then
+  result[tests]="FAIL: skipped on a machine with a GPU ($counts)"
+  test_rc=1
+else
+  result[tests]="ok ($counts)"
+fi
+
+# ---- 6. compute-sanitizer on the kernels ------------------------------------------------------
+sanitizer=$(command -v compute-sanitizer || ls "$cuda_root/bin/compute-sanitizer" 2>/dev/null)
+san_rc=0
+if [ "$SANITIZE" = 1 ] && [ "$have_gpu" = 1 ] && [ -n "$sanitizer" ]; then
+  step "compute-sanitizer"
+  est="$BUILD_DIR/tests/test_estimators_gpu"
+  for tool in memcheck racecheck synccheck; do
+    echo "--- $tool" | tee -a "$OUT/sanitizer.log"
+    # The CPU-comparison test case launches every kernel instantiation on every layout.
+    if timeout 120 "$sanitizer" --tool "$tool" --error-exitcode 9 "$est" \
+        --test-case='*select the CPU*' >> "$OUT/sanitizer.log" 2>&1; then
+      result[$tool]=ok
+    else
+      result[$tool]="FAIL or timeout (see sanitizer.log)"
+      san_rc=1
+    fi
+    tail -3 "$OUT/sanitizer.log"
+  done
+else
+  for tool in memcheck racecheck synccheck; do result[$tool]="skipped (no GPU, no compute-sanitizer, or SANITIZE=0)"; done
+fi
+
+[ $test_rc -eq 0 ] && [ $san_rc -eq 0 ] && finish 0
+finish 1
