@@ -13,6 +13,8 @@
 #include "datanas/optim/optimizers.hpp"
 #include "datanas/ops/conv.hpp"
 #include "datanas/ops/pool.hpp"
+#include "datanas/data/augment.hpp"
+#include "datanas/spaces/eval_network.hpp"
 
 extern "C" {
 void* __libc_malloc(std::size_t);
@@ -134,6 +136,47 @@ TEST_CASE("a training step makes no heap allocation after the first") {
   CHECK(after.cache_hits > before.cache_hits);  // the steps did allocate tensors, from the cache
   CHECK(after.bytes_in_use == before.bytes_in_use);  // and gave every block back
   CHECK(last < first);  // and they trained
+}
+
+TEST_CASE("a training step of the evaluation network makes no heap allocation after the first") {
+  // DATA_M7 cells (several ops per input, shared ReLUs), drop path, the auxiliary head, and the
+  // trainer's augmentation into preallocated batch tensors.
+  PhiloxGenerator gen(3), aug(4), drop(5);
+  spaces::EvalNetwork<float> net(search::DATA_M7,
+                                 {.init_channels = 4, .layers = 3, .in_channels = 1, .image_size = 28,
+                                  .auxiliary = true},
+                                 gen);
+  net.set_drop_path_prob(0.2);
+  auto params = net.parameters();
+  optim::SGD<float> sgd(params, 0.05, 0.9, 3e-4);
+  data::LabelledImages src{Tensor<float>::empty({8, 1, 28, 28}), Tensor<std::int32_t>::from({8}, {0, 1, 2, 3, 4, 5, 6, 7})};
+  for (index_t i = 0; i < src.images.numel(); ++i) src.images[i] = gen.uniform();
+  const index_t rows[] = {3, 1, 4, 7};
+  const float mean[] = {0.3f}, sd[] = {0.35f};
+  auto x = Tensor<float>::empty({4, 1, 28, 28});
+  auto y = Tensor<std::int32_t>::empty({4});
+  auto step = [&] {
+    data::random_crop_flip<float>(src, rows, 2, {mean, sd}, aug, x, y);
+    data::cutout(x, 8, aug);
+    auto out = net.forward(V(x), drop);
+    V loss = add(cross_entropy(out.logits, y), scale(cross_entropy(out.aux, y), 0.4f));
+    sgd.zero_grad();
+    backward(loss);
+    optim::clip_grad_norm<float, Cpu>(params, 5.0);
+    sgd.step();
+  };
+  step();
+  step();
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  const auto before = alloc.stats();
+  g_allocs = 0;
+  g_counting = true;
+  for (int i = 0; i < 3; ++i) step();
+  g_counting = false;
+  const auto after = alloc.stats();
+  CHECK(g_allocs.load() == 0);
+  CHECK(after.system_allocations == before.system_allocations);
+  CHECK(after.bytes_in_use == before.bytes_in_use);
 }
 
 TEST_CASE("the counter sees allocations (the test above can fail)") {

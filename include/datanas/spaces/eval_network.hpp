@@ -14,6 +14,7 @@
 // genotype is data, so one instantiation trains any cell of the space.
 #pragma once
 
+#include <array>
 #include <memory>
 #include <span>
 #include <string>
@@ -92,6 +93,9 @@ class AuxiliaryHead : public nn::Module<T> {
 template <class T, OpSetType Ops = DartsOps>
 class EvalCell : public nn::Module<T> {
  public:
+  static constexpr int kMaxNodes = 16;  ///< as SearchSpace
+  static constexpr std::size_t kMaxStates = kMaxNodes + 2;
+
   /// c_pp, c_p: channels of the cell's inputs (outputs of cells k-2, k-1); c: channels of every
   /// node. `cell` names the cell in errors ("normal", "reduce").
   EvalCell(const search::CellGenotype& g, index_t c_pp, index_t c_p, index_t c, bool reduction,
@@ -99,6 +103,8 @@ class EvalCell : public nn::Module<T> {
       : genotype_(g), c_(c), reduction_(reduction) {
     const std::string_view name = cell.empty() ? (reduction ? "reduce" : "normal") : cell;
     search::validate(g, name, std::span<const std::string_view>(Ops::kNames));
+    DATANAS_CHECK(int(g.nodes.size()) <= kMaxNodes, name, " cell: ", g.nodes.size(), " nodes, at most ",
+                  kMaxNodes, " are supported");
     if (reduction)
       for (int k : g.concat)
         DATANAS_CHECK(k >= 2, name, " cell: concat lists input state ", k,
@@ -123,8 +129,8 @@ class EvalCell : public nn::Module<T> {
   /// (H' = ceil(H / 2) in reduction cells). In training, each non-identity op output goes
   /// through drop_path(drop_prob) with masks from `gen`.
   Var<T> operator()(const Var<T>& s0, const Var<T>& s1, double drop_prob, PhiloxGenerator& gen) const {
-    const std::size_t n_states = genotype_.nodes.size() + 2;
-    std::vector<Var<T>> states(n_states), relus(n_states);
+    // Fixed-size arrays: a training step allocates nothing on the heap after the first.
+    std::array<Var<T>, kMaxStates> states, relus;
     states[0] = (*pre0_)(s0);
     states[1] = (*pre1_)(s1);
     const bool drop = this->training() && drop_prob > 0;
@@ -142,10 +148,10 @@ class EvalCell : public nn::Module<T> {
       Var<T>& node = states[std::size_t(t.node) + 2];
       node = node.defined() ? add(node, y) : y;
     }
-    std::vector<Var<T>> out;
-    out.reserve(genotype_.concat.size());
-    for (int k : genotype_.concat) out.push_back(states[std::size_t(k)]);
-    return concat_channels<T, Cpu>(std::span<const Var<T>>(out));
+    std::array<Var<T>, kMaxStates> out;  // concat has no repeats: at most kMaxStates entries
+    std::size_t n = 0;
+    for (int k : genotype_.concat) out[n++] = states[std::size_t(k)];
+    return concat_channels<T, Cpu>(std::span<const Var<T>>(out.data(), n));
   }
 
   [[nodiscard]] bool reduction() const { return reduction_; }
