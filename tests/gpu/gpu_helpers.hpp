@@ -21,4 +21,21 @@ void estimator_forward(const cuda::EstimatorParams& p, const float* alpha, float
 void estimator_backward(const cuda::EstimatorParams& p, const float* alpha, const float* w,
                         const float* saved, const float* gw, float* galpha, bool accumulate,
                         cudaStream_t stream);
+
+// cuda:: elementwise kernels on float device pointers (gpu_elementwise.cu); see elementwise.cuh.
+void add(std::int64_t n, const float* a, const float* b, float* y, cudaStream_t stream);
+void scale(std::int64_t n, float s, const float* x, float* y, cudaStream_t stream);
+void store_grad(std::int64_t n, float s, const float* dy, float* g, bool accumulate, cudaStream_t stream);
+void relu_forward(std::int64_t n, const float* x, float* y, cudaStream_t stream);
+void relu_backward(std::int64_t n, const float* y, const float* dy, float* g, bool accumulate,
+                   cudaStream_t stream);
+/// xs[t] (device pointers, nullptr for a symbolic zero) and index[t] (host) for t < count.
+void weighted_sum_forward(std::int64_t n, int count, const float* const* xs, const int* index,
+                          const float* w, int m, float* y, cudaStream_t stream);
+void weighted_sum_backward_x(std::int64_t n, const float* w, int index, const float* dy, float* g,
+                             bool accumulate, cudaStream_t stream);
+std::int64_t weighted_sum_dw_workspace(std::int64_t n, int count);
+void weighted_sum_backward_w(std::int64_t n, int count, const float* const* xs, const int* index,
+                             const float* dy, int m, float* gw, bool accumulate, float* workspace,
+                             cudaStream_t stream);
 }  // namespace datanas::gpu_test

@@ -1,0 +1,229 @@
+// datanas/cuda/elementwise.cuh - the elementwise kernels behind add, scale, relu and the mixed
+// op's weighted sum (datanas/ops/arithmetic.hpp, activation.hpp), forward and backward, on
+// contiguous arrays of n elements. Gradients follow the GradSlot convention: `accumulate`
+// adds to what the buffer holds, otherwise it is overwritten (never zero-filled first).
+//
+// Every launch takes its stream; none synchronises. Reductions are deterministic: per-block
+// partial sums in a fixed tree, then one thread adds the partials in order (no atomics), so
+// the same inputs give the same bits run after run.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "datanas/core/error.hpp"
+#include "datanas/cuda/check.cuh"
+
+namespace datanas::cuda {
+
+inline constexpr int kElementwiseThreads = 256;
+/// Most terms of one weighted sum; the same limit as the CPU op (kMaxMixedTerms).
+inline constexpr int kMaxWeightedTerms = 16;
+
+namespace elementwise_detail {
+
+/// Blocks for a grid-stride loop over n elements: enough to fill the GPU, no more.
+inline unsigned blocks_for(std::int64_t n, std::int64_t cap = 4096) {
+  return unsigned(std::min<std::int64_t>((n + kElementwiseThreads - 1) / kElementwiseThreads, cap));
+}
+
+template <class F>
+__global__ void __launch_bounds__(kElementwiseThreads) map_kernel(std::int64_t n, F f) {
+  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
+}
+
+template <class F>
+void launch_map(std::int64_t n, F f, cudaStream_t stream) {
+  if (n <= 0) return;
+  map_kernel<<<blocks_for(n), kElementwiseThreads, 0, stream>>>(n, f);
+  DATANAS_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T>
+struct AddOp {
+  const T* a;
+  const T* b;
+  T* y;
+  __device__ void operator()(std::int64_t i) const { y[i] = a[i] + b[i]; }
+};
+template <class T>
+struct ScaleOp {
+  T s;
+  const T* x;
+  T* y;
+  __device__ void operator()(std::int64_t i) const { y[i] = s * x[i]; }
+};
+/// g (+)= s * dy, with s a host constant or, when w is set, the device weight w[index].
+template <class T>
+struct StoreGradOp {
+  T s;
+  const T* w;
+  int index;
+  const T* dy;
+  T* g;
+  bool accumulate;
+  __device__ void operator()(std::int64_t i) const {
+    const T v = (w ? w[index] : s) * dy[i];
+    g[i] = accumulate ? g[i] + v : v;
+  }
+};
+template <class T>
+struct ReluOp {
+  const T* x;
+  T* y;
+  __device__ void operator()(std::int64_t i) const { y[i] = x[i] > T(0) ? x[i] : T(0); }
+};
+template <class T>
+struct ReluBackwardOp {
+  const T* y;
+  const T* dy;
+  T* g;
+  bool accumulate;
+  __device__ void operator()(std::int64_t i) const {
+    const T v = y[i] > T(0) ? dy[i] : T(0);
+    g[i] = accumulate ? g[i] + v : v;
+  }
+};
+
+}  // namespace elementwise_detail
+
+/// The terms of a weighted sum y = sum_t w[index[t]] * x[t]; x[t] == nullptr is a symbolic zero
+/// (DARTS' none), skipped in forward and backward.
+template <class T>
+struct WeightedTerms {
+  const T* x[kMaxWeightedTerms] = {};
+  int index[kMaxWeightedTerms] = {};
+  int count = 0;
+};
+
+namespace elementwise_detail {
+
+template <class T>
+struct WeightedSumOp {
+  WeightedTerms<T> terms;
+  const T* w;
+  T* y;
+  __device__ void operator()(std::int64_t i) const {
+    T acc = 0;  // terms in order, as the CPU op
+    for (int t = 0; t < terms.count; ++t)
+      if (terms.x[t]) acc += w[terms.index[t]] * terms.x[t][i];
+    y[i] = acc;
+  }
+};
+
+/// partial[t * gridDim.x + block] = this block's share of <x[t], dy>; blockIdx.y is the term.
+template <class T>
+__global__ void __launch_bounds__(kElementwiseThreads)
+    dot_partials_kernel(std::int64_t n, WeightedTerms<T> terms, const T* dy, T* partial) {
+  __shared__ T sums[kElementwiseThreads];
+  const int t = int(blockIdx.y);
+  const T* x = terms.x[t];
+  T acc = 0;
+  if (x) {
+    const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
+    for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+      acc += x[i] * dy[i];
+  }
+  sums[threadIdx.x] = acc;
+  __syncthreads();
+  for (int half = kElementwiseThreads / 2; half > 0; half /= 2) {
+    if (int(threadIdx.x) < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[std::int64_t(t) * gridDim.x + blockIdx.x] = sums[0];
+}
+
+/// gw (+)= the per-term dot products, summed from the partials in order on one thread (m
+/// weights, at most kMaxWeightedTerms terms: a few hundred additions).
+template <class T>
+__global__ void dot_finish_kernel(WeightedTerms<T> terms, int blocks, const T* partial, int m,
+                                  T* gw, bool accumulate) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  if (!accumulate)
+    for (int j = 0; j < m; ++j) gw[j] = 0;
+  for (int t = 0; t < terms.count; ++t) {
+    if (!terms.x[t]) continue;  // a symbolic zero's weight gets exactly 0
+    T s = 0;
+    for (int b = 0; b < blocks; ++b) s += partial[std::int64_t(t) * blocks + b];
+    gw[terms.index[t]] += s;
+  }
+}
+
+inline unsigned dot_blocks(std::int64_t n) { return std::max(1u, blocks_for(n, 256)); }
+
+}  // namespace elementwise_detail
+
+// ---- launchers (asynchronous on `stream`) --------------------------------------------------
+
+/// y = a + b.
+template <class T>
+void add(std::int64_t n, const T* a, const T* b, T* y, cudaStream_t stream) {
+  elementwise_detail::launch_map(n, elementwise_detail::AddOp<T>{a, b, y}, stream);
+}
+/// y = s * x.
+template <class T>
+void scale(std::int64_t n, T s, const T* x, T* y, cudaStream_t stream) {
+  elementwise_detail::launch_map(n, elementwise_detail::ScaleOp<T>{s, x, y}, stream);
+}
+/// g (+)= s * dy: the backward of add (s = 1) and scale.
+template <class T>
+void store_grad(std::int64_t n, T s, const T* dy, T* g, bool accumulate, cudaStream_t stream) {
+  elementwise_detail::launch_map(n, elementwise_detail::StoreGradOp<T>{s, nullptr, 0, dy, g, accumulate},
+                                 stream);
+}
+/// y = max(x, 0).
+template <class T>
+void relu_forward(std::int64_t n, const T* x, T* y, cudaStream_t stream) {
+  elementwise_detail::launch_map(n, elementwise_detail::ReluOp<T>{x, y}, stream);
+}
+/// g (+)= (y > 0) * dy, from the forward's output y.
+template <class T>
+void relu_backward(std::int64_t n, const T* y, const T* dy, T* g, bool accumulate, cudaStream_t stream) {
+  elementwise_detail::launch_map(n, elementwise_detail::ReluBackwardOp<T>{y, dy, g, accumulate}, stream);
+}
+
+/// Throws datanas::error unless `terms` is a valid weighted sum over m weights.
+template <class T>
+void check_weighted_terms(const WeightedTerms<T>& terms, int m) {
+  DATANAS_CHECK(terms.count >= 1 && terms.count <= kMaxWeightedTerms, "cuda weighted_sum: ",
+                terms.count, " terms, must be in [1, ", kMaxWeightedTerms, "]");
+  for (int t = 0; t < terms.count; ++t)
+    DATANAS_CHECK(terms.index[t] >= 0 && terms.index[t] < m, "cuda weighted_sum: weight index ",
+                  terms.index[t], " of term ", t, " out of range for ", m, " weights");
+}
+
+/// The mixed op: y = sum_t w[index[t]] * x[t] over n elements; w has m elements (device).
+template <class T>
+void weighted_sum_forward(std::int64_t n, const WeightedTerms<T>& terms, const T* w, int m, T* y,
+                          cudaStream_t stream) {
+  check_weighted_terms(terms, m);
+  elementwise_detail::launch_map(n, elementwise_detail::WeightedSumOp<T>{terms, w, y}, stream);
+}
+/// dL/dx[t] (+)= w[index[t]] * dy, for one term t.
+template <class T>
+void weighted_sum_backward_x(std::int64_t n, const T* w, int index, const T* dy, T* g, bool accumulate,
+                             cudaStream_t stream) {
+  elementwise_detail::launch_map(
+      n, elementwise_detail::StoreGradOp<T>{T(0), w, index, dy, g, accumulate}, stream);
+}
+/// Elements of T the dL/dw reduction needs as workspace for n elements and `count` terms.
+inline std::int64_t weighted_sum_dw_workspace(std::int64_t n, int count) {
+  return std::int64_t(elementwise_detail::dot_blocks(n)) * count;
+}
+/// dL/dw (+)= sum over t of onehot(index[t]) * <x[t], dy>; gw has m elements. Without
+/// `accumulate` the weights no term names get 0, as on the CPU. Deterministic (no atomics).
+template <class T>
+void weighted_sum_backward_w(std::int64_t n, const WeightedTerms<T>& terms, const T* dy, int m, T* gw,
+                             bool accumulate, T* workspace, cudaStream_t stream) {
+  check_weighted_terms(terms, m);
+  const unsigned blocks = elementwise_detail::dot_blocks(n);
+  elementwise_detail::dot_partials_kernel<<<dim3(blocks, unsigned(terms.count)), kElementwiseThreads, 0,
+                                            stream>>>(n, terms, dy, workspace);
+  DATANAS_CUDA_CHECK(cudaGetLastError());
+  elementwise_detail::dot_finish_kernel<<<1, 32, 0, stream>>>(terms, int(blocks), workspace, m, gw,
+                                                             accumulate);
+  DATANAS_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace datanas::cuda
