@@ -21,7 +21,8 @@
 #   OUT=/tmp/devout BUILD_DIR=/tmp/datanas-dry bash benchmarks/gpu/device_check.sh
 # Settings (environment): OUT, BUILD_DIR (default /tmp/datanas-gpu-build), GPU_ARCH (default
 # 90, the H100/H200), SANITIZE=0 to skip compute-sanitizer, NO_PKG_CONFIG=1 to act as if the
-# machine had no pkg-config (tests the CMake fallback).
+# machine had no pkg-config (tests the CMake fallback), FORCE_CUDA_SHADOW=1 (with CUBLAS_DIR) to
+# test the shadow toolkit used when cuBLAS comes only as a Python wheel.
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -73,6 +74,33 @@ echo "ninja:  $(ninja --version 2>/dev/null || echo MISSING)"
 echo "cmake:  $(cmake --version 2>/dev/null | head -1 || echo MISSING)"
 cuda_root=$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x/x)")")
 echo "cuda:   $cuda_root; cudart/cublas there: $(ls "$cuda_root"/lib64/libcudart.so "$cuda_root"/lib64/libcublas.so 2>/dev/null | tr '\n' ' ')"
+
+# cuBLAS: meson's CUDA dependency looks for it inside the toolkit, but an image may ship it only
+# as the Python wheel nvidia-cublas. Then build a shadow toolkit (links to the real one, plus the
+# wheel's headers and libraries) and point CUDA_PATH at it.
+if [ ! -e "$cuda_root/lib64/libcublas.so" ] || [ "${FORCE_CUDA_SHADOW:-0}" = 1 ]; then
+  cublas_dir=${CUBLAS_DIR:-$(python3 -c 'import nvidia.cublas as c; print(list(c.__path__)[0])' 2>/dev/null)}
+  if [ -n "$cublas_dir" ] && [ -d "$cublas_dir/lib" ]; then
+    shadow=/tmp/datanas-cuda-shadow
+    echo "cuBLAS not in $cuda_root/lib64 (or FORCE_CUDA_SHADOW=1): shadow toolkit $shadow with the wheel at $cublas_dir"
+    rm -rf "$shadow" && mkdir -p "$shadow/include" "$shadow/lib64"
+    for e in "$cuda_root"/*; do
+      case "$(basename "$e")" in include | lib64) ;; *) ln -s "$e" "$shadow/" ;; esac
+    done
+    ln -s "$cuda_root"/include/* "$shadow/include/"
+    ln -s "$cuda_root"/lib64/* "$shadow/lib64/"
+    [ -d "$cublas_dir/include" ] && ln -sf "$cublas_dir"/include/* "$shadow/include/"
+    ln -sf "$cublas_dir"/lib/* "$shadow/lib64/"
+    for lib in libcublas libcublasLt; do  # wheels carry only the versioned names
+      v=$(ls "$cublas_dir/lib/$lib.so."* 2>/dev/null | head -1)
+      [ -n "$v" ] && ln -sf "$v" "$shadow/lib64/$lib.so"
+    done
+    unset CUDA_ROOT
+    export CUDA_PATH="$shadow" CUDA_HOME="$shadow" LD_LIBRARY_PATH="$cublas_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  else
+    echo "WARNING: no libcublas.so in $cuda_root/lib64 and no nvidia-cublas wheel: configure will fail"
+  fi
+fi
 
 # ---- 2. carried dependencies ------------------------------------------------------------------
 deps="$repo/.deps"
