@@ -279,7 +279,8 @@ int main(int argc, char** argv) try {
   if (!args.parse(argc, argv, std::cout)) return 0;
   DATANAS_CHECK(o.epochs >= 1, "--epochs must be >= 1, got ", o.epochs);
   DATANAS_CHECK(o.batch_size >= 2, "--batch-size must be >= 2 (batch norm in the search cell), got ", o.batch_size);
-  DATANAS_CHECK(o.eval_batch_size >= 1, "--eval-batch-size must be >= 1, got ", o.eval_batch_size);
+  DATANAS_CHECK(o.eval_batch_size >= 2, "--eval-batch-size must be >= 2 (batch norm in the search cell), got ",
+                o.eval_batch_size);
   DATANAS_CHECK(o.bptt >= 2, "--bptt must be >= 2, got ", o.bptt);
   DATANAS_CHECK(o.emsize >= 1 && o.emsize == o.nhid, "--emsize must equal --nhid (tied decoder), got ", o.emsize,
                 " and ", o.nhid);

@@ -73,7 +73,6 @@ inline void tokenize(std::string_view text, std::string_view source, Vocabulary&
                                  " - not a text corpus (corrupt or binary file?)"));
     if (c == '\n') ++line;
   }
-  const std::int32_t eos = vocab.add(Vocabulary::kEos);
   std::size_t pos = 0;
   while (pos < text.size()) {
     std::size_t end = text.find('\n', pos);
@@ -91,7 +90,9 @@ inline void tokenize(std::string_view text, std::string_view source, Vocabulary&
       }
       k = e;
     }
-    out.push_back(eos);  // data.py: line.split() + ['<eos>'] for every line, empty ones too
+    // data.py: line.split() + ['<eos>'] for every line, empty ones too; <eos> gets its id
+    // when the first line ends, like any other word.
+    out.push_back(vocab.add(Vocabulary::kEos));
     pos = end + 1;
   }
   DATANAS_CHECK(words > 0, source, ": no words (empty or truncated file?)");

@@ -10,8 +10,8 @@
 // mx, mh are variational dropout masks [B, E], [B, H], drawn once per forward (per BPTT window)
 // and shared by every time step; mh multiplies every state before its matmul (DARTS' cell).
 // Search cell: node i = sum over predecessors j and ops k of w_jk [s_j + c_j (f_k(h_j) - s_j)]
-// (one W_i per node, shared over predecessors), then a non-affine batch norm; s0 too. One
-// batch norm (one set of running statistics) serves s0 and every node, as in DARTS.
+// (one W_i per node, shared over predecessors), then a non-affine batch norm; s0 too (batch
+// statistics also in evaluation, where DARTS uses running ones: see RnnSearchNetwork::bn).
 // Model: embedding (tied with the decoder weight) with embedding dropout (whole words) and
 // locked dropout on its output, the cell unrolled over the window, locked dropout on the
 // outputs, the decoder (tied weight, zero-initialised bias). Weights uniform in +-0.04.
@@ -307,12 +307,7 @@ class RnnEvalModel : public RnnModel<T> {
 template <class T>
 class RnnSearchNetwork : public RnnModel<T> {
  public:
-  RnnSearchNetwork(const RnnConfig& cfg, int nodes, PhiloxGenerator& gen) : RnnModel<T>(cfg, nodes, gen) {
-    running_mean_ = Tensor<T>::zeros({cfg.nhid});
-    running_var_ = Tensor<T>::full({cfg.nhid}, T(1));
-    this->register_buffer("rnns.0.bn.running_mean", running_mean_);
-    this->register_buffer("rnns.0.bn.running_var", running_var_);
-  }
+  RnnSearchNetwork(const RnnConfig& cfg, int nodes, PhiloxGenerator& gen) : RnnModel<T>(cfg, nodes, gen) {}
   /// The estimator's mixing weights [E * K] for the current alpha (one sample per call).
   virtual Var<T> mixing_weights(const estimators::EstimatorConfig& ec, PhiloxGenerator& gen) const = 0;
   [[nodiscard]] virtual GroupLayout layout() const = 0;
@@ -354,8 +349,12 @@ class RnnSearchNetwork : public RnnModel<T> {
         const Var<T> term = highway_mix(s, this->gates(s, i, ctx), ctx.weights, off, acts, ctx.sparse);
         node = node.defined() ? add(node, term) : term;
       }
-      // Every sampled op of the node was none: the node is the zero state.
-      if (!node.defined()) node = Var<T>(Tensor<T>::zeros({x.shape()[0], this->cfg_.nhid}));
+      // Every op the sample kept for this node is none (possible with hard estimators, dense or
+      // sparse): the node is the zero state; the batch norm of a constant would be 0 as well.
+      if (!node.defined() || all_none(wp, i, lay, acts)) {
+        states[std::size_t(i + 1)] = Var<T>(Tensor<T>::zeros({x.shape()[0], this->cfg_.nhid}));
+        continue;
+      }
       states[std::size_t(i + 1)] = bn(node);
     }
     std::array<int, 16> which{};
@@ -365,16 +364,30 @@ class RnnSearchNetwork : public RnnModel<T> {
   }
 
  protected:
-  /// Non-affine batch norm of a state [B, H] (batch statistics in training, running ones in
-  /// evaluation), through the 2-d op on [B, H, 1, 1].
+  /// True when every non-none weight of node i is 0.
+  static bool all_none(const T* wp, int i, const GroupLayout& lay, std::span<const RecurrentActivation> acts) {
+    for (int j = 0; j <= i; ++j)
+      for (int k = 0; k < lay.ops; ++k)
+        if (acts[std::size_t(k)] != RecurrentActivation::kNone &&
+            wp[index_t(search::rnn_edge_offset(i) + j) * lay.ops + k] != T(0))
+          return false;
+    return true;
+  }
+  /// Non-affine batch norm of a state [B, H] with the batch's statistics, in training and in
+  /// evaluation alike, through the 2-d op on [B, H, 1, 1]. DARTS keeps running statistics (one
+  /// BatchNorm1d shared by s0 and the 8 nodes) for evaluation; that works for its softmax cell,
+  /// whose nodes always mix the same ops, but a sampled cell (EGS, GDAS) changes each node's
+  /// statistics with every sample, and evaluating with running averages let the states grow
+  /// through the nodes and the time steps until they overflowed (NaN validation perplexity in
+  /// our small searches). Batch statistics keep every sampled cell normalised; evaluation
+  /// batches need at least 2 sequences.
   Var<T> bn(const Var<T>& s) const {
     const index_t b = s.shape()[0], hid = s.shape()[1];
-    const Var<T> y = batch_norm2d(view(s, Shape{b, hid, 1, 1}), Var<T>(), Var<T>(), running_mean_, running_var_,
-                                  this->training());
+    DATANAS_CHECK(b >= 2, "RNN search cell: batch norm needs a batch of at least 2, got ", b);
+    const Var<T> y = batch_norm2d(view(s, Shape{b, hid, 1, 1}), Var<T>(), Var<T>(), Tensor<T>(), Tensor<T>(), true);
     return view(y, Shape{b, hid});
   }
   Var<T> alpha_;  // not registered: parameters() are the weights only
-  Tensor<T> running_mean_, running_var_;
 };
 
 /// The recurrent supernet of a compile-time space. alpha [E, K] ~ 1e-3 N(0, 1) (DARTS), or
