@@ -27,7 +27,8 @@ expect "ptb.train.txt: line 1, byte offset 1: control byte 0x00" "$train" --data
 expect "not a published recurrent cell" "$train" --genotype DARTS_V9
 expect "unknown op 'gelu'" "$train" --genotype "Genotype(recurrent=[('gelu', 0)], concat=range(1, 2))" --dry-run
 expect "--bptt must be >= 2" "$train" --bptt 1
+mkdir -p "$dir/good" && for s in train valid test; do echo " a b c a b " > "$dir/good/ptb.$s.txt"; done
 mkdir -p "$dir/bad" && printf 'garbage' > "$dir/bad/checkpoint"
-expect "checkpoint" "$train" --resume --out "$dir/bad" --data-dir "$dir/half"
+expect "checkpoint '$dir/bad/checkpoint'" "$train" --resume --out "$dir/bad" --data-dir "$dir/good" --batch-size 1 --eval-batch-size 1
 [ $fail -eq 0 ] && echo "ok: every bad input was named"
 exit $fail
