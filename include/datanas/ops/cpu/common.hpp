@@ -40,7 +40,9 @@ inline int num_threads() {
 template <class F>
 void parallel_range(index_t n, index_t cost, F&& f) {
 #if defined(_OPENMP)
-  if (n > 1 && n * cost >= kParallelGrain && !omp_in_parallel()) {
+  // One thread: no region at all. libgomp builds (mallocs) a fresh team for every one-thread
+  // region instead of reusing its pool, which would break the no-allocation guarantee.
+  if (n > 1 && n * cost >= kParallelGrain && !omp_in_parallel() && omp_get_max_threads() > 1) {
 #pragma omp parallel
     {
       const index_t nt = omp_get_num_threads(), t = omp_get_thread_num();
