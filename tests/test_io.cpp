@@ -40,6 +40,17 @@ TEST_CASE("flags parse in both spellings") {
   CHECK_FALSE(h.parse({"--help"}));
 }
 
+TEST_CASE("--help shows every default exactly, small numbers included") {
+  double tiny = 5e-7;
+  Flags f;
+  f.parser.add("wd", &tiny, "weight decay");
+  std::ostringstream out;
+  f.parser.usage(out);
+  CHECK(out.str().find("(default: 5e-07)") != std::string::npos);
+  CHECK(out.str().find("(default: 0.025)") != std::string::npos);
+  CHECK(out.str().find("(default: 2)") != std::string::npos);
+}
+
 TEST_CASE("boolean flags switch on and off; given() tells what the command line set") {
   Flags f;
   CHECK(f.parse({"--sparse=true"}));

@@ -128,12 +128,10 @@ class ArgParser {
   };
   template <class N>
   static std::string to_string(N v) {
-    std::string s = std::to_string(v);
-    if constexpr (std::is_floating_point_v<N>) {  // 0.025000 -> 0.025
-      s.erase(s.find_last_not_of('0') + 1);
-      if (s.back() == '.') s.pop_back();
-    }
-    return s;
+    // Shortest text that reads back to v: 0.025, 5e-07 (std::to_string would print 0.000000).
+    char buf[64];
+    const auto r = std::to_chars(buf, buf + sizeof buf, v);
+    return std::string(buf, r.ptr);
   }
   ArgParser& add_impl(std::string name, std::string help, std::string def, bool is_bool,
                       std::function<void(std::string_view)> set) {
