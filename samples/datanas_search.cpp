@@ -15,6 +15,7 @@
 #include "datanas/io/args.hpp"
 #include "datanas/io/files.hpp"
 #include "datanas/io/json.hpp"
+#include "datanas/io/run.hpp"
 #include "datanas/search/searcher.hpp"
 
 using namespace datanas;
@@ -72,13 +73,6 @@ Data load_data(const Options& o) {
   return d;
 }
 
-/// CSV field: quoted, inner quotes doubled.
-std::string csv_quote(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return out + "\"";
-}
-
 /// {"normal": [[p per op] per edge], "reduce": [...]}: the estimator's probabilities (softmax
 /// or relu per group), 4 decimals.
 template <class T>
@@ -133,28 +127,12 @@ int search_with(spaces::SearchNetwork<float>& net, const Options& o, const Data&
   search::Searcher<T> searcher(net, d.train, norm, sc);
   searcher.set_normalize(normalize);
 
-  fs::create_directories(o.out);
   const std::string ckpt_path = o.out + "/checkpoint", log_path = o.out + "/log.csv";
-  if (o.resume) {
-    DATANAS_CHECK(fs::exists(ckpt_path), "--resume: no checkpoint at '", ckpt_path, "'");
-    auto ck = io::Checkpoint::load(ckpt_path);
-    const std::string saved = ck.get_string("flags");
-    DATANAS_CHECK(saved == o.identity(), "--resume: '", ckpt_path, "' was written with different flags:\n  saved: ",
-                  saved, "\n  now:   ", o.identity());
-    searcher.restore(ck);
-    // Keep the log consistent with the checkpoint: a run killed after logging an epoch but
-    // before its checkpoint landed would otherwise log that epoch twice.
-    if (fs::exists(log_path)) {
-      std::istringstream in(io::read_text_file(log_path));
-      std::string line, kept;
-      for (long row = -1; std::getline(in, line) && row < searcher.epoch(); ++row) kept += line + "\n";
-      io::write_text_file(log_path, kept);
-    }
+  if (auto ck = io::open_run(o.out, o.resume, o.identity(),
+                             "epoch,train_loss,train_acc,arch_loss,arch_acc,lr,tau,seconds,images_per_second,genotype,"
+                             "alpha_probabilities")) {
+    searcher.restore(*ck);
     std::printf("resumed from %s at epoch %ld of %ld\n", ckpt_path.c_str(), searcher.epoch(), o.epochs);
-  } else {
-    io::write_text_file(log_path,
-                        "epoch,train_loss,train_acc,arch_loss,arch_acc,lr,tau,seconds,images_per_second,genotype,"
-                        "alpha_probabilities\n");
   }
   std::printf("search: %s, %ld training images (%ld weight / %ld architecture), estimator %s%s, "
               "granularity %s, %s order, %d threads; supernet %.6fM weights\n",
@@ -185,7 +163,7 @@ int search_with(spaces::SearchNetwork<float>& net, const Options& o, const Data&
     std::ostringstream row;
     row << st.epoch << ',' << st.train_loss << ',' << st.train_acc << ',' << st.arch_loss << ',' << st.arch_acc
         << ',' << st.lr << ',' << st.tau << ',' << st.seconds << ',' << st.images_per_second << ','
-        << csv_quote(search::to_text(g)) << ',' << csv_quote(probabilities_json(net, normalize));
+        << io::csv_quote(search::to_text(g)) << ',' << io::csv_quote(probabilities_json(net, normalize));
     io::append_line(log_path, row.str());
     io::Checkpoint ck(ckpt_path);
     searcher.save(ck);

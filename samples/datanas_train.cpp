@@ -16,6 +16,7 @@
 #include "datanas/io/args.hpp"
 #include "datanas/io/files.hpp"
 #include "datanas/io/json.hpp"
+#include "datanas/io/run.hpp"
 #include "datanas/train/trainer.hpp"
 
 using namespace datanas;
@@ -203,28 +204,12 @@ int train_from_scratch(const Options& o) {
   const data::ChannelNorm norm{d.mean, d.std};
   train::Trainer<float> trainer(net, s.train, norm, tc);
 
-  fs::create_directories(o.out);
   const std::string ckpt_path = o.out + "/checkpoint", log_path = o.out + "/log.csv";
   const std::string identity = o.identity(g);
-  if (o.resume) {
-    DATANAS_CHECK(fs::exists(ckpt_path), "--resume: no checkpoint at '", ckpt_path, "'");
-    const auto ck = io::Checkpoint::load(ckpt_path);
-    const std::string saved = ck.get_string("flags");
-    DATANAS_CHECK(saved == identity, "--resume: '", ckpt_path, "' was written with different flags:\n  saved: ",
-                  saved, "\n  now:   ", identity);
-    trainer.restore(ck);
-    // Keep the log consistent with the checkpoint (a run killed between the two would
-    // otherwise log an epoch twice).
-    if (fs::exists(log_path)) {
-      std::istringstream in(io::read_text_file(log_path));
-      std::string line, kept;
-      for (long row = -1; std::getline(in, line) && row < trainer.epoch(); ++row) kept += line + "\n";
-      io::write_text_file(log_path, kept);
-    }
+  if (auto ck = io::open_run(o.out, o.resume, identity,
+                             "epoch,lr,drop_path,train_loss,train_acc,test_loss,test_acc,seconds,images_per_second")) {
+    trainer.restore(*ck);
     std::printf("resumed from %s at epoch %ld of %ld\n", ckpt_path.c_str(), trainer.epoch(), o.epochs);
-  } else {
-    io::write_text_file(log_path,
-                        "epoch,lr,drop_path,train_loss,train_acc,test_loss,test_acc,seconds,images_per_second\n");
   }
   std::printf("train: %s, %ld training / %ld test images, C=%ld, %ld cells%s, batch %ld, %ld epochs, %d threads\n",
               o.dataset.c_str(), long(s.train.size()), long(s.test.size()), o.init_channels, o.layers,

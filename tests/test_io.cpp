@@ -4,6 +4,9 @@
 #include <sstream>
 
 #include "datanas/io/args.hpp"
+#include "datanas/io/run.hpp"
+
+#include <filesystem>
 
 using namespace datanas;
 
@@ -75,5 +78,30 @@ TEST_CASE("bad flags are named in the error") {
                        datanas::error);
   CHECK_THROWS_WITH_AS(Flags().parse({"--no-epochs"}), doctest::Contains("unknown flag --no-epochs"), datanas::error);
   CHECK_THROWS_WITH_AS(Flags().parse({"epochs"}), doctest::Contains("unexpected argument 'epochs'"), datanas::error);
+}
+
+TEST_CASE("open_run: a fresh log, or a resumed checkpoint with its log trimmed to the checkpoint's epoch") {
+  const std::string out = (std::filesystem::temp_directory_path() / "datanas_test_open_run").string();
+  std::filesystem::remove_all(out);
+  CHECK_FALSE(io::open_run(out, false, "flags=a", "epoch,loss").has_value());
+  CHECK(io::read_text_file(out + "/log.csv") == "epoch,loss\n");
+  io::append_line(out + "/log.csv", "1,0.5");
+  io::append_line(out + "/log.csv", "2,0.4");
+  io::append_line(out + "/log.csv", "3,stale row of an epoch whose checkpoint never landed");
+  io::Checkpoint ck(out + "/checkpoint");
+  ck.put("flags", "flags=a");
+  ck.put("epoch", std::int64_t(2));
+  ck.save_atomic(out + "/checkpoint");
+  CHECK_THROWS_WITH_AS(io::open_run(out, true, "flags=b", "epoch,loss"),
+                       doctest::Contains("was written with different flags:\n  saved: flags=a\n  now:   flags=b"),
+                       datanas::error);
+  const auto resumed = io::open_run(out, true, "flags=a", "epoch,loss");
+  REQUIRE(resumed.has_value());
+  CHECK(resumed->get_int("epoch") == 2);
+  CHECK(io::read_text_file(out + "/log.csv") == "epoch,loss\n1,0.5\n2,0.4\n");
+  CHECK(io::csv_quote("a \"b\", c") == "\"a \"\"b\"\", c\"");
+  std::filesystem::remove_all(out);
+  CHECK_THROWS_WITH_AS(io::open_run(out, true, "flags=a", "epoch"), doctest::Contains("--resume: no checkpoint at"),
+                       datanas::error);
 }
 }

@@ -1,5 +1,5 @@
 // samples/rnn/rnn_common.hpp - what datanas-search-rnn and datanas-train-rnn share: loading the
-// corpus with optional limits, the output directory with its resumable log, CSV quoting.
+// corpus with optional limits (the resumable output directory is io::open_run).
 #pragma once
 
 #include <cstdio>
@@ -12,6 +12,7 @@
 #include "datanas/data/ptb.hpp"
 #include "datanas/io/checkpoint.hpp"
 #include "datanas/io/files.hpp"
+#include "datanas/io/run.hpp"
 
 namespace rnn_sample {
 
@@ -36,40 +37,7 @@ inline Corpus load_corpus(const std::string& dir, long train_limit, long eval_li
   return c;
 }
 
-/// CSV field: quoted, inner quotes doubled.
-inline std::string csv_quote(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return out + "\"";
-}
-
-/// Opens OUT for a run: with `resume`, loads OUT/checkpoint, checks that it was written with the
-/// same identity string and trims OUT/log.csv to `epoch_of(checkpoint)` rows (a run killed after
-/// logging an epoch but before its checkpoint landed would otherwise log it twice); without,
-/// starts OUT/log.csv with `header`. Returns the checkpoint when resuming.
-inline std::optional<io::Checkpoint> open_run(const std::string& out, bool resume, const std::string& identity,
-                                              const std::string& header) {
-  fs::create_directories(out);
-  const std::string ckpt_path = out + "/checkpoint", log_path = out + "/log.csv";
-  if (!resume) {
-    io::write_text_file(log_path, header + "\n");
-    return std::nullopt;
-  }
-  DATANAS_CHECK(fs::exists(ckpt_path), "--resume: no checkpoint at '", ckpt_path, "'");
-  auto ck = io::Checkpoint::load(ckpt_path);
-  const std::string saved = ck.get_string("flags");
-  DATANAS_CHECK(saved == identity, "--resume: '", ckpt_path, "' was written with different flags:\n  saved: ", saved,
-                "\n  now:   ", identity);
-  const long epoch = long(ck.get_int("epoch"));
-  if (fs::exists(log_path)) {
-    std::istringstream in(io::read_text_file(log_path));
-    std::string line, kept;
-    for (long row = -1; std::getline(in, line) && row < epoch; ++row) kept += line + "\n";
-    io::write_text_file(log_path, kept);
-  } else {
-    io::write_text_file(log_path, header + "\n");
-  }
-  return ck;
-}
+using io::csv_quote;
+using io::open_run;
 
 }  // namespace rnn_sample
