@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Training throughput of the DARTS recurrent cell in PyTorch, doing the work datanas-train-rnn
-does (for benchmarking datanas against it; see docs/experiments-ptb.md):
+does (for benchmarking datanas against it; see docs/experiments.md (section 2)):
 
   PTB vocabulary as data.py (<eos> per line), batchify, variable BPTT windows (bptt w.p. 0.95 else
   bptt/2, N(., 5), >= 5, <= bptt + 20), embedding dropout, locked dropout on the embedding and on

@@ -43,7 +43,7 @@ TEST_CASE("a tiny EGS search on a PTB slice lowers the training, architecture an
   rc.vocab = c.vocab.size();
   rc.emsize = rc.nhid = 16;
   // Without dropout: at this toy width the search cell with DARTS' dropouts (0.75 on inputs and
-  // outputs) and lr 20 does not train stably (see docs/experiments-ptb.md).
+  // outputs) and lr 20 does not train stably (see docs/experiments.md (section 2)).
   rc.dropout = rc.dropouth = rc.dropoutx = rc.dropouti = 0;
   PhiloxGenerator init(1);
   using Space = spaces::rnn::RecurrentSearchSpace<spaces::rnn::DartsRnnOps, 8, estimators::EGS<4>>;
@@ -53,7 +53,7 @@ TEST_CASE("a tiny EGS search on a PTB slice lowers the training, architecture an
   sc.batch_size = 24;
   sc.bptt = 20;
   sc.sparse = true;
-  sc.lr = 5;  // lr 20 (DARTS, 300 units) is unstable at 16 units: see docs/experiments-ptb.md
+  sc.lr = 5;  // lr 20 (DARTS, 300 units) is unstable at 16 units: see docs/experiments.md (section 2)
   sc.tau = estimators::default_schedule(estimators::Kind::kEgs);
   const auto tr = data::batchify(train, sc.batch_size), se = data::batchify(valid, sc.batch_size),
              va = data::batchify(valid, 10);
