@@ -250,26 +250,22 @@ struct DataNodeDecision {
   bool fallback = false;         // none won alone: kept = the most probable non-none pair
 };
 
-/// The DATA rule for node `node` (ALGORITHMS.md §2.2): node_probabilities, all none entries
-/// merged into one category, categories sorted descending, P_M(top-i) = prob_exact_set(top i, M)
-/// for i = 1..min(M, #categories), keep the top i* (i* = argmax, smallest i on ties) minus none;
-/// if that is empty keep the most probable non-none pair. This is the mode of the EGS code.
-[[nodiscard]] inline DataNodeDecision data_node_decision(const AlphaMatrix& a,
-                                                         std::span<const std::string_view> op_names,
-                                                         int node, int M, Normalize normalize,
-                                                         Granularity granularity) {
+/// The DATA decision on one node's probabilities p [inputs * K] (row j = input state j, column
+/// k = op k; `none` = the none column or -1): all none entries merged into one category,
+/// categories sorted descending, P_M(top-i) = prob_exact_set(top i, M) for i = 1..min(M,
+/// #categories), keep the top i* (i* = argmax, smallest i on ties) minus none; if that is empty
+/// keep the most probable non-none pair. This is the mode of the EGS code. Shared by the CNN
+/// and the recurrent cells, which differ only in how a node's probabilities are laid out.
+[[nodiscard]] inline DataNodeDecision data_decision(std::span<const double> p, int inputs, int K, int none,
+                                                    int M) {
   DATANAS_CHECK(M >= 1, "DATA rule: M must be >= 1, got ", M);
-  DATANAS_CHECK(a.cols == int(op_names.size()), "alpha has ", a.cols,
-                " columns but the op set has ", op_names.size(), " ops");
-  const int none = detail::find_op(op_names, "none");
-  DATANAS_CHECK(a.cols > (none >= 0 ? 1 : 0), "DATA rule: the op set has no op besides none");
-  const auto p = node_probabilities(a, node, normalize, granularity);
+  DATANAS_ASSERT(p.size() == std::size_t(inputs) * std::size_t(K));
   using Category = DataNodeDecision::Category;
   DataNodeDecision d;
   Category merged_none{-1, none, 0.0};
-  for (int e = 0; e < node + 2; ++e)
-    for (int k = 0; k < a.cols; ++k) {
-      const double pk = p[std::size_t(e * a.cols + k)];
+  for (int e = 0; e < inputs; ++e)
+    for (int k = 0; k < K; ++k) {
+      const double pk = p[std::size_t(e * K + k)];
       if (k == none)
         merged_none.p += pk;
       else
@@ -303,6 +299,21 @@ struct DataNodeDecision {
       }
   }
   return d;
+}
+
+/// The DATA rule for node `node` of a CNN cell (ALGORITHMS.md §2.2): data_decision on
+/// node_probabilities (node i has 2 + i inputs).
+[[nodiscard]] inline DataNodeDecision data_node_decision(const AlphaMatrix& a,
+                                                         std::span<const std::string_view> op_names,
+                                                         int node, int M, Normalize normalize,
+                                                         Granularity granularity) {
+  DATANAS_CHECK(M >= 1, "DATA rule: M must be >= 1, got ", M);
+  DATANAS_CHECK(a.cols == int(op_names.size()), "alpha has ", a.cols,
+                " columns but the op set has ", op_names.size(), " ops");
+  const int none = detail::find_op(op_names, "none");
+  DATANAS_CHECK(a.cols > (none >= 0 ? 1 : 0), "DATA rule: the op set has no op besides none");
+  const auto p = node_probabilities(a, node, normalize, granularity);
+  return data_decision(p, node + 2, a.cols, none, M);
 }
 
 /// DATA rule for one cell: data_node_decision for every node; each node's pairs in decreasing

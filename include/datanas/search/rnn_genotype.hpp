@@ -502,45 +502,9 @@ inline int check_rnn_alpha(const AlphaMatrix& a, std::span<const std::string_vie
 [[nodiscard]] inline DataNodeDecision rnn_data_node_decision(const AlphaMatrix& a,
                                                              std::span<const std::string_view> op_names, int node,
                                                              int M, Normalize normalize, Granularity granularity) {
-  DATANAS_CHECK(M >= 1, "DATA rule: M must be >= 1, got ", M);
   const int none = detail::find_op(op_names, "none");
   const auto p = rnn_node_probabilities(a, node, normalize, granularity);
-  using Category = DataNodeDecision::Category;
-  DataNodeDecision d;
-  Category merged_none{-1, none, 0.0};
-  for (int j = 0; j <= node; ++j)
-    for (int k = 0; k < a.cols; ++k) {
-      const double pk = p[std::size_t(j * a.cols + k)];
-      if (k == none)
-        merged_none.p += pk;
-      else
-        d.ranked.push_back({j, k, pk});
-    }
-  if (none >= 0) d.ranked.push_back(merged_none);
-  std::stable_sort(d.ranked.begin(), d.ranked.end(), [](const Category& x, const Category& y) { return x.p > y.p; });
-  const int top = std::min<int>(M, int(d.ranked.size()));
-  std::vector<double> set;
-  double best_p = -1;
-  for (int i = 1; i <= top; ++i) {
-    set.push_back(d.ranked[std::size_t(i - 1)].p);
-    const double pi = prob_exact_set(set, M);
-    d.p_top.push_back(pi);
-    if (pi > best_p * (1 + 1e-12)) {
-      best_p = pi;
-      d.best = i;
-    }
-  }
-  for (int r = 0; r < d.best; ++r)
-    if (!d.ranked[std::size_t(r)].is_none()) d.kept.push_back(d.ranked[std::size_t(r)]);
-  if (d.kept.empty()) {
-    d.fallback = true;
-    for (const auto& c : d.ranked)
-      if (!c.is_none()) {
-        d.kept.push_back(c);
-        break;
-      }
-  }
-  return d;
+  return data_decision(p, node + 1, a.cols, none, M);
 }
 
 /// DATA's rule for the whole recurrent cell: each node's kept pairs in decreasing probability.
