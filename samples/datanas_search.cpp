@@ -224,7 +224,8 @@ int run(const Options& o) {
   return search_with(net, o, d, normalize);
 }
 
-/// The one runtime-to-compile-time switch: estimator x M x granularity x nodes.
+/// The one runtime-to-compile-time switch: estimator x M x granularity (estimators::with_estimator)
+/// x nodes.
 template <class F>
 int with_space(const Options& o, F&& f) {
   using spaces::DartsOps;
@@ -238,24 +239,7 @@ int with_space(const Options& o, F&& f) {
     }
     throw error(detail::concat("--nodes: ", o.nodes, " is not supported (2 to 5)"));
   };
-  auto by_granularity = [&]<class E>() -> int {
-    if (o.granularity == "edge") return by_nodes.template operator()<E, search::Granularity::kEdge>();
-    return by_nodes.template operator()<E, search::Granularity::kNode>();
-  };
-  if (o.estimator == "softmax") return by_granularity.template operator()<estimators::Softmax>();
-  if (o.estimator == "snas") return by_granularity.template operator()<estimators::SoftGumbel>();
-  if (o.estimator == "gdas") return by_granularity.template operator()<estimators::HardGumbel>();
-  switch (o.M) {
-    case 1: return by_granularity.template operator()<estimators::EGS<1>>();
-    case 2: return by_granularity.template operator()<estimators::EGS<2>>();
-    case 3: return by_granularity.template operator()<estimators::EGS<3>>();
-    case 4: return by_granularity.template operator()<estimators::EGS<4>>();
-    case 5: return by_granularity.template operator()<estimators::EGS<5>>();
-    case 6: return by_granularity.template operator()<estimators::EGS<6>>();
-    case 7: return by_granularity.template operator()<estimators::EGS<7>>();
-    case 8: return by_granularity.template operator()<estimators::EGS<8>>();
-  }
-  throw error(detail::concat("--M: ", o.M, " is not supported (1 to 8)"));
+  return estimators::with_estimator(o.estimator, o.M, o.granularity, by_nodes);
 }
 
 }  // namespace

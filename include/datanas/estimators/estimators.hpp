@@ -320,4 +320,32 @@ inline TemperatureSchedule default_schedule(Kind kind) {
   }
 }
 
+/// The one runtime-to-compile-time switch of the sample programs: calls
+/// f.template operator()<Estimator, Granularity>() for `name` in {softmax, snas, gdas, egs}
+/// (egs with ensemble size M in 1..8) and granularity "edge" or "node". Each combination is
+/// an instantiation of f, so callers keep what f instantiates small.
+template <class F>
+int with_estimator(std::string_view name, long M, std::string_view granularity, F&& f) {
+  auto by_granularity = [&]<class E>() -> int {
+    if (granularity == "edge") return f.template operator()<E, Granularity::kEdge>();
+    DATANAS_CHECK(granularity == "node", "granularity must be edge or node, got '", granularity, "'");
+    return f.template operator()<E, Granularity::kNode>();
+  };
+  if (name == "softmax") return by_granularity.template operator()<Softmax>();
+  if (name == "snas") return by_granularity.template operator()<SoftGumbel>();
+  if (name == "gdas") return by_granularity.template operator()<HardGumbel>();
+  DATANAS_CHECK(name == "egs", "unknown estimator '", name, "' (softmax, snas, gdas, egs)");
+  switch (M) {
+    case 1: return by_granularity.template operator()<EGS<1>>();
+    case 2: return by_granularity.template operator()<EGS<2>>();
+    case 3: return by_granularity.template operator()<EGS<3>>();
+    case 4: return by_granularity.template operator()<EGS<4>>();
+    case 5: return by_granularity.template operator()<EGS<5>>();
+    case 6: return by_granularity.template operator()<EGS<6>>();
+    case 7: return by_granularity.template operator()<EGS<7>>();
+    case 8: return by_granularity.template operator()<EGS<8>>();
+  }
+  throw error(datanas::detail::concat("--M: ", M, " is not supported (1 to 8)"));
+}
+
 }  // namespace datanas::estimators
