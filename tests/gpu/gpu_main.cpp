@@ -5,6 +5,7 @@
 
 #include <cstdio>
 
+#include "datanas/core/cuda.hpp"
 #include "gpu_helpers.hpp"
 
 int main(int argc, char** argv) {
@@ -12,6 +13,8 @@ int main(int argc, char** argv) {
     std::puts("no CUDA device: GPU tests skipped");
     return 77;
   }
+  // Every device block starts as NaN: an element an op forgets to write cannot pass a test.
+  datanas::CachingAllocator<datanas::Cuda>::instance().set_poison(true);
   doctest::Context ctx(argc, argv);
   return ctx.run();
 }

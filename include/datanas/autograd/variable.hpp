@@ -113,6 +113,8 @@ template <Scalar T, Device D = Cpu>
 class Var {
  public:
   using Tensor_ = Tensor<T, D>;
+  using value_type = T;
+  using device_type = D;
 
   Var() = default;
   /// A leaf. With requires_grad it is a trainable parameter: its gradient accumulates over
@@ -261,7 +263,23 @@ void backward(const Var<T, D>& loss) {
                 loss.defined() ? loss.shape().str() : std::string("<undefined>"));
   DATANAS_CHECK(loss.requires_grad(), "backward: the loss does not depend on any Var that requires grad");
   auto slot = loss.grad_slot();
-  if constexpr (std::same_as<D, Cpu>) slot.g.data()[0] = T(1);
+  if constexpr (is_cpu<D>)
+    slot.g.data()[0] = T(1);
+  else
+    slot.g.fill(T(1));
+  tape<T, D>().run_backward();
+}
+
+/// Backpropagates a given output gradient: d<dy, out>/d(every Var that requires grad), as
+/// torch's out.backward(dy). `dy` must have out's shape; it is copied, not kept.
+template <class T, class D>
+void backward(const Var<T, D>& out, const Tensor<T, D>& dy) {
+  DATANAS_CHECK(out.defined() && out.value().defined(), "backward: the output has no value");
+  DATANAS_CHECK(dy.shape() == out.shape(), "backward: gradient shape ", dy.shape().str(),
+                " differs from the output's ", out.shape().str());
+  DATANAS_CHECK(out.requires_grad(), "backward: the output does not depend on any Var that requires grad");
+  auto slot = out.grad_slot();
+  slot.g.copy_from(dy);
   tape<T, D>().run_backward();
 }
 

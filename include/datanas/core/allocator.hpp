@@ -62,7 +62,7 @@ template <class D>
 class CachingAllocator {
   static_assert(std::same_as<D, Cpu>,
                 "CachingAllocator<Cuda> (and so Tensor<T, Cuda>) is defined by the CUDA backend: "
-                "include <datanas/core/cuda.hpp> and use the datanas-cuda dependency");
+                "include <datanas/cuda.hpp> and use the datanas-cuda dependency");
 
  public:
   static CachingAllocator& instance() {

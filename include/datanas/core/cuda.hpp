@@ -126,7 +126,16 @@ class CachingAllocator<Cuda> {
     b->next_free = nullptr;
     stats_.bytes_in_use += bytes;
     if (stats_.bytes_in_use > stats_.peak_bytes_in_use) stats_.peak_bytes_in_use = stats_.bytes_in_use;
+    if (poison_) DATANAS_CUDA_CHECK(cudaMemsetAsync(b->data, 0xff, bytes, stream.handle));
     return b;
+  }
+
+  /// Test mode: every block handed out is first filled with 0xff bytes (NaN as float and
+  /// double), queued on its stream. An op that forgets to write an element of its output, or a
+  /// backward that adds to a gradient it should have overwritten, then shows NaN.
+  void set_poison(bool on) {
+    std::lock_guard lock(mutex_);
+    poison_ = on;
   }
 
   /// Returns a block to the free list of the stream it was allocated on (no synchronisation);
@@ -237,6 +246,7 @@ class CachingAllocator<Cuda> {
   }
 
   mutable std::mutex mutex_;
+  bool poison_ = false;
   std::unordered_map<Key, detail::Storage*, KeyHash> free_;
   std::unordered_set<std::uint64_t> live_streams_;
   AllocatorStats stats_;

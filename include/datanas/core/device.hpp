@@ -20,6 +20,19 @@ struct Cuda {
 template <class D>
 concept Device = std::same_as<D, Cpu> || std::same_as<D, Cuda>;
 
+/// True for the host device. Ops branch on it at compile time:
+///   if constexpr (is_cpu<D>) cpu::kernel(...); else DeviceOps<D>::kernel(...);
+template <class D>
+inline constexpr bool is_cpu = std::same_as<D, Cpu>;
+
+/// The kernels of a non-host device, as static member functions on tensors of that device.
+/// Only declared here: DeviceOps<Cuda> is defined by <datanas/cuda.hpp> (the CUDA backend).
+/// Because ops name it only in code that depends on the device parameter, a CPU-only program
+/// never sees a CUDA header, and a program that runs an op on Cuda without including the
+/// backend fails to compile at that op ("incomplete type DeviceOps<Cuda>").
+template <class D>
+struct DeviceOps;
+
 /// Floating-point types of values and gradients.
 template <class T>
 concept Scalar = std::same_as<T, float> || std::same_as<T, double>;

@@ -63,8 +63,8 @@ class Tensor {
     t.shape_ = s;
     return t;
   }
-  static Tensor zeros(const Shape& s) requires std::same_as<D, Cpu> { return full(s, T(0)); }
-  static Tensor full(const Shape& s, T v) requires std::same_as<D, Cpu> {
+  static Tensor zeros(const Shape& s) { return full(s, T(0)); }
+  static Tensor full(const Shape& s, T v) {
     Tensor t = empty(s);
     t.fill(v);
     return t;
@@ -98,19 +98,29 @@ class Tensor {
     return t;
   }
 
-  // ---- host access (Cpu only) ---------------------------------------------------------------
-  EigenVec eigen() const requires std::same_as<D, Cpu> { return EigenVec(data(), numel()); }
-  void fill(T v) const requires std::same_as<D, Cpu> { std::fill_n(data(), numel(), v); }
-  void copy_from(const Tensor& o) const requires std::same_as<D, Cpu> {
+  // ---- on any device (a device queues the work on its current stream) ----------------------
+  void fill(T v) const {
+    if constexpr (is_cpu<D>)
+      std::fill_n(data(), numel(), v);
+    else
+      DeviceOps<D>::fill(*this, v);
+  }
+  void copy_from(const Tensor& o) const {
     DATANAS_CHECK(o.numel() == numel(), "copy_from: size mismatch ", o.shape().str(), " vs ",
                   shape_.str());
-    std::memcpy(data(), o.data(), sizeof(T) * numel());
+    if constexpr (is_cpu<D>)
+      std::memcpy(data(), o.data(), sizeof(T) * numel());
+    else
+      DeviceOps<D>::copy(*this, o);
   }
-  [[nodiscard]] Tensor clone() const requires std::same_as<D, Cpu> {
+  [[nodiscard]] Tensor clone() const {
     Tensor t = empty(shape_);
     if (numel()) t.copy_from(*this);
     return t;
   }
+
+  // ---- host access (Cpu only) ---------------------------------------------------------------
+  EigenVec eigen() const requires std::same_as<D, Cpu> { return EigenVec(data(), numel()); }
   T& operator[](index_t i) const requires std::same_as<D, Cpu> { return data()[i]; }
   T& operator()(index_t n, index_t c, index_t h, index_t w) const requires std::same_as<D, Cpu> {
     return data()[((n * shape_[1] + c) * shape_[2] + h) * shape_[3] + w];

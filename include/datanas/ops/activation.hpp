@@ -9,7 +9,8 @@
 namespace datanas {
 
 namespace cpu {
-enum class Activation { kRelu, kTanh, kSigmoid };
+/// The pointwise activations; the values are also the device kernels' kind codes.
+enum class Activation { kRelu = 0, kTanh = 1, kSigmoid = 2 };
 
 template <class T>
 void activation_forward(Activation a, const Tensor<T, Cpu>& x, const Tensor<T, Cpu>& y) {
@@ -48,11 +49,17 @@ namespace detail {
 template <class T, class D>
 Var<T, D> activation(cpu::Activation a, const Var<T, D>& x) {
   Var<T, D> y(Tensor<T, D>::empty(x.shape()));
-  cpu::activation_forward(a, x.value(), y.value());
+  if constexpr (is_cpu<D>)
+    cpu::activation_forward(a, x.value(), y.value());
+  else
+    DeviceOps<D>::activation_forward(int(a), x.value(), y.value());
   if (needs_grad(x))
     record(y, [a, x, y] {
       auto [g, acc] = x.grad_slot();
-      cpu::activation_backward(a, y.value(), y.out_grad(), g, acc);
+      if constexpr (is_cpu<D>)
+        cpu::activation_backward(a, y.value(), y.out_grad(), g, acc);
+      else
+        DeviceOps<D>::activation_backward(int(a), y.value(), y.out_grad(), g, acc);
     });
   return y;
 }

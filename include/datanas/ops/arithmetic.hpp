@@ -25,6 +25,25 @@ template <class T, class D>
   return v.defined() && !v.value().defined();
 }
 
+namespace detail {
+/// g (+)= s dy: the backward of add and scale.
+template <class T, class D>
+void store_scaled(T s, const Tensor<T, D>& dy, const Tensor<T, D>& g, bool accumulate) {
+  if constexpr (is_cpu<D>) {
+    const T* dp = dy.data();
+    T* gp = g.data();
+    cpu::elementwise(g.numel(), [&](index_t b, index_t e) {
+      if (s == T(1))
+        cpu::store(cpu::ArrayMap<T>(gp + b, e - b), cpu::ConstArrayMap<T>(dp + b, e - b), accumulate);
+      else
+        cpu::store(cpu::ArrayMap<T>(gp + b, e - b), s * cpu::ConstArrayMap<T>(dp + b, e - b), accumulate);
+    });
+  } else {
+    DeviceOps<D>::store_grad(s, dy, g, accumulate);
+  }
+}
+}  // namespace detail
+
 /// a + b (same shape). A symbolic zero operand returns the other one unchanged.
 template <class T, class D>
 Var<T, D> add(const Var<T, D>& a, const Var<T, D>& b) {
@@ -33,21 +52,21 @@ Var<T, D> add(const Var<T, D>& a, const Var<T, D>& b) {
   if (is_zero(a)) return b;
   if (is_zero(b)) return a;
   Var<T, D> y(Tensor<T, D>::empty(a.shape()));
-  const T *ap = a.value().data(), *bp = b.value().data();
-  T* yp = y.value().data();
-  cpu::elementwise(a.value().numel(), [&](index_t s, index_t e) {
-    cpu::ArrayMap<T>(yp + s, e - s) = cpu::ConstArrayMap<T>(ap + s, e - s) + cpu::ConstArrayMap<T>(bp + s, e - s);
-  });
+  if constexpr (is_cpu<D>) {
+    const T *ap = a.value().data(), *bp = b.value().data();
+    T* yp = y.value().data();
+    cpu::elementwise(a.value().numel(), [&](index_t s, index_t e) {
+      cpu::ArrayMap<T>(yp + s, e - s) = cpu::ConstArrayMap<T>(ap + s, e - s) + cpu::ConstArrayMap<T>(bp + s, e - s);
+    });
+  } else {
+    DeviceOps<D>::add(a.value(), b.value(), y.value());
+  }
   if (needs_grad(a, b))
     record(y, [a, b, y] {
       for (const Var<T, D>* in : {&a, &b}) {
         if (!in->requires_grad()) continue;
         auto [g, acc] = in->grad_slot();
-        const T* dy = y.out_grad().data();
-        T* gp = g.data();
-        cpu::elementwise(g.numel(), [&](index_t s, index_t e) {
-          cpu::store(cpu::ArrayMap<T>(gp + s, e - s), cpu::ConstArrayMap<T>(dy + s, e - s), acc);
-        });
+        detail::store_scaled(T(1), y.out_grad(), g, acc);
       }
     });
   return y;
@@ -58,19 +77,19 @@ template <class T, class D>
 Var<T, D> scale(const Var<T, D>& x, T s) {
   if (is_zero(x)) return x;
   Var<T, D> y(Tensor<T, D>::empty(x.shape()));
-  const T* xp = x.value().data();
-  T* yp = y.value().data();
-  cpu::elementwise(x.value().numel(), [&](index_t b, index_t e) {
-    cpu::ArrayMap<T>(yp + b, e - b) = s * cpu::ConstArrayMap<T>(xp + b, e - b);
-  });
+  if constexpr (is_cpu<D>) {
+    const T* xp = x.value().data();
+    T* yp = y.value().data();
+    cpu::elementwise(x.value().numel(), [&](index_t b, index_t e) {
+      cpu::ArrayMap<T>(yp + b, e - b) = s * cpu::ConstArrayMap<T>(xp + b, e - b);
+    });
+  } else {
+    DeviceOps<D>::scale(x.value(), s, y.value());
+  }
   if (needs_grad(x))
     record(y, [x, y, s] {
       auto [g, acc] = x.grad_slot();
-      const T* dy = y.out_grad().data();
-      T* gp = g.data();
-      cpu::elementwise(g.numel(), [&](index_t b, index_t e) {
-        cpu::store(cpu::ArrayMap<T>(gp + b, e - b), s * cpu::ConstArrayMap<T>(dy + b, e - b), acc);
-      });
+      detail::store_scaled(s, y.out_grad(), g, acc);
     });
   return y;
 }
@@ -102,14 +121,20 @@ Var<T, D> weighted_sum(std::type_identity_t<std::span<const Var<T, D>>> xs, cons
                   idx[i], " out of range for ", w.value().numel(), " weights");
   }
   Var<T, D> y(Tensor<T, D>::empty(shape));
-  const T* wp = w.value().data();
-  T* yp = y.value().data();
-  cpu::elementwise(shape.numel(), [&](index_t b, index_t e) {
-    cpu::ArrayMap<T> yv(yp + b, e - b);
-    yv.setZero();
-    for (int i = 0; i < k; ++i)
-      if (!is_zero(xs[i])) yv += wp[idx[i]] * cpu::ConstArrayMap<T>(xs[i].value().data() + b, e - b);
-  });
+  if constexpr (is_cpu<D>) {
+    const T* wp = w.value().data();
+    T* yp = y.value().data();
+    cpu::elementwise(shape.numel(), [&](index_t b, index_t e) {
+      cpu::ArrayMap<T> yv(yp + b, e - b);
+      yv.setZero();
+      for (int i = 0; i < k; ++i)
+        if (!is_zero(xs[i])) yv += wp[idx[i]] * cpu::ConstArrayMap<T>(xs[i].value().data() + b, e - b);
+    });
+  } else {
+    const T* ptrs[kMaxMixedTerms];
+    for (int i = 0; i < k; ++i) ptrs[i] = is_zero(xs[i]) ? nullptr : xs[i].value().data();
+    DeviceOps<D>::weighted_sum_forward(k, ptrs, idx, w.value(), y.value());
+  }
   bool any = needs_grad(w);
   for (int i = 0; i < k; ++i) any = any || needs_grad(xs[i]);
   if (any) {
@@ -120,6 +145,24 @@ Var<T, D> weighted_sum(std::type_identity_t<std::span<const Var<T, D>>> xs, cons
     const std::size_t pos = tape<T, D>().stash(xs);
     record(y, [pos, k, ids, w, y] {
       const auto& tp = tape<T, D>();
+      if constexpr (!is_cpu<D>) {
+        if (w.requires_grad()) {
+          const T* ptrs[kMaxMixedTerms];
+          for (int i = 0; i < k; ++i) {
+            const Var<T, D>& x = tp.stashed(pos + i);
+            ptrs[i] = is_zero(x) ? nullptr : x.value().data();
+          }
+          auto [gw, acc] = w.grad_slot();
+          DeviceOps<D>::weighted_sum_backward_w(k, ptrs, ids.v, y.out_grad(), gw, acc);
+        }
+        for (int i = 0; i < k; ++i) {
+          const Var<T, D>& x = tp.stashed(pos + i);
+          if (!x.requires_grad() || is_zero(x)) continue;
+          auto [g, acc] = x.grad_slot();
+          DeviceOps<D>::weighted_sum_backward_x(w.value(), ids.v[i], y.out_grad(), g, acc);
+        }
+        return;
+      }
       const T* dy = y.out_grad().data();
       const index_t n = y.value().numel();
       if (w.requires_grad()) {
@@ -153,12 +196,19 @@ Var<T, D> weighted_sum(std::type_identity_t<std::span<const Var<T, D>>> xs, cons
 template <class T, class D>
 Var<T, D> sum(const Var<T, D>& x) {
   Var<T, D> y(Tensor<T, D>::empty({1}));
-  y.value().data()[0] = x.value().eigen().sum();
+  if constexpr (is_cpu<D>)
+    y.value().data()[0] = x.value().eigen().sum();
+  else
+    DeviceOps<D>::sum(x.value(), T(1), y.value());
   if (needs_grad(x))
     record(y, [x, y] {
       auto [g, acc] = x.grad_slot();
-      const T d = y.out_grad().data()[0];
-      if (acc) g.eigen() += d; else g.fill(d);
+      if constexpr (is_cpu<D>) {
+        const T d = y.out_grad().data()[0];
+        if (acc) g.eigen() += d; else g.fill(d);
+      } else {
+        DeviceOps<D>::broadcast_grad(T(1), y.out_grad(), g, acc);
+      }
     });
   return y;
 }

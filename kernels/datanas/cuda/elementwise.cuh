@@ -13,12 +13,11 @@
 
 #include "datanas/core/error.hpp"
 #include "datanas/cuda/check.cuh"
+#include "datanas/cuda/elementwise.hpp"
 
 namespace datanas::cuda {
 
 inline constexpr int kElementwiseThreads = 256;
-/// Most terms of one weighted sum; the same limit as the CPU op (kMaxMixedTerms).
-inline constexpr int kMaxWeightedTerms = 16;
 
 namespace elementwise_detail {
 
@@ -88,15 +87,6 @@ struct ReluBackwardOp {
 
 }  // namespace elementwise_detail
 
-/// The terms of a weighted sum y = sum_t w[index[t]] * x[t]; x[t] == nullptr is a symbolic zero
-/// (DARTS' none), skipped in forward and backward.
-template <class T>
-struct WeightedTerms {
-  const T* x[kMaxWeightedTerms] = {};
-  int index[kMaxWeightedTerms] = {};
-  int count = 0;
-};
-
 namespace elementwise_detail {
 
 template <class T>
@@ -150,12 +140,124 @@ __global__ void dot_finish_kernel(WeightedTerms<T> terms, int blocks, const T* p
   }
 }
 
-inline unsigned dot_blocks(std::int64_t n) { return std::max(1u, blocks_for(n, 256)); }
+inline unsigned dot_blocks(std::int64_t n) { return unsigned(reduction_blocks(n)); }
+
+template <class T>
+struct FillOp {
+  T v;
+  T* y;
+  __device__ void operator()(std::int64_t i) const { y[i] = v; }
+};
+/// relu (0), tanh (1), sigmoid (2): cpu::Activation's order.
+template <class T>
+__device__ T activate(int kind, T x) {
+  if (kind == 0) return x > T(0) ? x : T(0);
+  if (kind == 1) return tanh(x);
+  return T(1) / (T(1) + exp(-x));
+}
+/// f'(x) written in terms of y = f(x), as on the CPU.
+template <class T>
+__device__ T activation_slope(int kind, T y) {
+  if (kind == 0) return y > T(0) ? T(1) : T(0);
+  if (kind == 1) return T(1) - y * y;
+  return y * (T(1) - y);
+}
+template <class T>
+struct ActivationOp {
+  int kind;
+  const T* x;
+  T* y;
+  __device__ void operator()(std::int64_t i) const { y[i] = activate(kind, x[i]); }
+};
+template <class T>
+struct ActivationBackwardOp {
+  int kind;
+  const T* y;
+  const T* dy;
+  T* g;
+  bool accumulate;
+  __device__ void operator()(std::int64_t i) const {
+    // relu selects rather than multiplies, so that an infinite dy stays out of dead units.
+    const T v = kind == 0 ? (y[i] > T(0) ? dy[i] : T(0)) : dy[i] * activation_slope(kind, y[i]);
+    g[i] = accumulate ? g[i] + v : v;
+  }
+};
+/// g (+)= s * dy[0] everywhere: the backward of sum and mean.
+template <class T>
+struct BroadcastGradOp {
+  T s;
+  const T* dy;
+  T* g;
+  bool accumulate;
+  __device__ void operator()(std::int64_t i) const {
+    const T v = s * dy[0];
+    g[i] = accumulate ? g[i] + v : v;
+  }
+};
+
+/// partial[block] = this block's share of sum(x), in a fixed tree.
+template <class T>
+__global__ void __launch_bounds__(kElementwiseThreads)
+    sum_partials_kernel(std::int64_t n, const T* x, T* partial) {
+  __shared__ T sums[kElementwiseThreads];
+  T acc = 0;
+  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    acc += x[i];
+  sums[threadIdx.x] = acc;
+  __syncthreads();
+  for (int half = kElementwiseThreads / 2; half > 0; half /= 2) {
+    if (int(threadIdx.x) < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];
+}
+template <class T>
+__global__ void sum_finish_kernel(int blocks, const T* partial, T s, T* y) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  T acc = 0;
+  for (int b = 0; b < blocks; ++b) acc += partial[b];
+  y[0] = s * acc;
+}
 
 }  // namespace elementwise_detail
 
 // ---- launchers (asynchronous on `stream`) --------------------------------------------------
 
+/// y[i] = v.
+template <class T>
+void fill(std::int64_t n, T v, T* y, cudaStream_t stream) {
+  elementwise_detail::launch_map(n, elementwise_detail::FillOp<T>{v, y}, stream);
+}
+/// y = f(x) for kind 0 relu, 1 tanh, 2 sigmoid.
+template <class T>
+void activation_forward(int kind, std::int64_t n, const T* x, T* y, cudaStream_t stream) {
+  DATANAS_CHECK(kind >= 0 && kind <= 2, "cuda activation: unknown kind ", kind);
+  elementwise_detail::launch_map(n, elementwise_detail::ActivationOp<T>{kind, x, y}, stream);
+}
+/// g (+)= dy * f'(x), from the forward's output y.
+template <class T>
+void activation_backward(int kind, std::int64_t n, const T* y, const T* dy, T* g, bool accumulate,
+                         cudaStream_t stream) {
+  DATANAS_CHECK(kind >= 0 && kind <= 2, "cuda activation: unknown kind ", kind);
+  elementwise_detail::launch_map(
+      n, elementwise_detail::ActivationBackwardOp<T>{kind, y, dy, g, accumulate}, stream);
+}
+/// y[0] = s * sum(x), deterministic.
+template <class T>
+void sum(std::int64_t n, const T* x, T s, T* y, T* workspace, cudaStream_t stream) {
+  const unsigned blocks = elementwise_detail::dot_blocks(n);
+  elementwise_detail::sum_partials_kernel<<<blocks, kElementwiseThreads, 0, stream>>>(n, x, workspace);
+  DATANAS_CUDA_CHECK(cudaGetLastError());
+  elementwise_detail::sum_finish_kernel<<<1, 32, 0, stream>>>(int(blocks), workspace, s, y);
+  DATANAS_CUDA_CHECK(cudaGetLastError());
+}
+/// g (+)= s * dy[0] (dy a device scalar).
+template <class T>
+void broadcast_grad(std::int64_t n, T s, const T* dy, T* g, bool accumulate, cudaStream_t stream) {
+  elementwise_detail::launch_map(n, elementwise_detail::BroadcastGradOp<T>{s, dy, g, accumulate},
+                                 stream);
+}
 /// y = a + b.
 template <class T>
 void add(std::int64_t n, const T* a, const T* b, T* y, cudaStream_t stream) {
@@ -206,10 +308,6 @@ void weighted_sum_backward_x(std::int64_t n, const T* w, int index, const T* dy,
                              cudaStream_t stream) {
   elementwise_detail::launch_map(
       n, elementwise_detail::StoreGradOp<T>{T(0), w, index, dy, g, accumulate}, stream);
-}
-/// Elements of T the dL/dw reduction needs as workspace for n elements and `count` terms.
-inline std::int64_t weighted_sum_dw_workspace(std::int64_t n, int count) {
-  return std::int64_t(elementwise_detail::dot_blocks(n)) * count;
 }
 /// dL/dw (+)= sum over t of onehot(index[t]) * <x[t], dy>; gw has m elements. Without
 /// `accumulate` the weights no term names get 0, as on the CPU. Deterministic (no atomics).

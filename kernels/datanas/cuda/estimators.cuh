@@ -27,13 +27,10 @@
 #include "datanas/core/random.hpp"
 #include "datanas/cuda/check.cuh"
 #include "datanas/cuda/estimator_params.hpp"
+#include "datanas/cuda/estimators.hpp"
 
 namespace datanas::cuda {
 
-/// Threads per block: one per EGS draw (M <= 64), the rest of the time they share elementwise work.
-inline constexpr int kEstimatorThreads = 64;
-/// Longest group a block handles (the backward keeps dL/dlog p of a group in shared memory).
-inline constexpr int kEstimatorMaxGroup = 512;
 
 namespace estimator_detail {
 
@@ -228,20 +225,6 @@ __global__ void __launch_bounds__(kEstimatorThreads)
       d = (norm_r > 0 && a[k] > 0) ? gl[k] / a[k] - norm_sg / norm_r : T(0);
     galpha[o + k] = accumulate ? galpha[o + k] + d : d;
   }
-}
-
-/// Throws datanas::error when the kernels cannot run `p` (the CPU op's checks, plus the block limits).
-inline void check_estimator_params(const EstimatorParams& p) {
-  DATANAS_CHECK(p.nodes >= 1 && p.ops >= 1 && p.first_inputs >= 1, "cuda estimator: bad cell layout (",
-                p.nodes, " nodes, ", p.ops, " ops, ", p.first_inputs, " first inputs)");
-  DATANAS_CHECK(p.tau > 0, "cuda estimator: temperature must be > 0, got ", p.tau);
-  const int want = p.kind == EstimatorKind::kSoftmax ? 0 : p.kind == EstimatorKind::kEgs ? p.draws : 1;
-  DATANAS_CHECK(p.draws == want, "cuda estimator: ", p.draws, " draws for estimator kind ",
-                int(p.kind), " (Softmax 0, Soft/HardGumbel 1, EGS M)");
-  DATANAS_CHECK(p.kind != EstimatorKind::kEgs || (p.draws >= 1 && p.draws <= kEstimatorThreads),
-                "EGS: M must be in [1, ", kEstimatorThreads, "], got ", p.draws);
-  DATANAS_CHECK(p.max_group() <= kEstimatorMaxGroup, "cuda estimator: group of ", p.max_group(),
-                " logits exceeds ", kEstimatorMaxGroup);
 }
 
 /// Launches the forward for all groups of a cell type on `stream` (asynchronous).

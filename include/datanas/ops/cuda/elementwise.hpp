@@ -1,0 +1,110 @@
+// datanas/ops/cuda/elementwise.hpp - the Cuda side of fill/copy, add, scale, activations, the
+// mixed op's weighted sum and sum: host code that checks nothing the generic op has not checked
+// already, takes device pointers from the tensors and queues the launchers of
+// kernels/datanas/cuda/elementwise.hpp on the current stream.
+//
+// Part of DeviceOps<Cuda> (datanas/cuda.hpp). Signatures mirror the CPU kernels in ops/cpu and
+// the generic ops in ops/*.hpp; every function is asynchronous.
+#pragma once
+
+#include <cstdint>
+
+#include "datanas/core/cuda.hpp"
+#include "datanas/cuda/elementwise.hpp"
+
+namespace datanas::cuda {
+
+struct ElementwiseOps {
+  template <class T>
+  using DTensor = Tensor<T, Cuda>;
+
+  static cudaStream_t stream() { return current_stream().handle; }
+
+  /// t[i] = v (float, double or int32).
+  template <class T>
+  static void fill(const DTensor<T>& t, T v) {
+    if (t.numel() == 0) return;
+    if (v == T(0)) {  // all-zero bytes: a memset, no kernel
+      DATANAS_CUDA_CHECK(cudaMemsetAsync(t.data(), 0, sizeof(T) * std::size_t(t.numel()), stream()));
+      return;
+    }
+    cuda::fill<T>(t.numel(), v, t.data(), stream());
+  }
+  template <class T>
+  static void copy(const DTensor<T>& dst, const DTensor<T>& src) {
+    cuda::copy(dst, src);
+  }
+  /// y = a + b.
+  template <class T>
+  static void add(const DTensor<T>& a, const DTensor<T>& b, const DTensor<T>& y) {
+    cuda::add<T>(y.numel(), a.data(), b.data(), y.data(), stream());
+  }
+  /// y = s x.
+  template <class T>
+  static void scale(const DTensor<T>& x, T s, const DTensor<T>& y) {
+    cuda::scale<T>(y.numel(), s, x.data(), y.data(), stream());
+  }
+  /// g (+)= s dy.
+  template <class T>
+  static void store_grad(T s, const DTensor<T>& dy, const DTensor<T>& g, bool accumulate) {
+    cuda::store_grad<T>(g.numel(), s, dy.data(), g.data(), accumulate, stream());
+  }
+  /// y = f(x); kind is cpu::Activation's value (relu 0, tanh 1, sigmoid 2).
+  template <class T>
+  static void activation_forward(int kind, const DTensor<T>& x, const DTensor<T>& y) {
+    cuda::activation_forward<T>(kind, y.numel(), x.data(), y.data(), stream());
+  }
+  /// g (+)= dy f'(x), from the output y.
+  template <class T>
+  static void activation_backward(int kind, const DTensor<T>& y, const DTensor<T>& dy,
+                                  const DTensor<T>& g, bool accumulate) {
+    cuda::activation_backward<T>(kind, y.numel(), y.data(), dy.data(), g.data(), accumulate, stream());
+  }
+  /// y[0] = s * sum(x), deterministic (two passes, no atomics).
+  template <class T>
+  static void sum(const DTensor<T>& x, T s, const DTensor<T>& y) {
+    DTensor<T> work = DTensor<T>::empty({index_t(sum_workspace(x.numel()))});
+    cuda::sum<T>(x.numel(), x.data(), s, y.data(), work.data(), stream());
+  }
+  /// g (+)= s * dy[0].
+  template <class T>
+  static void broadcast_grad(T s, const DTensor<T>& dy, const DTensor<T>& g, bool accumulate) {
+    cuda::broadcast_grad<T>(g.numel(), s, dy.data(), g.data(), accumulate, stream());
+  }
+
+  /// The terms of a weighted sum: xs[i] (nullptr for a symbolic zero) with weight index ids[i].
+  template <class T>
+  static WeightedTerms<T> terms(int k, const T* const* xs, const int* ids) {
+    WeightedTerms<T> t;
+    t.count = k;
+    for (int i = 0; i < k; ++i) {
+      t.x[i] = xs[i];
+      t.index[i] = ids[i];
+    }
+    return t;
+  }
+  /// y = sum_i w[ids[i]] xs[i].
+  template <class T>
+  static void weighted_sum_forward(int k, const T* const* xs, const int* ids, const DTensor<T>& w,
+                                   const DTensor<T>& y) {
+    cuda::weighted_sum_forward<T>(y.numel(), terms(k, xs, ids), w.data(), int(w.numel()), y.data(),
+                                  stream());
+  }
+  /// dL/dw (+)= onehot(ids[i]) <xs[i], dy> summed over terms.
+  template <class T>
+  static void weighted_sum_backward_w(int k, const T* const* xs, const int* ids, const DTensor<T>& dy,
+                                      const DTensor<T>& gw, bool accumulate) {
+    DTensor<T> work = DTensor<T>::empty({index_t(weighted_sum_dw_workspace(dy.numel(), k))});
+    cuda::weighted_sum_backward_w<T>(dy.numel(), terms(k, xs, ids), dy.data(), int(gw.numel()),
+                                     gw.data(), accumulate, work.data(), stream());
+  }
+  /// dL/dx (+)= w[index] dy.
+  template <class T>
+  static void weighted_sum_backward_x(const DTensor<T>& w, int index, const DTensor<T>& dy,
+                                      const DTensor<T>& g, bool accumulate) {
+    cuda::weighted_sum_backward_x<T>(g.numel(), w.data(), index, dy.data(), g.data(), accumulate,
+                                     stream());
+  }
+};
+
+}  // namespace datanas::cuda
