@@ -13,6 +13,7 @@
 #pragma once
 
 #include "datanas/core/cuda.hpp"
+#include "datanas/ops/cuda/dnn.hpp"
 #include "datanas/ops/cuda/elementwise.hpp"
 
 namespace datanas {
@@ -20,6 +21,7 @@ namespace datanas {
 /// The Cuda kernels of every op family (each family's header documents its functions).
 template <>
 struct DeviceOps<Cuda>
-    : cuda::ElementwiseOps {};
+    : cuda::ElementwiseOps,
+      cuda::DnnOps {};
 
 }  // namespace datanas

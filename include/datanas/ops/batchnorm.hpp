@@ -58,9 +58,13 @@ Var<T, D> batch_norm2d(const Var<T, D>& x, const Var<T, D>& gamma, const Var<T, 
   Tensor<T, D> saved = Tensor<T, D>::empty({2, c});  // per channel: mean, 1 / sqrt(var + eps)
   const T* gp = gamma.defined() ? gamma.value().data() : nullptr;
   const T* bp = beta.defined() ? beta.value().data() : nullptr;
-  cpu::batchnorm_forward(x.value(), gp, bp, track ? running_mean.data() : nullptr,
-                         track ? running_var.data() : nullptr, training, momentum, eps, y.value(),
-                         saved);
+  T* rm = track ? running_mean.data() : nullptr;
+  T* rv = track ? running_var.data() : nullptr;
+  if constexpr (is_cpu<D>)
+    cpu::batchnorm_forward(x.value(), gp, bp, rm, rv, training, momentum, eps, y.value(), saved);
+  else
+    DeviceOps<D>::batchnorm_forward(x.value(), gp, bp, rm, rv, training, T(momentum), T(eps),
+                                    y.value(), saved);
   if (needs_grad(x, gamma, beta))
     record(y, [x, gamma, beta, y, saved, training] {
       T *dx = nullptr, *dg = nullptr, *db = nullptr;
@@ -79,8 +83,13 @@ Var<T, D> batch_norm2d(const Var<T, D>& x, const Var<T, D>& gamma, const Var<T, 
         auto slot = beta.grad_slot();
         gb = slot.g, db = gb.data(), db_acc = slot.accumulate;
       }
-      cpu::batchnorm_backward(x.value(), gamma.defined() ? gamma.value().data() : nullptr, saved,
-                              y.out_grad(), training, dx, dx_acc, dg, dg_acc, db, db_acc);
+      const T* g = gamma.defined() ? gamma.value().data() : nullptr;
+      if constexpr (is_cpu<D>)
+        cpu::batchnorm_backward(x.value(), g, saved, y.out_grad(), training, dx, dx_acc, dg, dg_acc,
+                                db, db_acc);
+      else
+        DeviceOps<D>::batchnorm_backward(x.value(), g, saved, y.out_grad(), training, dx, dx_acc,
+                                         dg, dg_acc, db, db_acc);
     });
   return y;
 }

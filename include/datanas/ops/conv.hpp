@@ -19,9 +19,11 @@ Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias, 
                 ", weight ", w.shape().str());
   const cpu::ConvPath path = cpu::conv_path(g, algo);
   Var<T, D> y(Tensor<T, D>::empty({g.n, g.cout, g.ho, g.wo}));
-  cpu::conv2d_forward(g, path, x.value(), w.value(),
-                      bias.defined() ? bias.value().data() : static_cast<const T*>(nullptr),
-                      y.value());
+  const T* bias_ptr = bias.defined() ? bias.value().data() : static_cast<const T*>(nullptr);
+  if constexpr (is_cpu<D>)
+    cpu::conv2d_forward(g, path, x.value(), w.value(), bias_ptr, y.value());
+  else
+    DeviceOps<D>::conv2d_forward(g, x.value(), w.value(), bias_ptr, y.value());
   if (needs_grad(x, w, bias))
     record(y, [x, w, bias, y, g, path] {
       Tensor<T, D> dx, dw, db;
@@ -38,8 +40,12 @@ Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias, 
         auto [gb, acc] = bias.grad_slot();
         db = gb, acc_b = acc;
       }
-      cpu::conv2d_backward(g, path, x.value(), w.value(), y.out_grad(), dx, acc_x, dw, acc_w, db,
-                           acc_b);
+      if constexpr (is_cpu<D>)
+        cpu::conv2d_backward(g, path, x.value(), w.value(), y.out_grad(), dx, acc_x, dw, acc_w, db,
+                             acc_b);
+      else
+        DeviceOps<D>::conv2d_backward(g, x.value(), w.value(), y.out_grad(), dx, acc_x, dw, acc_w,
+                                      db, acc_b);
     });
   return y;
 }

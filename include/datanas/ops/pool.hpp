@@ -39,17 +39,26 @@ Var<T, D> max_pool2d(const Var<T, D>& x, int kernel, int stride, int padding) {
   const Shape out{x.shape().n(), x.shape().c(), g.ho, g.wo};
   Var<T, D> y(Tensor<T, D>::empty(out));
   if (!needs_grad(x)) {
-    cpu::max_pool_forward(x.value(), g, y.value(), static_cast<T*>(nullptr));
+    if constexpr (is_cpu<D>)
+      cpu::max_pool_forward(x.value(), g, y.value(), static_cast<T*>(nullptr));
+    else
+      DeviceOps<D>::max_pool_forward(x.value(), g, y.value(), static_cast<T*>(nullptr));
     return y;
   }
   // Indices are plane-local (h * W + w) and stored as T, exact up to 2^digits.
   DATANAS_CHECK(g.h * g.w <= (index_t(1) << std::numeric_limits<T>::digits),
                 "max_pool2d: planes of ", g.h, " x ", g.w, " are too large for T indices");
   Tensor<T, D> idx = Tensor<T, D>::empty(out);
-  cpu::max_pool_forward(x.value(), g, y.value(), idx.data());
+  if constexpr (is_cpu<D>)
+    cpu::max_pool_forward(x.value(), g, y.value(), idx.data());
+  else
+    DeviceOps<D>::max_pool_forward(x.value(), g, y.value(), idx.data());
   record(y, [x, y, idx, g] {
     auto [gx, acc] = x.grad_slot();
-    cpu::max_pool_backward(y.out_grad(), idx.data(), g, gx.data(), acc);
+    if constexpr (is_cpu<D>)
+      cpu::max_pool_backward(y.out_grad(), idx.data(), g, gx.data(), acc);
+    else
+      DeviceOps<D>::max_pool_backward(y.out_grad(), idx.data(), g, gx.data(), acc);
   });
   return y;
 }
@@ -62,11 +71,17 @@ template <class T, class D>
 Var<T, D> avg_pool2d(const Var<T, D>& x, int kernel, int stride, int padding) {
   const cpu::PoolGeometry g = detail::pool_geometry("avg_pool2d", x, kernel, stride, padding);
   Var<T, D> y(Tensor<T, D>::empty({x.shape().n(), x.shape().c(), g.ho, g.wo}));
-  cpu::avg_pool_forward(x.value(), g, y.value());
+  if constexpr (is_cpu<D>)
+    cpu::avg_pool_forward(x.value(), g, y.value());
+  else
+    DeviceOps<D>::avg_pool_forward(x.value(), g, y.value());
   if (needs_grad(x))
     record(y, [x, y, g] {
       auto [gx, acc] = x.grad_slot();
-      cpu::avg_pool_backward(y.out_grad(), g, gx.data(), acc);
+      if constexpr (is_cpu<D>)
+        cpu::avg_pool_backward(y.out_grad(), g, gx.data(), acc);
+      else
+        DeviceOps<D>::avg_pool_backward(y.out_grad(), g, gx.data(), acc);
     });
   return y;
 }
@@ -80,12 +95,18 @@ Var<T, D> global_avg_pool(const Var<T, D>& x) {
   DATANAS_CHECK(s.rank() == 4 && s.h() * s.w() > 0,
                 "global_avg_pool: x must be [N, C, H, W] with H, W > 0, got ", s.str());
   Var<T, D> y(Tensor<T, D>::empty({s.n(), s.c()}));
-  cpu::global_avg_pool_forward(x.value(), y.value());
+  if constexpr (is_cpu<D>)
+    cpu::global_avg_pool_forward(x.value(), y.value());
+  else
+    DeviceOps<D>::global_avg_pool_forward(x.value(), y.value());
   if (needs_grad(x))
     record(y, [x, y] {
       auto [gx, acc] = x.grad_slot();
       const index_t hw = x.shape().h() * x.shape().w();
-      cpu::global_avg_pool_backward(y.out_grad(), hw, gx.data(), acc);
+      if constexpr (is_cpu<D>)
+        cpu::global_avg_pool_backward(y.out_grad(), hw, gx.data(), acc);
+      else
+        DeviceOps<D>::global_avg_pool_backward(y.out_grad(), hw, gx.data(), acc);
     });
   return y;
 }

@@ -1,0 +1,447 @@
+// conv2d, batch_norm2d and the pools on the GPU against the CPU (tests/gpu/parity.hpp): every
+// convolution a DARTS cell or network runs (separable = depthwise + pointwise, dilated,
+// FactorizedReduce's 1x1 stride 2, the stem and reduction convolutions, groups), batch norm in
+// training and evaluation, affine or not, with frozen parameters, its running statistics, and
+// max / average / global average pooling; forward, and gradients written then accumulated.
+// Also: the cuDNN plan cache plans a shape once, the backward passes are deterministic, and bad
+// shapes are rejected on the Cuda device as on the CPU.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "datanas/nn/layers.hpp"
+#include "datanas/ops/arithmetic.hpp"
+#include "datanas/ops/batchnorm.hpp"
+#include "datanas/ops/conv.hpp"
+#include "datanas/ops/pool.hpp"
+#include "parity.hpp"
+
+using namespace datanas;
+using gpu_test::check_parity;
+using gpu_test::Input;
+using gpu_test::random_normal;
+
+namespace {
+
+template <class V>
+using DeviceOf = typename std::remove_cvref_t<V>::device_type;
+
+/// A random weight [cout, cin / groups, k, k] scaled like torch's init, so outputs stay O(1).
+Tensor<float> conv_weight(index_t cout, index_t cin, int k, int groups, PhiloxGenerator& gen) {
+  return random_normal({cout, cin / groups, k, k}, gen,
+                       float(1.0 / std::sqrt(double(cin / groups * k * k))));
+}
+
+/// conv2d on both devices: x [n, cin, h, w], weight [cout, cin / groups, k, k], bias optional.
+void check_conv(const std::string& name, Shape xs, index_t cout, int k, Conv2dParams p, bool bias,
+                PhiloxGenerator& gen, bool x_grad = true, bool w_grad = true) {
+  CAPTURE(xs.str());
+  CAPTURE(bias);
+  std::vector<Input> in{{random_normal(xs, gen), x_grad},
+                        {conv_weight(cout, xs[1], k, p.groups, gen), w_grad}};
+  if (bias) in.push_back({random_normal({cout}, gen, 0.5f), true});
+  check_parity(name, in, [p, bias](auto v, auto&) {
+    using V = std::remove_cvref_t<decltype(v[0])>;
+    return conv2d(v[0], v[1], bias ? v[2] : V(), p);
+  });
+}
+
+/// max(|a - b|) / max(|b|) for double host tensors (the parity harness is float only).
+double rel_err_double(const Tensor<double>& got, const Tensor<double>& want) {
+  double num = 0, den = 0;
+  for (index_t i = 0; i < want.numel(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    num = std::max(num, std::abs(got[i] - want[i]));
+    den = std::max(den, std::abs(want[i]));
+  }
+  return den > 0 ? num / den : num;
+}
+
+Tensor<double> random_double(const Shape& s, PhiloxGenerator& gen) {
+  Tensor<double> t = Tensor<double>::empty(s);
+  for (index_t i = 0; i < t.numel(); ++i) t[i] = gen.normal();
+  return t;
+}
+
+bool same_bits(const Tensor<float>& a, const Tensor<float>& b) {
+  return a.numel() == b.numel() &&
+         std::memcmp(a.data(), b.data(), sizeof(float) * std::size_t(a.numel())) == 0;
+}
+
+}  // namespace
+
+// ---- conv2d
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("DARTS convolutions on the GPU match the CPU") {
+  PhiloxGenerator gen(21);
+  const Shape spatial[] = {Shape{7, 5}, Shape{8, 8}, Shape{9, 9}};
+  for (index_t n : {1, 3})
+    for (const Shape& hw : spatial) {
+      const index_t c = 6;
+      const Shape xs{n, c, hw[0], hw[1]};
+      for (int stride : {1, 2}) {
+        CAPTURE(stride);
+        // sep_conv 3x3 / 5x5: the depthwise half (stride on the first one of a reduction edge)...
+        check_conv("depthwise 3x3", xs, c, 3, {stride, 1, 1, int(c)}, false, gen);
+        check_conv("depthwise 5x5", xs, c, 5, {stride, 2, 1, int(c)}, false, gen);
+        // dil_conv 3x3 / 5x5: depthwise with dilation 2.
+        check_conv("dilated depthwise 3x3", xs, c, 3, {stride, 2, 2, int(c)}, false, gen);
+        check_conv("dilated depthwise 5x5", xs, c, 5, {stride, 4, 2, int(c)}, false, gen);
+        // The reduction cell's general convolutions and a grouped one.
+        check_conv("3x3", xs, 8, 3, {stride, 1, 1, 1}, false, gen);
+        check_conv("3x3 groups 2", xs, 8, 3, {stride, 1, 1, 2}, false, gen);
+        check_conv("3x3 groups 2 bias", xs, 8, 3, {stride, 1, 1, 2}, true, gen);
+      }
+      // ...and its pointwise half; FactorizedReduce's 1x1 stride 2 (C -> C / 2).
+      check_conv("pointwise 1x1", xs, 10, 1, {1, 0, 1, 1}, false, gen);
+      check_conv("pointwise 1x1 bias", xs, 10, 1, {1, 0, 1, 1}, true, gen);
+      check_conv("1x1 stride 2", xs, c / 2, 1, {2, 0, 1, 1}, false, gen);
+      check_conv("depthwise 3x3 bias", xs, c, 3, {1, 1, 1, int(c)}, true, gen);
+      // The stem: the image needs no gradient; a frozen weight; dilation on a dense conv.
+      check_conv("stem 3x3, x constant", Shape{n, 3, hw[0], hw[1]}, 8, 3, {1, 1, 1, 1}, true, gen,
+                 false);
+      check_conv("3x3, weight frozen", xs, 4, 3, {1, 1, 1, 1}, false, gen, true, false);
+      check_conv("3x3 dilation 2, no padding", xs, 4, 3, {1, 0, 2, 1}, true, gen);
+      check_conv("forward only", xs, 4, 3, {2, 1, 1, 1}, false, gen, false, false);
+    }
+  // The sizes of a real cell (CIFAR-10 at 16 channels), so that cuDNN's workspaces are used.
+  check_conv("depthwise 3x3, 32x32", Shape{8, 16, 32, 32}, 16, 3, {1, 1, 1, 16}, false, gen);
+  check_conv("pointwise, 32x32", Shape{8, 16, 32, 32}, 32, 1, {1, 0, 1, 1}, false, gen);
+  check_conv("3x3, 32x32", Shape{8, 16, 32, 32}, 16, 3, {1, 1, 1, 1}, true, gen);
+  check_conv("5x5 dilated stride 2, 32x32", Shape{4, 16, 32, 32}, 16, 5, {2, 4, 2, 16}, false, gen);
+}
+
+TEST_CASE("a separable convolution (depthwise then pointwise) on the GPU matches the CPU") {
+  PhiloxGenerator gen(22);
+  for (int k : {3, 5})
+    for (int stride : {1, 2}) {
+      CAPTURE(k);
+      CAPTURE(stride);
+      const index_t c = 8;
+      std::vector<Input> in{{random_normal({3, c, 11, 7}, gen)},
+                            {conv_weight(c, c, k, int(c), gen)},
+                            {conv_weight(c, c, 1, 1, gen)}};
+      check_parity("sep_conv", in, [k, stride](auto v, auto&) {
+        using V = std::remove_cvref_t<decltype(v[0])>;
+        const V dw = conv2d(v[0], v[1], V(), {stride, k / 2, 1, 8});
+        return conv2d(dw, v[2], V(), {1, 0, 1, 1});
+      });
+    }
+}
+
+TEST_CASE("conv2d in double on the GPU matches the CPU") {
+  PhiloxGenerator gen(23);
+  const Tensor<double> x = random_double({2, 4, 7, 5}, gen), w = random_double({6, 2, 3, 3}, gen);
+  const Tensor<double> b = random_double({6}, gen), dy = random_double({2, 6, 4, 3}, gen);
+  const Conv2dParams p{2, 1, 1, 2};
+  Var<double> xc(x.clone(), true), wc(w.clone(), true), bc(b.clone(), true);
+  Var<double, Cuda> xg(cuda::to_device(x), true), wg(cuda::to_device(w), true),
+      bg(cuda::to_device(b), true);
+  const Var<double> yc = conv2d(xc, wc, bc, p);
+  const Var<double, Cuda> yg = conv2d(xg, wg, bg, p);
+  CHECK(rel_err_double(cuda::to_host(yg.value()), yc.value()) <= 1e-12);
+  backward(yc, dy);
+  backward(yg, cuda::to_device(dy));
+  CHECK(rel_err_double(cuda::to_host(xg.grad()), xc.grad()) <= 1e-12);
+  CHECK(rel_err_double(cuda::to_host(wg.grad()), wc.grad()) <= 1e-12);
+  CHECK(rel_err_double(cuda::to_host(bg.grad()), bc.grad()) <= 1e-12);
+}
+
+TEST_CASE("conv2d plans a shape once and reuses it") {
+  PhiloxGenerator gen(24);
+  // A shape no other test uses: the cache is process-wide.
+  const Shape xs{2, 6, 13, 11};
+  const Tensor<float> w = conv_weight(4, 6, 3, 1, gen);
+  auto run = [&](const Shape& s) {
+    Var<float, Cuda> x(cuda::to_device(random_normal(s, gen)), true), wv(cuda::to_device(w), true);
+    const Var<float, Cuda> y = conv2d(x, wv, Var<float, Cuda>(), {1, 1, 1, 1});
+    backward(y, cuda::to_device(random_normal(y.shape(), gen)));
+    (void)cuda::to_host(wv.grad());
+  };
+  const std::size_t before = cuda::DnnOps::conv_plan_count();
+  run(xs);
+  CHECK(cuda::DnnOps::conv_plan_count() == before + 1);
+  run(xs);  // forward and backward again: no new plan
+  run(xs);
+  CHECK(cuda::DnnOps::conv_plan_count() == before + 1);
+  run(Shape{3, 6, 13, 11});  // another batch size is another shape
+  CHECK(cuda::DnnOps::conv_plan_count() == before + 2);
+  // The algorithms cuDNN's heuristics gave each shape seen so far (logged for the GPU record).
+  MESSAGE("cuDNN plans:\n" << cuda::DnnOps::conv_plan_report());
+}
+
+TEST_CASE("conv2d gradients on the GPU are deterministic") {
+  PhiloxGenerator gen(25);
+  for (const Conv2dParams p :
+       {Conv2dParams{1, 1, 1, 16}, Conv2dParams{1, 1, 1, 1}, Conv2dParams{2, 2, 2, 16}}) {
+    CAPTURE(p.groups);
+    const Tensor<float> x = random_normal({8, 16, 32, 32}, gen);
+    const Tensor<float> w = conv_weight(16, 16, 3, p.groups, gen);
+    const Tensor<float> b = random_normal({16}, gen);
+    Tensor<float> dy;
+    auto run = [&] {
+      Var<float, Cuda> xv(cuda::to_device(x), true), wv(cuda::to_device(w), true),
+          bv(cuda::to_device(b), true);
+      const Var<float, Cuda> y = conv2d(xv, wv, bv, p);
+      if (!dy.defined()) dy = random_normal(y.shape(), gen);
+      backward(y, cuda::to_device(dy));
+      return std::vector<Tensor<float>>{cuda::to_host(y.value()), cuda::to_host(xv.grad()),
+                                        cuda::to_host(wv.grad()), cuda::to_host(bv.grad())};
+    };
+    const auto a = run(), b2 = run();
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      CAPTURE(i);
+      CHECK(same_bits(a[i], b2[i]));
+    }
+  }
+}
+
+TEST_CASE("conv2d on the GPU rejects bad shapes like the CPU") {
+  Var<float, Cuda> x(Tensor<float, Cuda>::zeros({1, 4, 5, 5}), true);
+  Var<float, Cuda> w(Tensor<float, Cuda>::zeros({2, 3, 3, 3}), true);
+  CHECK_THROWS_WITH_AS(conv2d(x, w, Var<float, Cuda>()), doctest::Contains("channels"),
+                       datanas::error);
+  Var<float, Cuda> w7(Tensor<float, Cuda>::zeros({2, 4, 7, 7}), true);
+  CHECK_THROWS_WITH_AS(conv2d(x, w7, Var<float, Cuda>()), doctest::Contains("not positive"),
+                       datanas::error);
+}
+
+// ---- batch_norm2d
+// ---------------------------------------------------------------------------------
+
+namespace {
+
+/// batch_norm2d on both devices. x has a non-zero mean (the statistics' shift matters);
+/// running statistics are fresh copies of rm / rv for every call (or none: `track` false).
+void check_bn(const std::string& name, const Shape& s, bool affine, bool training, bool track,
+              PhiloxGenerator& gen, bool x_grad = true, bool param_grad = true) {
+  CAPTURE(s.str());
+  CAPTURE(affine);
+  CAPTURE(training);
+  CAPTURE(track);
+  Tensor<float> x = random_normal(s, gen, 2.0f);
+  for (index_t i = 0; i < x.numel(); ++i) x[i] += 3.0f;
+  const index_t c = s[1];
+  std::vector<Input> in{{x, x_grad}};
+  if (affine) {
+    Tensor<float> gamma = random_normal({c}, gen, 0.3f);
+    for (index_t i = 0; i < c; ++i) gamma[i] += 1.0f;
+    in.push_back({gamma, param_grad});
+    in.push_back({random_normal({c}, gen, 0.5f), param_grad});
+  }
+  Tensor<float> rm = random_normal({c}, gen), rv = Tensor<float>::empty({c});
+  for (index_t i = 0; i < c; ++i) rv[i] = 0.5f + float(gen.uniform()) * 4.0f;
+  check_parity(name, in, [=](auto v, auto&) {
+    using V = std::remove_cvref_t<decltype(v[0])>;
+    using D = DeviceOf<V>;
+    const Tensor<float, D> m = track ? gpu_test::on<D>(rm.clone()) : Tensor<float, D>();
+    const Tensor<float, D> var = track ? gpu_test::on<D>(rv.clone()) : Tensor<float, D>();
+    return batch_norm2d(v[0], affine ? v[1] : V(), affine ? v[2] : V(), m, var, training);
+  });
+}
+
+const Shape kBnShapes[] = {Shape{3, 16, 8, 8},  Shape{1, 5, 7, 5},    Shape{3, 4, 1, 1},
+                           Shape{4, 8, 32, 32}, Shape{16, 4, 32, 32}, Shape{5, 3, 33, 31},
+                           Shape{64, 2, 16, 16}};
+
+}  // namespace
+
+TEST_CASE("batch norm in training on the GPU matches the CPU") {
+  PhiloxGenerator gen(31);
+  for (const Shape& s : kBnShapes) {
+    check_bn("affine", s, true, true, true, gen);
+    check_bn("non-affine (DARTS search)", s, false, true, true, gen);
+    check_bn("no running statistics", s, true, true, false, gen);
+    check_bn("frozen gamma and beta", s, true, true, true, gen, true, false);
+    check_bn("x constant, gamma and beta learn", s, true, true, true, gen, false, true);
+  }
+}
+
+TEST_CASE("batch norm in evaluation on the GPU matches the CPU") {
+  PhiloxGenerator gen(32);
+  for (const Shape& s : kBnShapes) {
+    check_bn("affine", s, true, false, true, gen);
+    check_bn("non-affine", s, false, false, true, gen);
+    check_bn("frozen gamma and beta", s, true, false, true, gen, true, false);
+    check_bn("x constant, gamma and beta learn", s, true, false, true, gen, false, true);
+  }
+}
+
+TEST_CASE("BatchNorm2d's running statistics on the GPU follow the CPU's") {
+  PhiloxGenerator gen(33);
+  for (bool affine : {true, false})
+    for (const Shape& s : {Shape{8, 16, 8, 8}, Shape{2, 3, 7, 5}, Shape{32, 4, 16, 16}}) {
+      CAPTURE(affine);
+      CAPTURE(s.str());
+      nn::BatchNorm2d<float, Cpu> bc(s[1], affine);
+      nn::BatchNorm2d<float, Cuda> bg(s[1], affine);
+      auto buffers = [](const auto& m) {
+        std::map<std::string, Tensor<float>> out;
+        m.visit_buffers([&](const std::string& name, const auto& t) {
+          if constexpr (is_cpu<typename std::remove_cvref_t<decltype(t)>::device_type>)
+            out[name] = t.clone();
+          else
+            out[name] = cuda::to_host(t);
+        });
+        return out;
+      };
+      // Two training steps with different batches (different means and spreads), then one
+      // evaluation that uses the running statistics.
+      for (int step = 0; step < 3; ++step) {
+        CAPTURE(step);
+        if (step == 2) {
+          bc.eval();
+          bg.eval();
+        }
+        Tensor<float> x = random_normal(s, gen, 1.0f + float(step));
+        for (index_t i = 0; i < x.numel(); ++i) x[i] += float(step) - 0.5f;
+        const Var<float> yc = bc(Var<float>(x, true));
+        const Var<float, Cuda> yg = bg(Var<float, Cuda>(cuda::to_device(x), true));
+        CHECK(gpu_test::rel_err(yg.value(), yc.value()) <= 1e-5);
+        const auto hc = buffers(bc), hg = buffers(bg);
+        REQUIRE(hc.size() == 2);
+        REQUIRE(hg.size() == 2);
+        for (const auto& [name, t] : hc) {
+          CAPTURE(name);
+          CHECK(gpu_test::rel_err(hg.at(name), t) <= 1e-6);
+        }
+      }
+    }
+}
+
+TEST_CASE("batch norm in double on the GPU matches the CPU") {
+  PhiloxGenerator gen(34);
+  const Shape s{4, 3, 9, 7};
+  const Tensor<double> x = random_double(s, gen), dy = random_double(s, gen);
+  const Tensor<double> gamma = random_double({3}, gen), beta = random_double({3}, gen);
+  for (bool training : {true, false}) {
+    CAPTURE(training);
+    Tensor<double> rm = Tensor<double>::zeros({3}), rv = Tensor<double>::full({3}, 1.0);
+    Tensor<double, Cuda> rmg = cuda::to_device(rm), rvg = cuda::to_device(rv);
+    Var<double> xc(x.clone(), true), gc(gamma.clone(), true), bc(beta.clone(), true);
+    Var<double, Cuda> xg(cuda::to_device(x), true), gg(cuda::to_device(gamma), true),
+        bg(cuda::to_device(beta), true);
+    const Var<double> yc = batch_norm2d(xc, gc, bc, rm, rv, training);
+    const Var<double, Cuda> yg = batch_norm2d(xg, gg, bg, rmg, rvg, training);
+    CHECK(rel_err_double(cuda::to_host(yg.value()), yc.value()) <= 1e-12);
+    CHECK(rel_err_double(cuda::to_host(rmg), rm) <= 1e-12);
+    CHECK(rel_err_double(cuda::to_host(rvg), rv) <= 1e-12);
+    backward(yc, dy);
+    backward(yg, cuda::to_device(dy));
+    CHECK(rel_err_double(cuda::to_host(xg.grad()), xc.grad()) <= 1e-10);
+    CHECK(rel_err_double(cuda::to_host(gg.grad()), gc.grad()) <= 1e-10);
+    CHECK(rel_err_double(cuda::to_host(bg.grad()), bc.grad()) <= 1e-10);
+  }
+}
+
+TEST_CASE("batch norm gradients on the GPU are deterministic") {
+  PhiloxGenerator gen(35);
+  const Shape s{32, 8, 32, 32};  // 8 chunks per channel: the partial sums matter
+  const Tensor<float> x = random_normal(s, gen), dy = random_normal(s, gen);
+  auto run = [&] {
+    Var<float, Cuda> xv(cuda::to_device(x), true);
+    Var<float, Cuda> g(Tensor<float, Cuda>::full({8}, 1.5f), true),
+        b(Tensor<float, Cuda>::zeros({8}), true);
+    Tensor<float, Cuda> rm = Tensor<float, Cuda>::zeros({8}),
+                        rv = Tensor<float, Cuda>::full({8}, 1.0f);
+    const Var<float, Cuda> y = batch_norm2d(xv, g, b, rm, rv, true);
+    backward(y, cuda::to_device(dy));
+    return std::vector<Tensor<float>>{cuda::to_host(y.value()), cuda::to_host(xv.grad()),
+                                      cuda::to_host(g.grad()),  cuda::to_host(b.grad()),
+                                      cuda::to_host(rm),        cuda::to_host(rv)};
+  };
+  const auto a = run(), b = run();
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    CAPTURE(i);
+    CHECK(same_bits(a[i], b[i]));
+  }
+}
+
+// ---- pooling
+// --------------------------------------------------------------------------------------
+
+namespace {
+
+struct PoolCase {
+  int k, s, p;
+};
+// DARTS' 3x3 pools (stride 1 in normal cells, 2 in reduction cells), the evaluation network's
+// auxiliary-head 5x5 stride 3, and windows that overlap unevenly or not at all.
+const PoolCase kPools[] = {{3, 1, 1}, {3, 2, 1}, {5, 3, 0}, {2, 2, 0},
+                           {3, 2, 0}, {5, 1, 2}, {4, 3, 2}, {1, 1, 0}};
+const Shape kPoolShapes[] = {Shape{1, 3, 7, 5}, Shape{3, 16, 8, 8}, Shape{2, 5, 9, 11},
+                             Shape{2, 4, 32, 32}};
+
+bool pool_fits(const Shape& s, const PoolCase& pc) {
+  return cpu::PoolGeometry::out_size(s[2], pc.k, pc.s, pc.p) > 0 &&
+         cpu::PoolGeometry::out_size(s[3], pc.k, pc.s, pc.p) > 0;
+}
+
+}  // namespace
+
+TEST_CASE("max and average pooling on the GPU match the CPU") {
+  PhiloxGenerator gen(41);
+  for (const Shape& s : kPoolShapes)
+    for (const PoolCase& pc : kPools) {
+      if (!pool_fits(s, pc)) continue;
+      CAPTURE(s.str());
+      CAPTURE(pc.k);
+      CAPTURE(pc.s);
+      CAPTURE(pc.p);
+      const Tensor<float> x = random_normal(s, gen);
+      check_parity("max_pool2d", {{x}},
+                   [pc](auto v, auto&) { return max_pool2d(v[0], pc.k, pc.s, pc.p); });
+      check_parity("avg_pool2d", {{x}},
+                   [pc](auto v, auto&) { return avg_pool2d(v[0], pc.k, pc.s, pc.p); });
+      check_parity("max_pool2d, no gradient", {{x, false}},
+                   [pc](auto v, auto&) { return max_pool2d(v[0], pc.k, pc.s, pc.p); });
+      // Ties: a few distinct values, so most windows hold several maxima and the gradient
+      // must go to the first in row-major order, as on the CPU.
+      Tensor<float> ties = x.clone();
+      for (index_t i = 0; i < ties.numel(); ++i) ties[i] = std::round(ties[i]);
+      check_parity("max_pool2d with ties", {{ties}},
+                   [pc](auto v, auto&) { return max_pool2d(v[0], pc.k, pc.s, pc.p); });
+      // -inf: the top rows of the first plane, so that some windows see nothing else (their
+      // output is -inf, their gradient goes to their first real pixel).
+      Tensor<float> inf = x.clone();
+      for (index_t i = 0; i < 2 * s[3]; ++i) inf[i] = -INFINITY;
+      check_parity("max_pool2d with -inf", {{inf}},
+                   [pc](auto v, auto&) { return max_pool2d(v[0], pc.k, pc.s, pc.p); });
+    }
+}
+
+TEST_CASE("global average pooling on the GPU matches the CPU") {
+  PhiloxGenerator gen(42);
+  for (const Shape& s : {Shape{3, 16, 8, 8}, Shape{1, 5, 7, 5}, Shape{2, 3, 1, 1},
+                         Shape{2, 7, 33, 31}, Shape{96, 256, 8, 8}}) {
+    CAPTURE(s.str());
+    const Tensor<float> x = random_normal(s, gen);
+    check_parity("global_avg_pool", {{x}}, [](auto v, auto&) { return global_avg_pool(v[0]); });
+  }
+}
+
+TEST_CASE("pooling in double on the GPU matches the CPU") {
+  PhiloxGenerator gen(43);
+  const Tensor<double> x = random_double({2, 3, 9, 7}, gen);
+  Var<double> xc(x.clone(), true);
+  Var<double, Cuda> xg(cuda::to_device(x), true);
+  const Var<double> yc = add(add(sum(max_pool2d(xc, 3, 2, 1)), sum(avg_pool2d(xc, 3, 1, 1))),
+                             sum(global_avg_pool(xc)));
+  const Var<double, Cuda> yg = add(add(sum(max_pool2d(xg, 3, 2, 1)), sum(avg_pool2d(xg, 3, 1, 1))),
+                                   sum(global_avg_pool(xg)));
+  CHECK(rel_err_double(cuda::to_host(yg.value()), yc.value()) <= 1e-12);
+  backward(yc);
+  backward(yg);
+  CHECK(rel_err_double(cuda::to_host(xg.grad()), xc.grad()) <= 1e-12);
+}
+
+TEST_CASE("pooling on the GPU rejects bad windows like the CPU") {
+  Var<float, Cuda> x(Tensor<float, Cuda>::zeros({1, 2, 3, 3}), true);
+  CHECK_THROWS_WITH_AS(max_pool2d(x, 3, 1, 2), doctest::Contains("padding"), datanas::error);
+  CHECK_THROWS_WITH_AS(avg_pool2d(x, 5, 1, 0), doctest::Contains("output size"), datanas::error);
+}
