@@ -15,6 +15,7 @@
 #include "datanas/core/cuda.hpp"
 #include "datanas/ops/cuda/dnn.hpp"
 #include "datanas/ops/cuda/elementwise.hpp"
+#include "datanas/ops/cuda/optim.hpp"
 
 namespace datanas {
 
@@ -22,6 +23,7 @@ namespace datanas {
 template <>
 struct DeviceOps<Cuda>
     : cuda::ElementwiseOps,
-      cuda::DnnOps {};
+      cuda::DnnOps,
+      cuda::OptimOps {};
 
 }  // namespace datanas

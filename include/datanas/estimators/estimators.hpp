@@ -103,153 +103,189 @@ index_t gumbel_softmax(const T* lp, index_t n, double tau, const PhiloxGenerator
 /// The mixing weights w [E * K] of one cell type from its alpha [E, K] (see the file comment).
 /// Draws M * E * K Gumbel numbers from `gen` for the stochastic kinds (one counter range per
 /// call), none for Softmax. M is used by kEgs only.
-template <class T>
-Var<T> mixing_weights(Kind kind, int M, const Var<T>& alpha, const GroupLayout& layout,
-                      const EstimatorConfig& cfg, PhiloxGenerator& gen) {
+///
+/// On Cuda the fused estimator kernels (kernels/datanas/cuda/estimators.cuh) compute the same
+/// weights and save the same buffer; the generator stays on the host and the call reserves the
+/// same counter range from it as on the Cpu, so both devices draw the same architectures from the
+/// same generator state. The kernels also need every group to have at most 512 logits.
+template <class T, class D>
+Var<T, D> mixing_weights(Kind kind, int M, const Var<T, D>& alpha, const GroupLayout& layout,
+                         const EstimatorConfig& cfg, PhiloxGenerator& gen) {
   const index_t total = index_t(layout.edges()) * layout.ops;
   DATANAS_CHECK(alpha.shape() == Shape({layout.edges(), layout.ops}), "estimator: alpha has shape ",
                 alpha.shape().str(), ", the cell needs [", layout.edges(), ", ", layout.ops, "]");
   DATANAS_CHECK(cfg.tau > 0, "estimator: temperature must be > 0, got ", cfg.tau);
   DATANAS_CHECK(kind != Kind::kEgs || (M >= 1 && M <= 64), "EGS: M must be in [1, 64], got ", M);
   const int draws = kind == Kind::kSoftmax ? 0 : kind == Kind::kEgs ? M : 1;
-  // Saved for backward, in one buffer: log p (total) | soft samples y_m (draws * total) |
-  // route (total; the draw each coordinate's gradient goes to, stored as T) | sum(b) per group.
-  Tensor<T> saved = Tensor<T>::empty({total * (draws + 2) + layout.count()});
-  T* lp = saved.data();
-  T* ys = lp + total;
-  T* route = ys + total * draws;
-  T* sums = route + total;
-  const std::uint64_t base = draws ? gen.reserve(std::uint64_t(draws) * std::uint64_t(total)) : 0;
-  Var<T> w(Tensor<T>::empty({total}));
-  T* wp = w.value().data();
-  const T* ap = alpha.value().data();
-  for (int g = 0; g < layout.count(); ++g) {
-    const auto [o, n] = layout.group(g);
-    detail::log_probs(ap + o, n, cfg.normalize, lp + o);
-    switch (kind) {
-      case Kind::kSoftmax:
-        for (index_t k = 0; k < n; ++k) wp[o + k] = std::exp(lp[o + k]);
-        break;
-      case Kind::kSoftGumbel:
-        detail::gumbel_softmax(lp + o, n, cfg.tau, gen, base, std::uint64_t(o), ys + o);
-        for (index_t k = 0; k < n; ++k) wp[o + k] = ys[o + k];
-        break;
-      case Kind::kHardGumbel:
-      case Kind::kEgs: {
-        for (index_t k = 0; k < n; ++k) {
-          wp[o + k] = 0;
-          route[o + k] = 0;
-        }
-        for (int m = 0; m < draws; ++m) {
-          const index_t h = detail::gumbel_softmax(lp + o, n, cfg.tau, gen, base,
-                                                   std::uint64_t(m) * std::uint64_t(total) + std::uint64_t(o),
-                                                   ys + index_t(m) * total + o);
-          if (wp[o + h] == 0) {  // first draw to select h owns its gradient
-            wp[o + h] = 1;
-            route[o + h] = T(m);
+  if constexpr (!is_cpu<D>) {
+    // Checked before the noise is reserved, so a call the kernels refuse consumes no counters.
+    auto params = DeviceOps<D>::estimator_params(int(kind), draws, layout.nodes, layout.ops,
+                                                 layout.first_inputs,
+                                                 layout.granularity == Granularity::kEdge,
+                                                 cfg.normalize == Normalize::kRelu, cfg.tau);
+    params.reserve_noise(gen);  // gen.reserve(draws * E * K), nothing for Softmax: as below
+    // The CPU's buffer: log p | y_m | route | sum(b) per group.
+    Tensor<T, D> saved = Tensor<T, D>::empty({total * (draws + 2) + layout.count()});
+    Var<T, D> w(Tensor<T, D>::empty({total}));
+    DeviceOps<D>::estimator_forward(params, alpha.value(), w.value(), saved);
+    if (needs_grad(alpha))
+      record(w, [alpha, w, saved, params] {
+        auto [ga, acc] = alpha.grad_slot();
+        DeviceOps<D>::estimator_backward(params, alpha.value(), w.value(), saved, w.out_grad(), ga, acc);
+      });
+    return w;
+  } else {
+    // Saved for backward, in one buffer: log p (total) | soft samples y_m (draws * total) |
+    // route (total; the draw each coordinate's gradient goes to, stored as T) | sum(b) per group.
+    Tensor<T> saved = Tensor<T>::empty({total * (draws + 2) + layout.count()});
+    T* lp = saved.data();
+    T* ys = lp + total;
+    T* route = ys + total * draws;
+    T* sums = route + total;
+    const std::uint64_t base = draws ? gen.reserve(std::uint64_t(draws) * std::uint64_t(total)) : 0;
+    Var<T> w(Tensor<T>::empty({total}));
+    T* wp = w.value().data();
+    const T* ap = alpha.value().data();
+    for (int g = 0; g < layout.count(); ++g) {
+      const auto [o, n] = layout.group(g);
+      detail::log_probs(ap + o, n, cfg.normalize, lp + o);
+      switch (kind) {
+        case Kind::kSoftmax:
+          for (index_t k = 0; k < n; ++k) wp[o + k] = std::exp(lp[o + k]);
+          break;
+        case Kind::kSoftGumbel:
+          detail::gumbel_softmax(lp + o, n, cfg.tau, gen, base, std::uint64_t(o), ys + o);
+          for (index_t k = 0; k < n; ++k) wp[o + k] = ys[o + k];
+          break;
+        case Kind::kHardGumbel:
+        case Kind::kEgs: {
+          for (index_t k = 0; k < n; ++k) {
+            wp[o + k] = 0;
+            route[o + k] = 0;
           }
+          for (int m = 0; m < draws; ++m) {
+            const index_t h = detail::gumbel_softmax(lp + o, n, cfg.tau, gen, base,
+                                                     std::uint64_t(m) * std::uint64_t(total) + std::uint64_t(o),
+                                                     ys + index_t(m) * total + o);
+            if (wp[o + h] == 0) {  // first draw to select h owns its gradient
+              wp[o + h] = 1;
+              route[o + h] = T(m);
+            }
+          }
+          T s = 0;
+          for (index_t k = 0; k < n; ++k) s += wp[o + k];
+          sums[g] = s;
+          for (index_t k = 0; k < n; ++k) wp[o + k] /= s;
+          break;
         }
-        T s = 0;
-        for (index_t k = 0; k < n; ++k) s += wp[o + k];
-        sums[g] = s;
-        for (index_t k = 0; k < n; ++k) wp[o + k] /= s;
-        break;
       }
     }
-  }
-  if (needs_grad(alpha)) {
-    const double tau = cfg.tau;
-    const Normalize norm = cfg.normalize;
-    record(w, [alpha, w, saved, layout, kind, draws, tau, norm, total] {
-      const T* gw = w.out_grad().data();
-      const T* lp = saved.data();
-      const T* ys = lp + total;
-      const T* route = ys + total * draws;
-      const T* sums = route + total;
-      const T* wv = w.value().data();
-      const T* ap = alpha.value().data();
-      auto [ga, acc] = alpha.grad_slot();
-      T* gap = ga.data();
-      for (int g = 0; g < layout.count(); ++g) {
-        const auto [o, n] = layout.group(g);
-        T gl[512];  // dL/dlog p of this group; groups are at most 5 edges x K ops
-        DATANAS_CHECK(n <= 512, "estimator: group of ", n, " logits exceeds 512");
-        for (index_t k = 0; k < n; ++k) gl[k] = 0;
-        // dL/dy_m -> dL/dlog p through y_m = softmax((log p + g_m) / tau).
-        auto through_softmax = [&](const T* y, auto dy_of) {
-          T dot = 0;
-          for (index_t k = 0; k < n; ++k) dot += dy_of(k) * y[k];
-          for (index_t k = 0; k < n; ++k) gl[k] += y[k] * (dy_of(k) - dot) / T(tau);
-        };
-        switch (kind) {
-          case Kind::kSoftmax:
-            for (index_t k = 0; k < n; ++k) gl[k] = gw[o + k] * std::exp(lp[o + k]);
-            break;
-          case Kind::kSoftGumbel:
-          case Kind::kHardGumbel:
-            through_softmax(ys + o, [&](index_t k) { return gw[o + k]; });
-            break;
-          case Kind::kEgs: {
-            // w = b / S: dL/db_k = gw_k / S - <gw, b> / S^2 (b_k = w_k * S).
-            const T s = sums[g];
-            T gb_dot = 0;
-            for (index_t k = 0; k < n; ++k) gb_dot += gw[o + k] * wv[o + k] * s;
-            for (int m = 0; m < draws; ++m)
-              through_softmax(ys + index_t(m) * total + o, [&](index_t k) {
-                return route[o + k] == T(m) ? gw[o + k] / s - gb_dot / (s * s) : T(0);
-              });
-            break;
-          }
-        }
-        // dL/dlog p -> dL/dalpha.
-        if (norm == Normalize::kSoftmax) {
-          T sg = 0;
-          for (index_t k = 0; k < n; ++k) sg += gl[k];
-          for (index_t k = 0; k < n; ++k) {
-            const T d = gl[k] - std::exp(lp[o + k]) * sg;
-            gap[o + k] = acc ? gap[o + k] + d : d;
-          }
-        } else {
-          T r = 0, sg = 0;
-          for (index_t k = 0; k < n; ++k)
-            if (ap[o + k] > 0) {
-              r += ap[o + k];
-              sg += gl[k];
+    if (needs_grad(alpha)) {
+      const double tau = cfg.tau;
+      const Normalize norm = cfg.normalize;
+      record(w, [alpha, w, saved, layout, kind, draws, tau, norm, total] {
+        const T* gw = w.out_grad().data();
+        const T* lp = saved.data();
+        const T* ys = lp + total;
+        const T* route = ys + total * draws;
+        const T* sums = route + total;
+        const T* wv = w.value().data();
+        const T* ap = alpha.value().data();
+        auto [ga, acc] = alpha.grad_slot();
+        T* gap = ga.data();
+        for (int g = 0; g < layout.count(); ++g) {
+          const auto [o, n] = layout.group(g);
+          T gl[512];  // dL/dlog p of this group; groups are at most 5 edges x K ops
+          DATANAS_CHECK(n <= 512, "estimator: group of ", n, " logits exceeds 512");
+          for (index_t k = 0; k < n; ++k) gl[k] = 0;
+          // dL/dy_m -> dL/dlog p through y_m = softmax((log p + g_m) / tau).
+          auto through_softmax = [&](const T* y, auto dy_of) {
+            T dot = 0;
+            for (index_t k = 0; k < n; ++k) dot += dy_of(k) * y[k];
+            for (index_t k = 0; k < n; ++k) gl[k] += y[k] * (dy_of(k) - dot) / T(tau);
+          };
+          switch (kind) {
+            case Kind::kSoftmax:
+              for (index_t k = 0; k < n; ++k) gl[k] = gw[o + k] * std::exp(lp[o + k]);
+              break;
+            case Kind::kSoftGumbel:
+            case Kind::kHardGumbel:
+              through_softmax(ys + o, [&](index_t k) { return gw[o + k]; });
+              break;
+            case Kind::kEgs: {
+              // w = b / S: dL/db_k = gw_k / S - <gw, b> / S^2 (b_k = w_k * S).
+              const T s = sums[g];
+              T gb_dot = 0;
+              for (index_t k = 0; k < n; ++k) gb_dot += gw[o + k] * wv[o + k] * s;
+              for (int m = 0; m < draws; ++m)
+                through_softmax(ys + index_t(m) * total + o, [&](index_t k) {
+                  return route[o + k] == T(m) ? gw[o + k] / s - gb_dot / (s * s) : T(0);
+                });
+              break;
             }
-          for (index_t k = 0; k < n; ++k) {
-            const T d = (r > 0 && ap[o + k] > 0) ? gl[k] / ap[o + k] - sg / r : T(0);
-            gap[o + k] = acc ? gap[o + k] + d : d;
+          }
+          // dL/dlog p -> dL/dalpha.
+          if (norm == Normalize::kSoftmax) {
+            T sg = 0;
+            for (index_t k = 0; k < n; ++k) sg += gl[k];
+            for (index_t k = 0; k < n; ++k) {
+              const T d = gl[k] - std::exp(lp[o + k]) * sg;
+              gap[o + k] = acc ? gap[o + k] + d : d;
+            }
+          } else {
+            T r = 0, sg = 0;
+            for (index_t k = 0; k < n; ++k)
+              if (ap[o + k] > 0) {
+                r += ap[o + k];
+                sg += gl[k];
+              }
+            for (index_t k = 0; k < n; ++k) {
+              const T d = (r > 0 && ap[o + k] > 0) ? gl[k] / ap[o + k] - sg / r : T(0);
+              gap[o + k] = acc ? gap[o + k] + d : d;
+            }
           }
         }
-      }
-    });
+      });
+    }
+    return w;
   }
-  return w;
 }
 
 /// The normalised probabilities p [E * K] (softmax or relu per group), differentiable.
-template <class T>
-Var<T> group_probabilities(const Var<T>& alpha, const GroupLayout& layout, Normalize normalize,
-                           PhiloxGenerator& gen) {
+template <class T, class D>
+Var<T, D> group_probabilities(const Var<T, D>& alpha, const GroupLayout& layout, Normalize normalize,
+                              PhiloxGenerator& gen) {
   return mixing_weights(Kind::kSoftmax, 1, alpha, layout, {1.0, normalize}, gen);
 }
 
 /// coeff * sum_k |p_k - code_k| with the gradient through p only (the optional L1 term of the
-/// DATA code, pulling the probabilities towards the sampled code). Returns shape [1].
-template <class T>
-Var<T> l1_to_code(const Var<T>& p, const Tensor<T>& code, T coeff) {
+/// DATA code, pulling the probabilities towards the sampled code). Returns shape [1]. On Cuda
+/// the sum is a deterministic reduction (in double) and code is a device tensor.
+template <class T, class D>
+Var<T, D> l1_to_code(const Var<T, D>& p, const Tensor<T, D>& code, T coeff) {
   DATANAS_CHECK(p.value().numel() == code.numel(), "l1_to_code: ", p.value().numel(),
                 " probabilities but a code of ", code.numel());
-  Var<T> y(Tensor<T>::empty({1}));
-  y.value()[0] = coeff * (p.value().eigen() - code.eigen()).abs().sum();
-  if (needs_grad(p))
-    record(y, [p, code, y, coeff] {
-      auto [g, acc] = p.grad_slot();
-      const T d = y.out_grad()[0] * coeff;
-      auto diff = p.value().eigen() - code.eigen();
-      cpu::store(g.eigen(), d * ((diff > T(0)).template cast<T>() - (diff < T(0)).template cast<T>()), acc);
-    });
-  return y;
+  if constexpr (!is_cpu<D>) {
+    Var<T, D> y(Tensor<T, D>::empty({1}));
+    DeviceOps<D>::l1_distance(p.value(), code, coeff, y.value());
+    if (needs_grad(p))
+      record(y, [p, code, y, coeff] {
+        auto [g, acc] = p.grad_slot();
+        DeviceOps<D>::l1_distance_backward(p.value(), code, y.out_grad(), coeff, g, acc);
+      });
+    return y;
+  } else {
+    Var<T> y(Tensor<T>::empty({1}));
+    y.value()[0] = coeff * (p.value().eigen() - code.eigen()).abs().sum();
+    if (needs_grad(p))
+      record(y, [p, code, y, coeff] {
+        auto [g, acc] = p.grad_slot();
+        const T d = y.out_grad()[0] * coeff;
+        auto diff = p.value().eigen() - code.eigen();
+        cpu::store(g.eigen(), d * ((diff > T(0)).template cast<T>() - (diff < T(0)).template cast<T>()), acc);
+      });
+    return y;
+  }
 }
 
 // ---- policies ---------------------------------------------------------------------------------
@@ -294,9 +330,9 @@ concept EstimatorPolicy = requires {
   { E::kHard } -> std::convertible_to<bool>;
 };
 
-template <EstimatorPolicy E, class T>
-Var<T> weights(const Var<T>& alpha, const GroupLayout& layout, const EstimatorConfig& cfg,
-               PhiloxGenerator& gen) {
+template <EstimatorPolicy E, class T, class D>
+Var<T, D> weights(const Var<T, D>& alpha, const GroupLayout& layout, const EstimatorConfig& cfg,
+                  PhiloxGenerator& gen) {
   return mixing_weights(E::kKind, E::kM, alpha, layout, cfg, gen);
 }
 

@@ -10,6 +10,9 @@
 // kept on purpose: the eta of a step is computed from the lr of the previous step (DARTS rescales
 // the lr per window by seq_len / bptt, so the scale lags one window), and with t0 = 0 the
 // average starts at the second iterate (mu is still 1 at step 2). Evaluation uses ax.
+//
+// On Cuda each parameter's update is one fused kernel (ops/cuda/optim.hpp) with the same
+// operations; eta and mu stay host scalars (they depend on the step count only).
 #pragma once
 
 #include <cmath>
@@ -36,15 +39,22 @@ class ASGD {
       const Var<T, D>& p = params_[i];
       if (!ax_[i].defined()) ax_[i] = p.value().clone();
       if (!p.has_grad()) continue;  // torch skips the whole update, average included
-      auto w = p.value().eigen();
-      auto g = p.grad().eigen();
-      if (wd_ != 0) g += T(wd_) * w;
-      if (lambd_ != 0) w *= T(1 - lambd_ * eta_);
-      w -= T(eta_) * g;
-      if (mu_ != 1)
-        ax_[i].eigen() += T(mu_) * (w - ax_[i].eigen());
-      else
-        ax_[i].copy_from(p.value());
+      if constexpr (is_cpu<D>) {
+        auto w = p.value().eigen();
+        auto g = p.grad().eigen();
+        if (wd_ != 0) g += T(wd_) * w;
+        if (lambd_ != 0) w *= T(1 - lambd_ * eta_);
+        w -= T(eta_) * g;
+        if (mu_ != 1)
+          ax_[i].eigen() += T(mu_) * (w - ax_[i].eigen());
+        else
+          ax_[i].copy_from(p.value());
+      } else {
+        // One fused kernel, the same operations (and the CPU's scalars rounded to T).
+        DeviceOps<D>::asgd_step(p.value(), p.grad(), ax_[i],
+                                {wd_ != 0, T(wd_), lambd_ != 0, T(1 - lambd_ * eta_), T(eta_), mu_ != 1,
+                                 T(mu_)});
+      }
     }
     eta_ = lr_ / std::pow(1 + lambd_ * lr_ * double(step_), alpha_);
     mu_ = 1 / std::max(1.0, double(step_) - t0_);

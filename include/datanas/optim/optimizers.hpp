@@ -3,6 +3,12 @@
 //
 // One place performs every parameter update (step()), so a future data-parallel communicator
 // can all-reduce gradients just before it. State buffers are allocated on the first step only.
+//
+// Devices: on the Cpu the updates are Eigen expressions; on Cuda each parameter's update is one
+// fused kernel (DeviceOps<Cuda>, ops/cuda/optim.hpp) performing the same operations in the same
+// order, queued on the current stream (the host never waits). The gradient buffers are modified
+// in place on both devices (weight decay is added into them), and the state tensors live on the
+// parameters' device.
 #pragma once
 
 #include <cmath>
@@ -31,18 +37,25 @@ class SGD {
     for (std::size_t i = 0; i < params_.size(); ++i) {
       const Var<T, D>& p = params_[i];
       if (!p.has_grad()) continue;
-      auto w = p.value().eigen();
-      auto g = p.grad().eigen();
-      if (wd_ != 0) g += T(wd_) * w;  // the gradient buffer is ours until the next zero_grad
-      if (momentum_ != 0) {
-        if (!buf_[i].defined()) {
-          buf_[i] = p.grad().clone();
+      if constexpr (is_cpu<D>) {
+        auto w = p.value().eigen();
+        auto g = p.grad().eigen();
+        if (wd_ != 0) g += T(wd_) * w;  // the gradient buffer is ours until the next zero_grad
+        if (momentum_ != 0) {
+          if (!buf_[i].defined()) {
+            buf_[i] = p.grad().clone();
+          } else {
+            buf_[i].eigen() = T(momentum_) * buf_[i].eigen() + g;
+          }
+          w -= T(lr_) * buf_[i].eigen();
         } else {
-          buf_[i].eigen() = T(momentum_) * buf_[i].eigen() + g;
+          w -= T(lr_) * g;
         }
-        w -= T(lr_) * buf_[i].eigen();
       } else {
-        w -= T(lr_) * g;
+        const bool first = momentum_ != 0 && !buf_[i].defined();
+        if (first) buf_[i] = Tensor<T, D>::empty(p.grad().shape());
+        DeviceOps<D>::sgd_step(p.value(), p.grad(), momentum_ != 0 ? buf_[i] : Tensor<T, D>(), T(lr_),
+                               T(momentum_), wd_ != 0, T(wd_), first);
       }
     }
   }
@@ -85,14 +98,21 @@ class Adam {
         m_[i] = Tensor<T, D>::zeros(p.shape());
         v_[i] = Tensor<T, D>::zeros(p.shape());
       }
-      auto w = p.value().eigen();
-      auto g = p.grad().eigen();
-      if (wd_ != 0) g += T(wd_) * w;
-      auto m = m_[i].eigen();
-      auto v = v_[i].eigen();
-      m = T(b1_) * m + T(1 - b1_) * g;
-      v = T(b2_) * v + T(1 - b2_) * g.square();
-      w -= T(lr_ / c1) * m / ((v / T(c2)).sqrt() + T(eps_));
+      if constexpr (is_cpu<D>) {
+        auto w = p.value().eigen();
+        auto g = p.grad().eigen();
+        if (wd_ != 0) g += T(wd_) * w;
+        auto m = m_[i].eigen();
+        auto v = v_[i].eigen();
+        m = T(b1_) * m + T(1 - b1_) * g;
+        v = T(b2_) * v + T(1 - b2_) * g.square();
+        w -= T(lr_ / c1) * m / ((v / T(c2)).sqrt() + T(eps_));
+      } else {
+        // The CPU's scalars, rounded to T as there.
+        DeviceOps<D>::adam_step(p.value(), p.grad(), m_[i], v_[i],
+                                {T(b1_), T(1 - b1_), T(b2_), T(1 - b2_), wd_ != 0, T(wd_), T(lr_ / c1),
+                                 T(c2), T(eps_)});
+      }
     }
   }
   void zero_grad() {
@@ -115,8 +135,10 @@ class Adam {
 };
 
 /// Scales all gradients so that their joint L2 norm is at most max_norm (torch's
-/// clip_grad_norm_); returns the norm before clipping.
+/// clip_grad_norm_); returns the norm before clipping. Parameters without a gradient are skipped.
+/// This is the Cpu overload; the Cuda one below returns the norm as a device tensor.
 template <class T, class D>
+  requires is_cpu<D>
 double clip_grad_norm(std::span<const Var<T, D>> params, double max_norm) {
   double sq = 0;
   for (const auto& p : params)
@@ -127,6 +149,23 @@ double clip_grad_norm(std::span<const Var<T, D>> params, double max_norm) {
     for (const auto& p : params)
       if (p.has_grad()) p.grad().eigen() *= T(coef);
   return norm;
+}
+
+/// clip_grad_norm on a device: the same clipping (coef = max_norm / (norm + 1e-6), gradients
+/// scaled by it when it is < 1), computed without synchronising the host: the norm (a
+/// deterministic two-pass reduction, squares added in double) and the coefficient stay on the
+/// device, and the scaling kernel reads the coefficient from there. Returns the norm before
+/// clipping as a tensor [1] on the device; cuda::to_host it only where it is logged (that waits
+/// for the stream). A caller generic over D can ignore the result, or write
+///   auto norm = optim::clip_grad_norm<T, D>(params, max_norm);  // double on Cpu, Tensor on Cuda
+template <class T, class D>
+  requires(!is_cpu<D>)
+Tensor<T, D> clip_grad_norm(std::span<const Var<T, D>> params, double max_norm) {
+  std::vector<Tensor<T, D>> grads;
+  grads.reserve(params.size());
+  for (const auto& p : params)
+    if (p.has_grad()) grads.push_back(p.grad());
+  return DeviceOps<D>::clip_grad_norm(std::span<const Tensor<T, D>>(grads), max_norm);
 }
 
 /// Cosine annealing (torch CosineAnnealingLR stepped per epoch):

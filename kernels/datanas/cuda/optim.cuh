@@ -1,0 +1,374 @@
+// datanas/cuda/optim.cuh - the optimiser kernels (declared in optim.hpp): fused per-parameter
+// updates of SGD, Adam and ASGD that follow the CPU steps in optim/optimizers.hpp and
+// optim/asgd.hpp operation by operation, the deterministic multi-tensor squared norm behind
+// clip_grad_norm and squared_norm, and the small scalar/vector kernels of ops/tensor_math.hpp.
+//
+// Rounding: every update writes the same sequence of roundings as the CPU's Eigen expression
+// (products, then sums, in its order); nvcc may still contract a product and a sum into an FMA,
+// as the host compiler may, so the devices agree to an ulp or so per step, not bit for bit.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "datanas/core/error.hpp"
+#include "datanas/cuda/check.cuh"
+#include "datanas/cuda/optim.hpp"
+
+namespace datanas::cuda {
+
+namespace optim_detail {
+
+__device__ __forceinline__ float dsqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double dsqrt(double x) { return sqrt(x); }
+
+/// Blocks for a grid-stride loop over n elements: enough to fill the GPU, no more.
+inline unsigned map_blocks(std::int64_t n, std::int64_t cap = 4096) {
+  return unsigned(std::clamp<std::int64_t>((n + kOptimThreads - 1) / kOptimThreads, 1, cap));
+}
+
+template <class F>
+__global__ void __launch_bounds__(kOptimThreads) map_kernel(std::int64_t n, F f) {
+  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
+}
+template <class F>
+void launch_map(std::int64_t n, F f, cudaStream_t stream) {
+  if (n <= 0) return;
+  map_kernel<<<map_blocks(n), kOptimThreads, 0, stream>>>(n, f);
+  DATANAS_CUDA_CHECK(cudaGetLastError());
+}
+/// One thread: scalar work whose inputs are device values (no host round trip).
+template <class F>
+__global__ void scalar_kernel(F f) {
+  if (threadIdx.x == 0 && blockIdx.x == 0) f();
+}
+template <class F>
+void launch_scalar(F f, cudaStream_t stream) {
+  scalar_kernel<<<1, 32, 0, stream>>>(f);
+  DATANAS_CUDA_CHECK(cudaGetLastError());
+}
+
+/// The sum of v over the block's kOptimThreads threads in a fixed tree; every thread gets it.
+__device__ __forceinline__ double block_sum(double v, double* sh) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int half = kOptimThreads / 2; half > 0; half /= 2) {
+    if (int(threadIdx.x) < half) sh[threadIdx.x] += sh[threadIdx.x + half];
+    __syncthreads();
+  }
+  return sh[0];
+}
+
+/// Up to kTensorChunk tensors of one multi-tensor launch, passed by value.
+template <class T>
+struct TensorChunk {
+  T* x[kTensorChunk] = {};
+  std::int64_t n[kTensorChunk] = {};
+  int count = 0;
+};
+
+/// partial[t * gridDim.x + blockIdx.x] = this block's share of sum(x_t^2) in double; blockIdx.y
+/// is the tensor t of the chunk.
+template <class T>
+__global__ void __launch_bounds__(kOptimThreads)
+    square_partials_kernel(TensorChunk<T> chunk, double* partial) {
+  __shared__ double sh[kOptimThreads];
+  const int t = int(blockIdx.y);
+  const T* x = chunk.x[t];
+  const std::int64_t n = chunk.n[t];
+  double acc = 0;
+  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const double v = double(x[i]);
+    acc += v * v;
+  }
+  const double s = block_sum(acc, sh);
+  if (threadIdx.x == 0) partial[std::int64_t(t) * gridDim.x + blockIdx.x] = s;
+}
+
+/// One block: sq = the partials added in a fixed order (thread j takes partials j, j + 256, ...,
+/// then a fixed tree), then the requested outputs.
+template <class T>
+__global__ void __launch_bounds__(kOptimThreads)
+    norm_finish_kernel(std::int64_t count, const double* partial, NormOutputs<T> out) {
+  __shared__ double sh[kOptimThreads];
+  double acc = 0;
+  for (std::int64_t i = threadIdx.x; i < count; i += kOptimThreads) acc += partial[i];
+  const double sq = block_sum(acc, sh);
+  if (threadIdx.x != 0) return;
+  if (out.sq_value) out.sq_value[0] = T(sq);
+  const double norm = sqrt(sq);
+  if (out.norm) out.norm[0] = T(norm);
+  if (out.clip_coef) out.clip_coef[0] = out.max_norm / (norm + 1e-6);
+}
+
+/// x_t *= T(coef) for the chunk's tensors when coef < 1 (NaN: untouched, like the CPU's `if`).
+template <class T>
+__global__ void __launch_bounds__(kOptimThreads) scale_chunk_kernel(TensorChunk<T> chunk, const double* coef) {
+  const double c = coef[0];
+  if (!(c < 1)) return;
+  const T s = T(c);
+  const int t = int(blockIdx.y);
+  T* x = chunk.x[t];
+  const std::int64_t n = chunk.n[t];
+  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    x[i] = x[i] * s;
+}
+
+/// The chunk of tensors [first, first + kTensorChunk) and its largest size.
+template <class T>
+TensorChunk<T> chunk_at(int count, T* const* x, const std::int64_t* n, int first, std::int64_t& largest) {
+  TensorChunk<T> c;
+  c.count = std::min(kTensorChunk, count - first);
+  largest = 0;
+  for (int t = 0; t < c.count; ++t) {
+    DATANAS_CHECK(n[first + t] == 0 || x[first + t] != nullptr, "cuda squared_norm: tensor ",
+                  first + t, " of ", n[first + t], " elements has no storage");
+    c.x[t] = x[first + t];
+    c.n[t] = n[first + t];
+    largest = std::max(largest, c.n[t]);
+  }
+  return c;
+}
+
+template <class T>
+struct SgdOp {
+  T* w;
+  T* g;
+  T* buf;
+  T lr, momentum, wd;
+  bool decay, first;
+  __device__ void operator()(std::int64_t i) const {
+    T gi = g[i];
+    if (decay) {  // the CPU adds the decay into the gradient buffer, which is ours until zero_grad
+      gi = gi + wd * w[i];
+      g[i] = gi;
+    }
+    if (buf) {
+      const T b = first ? gi : momentum * buf[i] + gi;
+      buf[i] = b;
+      w[i] = w[i] - lr * b;
+    } else {
+      w[i] = w[i] - lr * gi;
+    }
+  }
+};
+
+template <class T>
+struct AdamOp {
+  T* w;
+  T* g;
+  T* m;
+  T* v;
+  AdamScalars<T> s;
+  __device__ void operator()(std::int64_t i) const {
+    T gi = g[i];
+    if (s.decay) {
+      gi = gi + s.wd * w[i];
+      g[i] = gi;
+    }
+    const T mi = s.beta1 * m[i] + s.one_minus_beta1 * gi;
+    const T vi = s.beta2 * v[i] + s.one_minus_beta2 * (gi * gi);
+    m[i] = mi;
+    v[i] = vi;
+    // The CPU's order: (step_size * m) / (sqrt(v / c2) + eps).
+    w[i] = w[i] - (s.step_size * mi) / (dsqrt(vi / s.c2) + s.eps);
+  }
+};
+
+template <class T>
+struct AsgdOp {
+  T* w;
+  T* g;
+  T* ax;
+  AsgdScalars<T> s;
+  __device__ void operator()(std::int64_t i) const {
+    T gi = g[i];
+    if (s.decay) {
+      gi = gi + s.wd * w[i];
+      g[i] = gi;
+    }
+    T wi = w[i];
+    if (s.shrink) wi = wi * s.shrink_factor;
+    wi = wi - s.eta * gi;
+    w[i] = wi;
+    ax[i] = s.average ? ax[i] + s.mu * (wi - ax[i]) : wi;
+  }
+};
+
+/// out = a x + c y with c = b or b s[0]. Each thread reads x[i] and y[i] before writing out[i],
+/// so out may be x or y.
+template <class T>
+struct AxpbyOp {
+  T a;
+  const T* x;
+  T b;
+  const T* s;
+  const T* y;
+  T* out;
+  __device__ void operator()(std::int64_t i) const {
+    const T c = s ? b * s[0] : b;
+    out[i] = a * x[i] + c * y[i];
+  }
+};
+
+template <class T>
+struct ScaleByOp {
+  T* x;
+  const T* s;
+  T factor;
+  __device__ void operator()(std::int64_t i) const {
+    const T c = s ? factor * s[0] : factor;
+    x[i] = x[i] * c;
+  }
+};
+
+template <class T>
+struct NormRatioOp {
+  const T* sq;
+  double num, floor;
+  T* out;
+  __device__ void operator()() const {
+    const double r = sqrt(double(sq[0]));
+    out[0] = T(num / (r < floor ? floor : r));  // std::max(r, floor), NaN included
+  }
+};
+
+template <class T>
+struct ReciprocalOp {
+  const T* s;
+  T* out;
+  __device__ void operator()() const { out[0] = T(1) / s[0]; }
+};
+
+/// partial[blockIdx.x] = this block's share of sum |p - code| in double.
+template <class T>
+__global__ void __launch_bounds__(kOptimThreads)
+    l1_partials_kernel(std::int64_t n, const T* p, const T* code, double* partial) {
+  __shared__ double sh[kOptimThreads];
+  double acc = 0;
+  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const T d = p[i] - code[i];
+    acc += double(d < T(0) ? -d : d);
+  }
+  const double s = block_sum(acc, sh);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+template <class T>
+__global__ void l1_finish_kernel(int blocks, const double* partial, T coeff, T* y) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  double acc = 0;
+  for (int b = 0; b < blocks; ++b) acc += partial[b];
+  y[0] = coeff * T(acc);
+}
+
+template <class T>
+struct L1BackwardOp {
+  const T* p;
+  const T* code;
+  const T* dy;
+  T coeff;
+  T* g;
+  bool accumulate;
+  __device__ void operator()(std::int64_t i) const {
+    const T d = dy[0] * coeff;
+    const T diff = p[i] - code[i];
+    const T v = d * (T(diff > T(0)) - T(diff < T(0)));  // the CPU's expression, 0 * inf included
+    g[i] = accumulate ? g[i] + v : v;
+  }
+};
+
+}  // namespace optim_detail
+
+// ---- launchers (asynchronous on `stream`) --------------------------------------------------
+
+template <class T>
+void squared_norm(int count, T* const* x, const std::int64_t* n, double* workspace,
+                  const NormOutputs<T>& out, cudaStream_t stream) {
+  namespace od = optim_detail;
+  DATANAS_CHECK(count >= 0, "cuda squared_norm: negative tensor count ", count);
+  std::int64_t offset = 0;  // the layout of squared_norm_workspace
+  for (int first = 0; first < count; first += kTensorChunk) {
+    std::int64_t largest = 0;
+    const od::TensorChunk<T> chunk = od::chunk_at(count, x, n, first, largest);
+    const unsigned blocks = unsigned(norm_blocks(largest));
+    od::square_partials_kernel<T>
+        <<<dim3(blocks, unsigned(chunk.count)), kOptimThreads, 0, stream>>>(chunk, workspace + offset);
+    DATANAS_CUDA_CHECK(cudaGetLastError());
+    offset += std::int64_t(blocks) * chunk.count;
+  }
+  od::norm_finish_kernel<T><<<1, kOptimThreads, 0, stream>>>(offset, workspace, out);
+  DATANAS_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T>
+void scale_by_coef(int count, T* const* x, const std::int64_t* n, const double* coef,
+                   cudaStream_t stream) {
+  namespace od = optim_detail;
+  for (int first = 0; first < count; first += kTensorChunk) {
+    std::int64_t largest = 0;
+    const od::TensorChunk<T> chunk = od::chunk_at(count, x, n, first, largest);
+    if (largest == 0) continue;
+    od::scale_chunk_kernel<T><<<dim3(od::map_blocks(largest, 1024), unsigned(chunk.count)),
+                                kOptimThreads, 0, stream>>>(chunk, coef);
+    DATANAS_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
+template <class T>
+void sgd_step(std::int64_t n, T* w, T* g, T* buf, T lr, T momentum, bool decay, T wd, bool first,
+              cudaStream_t stream) {
+  optim_detail::launch_map(n, optim_detail::SgdOp<T>{w, g, buf, lr, momentum, wd, decay, first}, stream);
+}
+
+template <class T>
+void adam_step(std::int64_t n, T* w, T* g, T* m, T* v, const AdamScalars<T>& s, cudaStream_t stream) {
+  optim_detail::launch_map(n, optim_detail::AdamOp<T>{w, g, m, v, s}, stream);
+}
+
+template <class T>
+void asgd_step(std::int64_t n, T* w, T* g, T* ax, const AsgdScalars<T>& s, cudaStream_t stream) {
+  optim_detail::launch_map(n, optim_detail::AsgdOp<T>{w, g, ax, s}, stream);
+}
+
+template <class T>
+void axpby(std::int64_t n, T a, const T* x, T b, const T* s, const T* y, T* out, cudaStream_t stream) {
+  optim_detail::launch_map(n, optim_detail::AxpbyOp<T>{a, x, b, s, y, out}, stream);
+}
+
+template <class T>
+void scale_by(std::int64_t n, T* x, const T* s, T factor, cudaStream_t stream) {
+  optim_detail::launch_map(n, optim_detail::ScaleByOp<T>{x, s, factor}, stream);
+}
+
+template <class T>
+void norm_ratio(const T* sq, double num, double floor, T* out, cudaStream_t stream) {
+  optim_detail::launch_scalar(optim_detail::NormRatioOp<T>{sq, num, floor, out}, stream);
+}
+
+template <class T>
+void reciprocal(const T* s, T* out, cudaStream_t stream) {
+  optim_detail::launch_scalar(optim_detail::ReciprocalOp<T>{s, out}, stream);
+}
+
+template <class T>
+void l1_distance(std::int64_t n, const T* p, const T* code, T coeff, T* y, double* workspace,
+                 cudaStream_t stream) {
+  const unsigned blocks = unsigned(l1_distance_workspace(n));
+  optim_detail::l1_partials_kernel<T><<<blocks, kOptimThreads, 0, stream>>>(n, p, code, workspace);
+  DATANAS_CUDA_CHECK(cudaGetLastError());
+  optim_detail::l1_finish_kernel<T><<<1, 32, 0, stream>>>(int(blocks), workspace, coeff, y);
+  DATANAS_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T>
+void l1_distance_backward(std::int64_t n, const T* p, const T* code, const T* dy, T coeff, T* g,
+                          bool accumulate, cudaStream_t stream) {
+  optim_detail::launch_map(n, optim_detail::L1BackwardOp<T>{p, code, dy, coeff, g, accumulate}, stream);
+}
+
+}  // namespace datanas::cuda
