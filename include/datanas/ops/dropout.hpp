@@ -20,6 +20,16 @@ Var<T, D> dropout(const Var<T, D>& x, double p, bool training, PhiloxGenerator& 
   const T inv_keep = T(1) / T(keep);
   const std::uint64_t base = gen.reserve(std::uint64_t(x.value().numel()));
   const std::uint64_t seed = gen.seed();
+  if constexpr (!is_cpu<D>) {  // the same mask, element i from word i % 4 of counter base + i / 4
+    Var<T, D> y(Tensor<T, D>::empty(x.shape()));
+    DeviceOps<D>::dropout_apply(seed, base, keep, inv_keep, x.value(), y.value(), false);
+    if (needs_grad(x))
+      record(y, [x, y, seed, base, keep, inv_keep] {
+        auto [g, acc] = x.grad_slot();
+        DeviceOps<D>::dropout_apply(seed, base, keep, inv_keep, y.out_grad(), g, acc);
+      });
+    return y;
+  }
   auto mask_scale = [=](index_t i) {
     return uniform_open01(philox4x32(base + std::uint64_t(i) / 4, 0, seed).v[i % 4]) < keep ? inv_keep : T(0);
   };
@@ -53,6 +63,16 @@ Var<T, D> drop_path(const Var<T, D>& x, double p, bool training, PhiloxGenerator
   const T inv_keep = T(1) / T(keep);
   const std::uint64_t base = gen.reserve(std::uint64_t(n));
   const std::uint64_t seed = gen.seed();
+  if constexpr (!is_cpu<D>) {  // the same mask, sample s from word s % 4 of counter base + s / 4
+    Var<T, D> y(Tensor<T, D>::empty(x.shape()));
+    DeviceOps<D>::drop_path_apply(seed, base, keep, inv_keep, x.value(), y.value(), false);
+    if (needs_grad(x))
+      record(y, [x, y, seed, base, keep, inv_keep] {
+        auto [g, acc] = x.grad_slot();
+        DeviceOps<D>::drop_path_apply(seed, base, keep, inv_keep, y.out_grad(), g, acc);
+      });
+    return y;
+  }
   auto sample_scale = [=](index_t s) {
     return uniform_open01(philox4x32(base + std::uint64_t(s) / 4, 0, seed).v[s % 4]) < keep ? inv_keep : T(0);
   };

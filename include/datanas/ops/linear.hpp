@@ -17,13 +17,32 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& b) {
   DATANAS_CHECK(!b.defined() || b.shape() == Shape{out}, "linear: bias must be [", out,
                 "], got ", b.defined() ? b.shape().str() : "");
   Var<T, D> y(Tensor<T, D>::empty({n, out}));
-  cpu::MatrixMap<T> ym(y.value().data(), n, out);
-  ym.noalias() = cpu::ConstMatrixMap<T>(x.value().data(), n, in) *
-                 cpu::ConstMatrixMap<T>(w.value().data(), out, in).transpose();
-  if (b.defined())
-    ym.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(b.value().data(), out);
+  if constexpr (is_cpu<D>) {
+    cpu::MatrixMap<T> ym(y.value().data(), n, out);
+    ym.noalias() = cpu::ConstMatrixMap<T>(x.value().data(), n, in) *
+                   cpu::ConstMatrixMap<T>(w.value().data(), out, in).transpose();
+    if (b.defined())
+      ym.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(b.value().data(), out);
+  } else {
+    DeviceOps<D>::linear_forward(x.value(), w.value(), b.defined() ? b.value() : Tensor<T, D>(), y.value());
+  }
   if (needs_grad(x, w, b))
     record(y, [x, w, b, y, n, in, out] {
+      if constexpr (!is_cpu<D>) {
+        if (x.requires_grad()) {
+          auto [g, acc] = x.grad_slot();
+          DeviceOps<D>::linear_backward_input(y.out_grad(), w.value(), g, acc);
+        }
+        if (w.requires_grad()) {
+          auto [g, acc] = w.grad_slot();
+          DeviceOps<D>::linear_backward_weight(y.out_grad(), x.value(), g, acc);
+        }
+        if (b.requires_grad()) {
+          auto [g, acc] = b.grad_slot();
+          DeviceOps<D>::linear_backward_bias(y.out_grad(), g, acc);
+        }
+        return;
+      }
       cpu::ConstMatrixMap<T> dy(y.out_grad().data(), n, out);
       if (x.requires_grad()) {
         auto [g, acc] = x.grad_slot();
@@ -53,10 +72,24 @@ Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
                 "matmul: cannot multiply ", a.shape().str(), " by ", b.shape().str());
   const index_t n = a.shape()[0], k = a.shape()[1], m = b.shape()[1];
   Var<T, D> y(Tensor<T, D>::empty({n, m}));
-  cpu::MatrixMap<T>(y.value().data(), n, m).noalias() =
-      cpu::ConstMatrixMap<T>(a.value().data(), n, k) * cpu::ConstMatrixMap<T>(b.value().data(), k, m);
+  if constexpr (is_cpu<D>)
+    cpu::MatrixMap<T>(y.value().data(), n, m).noalias() =
+        cpu::ConstMatrixMap<T>(a.value().data(), n, k) * cpu::ConstMatrixMap<T>(b.value().data(), k, m);
+  else
+    DeviceOps<D>::matmul_forward(a.value(), b.value(), y.value());
   if (needs_grad(a, b))
     record(y, [a, b, y, n, k, m] {
+      if constexpr (!is_cpu<D>) {
+        if (a.requires_grad()) {
+          auto [g, acc] = a.grad_slot();
+          DeviceOps<D>::matmul_backward_a(y.out_grad(), b.value(), g, acc);
+        }
+        if (b.requires_grad()) {
+          auto [g, acc] = b.grad_slot();
+          DeviceOps<D>::matmul_backward_b(a.value(), y.out_grad(), g, acc);
+        }
+        return;
+      }
       cpu::ConstMatrixMap<T> dy(y.out_grad().data(), n, m);
       if (a.requires_grad()) {
         auto [g, acc] = a.grad_slot();
@@ -88,6 +121,18 @@ Var<T, D> embedding(const Var<T, D>& weight, const Tensor<std::int32_t, D>& ids)
     case 1: out = Shape{ids.dim(0), e}; break;
     case 2: out = Shape{ids.dim(0), ids.dim(1), e}; break;
     default: out = Shape{ids.dim(0), ids.dim(1), ids.dim(2), e}; break;
+  }
+  if constexpr (!is_cpu<D>) {
+    Var<T, D> y(Tensor<T, D>::empty(out));
+    // The ids are on the device: checking them here would wait for the GPU. The kernels write
+    // NaN rows for ids outside [0, V) and skip them in backward; nothing goes out of bounds.
+    DeviceOps<D>::embedding_forward(weight.value(), ids, y.value());
+    if (needs_grad(weight))
+      record(y, [weight, ids, y] {
+        auto [g, acc] = weight.grad_slot();
+        DeviceOps<D>::embedding_backward(ids, y.out_grad(), g, acc);
+      });
+    return y;
   }
   const std::int32_t* ip = ids.data();
   for (index_t i = 0; i < count; ++i)

@@ -33,11 +33,19 @@ template <class T, class D>
 Var<T, D> softmax(const Var<T, D>& x) {
   const auto [rows, k] = detail::rows_cols(x.shape(), "softmax");
   Var<T, D> y(Tensor<T, D>::empty(x.shape()));
-  detail::log_softmax_rows(x.value().data(), y.value().data(), rows, k);
-  y.value().eigen() = y.value().eigen().exp();
+  if constexpr (is_cpu<D>) {
+    detail::log_softmax_rows(x.value().data(), y.value().data(), rows, k);
+    y.value().eigen() = y.value().eigen().exp();
+  } else {
+    DeviceOps<D>::log_softmax_forward(x.value(), rows, k, true, y.value());
+  }
   if (needs_grad(x))
     record(y, [x, y, rows, k] {
       auto [g, acc] = x.grad_slot();
+      if constexpr (!is_cpu<D>) {
+        DeviceOps<D>::softmax_backward(y.value(), y.out_grad(), rows, k, g, acc);
+        return;
+      }
       const T *yp = y.value().data(), *dy = y.out_grad().data();
       cpu::parallel_for(rows, k, [&](index_t r) {
         cpu::ConstArrayMap<T> yv(yp + r * k, k), gv(dy + r * k, k);
@@ -53,10 +61,17 @@ template <class T, class D>
 Var<T, D> log_softmax(const Var<T, D>& x) {
   const auto [rows, k] = detail::rows_cols(x.shape(), "log_softmax");
   Var<T, D> y(Tensor<T, D>::empty(x.shape()));
-  detail::log_softmax_rows(x.value().data(), y.value().data(), rows, k);
+  if constexpr (is_cpu<D>)
+    detail::log_softmax_rows(x.value().data(), y.value().data(), rows, k);
+  else
+    DeviceOps<D>::log_softmax_forward(x.value(), rows, k, false, y.value());
   if (needs_grad(x))
     record(y, [x, y, rows, k] {
       auto [g, acc] = x.grad_slot();
+      if constexpr (!is_cpu<D>) {
+        DeviceOps<D>::log_softmax_backward(y.value(), y.out_grad(), rows, k, g, acc);
+        return;
+      }
       const T *yp = y.value().data(), *dy = y.out_grad().data();
       cpu::parallel_for(rows, k, [&](index_t r) {
         cpu::ConstArrayMap<T> yv(yp + r * k, k), gv(dy + r * k, k);
@@ -69,6 +84,9 @@ Var<T, D> log_softmax(const Var<T, D>& x) {
 
 /// Mean cross-entropy -1/N sum_n log softmax(logits_n)[labels_n]. logits: [N, K];
 /// labels: int32 [N] with values in [0, K). Returns shape [1].
+/// On the Cpu a label outside [0, K) throws. On a device the labels are device memory, which
+/// the host cannot read without waiting for the GPU: there a bad label makes the loss (and its
+/// row of the gradient) NaN instead, and nothing is read or written out of bounds.
 template <class T, class D>
 Var<T, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int32_t, D>& labels) {
   DATANAS_CHECK(logits.shape().rank() == 2, "cross_entropy: logits must be [N, K], got ",
@@ -76,6 +94,19 @@ Var<T, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int32_t, D>& 
   const index_t n = logits.shape()[0], k = logits.shape()[1];
   DATANAS_CHECK(labels.shape() == Shape{n}, "cross_entropy: labels must be [", n, "], got ",
                 labels.shape().str());
+  if constexpr (!is_cpu<D>) {
+    // Keep each row's log-sum-exp for backward ([N], not the CPU's [N, K] log-probabilities):
+    // dL/dlogits = (exp(logits - lse) - onehot) / N.
+    Tensor<T, D> lse = Tensor<T, D>::empty({n});
+    Var<T, D> y(Tensor<T, D>::empty({1}));
+    DeviceOps<D>::cross_entropy_forward(logits.value(), labels, lse, y.value());
+    if (needs_grad(logits))
+      record(y, [logits, labels, lse, y] {
+        auto [g, acc] = logits.grad_slot();
+        DeviceOps<D>::cross_entropy_backward(logits.value(), labels, lse, y.out_grad(), g, acc);
+      });
+    return y;
+  }
   const std::int32_t* lp = labels.data();
   for (index_t i = 0; i < n; ++i)
     DATANAS_CHECK(lp[i] >= 0 && lp[i] < k, "cross_entropy: label ", lp[i], " of sample ", i,

@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <span>
+#include <tuple>
 #include <type_traits>
 
 #include "datanas/autograd/variable.hpp"
@@ -43,9 +44,30 @@ Var<T, D> concat_channels(std::type_identity_t<std::span<const Var<T, D>>> xs) {
   }
   const index_t n = s0.n(), hw = s0.h() * s0.w();
   Var<T, D> y(Tensor<T, D>::empty({n, c_total, s0.h(), s0.w()}));
+  bool any = false;
+  if constexpr (!is_cpu<D>) {
+    DeviceOps<D>::concat_channels_forward(xs, y.value());
+    for (const auto& x : xs) any = any || needs_grad(x);
+    if (any) {
+      const std::size_t pos = tape<T, D>().stash(xs);
+      const std::size_t count = xs.size();
+      record(y, [pos, count, y] {
+        const auto& tp = tape<T, D>();
+        DeviceOps<D>::concat_channels_backward(
+            count,
+            [&](std::size_t i) -> std::tuple<T*, index_t, bool> {
+              const Var<T, D>& x = tp.stashed(pos + i);
+              if (!x.requires_grad() || !x.value().defined()) return {nullptr, x.shape().c(), false};
+              auto [g, acc] = x.grad_slot();
+              return {g.data(), x.shape().c(), acc};
+            },
+            y.out_grad());
+      });
+    }
+    return y;
+  }
   T* yp = y.value().data();
   index_t c_off = 0;
-  bool any = false;
   for (const auto& x : xs) {
     const index_t block = x.shape().c() * hw;
     if (x.value().defined()) {
@@ -87,6 +109,15 @@ Var<T, D> crop(const Var<T, D>& x, int top, int left) {
                 ", ", left, ") out of range for ", s.str());
   const index_t h = s.h(), w = s.w(), ho = h - top, wo = w - left, planes = s.n() * s.c();
   Var<T, D> y(Tensor<T, D>::empty({s.n(), s.c(), ho, wo}));
+  if constexpr (!is_cpu<D>) {
+    DeviceOps<D>::crop_forward(x.value(), top, left, y.value());
+    if (needs_grad(x))
+      record(y, [x, y, top, left] {
+        auto [g, acc] = x.grad_slot();
+        DeviceOps<D>::crop_backward(y.out_grad(), top, left, g, acc);
+      });
+    return y;
+  }
   const T* xp = x.value().data();
   T* yp = y.value().data();
   cpu::parallel_for(planes, ho * wo, [&](index_t p) {
