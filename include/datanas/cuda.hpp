@@ -15,6 +15,7 @@
 #include "datanas/core/cuda.hpp"
 #include "datanas/ops/cuda/dnn.hpp"
 #include "datanas/ops/cuda/elementwise.hpp"
+#include "datanas/ops/cuda/recurrent.hpp"
 #include "datanas/ops/cuda/dense.hpp"
 #include "datanas/ops/cuda/optim.hpp"
 
@@ -24,6 +25,7 @@ namespace datanas {
 template <>
 struct DeviceOps<Cuda>
     : cuda::ElementwiseOps,
+      cuda::RecurrentOps,
       cuda::DenseOps,
       cuda::DnnOps,
       cuda::OptimOps {};

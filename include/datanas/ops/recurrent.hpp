@@ -6,6 +6,10 @@
 //
 // Every op here takes rank-2 row-major tensors [rows, cols]; rows are batch elements (or
 // time-major (t, b) pairs), which is how the recurrent model lays out its activations.
+//
+// Every op is a template on <T, D>: the CPU kernels below on Cpu, DeviceOps<D> (the Cuda
+// kernels of ops/cuda/recurrent.hpp) otherwise. Masks and scales are Tensor<T, D> of the same
+// device. Dropout masks are drawn on the host on every device (bernoulli_mask).
 #pragma once
 
 #include <algorithm>
@@ -92,9 +96,9 @@ struct HighwayTerms {
 /// estimators); otherwise every non-none term is computed, as DARTS' dense cell does.
 /// `w`: a rank-1 Var of weights read at [offset, offset + acts.size()); undefined means all 1
 /// (no weight gradient). `acts` must outlive the backward pass (static storage).
-template <class T>
-Var<T> highway_impl(const Var<T>& s, const Var<T>& ch, const Var<T>& w, index_t offset,
-                    std::span<const RecurrentActivation> acts, bool skip_zero_weights, const char* op) {
+template <class T, class D>
+Var<T, D> highway_impl(const Var<T, D>& s, const Var<T, D>& ch, const Var<T, D>& w, index_t offset,
+                       std::span<const RecurrentActivation> acts, bool skip_zero_weights, const char* op) {
   DATANAS_CHECK(s.shape().rank() == 2, op, ": state must be [B, H], got ", s.shape().str());
   const index_t rows = s.shape()[0], hid = s.shape()[1];
   DATANAS_CHECK(ch.shape() == Shape({rows, 2 * hid}), op, ": gates must be [", rows, ", ", 2 * hid,
@@ -106,91 +110,122 @@ Var<T> highway_impl(const Var<T>& s, const Var<T>& ch, const Var<T>& w, index_t 
   if (w.defined())
     DATANAS_CHECK(w.shape().rank() == 1 && offset >= 0 && offset + k_ops <= w.shape()[0], op,
                   ": weights ", w.shape().str(), " have no entries [", offset, ", ", offset + k_ops, ")");
-  const HighwayTerms<T> t(w, offset, acts, skip_zero_weights);
-  Var<T> y(Tensor<T>::empty(s.shape()));
-  const T *sp = s.value().data(), *cp = ch.value().data();
-  T* yp = y.value().data();
-  cpu::parallel_for(rows, hid * (k_ops + 2), [&](index_t r) {
-    const T* c = cp + r * 2 * hid;
-    cpu::ConstArrayMap<T> cv(c, hid), hv(c + hid, hid), sv(sp + r * hid, hid);
-    cpu::ArrayMap<T> yv(yp + r * hid, hid);
-    bool first = true;
-    for (int k = 0; k < k_ops; ++k)
-      if (t.on[std::size_t(k)]) {
-        cpu::weighted_activation(acts[std::size_t(k)], t.w[std::size_t(k)], hv, yv, !first);
-        first = false;
-      }
-    if (first) yv.setZero();
-    const auto sig = T(1) / (T(1) + (-cv).exp());
-    yv = t.wsum * (T(1) - sig) * sv + sig * yv;
-  });
-  if (needs_grad(s, ch, w)) {
-    record(y, [s, ch, w, y, offset, acts, skip_zero_weights] {
-      const HighwayTerms<T> t(w, offset, acts, skip_zero_weights);
-      const index_t rows = s.shape()[0], hid = s.shape()[1];
-      const int k_ops = int(acts.size());
-      const T* dy = y.out_grad().data();
-      const T *sp = s.value().data(), *cp = ch.value().data();
-      // sum_k w_k f_k'(h) per element, and per-row partial dL/dw_k, summed in row order
-      // afterwards (deterministic whatever the thread count).
-      Tensor<T> fsum = Tensor<T>::empty({rows, hid}), dsum = Tensor<T>::empty({rows, hid});
-      const bool want_w = w.defined() && w.requires_grad();
-      Tensor<T> wpart = want_w ? Tensor<T>::empty({rows, k_ops}) : Tensor<T>();
-      Tensor<T> gs, gch;
-      bool acc_s = false, acc_ch = false;
-      if (s.requires_grad()) {
-        auto slot = s.grad_slot();
-        gs = slot.g, acc_s = slot.accumulate;
-      }
-      if (ch.requires_grad()) {
-        auto slot = ch.grad_slot();
-        gch = slot.g, acc_ch = slot.accumulate;
-      }
-      cpu::parallel_for(rows, hid * (2 * k_ops + 4), [&](index_t r) {
-        const T* c = cp + r * 2 * hid;
-        cpu::ConstArrayMap<T> cv(c, hid), hv(c + hid, hid), sv(sp + r * hid, hid), g(dy + r * hid, hid);
-        cpu::ArrayMap<T> fv(fsum.data() + r * hid, hid), dv(dsum.data() + r * hid, hid);
-        bool first = true;
-        for (int k = 0; k < k_ops; ++k)
-          if (t.on[std::size_t(k)]) {
-            cpu::weighted_activation(acts[std::size_t(k)], t.w[std::size_t(k)], hv, fv, !first);
-            cpu::weighted_derivative(acts[std::size_t(k)], t.w[std::size_t(k)], hv, dv, !first);
-            first = false;
-          }
-        if (first) {
-          fv.setZero();
-          dv.setZero();
+  if constexpr (!is_cpu<D>) {
+    // The weights stay on the device: the kernels read them and decide there which terms run.
+    Var<T, D> y(Tensor<T, D>::empty(s.shape()));
+    const Tensor<T, D> none;
+    DeviceOps<D>::highway_forward(acts, skip_zero_weights, s.value(), ch.value(),
+                                  w.defined() ? w.value() : none, offset, y.value());
+    if (needs_grad(s, ch, w)) {
+      record(y, [s, ch, w, y, offset, acts, skip_zero_weights] {
+        Tensor<T, D> gs, gch, gw;
+        bool acc_s = false, acc_ch = false, acc_w = false;
+        if (s.requires_grad()) {
+          auto slot = s.grad_slot();
+          gs = slot.g, acc_s = slot.accumulate;
         }
-        const auto sig = T(1) / (T(1) + (-cv).exp());
-        if (gs.defined())
-          cpu::store(cpu::ArrayMap<T>(gs.data() + r * hid, hid), g * t.wsum * (T(1) - sig), acc_s);
-        if (gch.defined()) {
-          cpu::store(cpu::ArrayMap<T>(gch.data() + r * 2 * hid, hid),
-                     g * (fv - t.wsum * sv) * sig * (T(1) - sig), acc_ch);
-          cpu::store(cpu::ArrayMap<T>(gch.data() + r * 2 * hid + hid, hid), g * sig * dv, acc_ch);
+        if (ch.requires_grad()) {
+          auto slot = ch.grad_slot();
+          gch = slot.g, acc_ch = slot.accumulate;
         }
-        if (want_w) {
-          // dL/dw_k = sum dy (s + sig (f_k(h) - s)) = sum dy s (1 - sig) + sum dy sig f_k(h)
-          const T base = (g * sv * (T(1) - sig)).sum();
-          for (int k = 0; k < k_ops; ++k) {
-            T v = 0;
+        if (w.defined() && w.requires_grad()) {
+          auto slot = w.grad_slot();
+          gw = slot.g, acc_w = slot.accumulate;
+        }
+        const Tensor<T, D> none;
+        DeviceOps<D>::highway_backward(acts, skip_zero_weights, s.value(), ch.value(),
+                                       w.defined() ? w.value() : none, offset, y.out_grad(), gs, acc_s,
+                                       gch, acc_ch, gw, acc_w);
+      });
+    }
+    return y;
+  } else {
+    const HighwayTerms<T> t(w, offset, acts, skip_zero_weights);
+    Var<T> y(Tensor<T>::empty(s.shape()));
+    const T *sp = s.value().data(), *cp = ch.value().data();
+    T* yp = y.value().data();
+    cpu::parallel_for(rows, hid * (k_ops + 2), [&](index_t r) {
+      const T* c = cp + r * 2 * hid;
+      cpu::ConstArrayMap<T> cv(c, hid), hv(c + hid, hid), sv(sp + r * hid, hid);
+      cpu::ArrayMap<T> yv(yp + r * hid, hid);
+      bool first = true;
+      for (int k = 0; k < k_ops; ++k)
+        if (t.on[std::size_t(k)]) {
+          cpu::weighted_activation(acts[std::size_t(k)], t.w[std::size_t(k)], hv, yv, !first);
+          first = false;
+        }
+      if (first) yv.setZero();
+      const auto sig = T(1) / (T(1) + (-cv).exp());
+      yv = t.wsum * (T(1) - sig) * sv + sig * yv;
+    });
+    if (needs_grad(s, ch, w)) {
+      record(y, [s, ch, w, y, offset, acts, skip_zero_weights] {
+        const HighwayTerms<T> t(w, offset, acts, skip_zero_weights);
+        const index_t rows = s.shape()[0], hid = s.shape()[1];
+        const int k_ops = int(acts.size());
+        const T* dy = y.out_grad().data();
+        const T *sp = s.value().data(), *cp = ch.value().data();
+        // sum_k w_k f_k'(h) per element, and per-row partial dL/dw_k, summed in row order
+        // afterwards (deterministic whatever the thread count).
+        Tensor<T> fsum = Tensor<T>::empty({rows, hid}), dsum = Tensor<T>::empty({rows, hid});
+        const bool want_w = w.defined() && w.requires_grad();
+        Tensor<T> wpart = want_w ? Tensor<T>::empty({rows, k_ops}) : Tensor<T>();
+        Tensor<T> gs, gch;
+        bool acc_s = false, acc_ch = false;
+        if (s.requires_grad()) {
+          auto slot = s.grad_slot();
+          gs = slot.g, acc_s = slot.accumulate;
+        }
+        if (ch.requires_grad()) {
+          auto slot = ch.grad_slot();
+          gch = slot.g, acc_ch = slot.accumulate;
+        }
+        cpu::parallel_for(rows, hid * (2 * k_ops + 4), [&](index_t r) {
+          const T* c = cp + r * 2 * hid;
+          cpu::ConstArrayMap<T> cv(c, hid), hv(c + hid, hid), sv(sp + r * hid, hid), g(dy + r * hid, hid);
+          cpu::ArrayMap<T> fv(fsum.data() + r * hid, hid), dv(dsum.data() + r * hid, hid);
+          bool first = true;
+          for (int k = 0; k < k_ops; ++k)
             if (t.on[std::size_t(k)]) {
-              cpu::weighted_activation(acts[std::size_t(k)], T(1), hv, fv, false);  // fv is free now
-              v = base + (g * sig * fv).sum();
+              cpu::weighted_activation(acts[std::size_t(k)], t.w[std::size_t(k)], hv, fv, !first);
+              cpu::weighted_derivative(acts[std::size_t(k)], t.w[std::size_t(k)], hv, dv, !first);
+              first = false;
             }
-            wpart[r * k_ops + k] = v;
+          if (first) {
+            fv.setZero();
+            dv.setZero();
           }
+          const auto sig = T(1) / (T(1) + (-cv).exp());
+          if (gs.defined())
+            cpu::store(cpu::ArrayMap<T>(gs.data() + r * hid, hid), g * t.wsum * (T(1) - sig), acc_s);
+          if (gch.defined()) {
+            cpu::store(cpu::ArrayMap<T>(gch.data() + r * 2 * hid, hid),
+                       g * (fv - t.wsum * sv) * sig * (T(1) - sig), acc_ch);
+            cpu::store(cpu::ArrayMap<T>(gch.data() + r * 2 * hid + hid, hid), g * sig * dv, acc_ch);
+          }
+          if (want_w) {
+            // dL/dw_k = sum dy (s + sig (f_k(h) - s)) = sum dy s (1 - sig) + sum dy sig f_k(h)
+            const T base = (g * sv * (T(1) - sig)).sum();
+            for (int k = 0; k < k_ops; ++k) {
+              T v = 0;
+              if (t.on[std::size_t(k)]) {
+                cpu::weighted_activation(acts[std::size_t(k)], T(1), hv, fv, false);  // fv is free now
+                v = base + (g * sig * fv).sum();
+              }
+              wpart[r * k_ops + k] = v;
+            }
+          }
+        });
+        if (want_w) {
+          auto [gw, acc] = w.grad_slot();
+          if (!acc) gw.fill(T(0));
+          for (index_t r = 0; r < rows; ++r)
+            for (int k = 0; k < k_ops; ++k) gw[offset + k] += wpart[r * k_ops + k];
         }
       });
-      if (want_w) {
-        auto [gw, acc] = w.grad_slot();
-        if (!acc) gw.fill(T(0));
-        for (index_t r = 0; r < rows; ++r)
-          for (int k = 0; k < k_ops; ++k) gw[offset + k] += wpart[r * k_ops + k];
-      }
-    });
+    }
+    return y;
   }
-  return y;
 }
 
 }  // namespace detail
@@ -198,10 +233,10 @@ Var<T> highway_impl(const Var<T>& s, const Var<T>& ch, const Var<T>& w, index_t 
 /// One recurrent node (ALGORITHMS.md §4): y = s + sigmoid(c) * (f(h) - s), where [c | h] = ch
 /// row-wise. s: [B, H]; ch: [B, 2H] (= s_prev W_i, or [x ; h_prev] W0 for node 0 with f = tanh).
 /// f = none gives y = 0 with zero gradients.
-template <class T>
-Var<T> highway(const Var<T>& s, const Var<T>& ch, RecurrentActivation f) {
+template <class T, class D>
+Var<T, D> highway(const Var<T, D>& s, const Var<T, D>& ch, RecurrentActivation f) {
   const std::span<const RecurrentActivation> acts(&detail::kSingleActivations[std::size_t(f)], 1);
-  return detail::highway_impl(s, ch, Var<T>(), 0, acts, false, "highway");
+  return detail::highway_impl(s, ch, Var<T, D>(), 0, acts, false, "highway");
 }
 
 /// The mixed node term of the search cell for one predecessor s_j:
@@ -210,9 +245,9 @@ Var<T> highway(const Var<T>& s, const Var<T>& ch, RecurrentActivation f) {
 /// (rank 1); dL/dw[offset + k] = <dy, term_k> (0 for none). `sparse`: terms with weight 0 are
 /// neither computed nor differentiated (hard estimators' speed mode). `acts` must stay alive until
 /// backward (an op set's static name table).
-template <class T>
-Var<T> highway_mix(const Var<T>& s, const Var<T>& ch, const Var<T>& w, index_t offset,
-                   std::span<const RecurrentActivation> acts, bool sparse = false) {
+template <class T, class D>
+Var<T, D> highway_mix(const Var<T, D>& s, const Var<T, D>& ch, const Var<T, D>& w, index_t offset,
+                      std::span<const RecurrentActivation> acts, bool sparse = false) {
   DATANAS_CHECK(w.defined(), "highway_mix: the weights are undefined");
   return detail::highway_impl(s, ch, w, offset, acts, sparse, "highway_mix");
 }
@@ -220,78 +255,103 @@ Var<T> highway_mix(const Var<T>& s, const Var<T>& ch, const Var<T>& w, index_t o
 /// y[i] = x[i] * m[i mod m.numel()]: a constant mask repeated over the leading rows. With x
 /// [T*B, D] and m [B, D] this is AWD-LSTM's locked (variational, time-shared) dropout; with m of
 /// x's size, a plain element-wise mask. Only x gets a gradient (dy * m).
-template <class T>
-Var<T> mul_mask(const Var<T>& x, const Tensor<T>& m) {
+template <class T, class D>
+Var<T, D> mul_mask(const Var<T, D>& x, const Tensor<T, D>& m) {
   const index_t n = x.value().numel(), p = m.numel();
   DATANAS_CHECK(p >= 1 && n % p == 0, "mul_mask: a mask of ", m.shape().str(), " does not tile x ",
                 x.shape().str());
-  Var<T> y(Tensor<T>::empty(x.shape()));
-  const T *xp = x.value().data(), *mp = m.data();
-  T* yp = y.value().data();
-  cpu::parallel_for(n / p, p, [&](index_t r) {
-    cpu::ArrayMap<T>(yp + r * p, p) = cpu::ConstArrayMap<T>(xp + r * p, p) * cpu::ConstArrayMap<T>(mp, p);
-  });
+  Var<T, D> y(Tensor<T, D>::empty(x.shape()));
+  if constexpr (is_cpu<D>) {
+    const T *xp = x.value().data(), *mp = m.data();
+    T* yp = y.value().data();
+    cpu::parallel_for(n / p, p, [&](index_t r) {
+      cpu::ArrayMap<T>(yp + r * p, p) = cpu::ConstArrayMap<T>(xp + r * p, p) * cpu::ConstArrayMap<T>(mp, p);
+    });
+  } else {
+    DeviceOps<D>::mul_mask_forward(x.value(), m, y.value());
+  }
   if (needs_grad(x))
     record(y, [x, y, m, n, p] {
       auto [g, acc] = x.grad_slot();
-      const T *dy = y.out_grad().data(), *mp = m.data();
-      T* gp = g.data();
-      cpu::parallel_for(n / p, p, [&](index_t r) {
-        cpu::store(cpu::ArrayMap<T>(gp + r * p, p),
-                   cpu::ConstArrayMap<T>(dy + r * p, p) * cpu::ConstArrayMap<T>(mp, p), acc);
-      });
+      if constexpr (is_cpu<D>) {
+        const T *dy = y.out_grad().data(), *mp = m.data();
+        T* gp = g.data();
+        cpu::parallel_for(n / p, p, [&](index_t r) {
+          cpu::store(cpu::ArrayMap<T>(gp + r * p, p),
+                     cpu::ConstArrayMap<T>(dy + r * p, p) * cpu::ConstArrayMap<T>(mp, p), acc);
+        });
+      } else {
+        DeviceOps<D>::mul_mask_backward(y.out_grad(), m, g, acc);
+      }
     });
   return y;
 }
 
 /// y[r, :] = scale[r] * x[r, :] for x [R, C] and a constant scale [R] (embedding dropout: the
 /// scale of a token's whole embedding row). Only x gets a gradient.
-template <class T>
-Var<T> scale_rows(const Var<T>& x, const Tensor<T>& scale) {
+template <class T, class D>
+Var<T, D> scale_rows(const Var<T, D>& x, const Tensor<T, D>& scale) {
   DATANAS_CHECK(x.shape().rank() == 2 && scale.shape() == Shape{x.shape()[0]}, "scale_rows: x ",
                 x.shape().str(), " needs a scale of [", x.shape().rank() == 2 ? x.shape()[0] : 0,
                 "], got ", scale.shape().str());
   const index_t rows = x.shape()[0], cols = x.shape()[1];
-  Var<T> y(Tensor<T>::empty(x.shape()));
-  const T *xp = x.value().data(), *sp = scale.data();
-  T* yp = y.value().data();
-  cpu::parallel_for(rows, cols, [&](index_t r) {
-    cpu::ArrayMap<T>(yp + r * cols, cols) = sp[r] * cpu::ConstArrayMap<T>(xp + r * cols, cols);
-  });
+  Var<T, D> y(Tensor<T, D>::empty(x.shape()));
+  if constexpr (is_cpu<D>) {
+    const T *xp = x.value().data(), *sp = scale.data();
+    T* yp = y.value().data();
+    cpu::parallel_for(rows, cols, [&](index_t r) {
+      cpu::ArrayMap<T>(yp + r * cols, cols) = sp[r] * cpu::ConstArrayMap<T>(xp + r * cols, cols);
+    });
+  } else {
+    DeviceOps<D>::scale_rows_forward(x.value(), scale, y.value());
+  }
   if (needs_grad(x))
     record(y, [x, y, scale, rows, cols] {
       auto [g, acc] = x.grad_slot();
-      const T *dy = y.out_grad().data(), *sp = scale.data();
-      cpu::parallel_for(rows, cols, [&](index_t r) {
-        cpu::store(cpu::ArrayMap<T>(g.data() + r * cols, cols), sp[r] * cpu::ConstArrayMap<T>(dy + r * cols, cols), acc);
-      });
+      if constexpr (is_cpu<D>) {
+        const T *dy = y.out_grad().data(), *sp = scale.data();
+        cpu::parallel_for(rows, cols, [&](index_t r) {
+          cpu::store(cpu::ArrayMap<T>(g.data() + r * cols, cols),
+                     sp[r] * cpu::ConstArrayMap<T>(dy + r * cols, cols), acc);
+        });
+      } else {
+        DeviceOps<D>::scale_rows_backward(y.out_grad(), scale, g, acc);
+      }
     });
   return y;
 }
 
 /// [a | b] column-wise: a [N, A], b [N, B] -> [N, A + B] (the [x_t ; h_{t-1}] of node 0).
-template <class T>
-Var<T> concat_cols(const Var<T>& a, const Var<T>& b) {
+template <class T, class D>
+Var<T, D> concat_cols(const Var<T, D>& a, const Var<T, D>& b) {
   DATANAS_CHECK(a.shape().rank() == 2 && b.shape().rank() == 2 && a.shape()[0] == b.shape()[0],
                 "concat_cols: cannot put ", a.shape().str(), " beside ", b.shape().str());
   const index_t n = a.shape()[0], ca = a.shape()[1], cb = b.shape()[1], c = ca + cb;
-  Var<T> y(Tensor<T>::empty({n, c}));
-  const T *ap = a.value().data(), *bp = b.value().data();
-  T* yp = y.value().data();
-  cpu::parallel_for(n, c, [&](index_t r) {
-    std::copy_n(ap + r * ca, ca, yp + r * c);
-    std::copy_n(bp + r * cb, cb, yp + r * c + ca);
-  });
+  Var<T, D> y(Tensor<T, D>::empty({n, c}));
+  if constexpr (is_cpu<D>) {
+    const T *ap = a.value().data(), *bp = b.value().data();
+    T* yp = y.value().data();
+    cpu::parallel_for(n, c, [&](index_t r) {
+      std::copy_n(ap + r * ca, ca, yp + r * c);
+      std::copy_n(bp + r * cb, cb, yp + r * c + ca);
+    });
+  } else {
+    DeviceOps<D>::concat_cols_forward(a.value(), b.value(), y.value());
+  }
   if (needs_grad(a, b))
     record(y, [a, b, y, n, ca, cb, c] {
       const T* dy = y.out_grad().data();
       for (auto [in, off, w] : {std::tuple{&a, index_t(0), ca}, std::tuple{&b, ca, cb}}) {
         if (!in->requires_grad()) continue;
         auto [g, acc] = in->grad_slot();
-        T* gp = g.data();
-        cpu::parallel_for(n, w, [&, off = off, w = w](index_t r) {
-          cpu::store(cpu::ArrayMap<T>(gp + r * w, w), cpu::ConstArrayMap<T>(dy + r * c + off, w), acc);
-        });
+        if constexpr (!is_cpu<D>) {
+          DeviceOps<D>::concat_cols_backward(y.out_grad(), off, g, acc);
+        } else {
+          T* gp = g.data();
+          cpu::parallel_for(n, w, [&, off = off, w = w](index_t r) {
+            cpu::store(cpu::ArrayMap<T>(gp + r * w, w), cpu::ConstArrayMap<T>(dy + r * c + off, w), acc);
+          });
+        }
       }
     });
   return y;
@@ -299,8 +359,8 @@ Var<T> concat_cols(const Var<T>& a, const Var<T>& b) {
 
 /// Rows of xs[0], xs[1], ... one after the other: xs[i] [n_i, C] -> [sum n_i, C]. Stacks the
 /// per-step outputs h_t [B, H] into [T*B, H] (row t*B + b), so the decoder runs once.
-template <class T>
-Var<T> stack_rows(std::type_identity_t<std::span<const Var<T>>> xs) {
+template <class T, class D = Cpu>
+Var<T, D> stack_rows(std::type_identity_t<std::span<const Var<T, D>>> xs) {
   DATANAS_CHECK(!xs.empty(), "stack_rows: no inputs");
   DATANAS_CHECK(xs[0].shape().rank() == 2, "stack_rows: inputs must be [n, C], got ", xs[0].shape().str());
   const index_t cols = xs[0].shape()[1];
@@ -313,25 +373,31 @@ Var<T> stack_rows(std::type_identity_t<std::span<const Var<T>>> xs) {
     rows += xs[i].shape()[0];
     any = any || needs_grad(xs[i]);
   }
-  Var<T> y(Tensor<T>::empty({rows, cols}));
+  Var<T, D> y(Tensor<T, D>::empty({rows, cols}));
   index_t off = 0;
   for (const auto& x : xs) {
-    std::copy_n(x.value().data(), x.value().numel(), y.value().data() + off);
+    if constexpr (is_cpu<D>)
+      std::copy_n(x.value().data(), x.value().numel(), y.value().data() + off);
+    else
+      DeviceOps<D>::stack_rows_forward(x.value(), y.value(), off);
     off += x.value().numel();
   }
   if (any) {
-    const std::size_t pos = tape<T, Cpu>().stash(xs);
+    const std::size_t pos = tape<T, D>().stash(xs);
     const std::size_t count = xs.size();
     record(y, [pos, count, y] {
-      const auto& tp = tape<T, Cpu>();
+      const auto& tp = tape<T, D>();
       const T* dy = y.out_grad().data();
       index_t o = 0;
       for (std::size_t i = 0; i < count; ++i) {
-        const Var<T>& x = tp.stashed(pos + i);
+        const Var<T, D>& x = tp.stashed(pos + i);
         const index_t n = x.value().numel();
         if (x.requires_grad()) {
           auto [g, acc] = x.grad_slot();
-          cpu::store(cpu::ArrayMap<T>(g.data(), n), cpu::ConstArrayMap<T>(dy + o, n), acc);
+          if constexpr (is_cpu<D>)
+            cpu::store(cpu::ArrayMap<T>(g.data(), n), cpu::ConstArrayMap<T>(dy + o, n), acc);
+          else
+            DeviceOps<D>::stack_rows_backward(y.out_grad(), o, g, acc);
         }
         o += n;
       }
@@ -342,15 +408,19 @@ Var<T> stack_rows(std::type_identity_t<std::span<const Var<T>>> xs) {
 
 /// The same values seen with another shape of the same size (storage shared); the gradient
 /// flows back unchanged. Lets the [B, H] states use batch_norm2d as [B, H, 1, 1].
-template <class T>
-Var<T> view(const Var<T>& x, const Shape& s) {
+template <class T, class D>
+Var<T, D> view(const Var<T, D>& x, const Shape& s) {
   DATANAS_CHECK(x.value().defined(), "view: x has no storage");
-  Var<T> y(x.value().reshape(s));
+  Var<T, D> y(x.value().reshape(s));
   if (needs_grad(x))
     record(y, [x, y] {
       auto [g, acc] = x.grad_slot();
-      const index_t n = g.numel();
-      cpu::store(cpu::ArrayMap<T>(g.data(), n), cpu::ConstArrayMap<T>(y.out_grad().data(), n), acc);
+      if constexpr (is_cpu<D>) {
+        const index_t n = g.numel();
+        cpu::store(cpu::ArrayMap<T>(g.data(), n), cpu::ConstArrayMap<T>(y.out_grad().data(), n), acc);
+      } else {
+        DeviceOps<D>::view_backward(y.out_grad(), g, acc);
+      }
     });
   return y;
 }
@@ -358,52 +428,74 @@ Var<T> view(const Var<T>& x, const Shape& s) {
 /// AWD-LSTM's temporal activation regularisation (slowness):
 ///   mean over t < T-1, b, j of (x[t+1, b, j] - x[t, b, j])^2
 /// for x [T*B, H] with rows t*B + b (stacked RNN outputs) and `batch` = B. Needs T >= 2.
-template <class T>
-Var<T> temporal_penalty(const Var<T>& x, index_t batch) {
+template <class T, class D>
+Var<T, D> temporal_penalty(const Var<T, D>& x, index_t batch) {
   DATANAS_CHECK(x.shape().rank() == 2 && batch >= 1 && x.shape()[0] % batch == 0,
                 "temporal_penalty: x ", x.shape().str(), " is not [T*B, H] for B = ", batch);
   const index_t steps = x.shape()[0] / batch, width = batch * x.shape()[1];
   DATANAS_CHECK(steps >= 2, "temporal_penalty: needs at least 2 time steps, got ", steps);
   const index_t count = (steps - 1) * width;
-  const T* xp = x.value().data();
-  double acc = 0;
-  for (index_t t = 0; t + 1 < steps; ++t)
-    acc += double((cpu::ConstArrayMap<T>(xp + (t + 1) * width, width) - cpu::ConstArrayMap<T>(xp + t * width, width))
-                      .square()
-                      .sum());
-  Var<T> y(Tensor<T>::full({1}, T(acc / double(count))));
-  if (needs_grad(x))
-    record(y, [x, y, steps, width, count] {
-      auto [g, accumulate] = x.grad_slot();
-      const T k = T(2) * y.out_grad()[0] / T(count);
-      const T* xp = x.value().data();
-      T* gp = g.data();
-      // d/dx[t] = k (x[t] - x[t-1]) [t > 0] - k (x[t+1] - x[t]) [t < T-1]
-      for (index_t t = 0; t < steps; ++t) {
-        cpu::ArrayMap<T> gv(gp + t * width, width);
-        cpu::ConstArrayMap<T> xt(xp + t * width, width);
-        if (!accumulate) gv.setZero();
-        if (t > 0) gv += k * (xt - cpu::ConstArrayMap<T>(xp + (t - 1) * width, width));
-        if (t + 1 < steps) gv -= k * (cpu::ConstArrayMap<T>(xp + (t + 1) * width, width) - xt);
-      }
-    });
-  return y;
+  if constexpr (!is_cpu<D>) {
+    // Reduced on the device in a fixed order (no host read, no atomics).
+    Var<T, D> y(Tensor<T, D>::empty({1}));
+    DeviceOps<D>::temporal_penalty_forward(x.value(), steps, width, y.value());
+    if (needs_grad(x))
+      record(y, [x, y, steps, width] {
+        auto [g, accumulate] = x.grad_slot();
+        DeviceOps<D>::temporal_penalty_backward(x.value(), steps, width, y.out_grad(), g, accumulate);
+      });
+    return y;
+  } else {
+    const T* xp = x.value().data();
+    double acc = 0;
+    for (index_t t = 0; t + 1 < steps; ++t)
+      acc += double((cpu::ConstArrayMap<T>(xp + (t + 1) * width, width) -
+                     cpu::ConstArrayMap<T>(xp + t * width, width))
+                        .square()
+                        .sum());
+    Var<T> y(Tensor<T>::full({1}, T(acc / double(count))));
+    if (needs_grad(x))
+      record(y, [x, y, steps, width, count] {
+        auto [g, accumulate] = x.grad_slot();
+        const T k = T(2) * y.out_grad()[0] / T(count);
+        const T* xp = x.value().data();
+        T* gp = g.data();
+        // d/dx[t] = k (x[t] - x[t-1]) [t > 0] - k (x[t+1] - x[t]) [t < T-1]
+        for (index_t t = 0; t < steps; ++t) {
+          cpu::ArrayMap<T> gv(gp + t * width, width);
+          cpu::ConstArrayMap<T> xt(xp + t * width, width);
+          if (!accumulate) gv.setZero();
+          if (t > 0) gv += k * (xt - cpu::ConstArrayMap<T>(xp + (t - 1) * width, width));
+          if (t + 1 < steps) gv -= k * (cpu::ConstArrayMap<T>(xp + (t + 1) * width, width) - xt);
+        }
+      });
+    return y;
+  }
 }
 
 /// Fills m with Bernoulli(keep) / keep (a dropout mask that keeps the expectation), drawing
-/// ceil(numel / 4) counters of `gen`. keep = 1 gives all ones.
-template <class T>
-void bernoulli_mask(const Tensor<T>& m, double keep, PhiloxGenerator& gen) {
+/// ceil(numel / 4) counters of `gen`. keep = 1 gives all ones. On a device the mask is drawn on
+/// the host, exactly as on the CPU (the same counters, the same values), and copied over
+/// asynchronously: masks are small ([B, H]) and this keeps CPU and GPU runs drawing alike.
+template <class T, class D>
+void bernoulli_mask(const Tensor<T, D>& m, double keep, PhiloxGenerator& gen) {
   DATANAS_CHECK(keep > 0 && keep <= 1, "dropout: keep probability must be in (0, 1], got ", keep);
   if (keep == 1.0) {
     m.fill(T(1));
     return;
   }
-  const std::uint64_t base = gen.reserve(std::uint64_t(m.numel()));
-  const T v = T(1.0 / keep);
-  const float kf = float(keep);
-  for (index_t i = 0; i < m.numel(); ++i)
-    m[i] = uniform_open01(gen.bits_at(base, std::uint64_t(i))) < kf ? v : T(0);
+  if constexpr (!is_cpu<D>) {
+    const Tensor<T> host = Tensor<T>::empty(m.shape());
+    bernoulli_mask(host, keep, gen);
+    DeviceOps<D>::upload_mask(host, m);
+    return;
+  } else {
+    const std::uint64_t base = gen.reserve(std::uint64_t(m.numel()));
+    const T v = T(1.0 / keep);
+    const float kf = float(keep);
+    for (index_t i = 0; i < m.numel(); ++i)
+      m[i] = uniform_open01(gen.bits_at(base, std::uint64_t(i))) < kf ? v : T(0);
+  }
 }
 
 }  // namespace datanas
