@@ -57,6 +57,25 @@ void parallel_range(index_t n, index_t cost, F&& f) {
   f(index_t(0), n);
 }
 
+/// parallel_range whose body also gets `per_thread` elements of scratch of its own:
+/// f(begin, end, scratch). The scratch of every thread is one block taken before the region.
+/// Why not one block per thread inside the region: whether two threads' blocks are alive at
+/// the same time depends on how the threads interleave, so the allocator's cache would need a
+/// second block of that size only on some steps, a system allocation after warm-up.
+template <class T, class F>
+void parallel_range_scratch(index_t n, index_t cost, index_t per_thread, F&& f) {
+  Tensor<T, Cpu> scratch = Tensor<T, Cpu>::empty({index_t(num_threads()) * per_thread});
+  T* base = scratch.data();
+  parallel_range(n, cost, [&](index_t b, index_t e) {
+#if defined(_OPENMP)
+    const index_t t = omp_get_thread_num();  // < num_threads(): a team is never larger
+#else
+    const index_t t = 0;
+#endif
+    f(b, e, base + t * per_thread);
+  });
+}
+
 /// f(i) for i in [0, n), in parallel when worth it.
 template <class F>
 void parallel_for(index_t n, index_t cost, F&& f) {

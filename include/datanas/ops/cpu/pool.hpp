@@ -7,7 +7,8 @@
 // followed by a column pass that keeps the first row, finds the first maximum in row-major
 // window order, torch's tie rule. Border windows are handled by padding a row buffer (-inf for
 // max, 0 for the average), so the inner loops have no clipping. Planes are spread over the
-// OpenMP threads; each thread takes its scratch from the caching allocator once per call.
+// OpenMP threads; each thread gets its slice of one scratch block taken before the region
+// (parallel_range_scratch).
 #pragma once
 
 #include <algorithm>
@@ -127,18 +128,24 @@ inline void deinterleave(const T* row, index_t lw, index_t s, index_t lp, T fill
 }
 
 /// Max pool of planes [b, e). See max_pool_forward.
+/// Scratch elements of max_pool_planes: a padded row and its phases; the row maxima hm
+/// [uh, wo]; with indices also the plane index of each row maximum hc [uh, wo], the column
+/// number of every padded position (and its phases) and the first real column of each output
+/// column.
+inline index_t max_pool_scratch(const PoolGeometry& g, bool with_idx) {
+  const index_t wo = g.wo, lw = g.padded_w(), uh = g.used_h(), s = g.s, lp = (lw + s - 1) / s;
+  const index_t phase_len = s > 1 ? s * lp : 0;
+  const index_t idx_len = with_idx ? uh * wo + lw + phase_len + wo : 0;
+  return lw + phase_len + uh * wo + idx_len;
+}
+
 template <bool kIdx, class T>
-void max_pool_planes(const T* xp, T* yp, T* ip, const PoolGeometry& g, index_t b, index_t e) {
+void max_pool_planes(const T* xp, T* yp, T* ip, const PoolGeometry& g, index_t b, index_t e, T* scratch) {
   const index_t h = g.h, w = g.w, ho = g.ho, wo = g.wo, lw = g.padded_w(), uh = g.used_h();
   const index_t s = g.s, lp = (lw + s - 1) / s;
   const int k = g.k, p = g.p;
-  // Scratch: a padded row and its phases; the row maxima hm [uh, wo]; with indices also the
-  // plane index of each row maximum hc [uh, wo], the column number of every padded position
-  // (and its phases) and the first real column of each output column.
   const index_t phase_len = s > 1 ? s * lp : 0;
-  const index_t idx_len = kIdx ? uh * wo + lw + phase_len + wo : 0;
-  Tensor<T, Cpu> scratch = Tensor<T, Cpu>::empty({lw + phase_len + uh * wo + idx_len});
-  T* row = scratch.data();
+  T* row = scratch;
   T* row_ph = s > 1 ? row + lw : row;
   T* hm = row + lw + phase_len;
   T* hc = hm + uh * wo;
@@ -198,11 +205,12 @@ void max_pool_forward(const Tensor<T, Cpu>& x, const PoolGeometry& g, const Tens
   const index_t planes = x.dim(0) * x.dim(1);
   const T* xp = x.data();
   T* yp = y.data();
-  parallel_range(planes, g.h * g.w * g.k, [&](index_t b, index_t e) {
+  parallel_range_scratch<T>(planes, g.h * g.w * g.k, detail::max_pool_scratch(g, idx != nullptr),
+                            [&](index_t b, index_t e, T* scratch) {
     if (idx)
-      detail::max_pool_planes<true>(xp, yp, idx, g, b, e);
+      detail::max_pool_planes<true>(xp, yp, idx, g, b, e, scratch);
     else
-      detail::max_pool_planes<false>(xp, yp, idx, g, b, e);
+      detail::max_pool_planes<false>(xp, yp, idx, g, b, e, scratch);
   });
 }
 
@@ -245,9 +253,8 @@ void max_pool_backward(const Tensor<T, Cpu>& dy, const T* idx, const PoolGeometr
   // Output columns padded by k - 1 on both sides (index -1 matches no pixel), so that input
   // column w reads output column w + p - j at padded position w + p - j + k - 1 >= 0.
   const index_t lq = wo + 2 * (k - 1);
-  parallel_range(planes, hw * k, [&](index_t b, index_t e) {
-    Tensor<T, Cpu> scratch = Tensor<T, Cpu>::empty({2 * ho * lq + 2 * w});
-    T* pidx = scratch.data();
+  parallel_range_scratch<T>(planes, hw * k, 2 * ho * lq + 2 * w, [&](index_t b, index_t e, T* scratch) {
+    T* pidx = scratch;
     T* pdy = pidx + ho * lq;
     T* iota = pdy + ho * lq;
     T* target = iota + w;
@@ -293,10 +300,9 @@ void avg_pool_forward(const Tensor<T, Cpu>& x, const PoolGeometry& g, const Tens
   detail::dispatch_stride(g.s, [&](auto sc) {
     constexpr int S = decltype(sc)::value;
     const index_t s = S ? S : g.s;
-    parallel_range(planes, h * w * k, [&](index_t b, index_t e) {
-      // Scratch: the zero-padded column-sum row, then 1 / (real columns) of every output column.
-      Tensor<T, Cpu> scratch = Tensor<T, Cpu>::empty({lw + wo});
-      T* row = scratch.data();
+    // Scratch: the zero-padded column-sum row, then 1 / (real columns) of every output column.
+    parallel_range_scratch<T>(planes, h * w * k, lw + wo, [&](index_t b, index_t e, T* scratch) {
+      T* row = scratch;
       T* inv_c = row + lw;
       std::fill_n(row, lw, T(0));
       for (index_t ow = 0; ow < wo; ++ow) inv_c[ow] = T(1) / T(g.hi(ow, w) - g.lo(ow));
@@ -330,10 +336,9 @@ void avg_pool_backward(const Tensor<T, Cpu>& dy, const PoolGeometry& g, T* dx, b
   detail::dispatch_stride(g.s, [&](auto sc) {
     constexpr int S = decltype(sc)::value;
     const index_t s = S ? S : g.s;
-    parallel_range(planes, h * w * k, [&](index_t b, index_t e) {
-      // Scratch: the padded row of spread gradients, one scaled dy row, 1 / (real columns).
-      Tensor<T, Cpu> scratch = Tensor<T, Cpu>::empty({lw + 2 * wo});
-      T* row = scratch.data();
+    // Scratch: the padded row of spread gradients, one scaled dy row, 1 / (real columns).
+    parallel_range_scratch<T>(planes, h * w * k, lw + 2 * wo, [&](index_t b, index_t e, T* scratch) {
+      T* row = scratch;
       T* gs = row + lw;
       T* inv_c = gs + wo;
       for (index_t ow = 0; ow < wo; ++ow) inv_c[ow] = T(1) / T(g.hi(ow, w) - g.lo(ow));
