@@ -15,8 +15,8 @@
 #include "datanas/core/cuda.hpp"
 #include "datanas/ops/cuda/dnn.hpp"
 #include "datanas/ops/cuda/elementwise.hpp"
-#include "datanas/ops/cuda/recurrent.hpp"
 #include "datanas/ops/cuda/dense.hpp"
+#include "datanas/ops/cuda/recurrent.hpp"
 #include "datanas/ops/cuda/optim.hpp"
 
 namespace datanas {
@@ -25,9 +25,9 @@ namespace datanas {
 template <>
 struct DeviceOps<Cuda>
     : cuda::ElementwiseOps,
-      cuda::RecurrentOps,
       cuda::DenseOps,
       cuda::DnnOps,
+      cuda::RecurrentOps,
       cuda::OptimOps {};
 
 }  // namespace datanas

@@ -142,6 +142,25 @@ class Tensor {
   Shape shape_;
 };
 
+/// `host` on device D: the same tensor on the Cpu, otherwise a device copy queued on the
+/// device's current stream (the host data has been read when this returns).
+template <class D, class T>
+Tensor<T, D> to_device_of(const Tensor<T, Cpu>& host) {
+  if constexpr (is_cpu<D>)
+    return host;
+  else
+    return DeviceOps<D>::upload(host);
+}
+/// A host copy of `t` (the same tensor on the Cpu). On a device this waits for the current
+/// stream: use it where a value is logged or saved, never inside a training step.
+template <class T, class D>
+Tensor<T, Cpu> to_cpu(const Tensor<T, D>& t) {
+  if constexpr (is_cpu<D>)
+    return t;
+  else
+    return DeviceOps<D>::download(t);
+}
+
 /// Throws datanas::error naming `what` unless `t` has shape `s`.
 template <class T, class D>
 void check_shape(const Tensor<T, D>& t, const Shape& s, const char* what) {

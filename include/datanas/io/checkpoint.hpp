@@ -102,8 +102,11 @@ class Checkpoint {
 
   // ---- writing ------------------------------------------------------------------------------
   /// Stores a copy of a host tensor (float, double or int32) with its shape.
-  template <Element T>
-  void put(const std::string& name, const Tensor<T, Cpu>& t) {
+  /// A device tensor is copied to the host first (a synchronisation: checkpoints are written
+  /// between epochs).
+  template <Element T, class D>
+  void put(const std::string& name, const Tensor<T, D>& dt) {
+    const Tensor<T, Cpu> t = to_cpu(dt);
     DATANAS_CHECK(t.defined() || t.numel() == 0, where(name),
                   " cannot store an unallocated tensor ", t.shape().str());
     Entry& e = add(name, kind_of<T>());
@@ -165,14 +168,19 @@ class Checkpoint {
   }
   /// Copies the entry into `dst` (its storage is written, so every handle sharing it sees the
   /// values); the entry's element type must be T and its shape dst's shape.
-  template <Element T>
-  void get_tensor_into(const std::string& name, const Tensor<T, Cpu>& dst) const {
+  template <Element T, class D>
+  void get_tensor_into(const std::string& name, const Tensor<T, D>& dst) const {
     const Entry& e = expect(name, kind_of<T>());
     DATANAS_CHECK(e.shape == dst.shape(), where(name), " has shape ", e.shape.str(), ", expected ",
                   dst.shape().str());
     DATANAS_CHECK(dst.defined() || dst.numel() == 0, where(name),
                   ": the destination tensor has no storage");
-    ckpt_detail::copy_le(dst.data(), e.data.data(), std::size_t(e.shape.numel()), sizeof(T));
+    if constexpr (is_cpu<D>) {
+      ckpt_detail::copy_le(dst.data(), e.data.data(), std::size_t(e.shape.numel()), sizeof(T));
+    } else if (dst.numel()) {
+      const Tensor<T, Cpu> host = get_tensor<T>(name);
+      dst.copy_from(to_device_of<D>(host));
+    }
   }
   /// Name of the file this checkpoint was loaded from (or "<memory>").
   [[nodiscard]] const std::string& source() const { return source_; }
@@ -417,12 +425,12 @@ class Checkpoint {
 
 /// Stores every parameter and buffer of `m` as entry prefix + dotted name
 /// ("model." + "cell3.bn.running_var").
-template <class T>
-void put_module(Checkpoint& ck, const std::string& prefix, const nn::Module<T, Cpu>& m) {
+template <class T, class D>
+void put_module(Checkpoint& ck, const std::string& prefix, const nn::Module<T, D>& m) {
   m.visit_parameters(
-      [&](const std::string& name, const Var<T, Cpu>& v) { ck.put(prefix + name, v.value()); });
+      [&](const std::string& name, const Var<T, D>& v) { ck.put(prefix + name, v.value()); });
   m.visit_buffers(
-      [&](const std::string& name, const Tensor<T, Cpu>& t) { ck.put(prefix + name, t); });
+      [&](const std::string& name, const Tensor<T, D>& t) { ck.put(prefix + name, t); });
 }
 
 /// Copies the entries written by put_module back into m's parameters and buffers, in place
@@ -430,15 +438,15 @@ void put_module(Checkpoint& ck, const std::string& prefix, const nn::Module<T, C
 /// present with its shape and type. With `strict`, entries under a non-empty `prefix` that the
 /// module does not have are an error too (a different architecture), as torch's strict
 /// load_state_dict.
-template <class T>
-void restore_module(const Checkpoint& ck, const std::string& prefix, nn::Module<T, Cpu>& m,
+template <class T, class D>
+void restore_module(const Checkpoint& ck, const std::string& prefix, nn::Module<T, D>& m,
                     bool strict = true) {
   std::size_t used = 0;
-  m.visit_parameters([&](const std::string& name, const Var<T, Cpu>& v) {
+  m.visit_parameters([&](const std::string& name, const Var<T, D>& v) {
     ck.get_tensor_into(prefix + name, v.value());
     ++used;
   });
-  m.visit_buffers([&](const std::string& name, const Tensor<T, Cpu>& t) {
+  m.visit_buffers([&](const std::string& name, const Tensor<T, D>& t) {
     ck.get_tensor_into(prefix + name, t);
     ++used;
   });
@@ -450,9 +458,9 @@ void restore_module(const Checkpoint& ck, const std::string& prefix, nn::Module<
   // Find one entry the module lacks, to name it.
   std::map<std::string, bool> known;
   m.visit_parameters(
-      [&](const std::string& name, const Var<T, Cpu>&) { known[prefix + name] = true; });
+      [&](const std::string& name, const Var<T, D>&) { known[prefix + name] = true; });
   m.visit_buffers(
-      [&](const std::string& name, const Tensor<T, Cpu>&) { known[prefix + name] = true; });
+      [&](const std::string& name, const Tensor<T, D>&) { known[prefix + name] = true; });
   for (const std::string& n : under)
     DATANAS_CHECK(known.contains(n), "checkpoint '", ck.source(), "': entry '", n,
                   "' matches no parameter or buffer of the module (", under.size(),
@@ -463,8 +471,8 @@ void restore_module(const Checkpoint& ck, const std::string& prefix, nn::Module<
 
 /// Stores SGD's learning rate and momentum buffers (entries prefix + "lr",
 /// prefix + "momentum_buffer.<i>" for parameter i; buffers not yet created are omitted).
-template <class T>
-void put_optimizer(Checkpoint& ck, const std::string& prefix, optim::SGD<T, Cpu>& opt) {
+template <class T, class D>
+void put_optimizer(Checkpoint& ck, const std::string& prefix, optim::SGD<T, D>& opt) {
   ck.put(prefix + "type", "sgd");
   ck.put(prefix + "num_params", opt.params().size());
   ck.put(prefix + "lr", opt.lr());
@@ -486,22 +494,22 @@ inline void check_optimizer(const Checkpoint& ck, const std::string& prefix, con
 }
 /// Restores buffer i from `name` when present (allocated with the parameter's shape), or
 /// leaves it undefined ("not created yet") when the checkpoint has no such entry.
-template <class T>
+template <class T, class D>
 void restore_buffer(const Checkpoint& ck, const std::string& name, const Shape& shape,
-                    Tensor<T, Cpu>& buf) {
+                    Tensor<T, D>& buf) {
   if (!ck.has(name)) {
-    buf = Tensor<T, Cpu>();
+    buf = Tensor<T, D>();
     return;
   }
-  if (!buf.defined() || buf.shape() != shape) buf = Tensor<T, Cpu>::empty(shape);
+  if (!buf.defined() || buf.shape() != shape) buf = Tensor<T, D>::empty(shape);
   ck.get_tensor_into(name, buf);
 }
 }  // namespace ckpt_detail
 
 /// Restores what put_optimizer(SGD) stored; the optimiser must hold as many parameters, of the
 /// same shapes, in the same order.
-template <class T>
-void restore_optimizer(const Checkpoint& ck, const std::string& prefix, optim::SGD<T, Cpu>& opt) {
+template <class T, class D>
+void restore_optimizer(const Checkpoint& ck, const std::string& prefix, optim::SGD<T, D>& opt) {
   ckpt_detail::check_optimizer(ck, prefix, "sgd", opt.params().size());
   opt.set_lr(ck.get_double(prefix + "lr"));
   auto& bufs = opt.momentum_buffers();
@@ -512,12 +520,12 @@ void restore_optimizer(const Checkpoint& ck, const std::string& prefix, optim::S
 
 /// What checkpointing an Adam-like optimiser needs from it (torch's state names). optim::Adam
 /// satisfies this once it has these accessors.
-template <class O, class T>
+template <class O, class T, class D = Cpu>
 concept AdamCheckpointable = requires(O& o, const O& co, long t) {
   { co.lr() } -> std::convertible_to<double>;
-  { co.params() } -> std::same_as<const std::vector<Var<T, Cpu>>&>;
-  { o.exp_avg() } -> std::same_as<std::vector<Tensor<T, Cpu>>&>;
-  { o.exp_avg_sq() } -> std::same_as<std::vector<Tensor<T, Cpu>>&>;
+  { co.params() } -> std::same_as<const std::vector<Var<T, D>>&>;
+  { o.exp_avg() } -> std::same_as<std::vector<Tensor<T, D>>&>;
+  { o.exp_avg_sq() } -> std::same_as<std::vector<Tensor<T, D>>&>;
   { co.step_count() } -> std::convertible_to<long>;
   o.set_step_count(t);
   o.set_lr(1.0);
@@ -525,9 +533,9 @@ concept AdamCheckpointable = requires(O& o, const O& co, long t) {
 
 /// Stores an Adam optimiser's learning rate, step count and moment estimates
 /// (prefix + "exp_avg.<i>", prefix + "exp_avg_sq.<i>").
-template <class T, template <class, class> class Opt>
-requires AdamCheckpointable<Opt<T, Cpu>, T>
-void put_optimizer(Checkpoint& ck, const std::string& prefix, Opt<T, Cpu>& opt) {
+template <class T, class D, template <class, class> class Opt>
+requires AdamCheckpointable<Opt<T, D>, T, D>
+void put_optimizer(Checkpoint& ck, const std::string& prefix, Opt<T, D>& opt) {
   ck.put(prefix + "type", "adam");
   ck.put(prefix + "num_params", opt.params().size());
   ck.put(prefix + "lr", opt.lr());
@@ -541,9 +549,9 @@ void put_optimizer(Checkpoint& ck, const std::string& prefix, Opt<T, Cpu>& opt) 
 }
 
 /// Restores what put_optimizer(Adam) stored.
-template <class T, template <class, class> class Opt>
-requires AdamCheckpointable<Opt<T, Cpu>, T>
-void restore_optimizer(const Checkpoint& ck, const std::string& prefix, Opt<T, Cpu>& opt) {
+template <class T, class D, template <class, class> class Opt>
+requires AdamCheckpointable<Opt<T, D>, T, D>
+void restore_optimizer(const Checkpoint& ck, const std::string& prefix, Opt<T, D>& opt) {
   ckpt_detail::check_optimizer(ck, prefix, "adam", opt.params().size());
   opt.set_lr(ck.get_double(prefix + "lr"));
   opt.set_step_count(long(ck.get_int(prefix + "step")));

@@ -20,10 +20,10 @@ class Conv2d : public Module<T, D> {
     DATANAS_CHECK(p.groups >= 1 && cin % p.groups == 0 && cout % p.groups == 0, "Conv2d: ", cin,
                   " -> ", cout, " channels cannot be split into ", p.groups, " groups");
     const double bound = 1.0 / std::sqrt(double(cin / p.groups * kernel * kernel));
-    weight_ = uniform_parameter<T>({cout, cin / p.groups, kernel, kernel}, bound, gen);
+    weight_ = uniform_parameter<T, D>({cout, cin / p.groups, kernel, kernel}, bound, gen);
     this->register_parameter("weight", weight_);
     if (bias) {
-      bias_ = uniform_parameter<T>({cout}, bound, gen);
+      bias_ = uniform_parameter<T, D>({cout}, bound, gen);
       this->register_parameter("bias", bias_);
     }
   }
@@ -79,10 +79,10 @@ class Linear : public Module<T, D> {
  public:
   Linear(index_t in, index_t out, bool bias, PhiloxGenerator& gen) {
     const double bound = 1.0 / std::sqrt(double(in));
-    weight_ = uniform_parameter<T>({out, in}, bound, gen);
+    weight_ = uniform_parameter<T, D>({out, in}, bound, gen);
     this->register_parameter("weight", weight_);
     if (bias) {
-      bias_ = uniform_parameter<T>({out}, bound, gen);
+      bias_ = uniform_parameter<T, D>({out}, bound, gen);
       this->register_parameter("bias", bias_);
     }
   }

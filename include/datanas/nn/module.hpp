@@ -88,11 +88,12 @@ class Module {
 };
 
 /// U(-bound, bound) parameter, as torch's default initialisation draws (bound = 1/sqrt(fan_in)).
-template <class T>
-Var<T, Cpu> uniform_parameter(const Shape& s, double bound, PhiloxGenerator& gen) {
+/// Drawn on the host and copied to D, so a network gets the same weights on every device.
+template <class T, class D = Cpu>
+Var<T, D> uniform_parameter(const Shape& s, double bound, PhiloxGenerator& gen) {
   Tensor<T, Cpu> t = Tensor<T, Cpu>::empty(s);
   for (index_t i = 0; i < t.numel(); ++i) t[i] = T((2.0 * gen.uniform() - 1.0) * bound);
-  return Var<T, Cpu>(t, true);
+  return Var<T, D>(to_device_of<D>(t), true);
 }
 
 }  // namespace datanas::nn

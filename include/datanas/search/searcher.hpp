@@ -20,6 +20,7 @@
 #include "datanas/data/batch.hpp"
 #include "datanas/io/checkpoint.hpp"
 #include "datanas/io/progress.hpp"
+#include "datanas/ops/tensor_math.hpp"
 #include "datanas/optim/optimizers.hpp"
 #include "datanas/search/derive.hpp"
 #include "datanas/search/genotype.hpp"
@@ -79,11 +80,14 @@ Tensor<T> child_weights(const CellGenotype& cell, std::span<const std::string_vi
   return w;
 }
 
-/// The search loop over any SearchNetwork (compiled once per scalar type).
-template <class T>
+/// The search loop over any SearchNetwork (compiled once per scalar type and device). Batches
+/// are assembled on the host (augmentation is cheap next to a step) and copied to D; on a
+/// device the step synchronises only where it reads a value for the log (the loss, the correct
+/// count) and, in sparse mode, to read the sampled codes (Supernet::forward).
+template <class T, class D = Cpu>
 class Searcher {
  public:
-  using Net = spaces::SearchNetwork<T>;
+  using Net = spaces::SearchNetwork<T, D>;
 
   /// `train`: the (possibly limited) training split; its first half trains the weights, its
   /// second half the architecture, and is the held-out half of the final evaluation.
@@ -175,7 +179,7 @@ class Searcher {
   /// (a) Top-1 error of the supernet under its architecture distribution: a fresh sample per
   /// batch, BN in evaluation mode.
   double supernet_error(long max_images = 0) {
-    return held_out_error(max_images, [&](const Var<T>& x) {
+    return held_out_error(max_images, [&](const Var<T, D>& x) {
       return net_.forward(x, ec_, noise_gen_, cfg_.sparse);
     });
   }
@@ -185,11 +189,11 @@ class Searcher {
   double child_error(const Genotype& g, long bn_batches = 20, long max_images = 0) {
     const auto layout = net_.layout();
     const bool hard = net_.hard_estimator();
-    Var<T> wn(child_weights<T>(g.normal, net_.op_names(), layout, hard));
-    Var<T> wr(child_weights<T>(g.reduce, net_.op_names(), layout, hard));
-    std::vector<nn::BatchNorm2d<T>*> bns;
-    net_.visit_modules([&](nn::Module<T>& m) {
-      if (auto* bn = dynamic_cast<nn::BatchNorm2d<T>*>(&m)) bns.push_back(bn);
+    Var<T, D> wn(to_device_of<D>(child_weights<T>(g.normal, net_.op_names(), layout, hard)));
+    Var<T, D> wr(to_device_of<D>(child_weights<T>(g.reduce, net_.op_names(), layout, hard)));
+    std::vector<nn::BatchNorm2d<T, D>*> bns;
+    net_.visit_modules([&](nn::Module<T, D>& m) {
+      if (auto* bn = dynamic_cast<nn::BatchNorm2d<T, D>*>(&m)) bns.push_back(bn);
     });
     std::vector<T> momenta;
     for (auto* bn : bns) {
@@ -206,19 +210,20 @@ class Searcher {
         for (auto* bn : bns) bn->set_momentum(T(1) / T(b + 1));
         data::gather_normalized<T>(train_, std::span<const index_t>(rows).subspan(std::size_t(b * cfg_.batch_size), std::size_t(cfg_.batch_size)),
                                    norm_, xw_, yw_);
-        net_.forward(Var<T>(xw_), wn, wr, true);
+        net_.forward(on_device(xw_), wn, wr, true);
       }
     }
     for (std::size_t i = 0; i < bns.size(); ++i) bns[i]->set_momentum(momenta[i]);
-    return held_out_error(max_images, [&](const Var<T>& x) { return net_.forward(x, wn, wr, true); });
+    return held_out_error(max_images, [&](const Var<T, D>& x) { return net_.forward(x, wn, wr, true); });
   }
 
   // ---- derivation -----------------------------------------------------------------------------
 
   [[nodiscard]] AlphaPair alpha_pair() const {
-    auto to_matrix = [](const Var<T>& a) {
+    auto to_matrix = [](const Var<T, D>& a) {
       AlphaMatrix m{int(a.shape()[0]), int(a.shape()[1]), {}};
-      m.logits.assign(a.value().data(), a.value().data() + a.value().numel());
+      const Tensor<T> h = to_cpu(a.value());
+      m.logits.assign(h.data(), h.data() + h.numel());
       return m;
     };
     AlphaPair p;
@@ -233,8 +238,8 @@ class Searcher {
     io::put_module(ck, "model.", net_);
     ck.put("alpha.normal", net_.alpha_normal().value());
     ck.put("alpha.reduce", net_.alpha_reduce().value());
-    io::put_optimizer(ck, "w_opt.", const_cast<optim::SGD<T>&>(w_opt_));
-    io::put_optimizer(ck, "a_opt.", const_cast<optim::Adam<T>&>(a_opt_));
+    io::put_optimizer(ck, "w_opt.", const_cast<optim::SGD<T, D>&>(w_opt_));
+    io::put_optimizer(ck, "a_opt.", const_cast<optim::Adam<T, D>&>(a_opt_));
     io::put_generator(ck, "gen.data", data_gen_);
     io::put_generator(ck, "gen.aug", aug_gen_);
     io::put_generator(ck, "gen.noise", noise_gen_);
@@ -281,7 +286,11 @@ class Searcher {
       data::gather_normalized<T>(train_, rows, norm_, x, y);
   }
 
-  static long count_correct(const Tensor<T>& logits, const Tensor<std::int32_t>& y) {
+  /// A host batch as a Var on D (the same storage on the Cpu).
+  static Var<T, D> on_device(const Tensor<T>& x) { return Var<T, D>(to_device_of<D>(x)); }
+
+  static long count_correct(const Tensor<T, D>& dev_logits, const Tensor<std::int32_t>& y) {
+    const Tensor<T> logits = to_cpu(dev_logits);
     const index_t n = logits.dim(0), k = logits.dim(1);
     long c = 0;
     for (index_t i = 0; i < n; ++i) {
@@ -291,12 +300,12 @@ class Searcher {
     return c;
   }
 
-  static void set_requires_grad(const std::vector<Var<T>>& vs, bool on) {
+  static void set_requires_grad(const std::vector<Var<T, D>>& vs, bool on) {
     for (const auto& v : vs) v.set_requires_grad(on);
   }
 
-  static double checked(const Var<T>& loss, const char* where) {
-    const double l = double(loss.value()[0]);
+  static double checked(const Var<T, D>& loss, const char* where) {
+    const double l = double(to_cpu(loss.value())[0]);
     DATANAS_CHECK(std::isfinite(l), "search diverged: ", where, " loss is ", l,
                   " (lower --lr or --arch-lr, or check the data)");
     return l;
@@ -304,19 +313,19 @@ class Searcher {
 
   /// Architecture loss on (x, y): cross-entropy plus the optional L1 term; gradients to alpha
   /// (and to the weights only if they require grad).
-  Var<T> arch_loss(const Tensor<T>& x, const Tensor<std::int32_t>& y, long* correct) {
+  Var<T, D> arch_loss(const Tensor<T>& x, const Tensor<std::int32_t>& y, long* correct) {
     const auto layout = net_.layout();
-    Var<T> wn = net_.mixing_weights(net_.alpha_normal(), ec_, noise_gen_);
-    Var<T> wr = net_.mixing_weights(net_.alpha_reduce(), ec_, noise_gen_);
-    Var<T> logits = net_.forward(Var<T>(x), wn, wr, cfg_.sparse && net_.hard_estimator());
+    Var<T, D> wn = net_.mixing_weights(net_.alpha_normal(), ec_, noise_gen_);
+    Var<T, D> wr = net_.mixing_weights(net_.alpha_reduce(), ec_, noise_gen_);
+    Var<T, D> logits = net_.forward(on_device(x), wn, wr, cfg_.sparse && net_.hard_estimator());
     if (correct) *correct = count_correct(logits.value(), y);
-    Var<T> loss = cross_entropy(logits, y);
+    Var<T, D> loss = cross_entropy(logits, to_device_of<D>(y));
     if (cfg_.l1 > 0) {
       for (const auto& [alpha, w] : {std::pair{net_.alpha_normal(), wn}, std::pair{net_.alpha_reduce(), wr}}) {
         Tensor<T> code = Tensor<T>::empty(w.shape());
-        code.eigen() = (w.value().eigen() > T(0)).template cast<T>();
-        Var<T> p = estimators::group_probabilities(alpha, layout, normalize_, noise_gen_);
-        loss = add(loss, estimators::l1_to_code(p, code, T(cfg_.l1)));
+        code.eigen() = (to_cpu(w.value()).eigen() > T(0)).template cast<T>();
+        Var<T, D> p = estimators::group_probabilities(alpha, layout, normalize_, noise_gen_);
+        loss = add(loss, estimators::l1_to_code(p, to_device_of<D>(code), T(cfg_.l1)));
       }
     }
     return loss;
@@ -325,7 +334,7 @@ class Searcher {
   StepResult arch_step_first_order() {
     set_requires_grad(weights_, false);  // only dL/dalpha is needed: skip every dW kernel
     long correct = 0;
-    Var<T> loss = arch_loss(xa_, ya_, &correct);
+    Var<T, D> loss = arch_loss(xa_, ya_, &correct);
     const double l = checked(loss, "architecture");
     a_opt_.zero_grad();
     backward(loss);
@@ -343,7 +352,7 @@ class Searcher {
     set_requires_grad(alphas_, false);
     for (auto& w : weights_) w.zero_grad();
     {
-      Var<T> l = cross_entropy(net_.forward(Var<T>(xw_), ec_, noise_gen_, cfg_.sparse), yw_);
+      Var<T, D> l = cross_entropy(net_.forward(on_device(xw_), ec_, noise_gen_, cfg_.sparse), to_device_of<D>(yw_));
       checked(l, "unrolled training");
       backward(l);
     }
@@ -351,19 +360,29 @@ class Searcher {
     for (std::size_t i = 0; i < weights_.size(); ++i) {
       const auto& w = weights_[i];
       backup_[i].copy_from(w.value());
-      auto g = w.has_grad() ? w.grad().eigen() : (tmp_[i].fill(T(0)), tmp_[i].eigen());
-      auto step = T(cfg_.weight_decay) * w.value().eigen() + g;
-      if (bufs[i].defined())
-        w.value().eigen() -= T(eta) * (T(cfg_.momentum) * bufs[i].eigen() + step);
-      else
-        w.value().eigen() -= T(eta) * step;
+      if constexpr (is_cpu<D>) {
+        auto g = w.has_grad() ? w.grad().eigen() : (tmp_[i].fill(T(0)), tmp_[i].eigen());
+        auto step = T(cfg_.weight_decay) * w.value().eigen() + g;
+        if (bufs[i].defined())
+          w.value().eigen() -= T(eta) * (T(cfg_.momentum) * bufs[i].eigen() + step);
+        else
+          w.value().eigen() -= T(eta) * step;
+      } else {
+        // The same expression in steps: tmp = wd w + g; tmp = mu buf + tmp; w -= eta tmp.
+        if (w.has_grad())
+          axpby<T, D>(T(cfg_.weight_decay), w.value(), T(1), w.grad(), tmp_[i]);
+        else
+          axpby<T, D>(T(cfg_.weight_decay), w.value(), T(0), w.value(), tmp_[i]);
+        if (bufs[i].defined()) axpby<T, D>(T(cfg_.momentum), bufs[i], T(1), tmp_[i], tmp_[i]);
+        axpby<T, D>(T(1), w.value(), T(-eta), tmp_[i], w.value());
+      }
     }
     // 2. dL_val(w', alpha)/dalpha and v = dL_val/dw'.
     set_requires_grad(alphas_, true);
     for (auto& w : weights_) w.zero_grad();
     a_opt_.zero_grad();
     long correct = 0;
-    Var<T> lval = arch_loss(xa_, ya_, &correct);
+    Var<T, D> lval = arch_loss(xa_, ya_, &correct);
     const double l = checked(lval, "architecture");
     backward(lval);
     double vnorm2 = 0;
@@ -371,20 +390,27 @@ class Searcher {
       const auto& w = weights_[i];
       if (w.has_grad()) {
         v_[i].copy_from(w.grad());
-        vnorm2 += double(v_[i].eigen().square().sum());
+        if constexpr (is_cpu<D>) vnorm2 += double(v_[i].eigen().square().sum());
       } else {
         v_[i].fill(T(0));
       }
     }
+    // On a device eps stays there (a tensor [1]): the finite difference needs no host read.
+    Tensor<T, D> eps_dev;
+    if constexpr (!is_cpu<D>) eps_dev = norm_ratio(squared_norm<T, D>(v_), 0.01, 1e-12);
     for (std::size_t i = 0; i < alphas_.size(); ++i) dalpha_[i].copy_from(alphas_[i].grad());
     const double eps = 0.01 / std::max(std::sqrt(vnorm2), 1e-12);
     // 3. dL_train/dalpha at w + eps v and w - eps v (on the original w).
     set_requires_grad(weights_, false);
     for (int sign : {+1, -1}) {
-      for (std::size_t i = 0; i < weights_.size(); ++i)
-        weights_[i].value().eigen() = backup_[i].eigen() + T(sign * eps) * v_[i].eigen();
+      for (std::size_t i = 0; i < weights_.size(); ++i) {
+        if constexpr (is_cpu<D>)
+          weights_[i].value().eigen() = backup_[i].eigen() + T(sign * eps) * v_[i].eigen();
+        else
+          axpby<T, D>(T(1), backup_[i], T(sign), eps_dev, v_[i], weights_[i].value());
+      }
       a_opt_.zero_grad();
-      Var<T> lt = cross_entropy(net_.forward(Var<T>(xw_), ec_, noise_gen_, cfg_.sparse), yw_);
+      Var<T, D> lt = cross_entropy(net_.forward(on_device(xw_), ec_, noise_gen_, cfg_.sparse), to_device_of<D>(yw_));
       checked(lt, "finite-difference training");
       backward(lt);
       for (std::size_t i = 0; i < alphas_.size(); ++i) {
@@ -398,7 +424,12 @@ class Searcher {
     a_opt_.zero_grad();
     for (std::size_t i = 0; i < alphas_.size(); ++i) {
       auto slot = alphas_[i].grad_slot();
-      slot.g.eigen() = dalpha_[i].eigen() - T(eta) * (gplus_[i].eigen() - gminus_[i].eigen()) / T(2 * eps);
+      if constexpr (is_cpu<D>) {
+        slot.g.eigen() = dalpha_[i].eigen() - T(eta) * (gplus_[i].eigen() - gminus_[i].eigen()) / T(2 * eps);
+      } else {
+        axpby<T, D>(T(1), gplus_[i], T(-1), gminus_[i], gplus_[i]);
+        axpby<T, D>(T(1), dalpha_[i], T(-eta / 2), reciprocal(eps_dev), gplus_[i], slot.g);
+      }
     }
     a_opt_.step();
     for (auto& w : weights_) w.zero_grad();
@@ -407,42 +438,45 @@ class Searcher {
 
   StepResult weight_step_impl() {
     set_requires_grad(alphas_, false);
-    Var<T> logits = net_.forward(Var<T>(xw_), ec_, noise_gen_, cfg_.sparse);
+    Var<T, D> logits = net_.forward(on_device(xw_), ec_, noise_gen_, cfg_.sparse);
     const long correct = count_correct(logits.value(), yw_);
-    Var<T> loss = cross_entropy(logits, yw_);
+    Var<T, D> loss = cross_entropy(logits, to_device_of<D>(yw_));
     const double l = checked(loss, "weight");
     w_opt_.zero_grad();
     backward(loss);
     set_requires_grad(alphas_, true);
-    optim::clip_grad_norm<T, Cpu>(weights_, cfg_.grad_clip);
+    clip_weights();
     w_opt_.step();
     return {l, correct};
   }
 
   StepResult single_level_step() {
     long correct = 0;
-    Var<T> loss = arch_loss(xw_, yw_, &correct);
+    Var<T, D> loss = arch_loss(xw_, yw_, &correct);
     const double l = checked(loss, "training");
     w_opt_.zero_grad();
     a_opt_.zero_grad();
     backward(loss);
-    optim::clip_grad_norm<T, Cpu>(weights_, cfg_.grad_clip);
+    clip_weights();
     w_opt_.step();
     a_opt_.step();
     return {l, correct};
   }
 
+  /// Clips the weights' gradient norm to cfg_.grad_clip (on a device without synchronising).
+  void clip_weights() { optim::clip_grad_norm<T, D>(weights_, cfg_.grad_clip); }
+
   void ensure_backups() {
     if (!backup_.empty()) return;
     for (const auto& w : weights_) {
-      backup_.push_back(Tensor<T>::empty(w.shape()));
-      v_.push_back(Tensor<T>::empty(w.shape()));
-      tmp_.push_back(Tensor<T>::empty(w.shape()));
+      backup_.push_back(Tensor<T, D>::empty(w.shape()));
+      v_.push_back(Tensor<T, D>::empty(w.shape()));
+      tmp_.push_back(Tensor<T, D>::empty(w.shape()));
     }
     for (const auto& a : alphas_) {
-      dalpha_.push_back(Tensor<T>::empty(a.shape()));
-      gplus_.push_back(Tensor<T>::empty(a.shape()));
-      gminus_.push_back(Tensor<T>::empty(a.shape()));
+      dalpha_.push_back(Tensor<T, D>::empty(a.shape()));
+      gplus_.push_back(Tensor<T, D>::empty(a.shape()));
+      gminus_.push_back(Tensor<T, D>::empty(a.shape()));
     }
   }
 
@@ -457,7 +491,7 @@ class Searcher {
     for (index_t start = 0; start + cfg_.batch_size <= limit; start += cfg_.batch_size) {
       std::iota(rows.begin(), rows.end(), half_ + start);
       data::gather_normalized<T>(train_, rows, norm_, xa_, ya_);
-      const long c = count_correct(forward(Var<T>(xa_)).value(), ya_);
+      const long c = count_correct(forward(on_device(xa_)).value(), ya_);
       wrong += cfg_.batch_size - c;
       seen += cfg_.batch_size;
     }
@@ -470,9 +504,9 @@ class Searcher {
   const data::LabelledImages& train_;
   data::ChannelNorm norm_;
   SearchConfig cfg_;
-  std::vector<Var<T>> weights_, alphas_;
-  optim::SGD<T> w_opt_;
-  optim::Adam<T> a_opt_;
+  std::vector<Var<T, D>> weights_, alphas_;
+  optim::SGD<T, D> w_opt_;
+  optim::Adam<T, D> a_opt_;
   PhiloxGenerator data_gen_, aug_gen_, noise_gen_;
   estimators::EstimatorConfig ec_;
   Normalize normalize_ = Normalize::kSoftmax;
@@ -480,7 +514,7 @@ class Searcher {
   long epoch_ = 0;
   Tensor<T> xw_, xa_;
   Tensor<std::int32_t> yw_, ya_;
-  std::vector<Tensor<T>> backup_, v_, tmp_, dalpha_, gplus_, gminus_;
+  std::vector<Tensor<T, D>> backup_, v_, tmp_, dalpha_, gplus_, gminus_;
 };
 
 }  // namespace datanas::search

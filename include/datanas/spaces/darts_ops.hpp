@@ -24,10 +24,10 @@ namespace datanas::spaces {
 enum class Phase { kSearch, kEval };
 
 /// A candidate operation: C channels in, C channels out, stride 1 or 2.
-template <class T>
-class OpModule : public nn::Module<T> {
+template <class T, class D = Cpu>
+class OpModule : public nn::Module<T, D> {
  public:
-  virtual Var<T> operator()(const Var<T>& x) const = 0;
+  virtual Var<T, D> operator()(const Var<T, D>& x) const = 0;
   /// DARTS "none": the output is a symbolic zero and nothing runs.
   [[nodiscard]] virtual bool is_zero() const { return false; }
   /// skip_connect at stride 1: no drop path in the evaluation network.
@@ -37,7 +37,7 @@ class OpModule : public nn::Module<T> {
   /// per edge instead of one per op, the same values.
   [[nodiscard]] virtual bool relu_first() const { return false; }
   /// The op applied to r = relu(x); only for relu_first() ops.
-  virtual Var<T> from_relu(const Var<T>& r) const {
+  virtual Var<T, D> from_relu(const Var<T, D>& r) const {
     (void)r;
     throw error("from_relu: this op does not start with ReLU");
   }
@@ -47,27 +47,27 @@ class OpModule : public nn::Module<T> {
 inline index_t strided_size(index_t h, int stride) { return (h + stride - 1) / stride; }
 
 /// ReLU -> conv k x k (no bias) -> BN.
-template <class T>
-class ReLUConvBN : public OpModule<T> {
+template <class T, class D = Cpu>
+class ReLUConvBN : public OpModule<T, D> {
  public:
   ReLUConvBN(index_t cin, index_t cout, int k, int stride, int pad, bool affine, PhiloxGenerator& g)
       : conv_(cin, cout, k, {.stride = stride, .padding = pad}, false, g), bn_(cout, affine) {
     this->register_module("op.1", conv_);
     this->register_module("op.2", bn_);
   }
-  Var<T> operator()(const Var<T>& x) const override { return from_relu(relu(x)); }
+  Var<T, D> operator()(const Var<T, D>& x) const override { return from_relu(relu(x)); }
   [[nodiscard]] bool relu_first() const override { return true; }
-  Var<T> from_relu(const Var<T>& r) const override { return bn_(conv_(r)); }
+  Var<T, D> from_relu(const Var<T, D>& r) const override { return bn_(conv_(r)); }
 
  private:
-  nn::Conv2d<T> conv_;
-  nn::BatchNorm2d<T> bn_;
+  nn::Conv2d<T, D> conv_;
+  nn::BatchNorm2d<T, D> bn_;
 };
 
 /// ReLU, then two 1x1 stride-2 convs with Cout/2 outputs on x and on x[:, :, 1:, 1:],
 /// concatenated on channels, then BN.
-template <class T>
-class FactorizedReduce : public OpModule<T> {
+template <class T, class D = Cpu>
+class FactorizedReduce : public OpModule<T, D> {
  public:
   FactorizedReduce(index_t cin, index_t cout, bool affine, PhiloxGenerator& g)
       : conv1_(cin, half(cout), 1, {.stride = 2}, false, g),
@@ -76,14 +76,14 @@ class FactorizedReduce : public OpModule<T> {
     this->register_module("conv_2", conv2_);
     this->register_module("bn", bn_);
   }
-  Var<T> operator()(const Var<T>& x) const override { return from_relu(relu(x)); }
+  Var<T, D> operator()(const Var<T, D>& x) const override { return from_relu(relu(x)); }
   [[nodiscard]] bool relu_first() const override { return true; }
-  Var<T> from_relu(const Var<T>& r) const override {
+  Var<T, D> from_relu(const Var<T, D>& r) const override {
     DATANAS_CHECK(r.shape().h() % 2 == 0 && r.shape().w() % 2 == 0,
                   "FactorizedReduce: input ", r.shape().str(),
                   " has an odd spatial size; its two halves would not line up");
-    Var<T> halves[] = {conv1_(r), conv2_(shift_crop(r))};
-    return bn_(concat_channels<T, Cpu>(halves));
+    Var<T, D> halves[] = {conv1_(r), conv2_(shift_crop(r))};
+    return bn_(concat_channels<T, D>(halves));
   }
 
  private:
@@ -91,13 +91,13 @@ class FactorizedReduce : public OpModule<T> {
     DATANAS_CHECK(cout % 2 == 0, "FactorizedReduce: output channels ", cout, " must be even");
     return cout / 2;
   }
-  nn::Conv2d<T> conv1_, conv2_;
-  nn::BatchNorm2d<T> bn_;
+  nn::Conv2d<T, D> conv1_, conv2_;
+  nn::BatchNorm2d<T, D> bn_;
 };
 
 /// [ReLU -> dw kxk (stride s) -> 1x1 -> BN] then [ReLU -> dw kxk -> 1x1 -> BN].
-template <class T>
-class SepConv : public OpModule<T> {
+template <class T, class D = Cpu>
+class SepConv : public OpModule<T, D> {
  public:
   SepConv(index_t c, int k, int stride, int pad, bool affine, PhiloxGenerator& g)
       : dw1_(c, c, k, {.stride = stride, .padding = pad, .groups = int(c)}, false, g),
@@ -111,22 +111,22 @@ class SepConv : public OpModule<T> {
     this->register_module("op.6", pw2_);
     this->register_module("op.7", bn2_);
   }
-  Var<T> operator()(const Var<T>& x) const override { return from_relu(relu(x)); }
+  Var<T, D> operator()(const Var<T, D>& x) const override { return from_relu(relu(x)); }
   [[nodiscard]] bool relu_first() const override { return true; }
-  Var<T> from_relu(const Var<T>& r) const override {
+  Var<T, D> from_relu(const Var<T, D>& r) const override {
     return bn2_(pw2_(dw2_(relu(bn1_(pw1_(dw1_(r)))))));
   }
 
  private:
-  nn::Conv2d<T> dw1_, pw1_;
-  nn::BatchNorm2d<T> bn1_;
-  nn::Conv2d<T> dw2_, pw2_;
-  nn::BatchNorm2d<T> bn2_;
+  nn::Conv2d<T, D> dw1_, pw1_;
+  nn::BatchNorm2d<T, D> bn1_;
+  nn::Conv2d<T, D> dw2_, pw2_;
+  nn::BatchNorm2d<T, D> bn2_;
 };
 
 /// ReLU -> dw kxk dilation d (stride s) -> 1x1 -> BN.
-template <class T>
-class DilConv : public OpModule<T> {
+template <class T, class D = Cpu>
+class DilConv : public OpModule<T, D> {
  public:
   DilConv(index_t c, int k, int stride, int pad, int dilation, bool affine, PhiloxGenerator& g)
       : dw_(c, c, k, {.stride = stride, .padding = pad, .dilation = dilation, .groups = int(c)}, false, g),
@@ -135,50 +135,50 @@ class DilConv : public OpModule<T> {
     this->register_module("op.2", pw_);
     this->register_module("op.3", bn_);
   }
-  Var<T> operator()(const Var<T>& x) const override { return from_relu(relu(x)); }
+  Var<T, D> operator()(const Var<T, D>& x) const override { return from_relu(relu(x)); }
   [[nodiscard]] bool relu_first() const override { return true; }
-  Var<T> from_relu(const Var<T>& r) const override { return bn_(pw_(dw_(r))); }
+  Var<T, D> from_relu(const Var<T, D>& r) const override { return bn_(pw_(dw_(r))); }
 
  private:
-  nn::Conv2d<T> dw_, pw_;
-  nn::BatchNorm2d<T> bn_;
+  nn::Conv2d<T, D> dw_, pw_;
+  nn::BatchNorm2d<T, D> bn_;
 };
 
 /// Max or average 3x3 pooling (padding 1, average without the padding), with a non-affine BN
 /// after it in the search phase.
-template <class T>
-class Pool3x3 : public OpModule<T> {
+template <class T, class D = Cpu>
+class Pool3x3 : public OpModule<T, D> {
  public:
   Pool3x3(bool max, index_t c, int stride, bool with_bn)
-      : max_(max), stride_(stride), bn_(with_bn ? std::make_unique<nn::BatchNorm2d<T>>(c, false) : nullptr) {
+      : max_(max), stride_(stride), bn_(with_bn ? std::make_unique<nn::BatchNorm2d<T, D>>(c, false) : nullptr) {
     if (bn_) this->register_module("bn", *bn_);
   }
-  Var<T> operator()(const Var<T>& x) const override {
-    Var<T> y = max_ ? max_pool2d(x, 3, stride_, 1) : avg_pool2d(x, 3, stride_, 1);
+  Var<T, D> operator()(const Var<T, D>& x) const override {
+    Var<T, D> y = max_ ? max_pool2d(x, 3, stride_, 1) : avg_pool2d(x, 3, stride_, 1);
     return bn_ ? (*bn_)(y) : y;
   }
 
  private:
   bool max_;
   int stride_;
-  std::unique_ptr<nn::BatchNorm2d<T>> bn_;
+  std::unique_ptr<nn::BatchNorm2d<T, D>> bn_;
 };
 
-template <class T>
-class Identity : public OpModule<T> {
+template <class T, class D = Cpu>
+class Identity : public OpModule<T, D> {
  public:
-  Var<T> operator()(const Var<T>& x) const override { return x; }
+  Var<T, D> operator()(const Var<T, D>& x) const override { return x; }
   [[nodiscard]] bool is_identity() const override { return true; }
 };
 
 /// DARTS "none": zeros of the output shape (stride 2: the subsampled shape).
-template <class T>
-class Zero : public OpModule<T> {
+template <class T, class D = Cpu>
+class Zero : public OpModule<T, D> {
  public:
   explicit Zero(int stride) : stride_(stride) {}
-  Var<T> operator()(const Var<T>& x) const override {
+  Var<T, D> operator()(const Var<T, D>& x) const override {
     const Shape& s = x.shape();
-    return zeros<T>({s.n(), s.c(), strided_size(s.h(), stride_), strided_size(s.w(), stride_)});
+    return zeros<T, D>({s.n(), s.c(), strided_size(s.h(), stride_), strided_size(s.w(), stride_)});
   }
   [[nodiscard]] bool is_zero() const override { return true; }
 
@@ -188,14 +188,14 @@ class Zero : public OpModule<T> {
 
 // ---- descriptors: name + factory ----------------------------------------------------------
 
-template <class T>
-using OpPtr = std::unique_ptr<OpModule<T>>;
+template <class T, class D = Cpu>
+using OpPtr = std::unique_ptr<OpModule<T, D>>;
 
 #define DATANAS_DEFINE_OP(Type, op_name, ...)                                                \
   struct Type {                                                                               \
     static constexpr std::string_view kName = op_name;                                        \
-    template <class T>                                                                        \
-    static OpPtr<T> make(index_t c, int stride, Phase phase, PhiloxGenerator& gen) {          \
+    template <class T, class D = Cpu>                                                         \
+    static OpPtr<T, D> make(index_t c, int stride, Phase phase, PhiloxGenerator& gen) {       \
       const bool affine = phase == Phase::kEval;                                              \
       (void)affine;                                                                           \
       (void)gen;                                                                              \
@@ -204,22 +204,22 @@ using OpPtr = std::unique_ptr<OpModule<T>>;
     }                                                                                         \
   }
 
-DATANAS_DEFINE_OP(NoneOp, "none", return std::make_unique<Zero<T>>(stride););
+DATANAS_DEFINE_OP(NoneOp, "none", return std::make_unique<Zero<T, D>>(stride););
 DATANAS_DEFINE_OP(MaxPool3x3, "max_pool_3x3",
-                  return std::make_unique<Pool3x3<T>>(true, c, stride, phase == Phase::kSearch););
+                  return std::make_unique<Pool3x3<T, D>>(true, c, stride, phase == Phase::kSearch););
 DATANAS_DEFINE_OP(AvgPool3x3, "avg_pool_3x3",
-                  return std::make_unique<Pool3x3<T>>(false, c, stride, phase == Phase::kSearch););
+                  return std::make_unique<Pool3x3<T, D>>(false, c, stride, phase == Phase::kSearch););
 DATANAS_DEFINE_OP(SkipConnect, "skip_connect",
-                  if (stride == 1) return std::make_unique<Identity<T>>();
-                  return std::make_unique<FactorizedReduce<T>>(c, c, affine, gen););
+                  if (stride == 1) return std::make_unique<Identity<T, D>>();
+                  return std::make_unique<FactorizedReduce<T, D>>(c, c, affine, gen););
 DATANAS_DEFINE_OP(SepConv3x3, "sep_conv_3x3",
-                  return std::make_unique<SepConv<T>>(c, 3, stride, 1, affine, gen););
+                  return std::make_unique<SepConv<T, D>>(c, 3, stride, 1, affine, gen););
 DATANAS_DEFINE_OP(SepConv5x5, "sep_conv_5x5",
-                  return std::make_unique<SepConv<T>>(c, 5, stride, 2, affine, gen););
+                  return std::make_unique<SepConv<T, D>>(c, 5, stride, 2, affine, gen););
 DATANAS_DEFINE_OP(DilConv3x3, "dil_conv_3x3",
-                  return std::make_unique<DilConv<T>>(c, 3, stride, 2, 2, affine, gen););
+                  return std::make_unique<DilConv<T, D>>(c, 3, stride, 2, 2, affine, gen););
 DATANAS_DEFINE_OP(DilConv5x5, "dil_conv_5x5",
-                  return std::make_unique<DilConv<T>>(c, 5, stride, 4, 2, affine, gen););
+                  return std::make_unique<DilConv<T, D>>(c, 5, stride, 4, 2, affine, gen););
 #undef DATANAS_DEFINE_OP
 
 /// What an op descriptor must provide: a compile-time name and a factory of OpModules.
@@ -228,6 +228,19 @@ concept OpDescriptor = requires(index_t c, int stride, Phase phase, PhiloxGenera
   { Op::kName } -> std::convertible_to<std::string_view>;
   { Op::template make<float>(c, stride, phase, gen) } -> std::same_as<OpPtr<float>>;
 };
+
+/// Op::make<T, D> when the descriptor is device-generic; descriptors written for the host only
+/// (`template <class T> static OpPtr<T> make(...)`) still work on the Cpu.
+template <class Op, class T, class D>
+OpPtr<T, D> make_op(index_t c, int stride, Phase phase, PhiloxGenerator& gen) {
+  if constexpr (requires { Op::template make<T, D>(c, stride, phase, gen); }) {
+    return Op::template make<T, D>(c, stride, phase, gen);
+  } else {
+    static_assert(is_cpu<D>, "this op descriptor has only make<T>() (host): give it "
+                             "template <class T, class D> static OpPtr<T, D> make(...) to run on a device");
+    return Op::template make<T>(c, stride, phase, gen);
+  }
+}
 
 /// A compile-time list of candidate operations; its order is the column order of alpha.
 template <OpDescriptor... Ops>
@@ -243,24 +256,24 @@ struct OpSet {
     return -1;
   }
   /// Builds op k (column k of alpha).
-  template <class T>
-  static OpPtr<T> make(int k, index_t c, int stride, Phase phase, PhiloxGenerator& gen) {
-    OpPtr<T> out;
+  template <class T, class D = Cpu>
+  static OpPtr<T, D> make(int k, index_t c, int stride, Phase phase, PhiloxGenerator& gen) {
+    OpPtr<T, D> out;
     int i = 0;
-    ((i++ == k ? (out = Ops::template make<T>(c, stride, phase, gen), 0) : 0), ...);
+    ((i++ == k ? (out = make_op<Ops, T, D>(c, stride, phase, gen), 0) : 0), ...);
     DATANAS_CHECK(out != nullptr, "OpSet: no op at index ", k);
     return out;
   }
   /// Builds the op called `name`; throws naming the known ops otherwise.
-  template <class T>
-  static OpPtr<T> make(std::string_view name, index_t c, int stride, Phase phase, PhiloxGenerator& gen) {
+  template <class T, class D = Cpu>
+  static OpPtr<T, D> make(std::string_view name, index_t c, int stride, Phase phase, PhiloxGenerator& gen) {
     const int k = index_of(name);
     if (k < 0) {
       std::string known;
       for (auto n : kNames) known += (known.empty() ? "" : ", ") + std::string(n);
       throw error(datanas::detail::concat("unknown op '", name, "' (known: ", known, ")"));
     }
-    return make<T>(k, c, stride, phase, gen);
+    return make<T, D>(k, c, stride, phase, gen);
   }
 };
 

@@ -50,8 +50,8 @@ inline bool is_reduction_cell(int i, int layers) {
 /// 8x8 maps of 32x32 inputs (DARTS' CIFAR head), s = 2 on the 7x7 maps of 28x28 inputs (the
 /// stride of DARTS' ImageNet head, whose input is also 7x7). Other sizes are rejected.
 /// Input [N, c, hw, hw]; output logits [N, classes].
-template <class T>
-class AuxiliaryHead : public nn::Module<T> {
+template <class T, class D = Cpu>
+class AuxiliaryHead : public nn::Module<T, D> {
  public:
   AuxiliaryHead(index_t c, int classes, index_t hw, PhiloxGenerator& gen)
       : stride_(pool_stride(hw)),
@@ -64,8 +64,8 @@ class AuxiliaryHead : public nn::Module<T> {
     this->register_module("features.6", bn2_);
     this->register_module("classifier", linear_);
   }
-  Var<T> operator()(const Var<T>& x) const {
-    Var<T> y = avg_pool2d(relu(x), 5, stride_, 0);
+  Var<T, D> operator()(const Var<T, D>& x) const {
+    Var<T, D> y = avg_pool2d(relu(x), 5, stride_, 0);
     y = relu(bn2_(conv2_(relu(bn1_(conv1_(y))))));
     DATANAS_ASSERT(y.shape().h() == 1 && y.shape().w() == 1);
     return linear_(global_avg_pool(y));  // [N, 768, 1, 1] -> [N, 768]: the flatten, exactly
@@ -82,16 +82,16 @@ class AuxiliaryHead : public nn::Module<T> {
 
  private:
   int stride_;
-  nn::Conv2d<T> conv1_;
-  nn::BatchNorm2d<T> bn1_;
-  nn::Conv2d<T> conv2_;
-  nn::BatchNorm2d<T> bn2_;
-  nn::Linear<T> linear_;
+  nn::Conv2d<T, D> conv1_;
+  nn::BatchNorm2d<T, D> bn1_;
+  nn::Conv2d<T, D> conv2_;
+  nn::BatchNorm2d<T, D> bn2_;
+  nn::Linear<T, D> linear_;
 };
 
 /// One discrete cell built from a CellGenotype (§1.3-1.4).
-template <class T, OpSetType Ops = DartsOps>
-class EvalCell : public nn::Module<T> {
+template <class T, OpSetType Ops = DartsOps, class D = Cpu>
+class EvalCell : public nn::Module<T, D> {
  public:
   static constexpr int kMaxNodes = 16;  ///< as SearchSpace
   static constexpr std::size_t kMaxStates = kMaxNodes + 2;
@@ -111,16 +111,16 @@ class EvalCell : public nn::Module<T> {
                       ", which a reduction cell does not downsample (only nodes, states >= 2, can be "
                       "concatenated)");
     if (reduction_prev)
-      pre0_ = std::make_unique<FactorizedReduce<T>>(c_pp, c, true, gen);
+      pre0_ = std::make_unique<FactorizedReduce<T, D>>(c_pp, c, true, gen);
     else
-      pre0_ = std::make_unique<ReLUConvBN<T>>(c_pp, c, 1, 1, 0, true, gen);
-    pre1_ = std::make_unique<ReLUConvBN<T>>(c_p, c, 1, 1, 0, true, gen);
+      pre0_ = std::make_unique<ReLUConvBN<T, D>>(c_pp, c, 1, 1, 0, true, gen);
+    pre1_ = std::make_unique<ReLUConvBN<T, D>>(c_p, c, 1, 1, 0, true, gen);
     this->register_module("preprocess0", *pre0_);
     this->register_module("preprocess1", *pre1_);
     for (std::size_t i = 0; i < g.nodes.size(); ++i)
       for (const search::OpInput& p : g.nodes[i]) {
         const int stride = reduction && p.input < 2 ? 2 : 1;
-        terms_.push_back({int(i), p.input, Ops::template make<T>(p.op, c, stride, Phase::kEval, gen)});
+        terms_.push_back({int(i), p.input, Ops::template make<T, D>(p.op, c, stride, Phase::kEval, gen)});
         this->register_module("_ops." + std::to_string(terms_.size() - 1), *terms_.back().op);
       }
   }
@@ -128,15 +128,15 @@ class EvalCell : public nn::Module<T> {
   /// s0, s1: outputs of cells k-2 and k-1 [N, c_pp | c_p, H, W]; returns [N, concat * c, H', W']
   /// (H' = ceil(H / 2) in reduction cells). In training, each non-identity op output goes
   /// through drop_path(drop_prob) with masks from `gen`.
-  Var<T> operator()(const Var<T>& s0, const Var<T>& s1, double drop_prob, PhiloxGenerator& gen) const {
+  Var<T, D> operator()(const Var<T, D>& s0, const Var<T, D>& s1, double drop_prob, PhiloxGenerator& gen) const {
     // Fixed-size arrays: a training step allocates nothing on the heap after the first.
-    std::array<Var<T>, kMaxStates> states, relus;
+    std::array<Var<T, D>, kMaxStates> states, relus;
     states[0] = (*pre0_)(s0);
     states[1] = (*pre1_)(s1);
     const bool drop = this->training() && drop_prob > 0;
     for (const Term& t : terms_) {
       const auto in = std::size_t(t.input);
-      Var<T> y;
+      Var<T, D> y;
       if (t.op->relu_first()) {
         // Several ops on one input (DATA cells) share its ReLU: same values, one activation.
         if (!relus[in].defined()) relus[in] = relu(states[in]);
@@ -145,13 +145,13 @@ class EvalCell : public nn::Module<T> {
         y = (*t.op)(states[in]);
       }
       if (drop && !t.op->is_identity() && !t.op->is_zero()) y = drop_path(y, drop_prob, true, gen);
-      Var<T>& node = states[std::size_t(t.node) + 2];
+      Var<T, D>& node = states[std::size_t(t.node) + 2];
       node = node.defined() ? add(node, y) : y;
     }
-    std::array<Var<T>, kMaxStates> out;  // concat has no repeats: at most kMaxStates entries
+    std::array<Var<T, D>, kMaxStates> out;  // concat has no repeats: at most kMaxStates entries
     std::size_t n = 0;
     for (int k : genotype_.concat) out[n++] = states[std::size_t(k)];
-    return concat_channels<T, Cpu>(std::span<const Var<T>>(out.data(), n));
+    return concat_channels<T, D>(std::span<const Var<T, D>>(out.data(), n));
   }
 
   [[nodiscard]] bool reduction() const { return reduction_; }
@@ -159,31 +159,31 @@ class EvalCell : public nn::Module<T> {
   [[nodiscard]] index_t out_channels() const { return index_t(genotype_.concat.size()) * c_; }
   /// Ops of the cell in genotype order (node by node, term by term).
   [[nodiscard]] int num_terms() const { return int(terms_.size()); }
-  [[nodiscard]] const OpModule<T>& term(int k) const { return *terms_[std::size_t(k)].op; }
+  [[nodiscard]] const OpModule<T, D>& term(int k) const { return *terms_[std::size_t(k)].op; }
 
  private:
   struct Term {
     int node, input;
-    OpPtr<T> op;
+    OpPtr<T, D> op;
   };
   search::CellGenotype genotype_;
   index_t c_;
   bool reduction_;
-  std::unique_ptr<OpModule<T>> pre0_, pre1_;
+  std::unique_ptr<OpModule<T, D>> pre0_, pre1_;
   std::vector<Term> terms_;
 };
 
 /// What a training loop needs of a classifier with drop path and an optional auxiliary head,
 /// independent of its op set (so the loop is compiled once per scalar type).
-template <class T>
-class TrainNetwork : public nn::Module<T> {
+template <class T, class D = Cpu>
+class TrainNetwork : public nn::Module<T, D> {
  public:
   struct Output {
-    Var<T> logits;  ///< [N, classes]
-    Var<T> aux;     ///< [N, classes] in training with an auxiliary head; undefined otherwise
+    Var<T, D> logits;  ///< [N, classes]
+    Var<T, D> aux;     ///< [N, classes] in training with an auxiliary head; undefined otherwise
   };
   /// x [N, in_channels, H, W]; drop-path masks (training only) come from `gen`.
-  virtual Output forward(const Var<T>& x, PhiloxGenerator& gen) const = 0;
+  virtual Output forward(const Var<T, D>& x, PhiloxGenerator& gen) const = 0;
   /// Drop-path probability of the next forwards (the trainer ramps it: p * epoch / epochs).
   void set_drop_path_prob(double p) {
     DATANAS_CHECK(p >= 0 && p < 1, "drop path probability must be in [0, 1), got ", p);
@@ -195,7 +195,7 @@ class TrainNetwork : public nn::Module<T> {
   /// contain "auxiliary".
   [[nodiscard]] index_t parameter_count_without_auxiliary() const {
     index_t n = 0;
-    this->visit_parameters([&](const std::string& name, const Var<T>& v) {
+    this->visit_parameters([&](const std::string& name, const Var<T, D>& v) {
       if (name.find("auxiliary") == std::string::npos) n += v.value().numel();
     });
     return n;
@@ -206,10 +206,10 @@ class TrainNetwork : public nn::Module<T> {
 };
 
 /// The evaluation network of a genotype over the op set `Ops`.
-template <class T, OpSetType Ops = DartsOps>
-class EvalNetwork : public TrainNetwork<T> {
+template <class T, OpSetType Ops = DartsOps, class D = Cpu>
+class EvalNetwork : public TrainNetwork<T, D> {
  public:
-  using Output = typename TrainNetwork<T>::Output;
+  using Output = typename TrainNetwork<T, D>::Output;
 
   EvalNetwork(const search::Genotype& g, const EvalNetworkConfig& cfg, PhiloxGenerator& gen)
       : genotype_(g), cfg_(cfg),
@@ -248,25 +248,25 @@ class EvalNetwork : public TrainNetwork<T> {
       }
     }
     if (cfg.auxiliary) {
-      aux_ = std::make_unique<AuxiliaryHead<T>>(aux_c, cfg.num_classes, aux_hw, gen);
+      aux_ = std::make_unique<AuxiliaryHead<T, D>>(aux_c, cfg.num_classes, aux_hw, gen);
       this->register_module("auxiliary_head", *aux_);
     }
-    head_ = std::make_unique<nn::Linear<T>>(c_p, cfg.num_classes, true, gen);
+    head_ = std::make_unique<nn::Linear<T, D>>(c_p, cfg.num_classes, true, gen);
     this->register_module("classifier", *head_);
   }
 
   /// Logits [N, classes] for x [N, in_channels, image_size, image_size]; aux logits in training.
-  Output forward(const Var<T>& x, PhiloxGenerator& gen) const override {
+  Output forward(const Var<T, D>& x, PhiloxGenerator& gen) const override {
     DATANAS_CHECK(x.shape().rank() == 4 && x.shape().c() == cfg_.in_channels &&
                       x.shape().h() == cfg_.image_size && x.shape().w() == cfg_.image_size,
                   "evaluation network: input ", x.shape().str(), " does not match the network's [N, ",
                   cfg_.in_channels, ", ", cfg_.image_size, ", ", cfg_.image_size, "]");
     Output out;
     const double p = this->drop_path_prob();
-    Var<T> s0 = stem_bn_(stem_conv_(x));
-    Var<T> s1 = s0;
+    Var<T, D> s0 = stem_bn_(stem_conv_(x));
+    Var<T, D> s1 = s0;
     for (int i = 0; i < int(cells_.size()); ++i) {
-      Var<T> y = (*cells_[std::size_t(i)])(s0, s1, p, gen);
+      Var<T, D> y = (*cells_[std::size_t(i)])(s0, s1, p, gen);
       s0 = s1;
       s1 = y;
       if (i == aux_index() && aux_ && this->training()) out.aux = (*aux_)(s1);
@@ -279,19 +279,19 @@ class EvalNetwork : public TrainNetwork<T> {
   [[nodiscard]] const search::Genotype& genotype() const { return genotype_; }
   [[nodiscard]] const EvalNetworkConfig& config() const { return cfg_; }
   [[nodiscard]] int num_cells() const { return int(cells_.size()); }
-  [[nodiscard]] const EvalCell<T, Ops>& cell(int i) const { return *cells_[std::size_t(i)]; }
+  [[nodiscard]] const EvalCell<T, Ops, D>& cell(int i) const { return *cells_[std::size_t(i)]; }
   /// The cell whose output feeds the auxiliary head: 2L/3.
   [[nodiscard]] int aux_index() const { return 2 * cfg_.layers / 3; }
 
  private:
-  using Cell = EvalCell<T, Ops>;
+  using Cell = EvalCell<T, Ops, D>;
   search::Genotype genotype_;
   EvalNetworkConfig cfg_;
-  nn::Conv2d<T> stem_conv_;
-  nn::BatchNorm2d<T> stem_bn_;
+  nn::Conv2d<T, D> stem_conv_;
+  nn::BatchNorm2d<T, D> stem_bn_;
   std::vector<std::unique_ptr<Cell>> cells_;
-  std::unique_ptr<AuxiliaryHead<T>> aux_;
-  std::unique_ptr<nn::Linear<T>> head_;
+  std::unique_ptr<AuxiliaryHead<T, D>> aux_;
+  std::unique_ptr<nn::Linear<T, D>> head_;
 };
 
 }  // namespace datanas::spaces

@@ -54,27 +54,27 @@ concept SearchSpaceType = requires {
 
 /// sum_k w[offset + k] * op_k(x) over the K candidate ops of one edge. In sparse mode ops with
 /// weight 0 do not run (their term is a symbolic zero, so their weight's gradient is 0).
-template <class T, class Ops>
-class MixedOp : public nn::Module<T> {
+template <class T, class Ops, class D = Cpu>
+class MixedOp : public nn::Module<T, D> {
  public:
   MixedOp(index_t c, int stride, PhiloxGenerator& gen) : stride_(stride) {
     for (int k = 0; k < Ops::kSize; ++k) {
-      ops_[std::size_t(k)] = Ops::template make<T>(k, c, stride, Phase::kSearch, gen);
+      ops_[std::size_t(k)] = Ops::template make<T, D>(k, c, stride, Phase::kSearch, gen);
       this->register_module("_ops." + std::to_string(k), *ops_[std::size_t(k)]);
     }
   }
-  /// w: the cell type's flat weights [E * K]; `offset` = edge * K.
-  Var<T> operator()(const Var<T>& x, const Var<T>& w, index_t offset, bool sparse) const {
-    Var<T> terms[Ops::kSize];
+  /// w: the cell type's flat weights [E * K]; `offset` = edge * K. Sparse mode: `host_w` is a
+  /// host copy of w, read to skip the ops of weight 0; nullptr runs every op (dense).
+  Var<T, D> operator()(const Var<T, D>& x, const Var<T, D>& w, index_t offset, const T* host_w) const {
+    Var<T, D> terms[Ops::kSize];
     int idx[Ops::kSize];
-    const T* wp = w.value().data();
     const Shape& s = x.shape();
     const Shape out_shape{s.n(), s.c(), strided_size(s.h(), stride_), strided_size(s.w(), stride_)};
-    Var<T> r;  // relu(x), shared by every op of the edge that starts with ReLU
+    Var<T, D> r;  // relu(x), shared by every op of the edge that starts with ReLU
     for (int k = 0; k < Ops::kSize; ++k) {
       idx[k] = int(offset + k);
-      const OpModule<T>& op = *ops_[std::size_t(k)];
-      if (op.is_zero() || (sparse && wp[offset + k] == T(0))) continue;
+      const OpModule<T, D>& op = *ops_[std::size_t(k)];
+      if (op.is_zero() || (host_w && host_w[offset + k] == T(0))) continue;
       if (op.relu_first()) {
         if (!r.defined()) r = relu(x);
         terms[k] = op.from_relu(r);
@@ -84,21 +84,21 @@ class MixedOp : public nn::Module<T> {
       DATANAS_ASSERT(terms[k].shape() == out_shape);
     }
     for (int k = 0; k < Ops::kSize; ++k)
-      if (!terms[k].defined()) terms[k] = zeros<T>(out_shape);
-    return weighted_sum(std::span<const Var<T>>(terms, std::size_t(Ops::kSize)), w,
+      if (!terms[k].defined()) terms[k] = zeros<T, D>(out_shape);
+    return weighted_sum<T, D>(std::span<const Var<T, D>>(terms, std::size_t(Ops::kSize)), w,
                         std::span<const int>(idx, std::size_t(Ops::kSize)));
   }
-  [[nodiscard]] const OpModule<T>& op(int k) const { return *ops_[std::size_t(k)]; }
+  [[nodiscard]] const OpModule<T, D>& op(int k) const { return *ops_[std::size_t(k)]; }
 
  private:
   int stride_;
-  std::array<OpPtr<T>, std::size_t(Ops::kSize)> ops_;
+  std::array<OpPtr<T, D>, std::size_t(Ops::kSize)> ops_;
 };
 
 /// One search cell. It depends on the op set and the cell's shape only, not on the estimator
 /// or the granularity, so every estimator of a space shares one instantiation of the heavy code.
-template <class T, OpSetType Ops, int Nodes, int Multiplier>
-class SearchCell : public nn::Module<T> {
+template <class T, OpSetType Ops, int Nodes, int Multiplier, class D = Cpu>
+class SearchCell : public nn::Module<T, D> {
   static constexpr int kOps = Ops::kSize;
   static constexpr int kEdges = Nodes * (Nodes + 3) / 2;
 
@@ -106,63 +106,66 @@ class SearchCell : public nn::Module<T> {
   SearchCell(index_t c_pp, index_t c_p, index_t c, bool reduction, bool reduction_prev, PhiloxGenerator& gen)
       : reduction_(reduction) {
     if (reduction_prev)
-      pre0_ = std::make_unique<FactorizedReduce<T>>(c_pp, c, false, gen);
+      pre0_ = std::make_unique<FactorizedReduce<T, D>>(c_pp, c, false, gen);
     else
-      pre0_ = std::make_unique<ReLUConvBN<T>>(c_pp, c, 1, 1, 0, false, gen);
-    pre1_ = std::make_unique<ReLUConvBN<T>>(c_p, c, 1, 1, 0, false, gen);
+      pre0_ = std::make_unique<ReLUConvBN<T, D>>(c_pp, c, 1, 1, 0, false, gen);
+    pre1_ = std::make_unique<ReLUConvBN<T, D>>(c_p, c, 1, 1, 0, false, gen);
     this->register_module("preprocess0", *pre0_);
     this->register_module("preprocess1", *pre1_);
     int e = 0;
     for (int i = 0; i < Nodes; ++i)
       for (int j = 0; j < 2 + i; ++j, ++e) {
         const int stride = reduction && j < 2 ? 2 : 1;
-        edges_[std::size_t(e)] = std::make_unique<MixedOp<T, Ops>>(c, stride, gen);
+        edges_[std::size_t(e)] = std::make_unique<MixedOp<T, Ops, D>>(c, stride, gen);
         this->register_module("_ops." + std::to_string(e), *edges_[std::size_t(e)]);
       }
   }
 
-  /// s0, s1: outputs of cells k-2 and k-1. w: this cell type's weights [E * K].
-  Var<T> operator()(const Var<T>& s0, const Var<T>& s1, const Var<T>& w, bool sparse) const {
-    std::array<Var<T>, std::size_t(Nodes + 2)> states;
+  /// s0, s1: outputs of cells k-2 and k-1. w: this cell type's weights [E * K]; host_w: its host
+  /// copy in sparse mode, nullptr in dense mode (MixedOp).
+  Var<T, D> operator()(const Var<T, D>& s0, const Var<T, D>& s1, const Var<T, D>& w, const T* host_w) const {
+    std::array<Var<T, D>, std::size_t(Nodes + 2)> states;
     states[0] = (*pre0_)(s0);
     states[1] = (*pre1_)(s1);
     int e = 0;
     for (int i = 0; i < Nodes; ++i) {
-      Var<T> node;
+      Var<T, D> node;
       for (int j = 0; j < 2 + i; ++j, ++e) {
-        Var<T> term = (*edges_[std::size_t(e)])(states[std::size_t(j)], w, index_t(e) * kOps, sparse);
+        Var<T, D> term = (*edges_[std::size_t(e)])(states[std::size_t(j)], w, index_t(e) * kOps, host_w);
         node = node.defined() ? add(node, term) : term;
       }
       states[std::size_t(i + 2)] = node;
     }
-    return concat_channels<T, Cpu>(std::span<const Var<T>>(states.data() + 2 + Nodes - Multiplier,
+    return concat_channels<T, D>(std::span<const Var<T, D>>(states.data() + 2 + Nodes - Multiplier,
                                                            std::size_t(Multiplier)));
   }
   [[nodiscard]] bool reduction() const { return reduction_; }
 
  private:
   bool reduction_;
-  std::unique_ptr<OpModule<T>> pre0_, pre1_;
-  std::array<std::unique_ptr<MixedOp<T, Ops>>, std::size_t(kEdges)> edges_;
+  std::unique_ptr<OpModule<T, D>> pre0_, pre1_;
+  std::array<std::unique_ptr<MixedOp<T, Ops, D>>, std::size_t(kEdges)> edges_;
 };
 
 /// What the search loop needs of a supernet, independent of its compile-time space: the one
 /// place where the runtime and compile-time worlds meet, so the loop (and everything else that
 /// only drives a search) is compiled once per scalar type, not once per space.
-template <class T>
-class SearchNetwork : public nn::Module<T> {
+template <class T, class D = Cpu>
+class SearchNetwork : public nn::Module<T, D> {
  public:
+  using device_type = D;
+
   /// Logits [N, classes] under explicit mixing weights [E * K] of each cell type.
-  virtual Var<T> forward(const Var<T>& x, const Var<T>& w_normal, const Var<T>& w_reduce,
+  virtual Var<T, D> forward(const Var<T, D>& x, const Var<T, D>& w_normal, const Var<T, D>& w_reduce,
                          bool sparse) const = 0;
   /// The estimator's mixing weights for one cell type's alpha (one sample per call).
-  virtual Var<T> mixing_weights(const Var<T>& alpha, const estimators::EstimatorConfig& ec,
+  virtual Var<T, D> mixing_weights(const Var<T, D>& alpha, const estimators::EstimatorConfig& ec,
                                 PhiloxGenerator& gen) const = 0;
   /// Samples both cell types' weights and runs the network (sparse only for hard estimators).
-  Var<T> forward(const Var<T>& x, const estimators::EstimatorConfig& ec, PhiloxGenerator& gen,
+  Var<T, D> forward(const Var<T, D>& x, const estimators::EstimatorConfig& ec, PhiloxGenerator& gen,
                  bool sparse) const {
-    Var<T> wn = mixing_weights(alpha_normal(), ec, gen);
-    Var<T> wr = mixing_weights(alpha_reduce(), ec, gen);
+    Var<T, D> wn = mixing_weights(alpha_normal(), ec, gen);
+    Var<T, D> wr = mixing_weights(alpha_reduce(), ec, gen);
     return forward(x, wn, wr, sparse && hard_estimator());
   }
   [[nodiscard]] virtual GroupLayout layout() const = 0;
@@ -170,11 +173,11 @@ class SearchNetwork : public nn::Module<T> {
   [[nodiscard]] virtual estimators::Kind estimator_kind() const = 0;
   [[nodiscard]] virtual int ensemble_size() const = 0;  ///< M (1 for non-ensemble estimators)
   [[nodiscard]] virtual std::span<const std::string_view> op_names() const = 0;
-  [[nodiscard]] virtual const Var<T>& alpha_normal() const = 0;
-  [[nodiscard]] virtual const Var<T>& alpha_reduce() const = 0;
-  [[nodiscard]] std::vector<Var<T>> alphas() const { return {alpha_normal(), alpha_reduce()}; }
+  [[nodiscard]] virtual const Var<T, D>& alpha_normal() const = 0;
+  [[nodiscard]] virtual const Var<T, D>& alpha_reduce() const = 0;
+  [[nodiscard]] std::vector<Var<T, D>> alphas() const { return {alpha_normal(), alpha_reduce()}; }
   /// The network weights (everything but alpha).
-  [[nodiscard]] std::vector<Var<T>> weights() const { return this->parameters(); }
+  [[nodiscard]] std::vector<Var<T, D>> weights() const { return this->parameters(); }
 };
 
 /// Sizes of a supernet (runtime: data decides them).
@@ -187,8 +190,8 @@ struct SupernetConfig {
   Normalize normalize = Normalize::kSoftmax;  ///< relu: alpha initialised at 1 + 1e-3 N(0, 1)
 };
 
-template <class T, SearchSpaceType S>
-class Supernet : public SearchNetwork<T> {
+template <class T, SearchSpaceType S, class D = Cpu>
+class Supernet : public SearchNetwork<T, D> {
  public:
   using Space = S;
 
@@ -211,32 +214,40 @@ class Supernet : public SearchNetwork<T> {
       c_pp = c_p;
       c_p = S::kMultiplier * c;
     }
-    head_ = std::make_unique<nn::Linear<T>>(c_p, cfg.num_classes, true, gen);
+    head_ = std::make_unique<nn::Linear<T, D>>(c_p, cfg.num_classes, true, gen);
     this->register_module("classifier", *head_);
     // alpha ~ 1e-3 N(0, 1) (DARTS), or 1 + 1e-3 N(0, 1) for relu normalisation (DATA code).
     const double shift = cfg.normalize == Normalize::kRelu ? 1.0 : 0.0;
-    for (Var<T>* a : {&alpha_normal_, &alpha_reduce_}) {
+    for (Var<T, D>* a : {&alpha_normal_, &alpha_reduce_}) {
       Tensor<T> t = Tensor<T>::empty({S::kEdges, S::kOps});
       for (index_t i = 0; i < t.numel(); ++i) t[i] = T(shift + 1e-3 * gen.normal());
-      *a = Var<T>(t, true);
+      *a = Var<T, D>(to_device_of<D>(t), true);
     }
   }
 
-  using SearchNetwork<T>::forward;
+  using SearchNetwork<T, D>::forward;
 
   /// Logits [N, classes] for x [N, in_channels, H, W] under the given mixing weights.
-  Var<T> forward(const Var<T>& x, const Var<T>& w_normal, const Var<T>& w_reduce, bool sparse) const override {
-    Var<T> s0 = stem_bn_(stem_conv_(x));
-    Var<T> s1 = s0;
+  Var<T, D> forward(const Var<T, D>& x, const Var<T, D>& w_normal, const Var<T, D>& w_reduce, bool sparse) const override {
+    // Sparse mode decides on the host which ops run: one copy of each cell type's weights per
+    // step (on a device, the step's one synchronisation besides logging).
+    Tensor<T, Cpu> host_n, host_r;
+    if (sparse) {
+      host_n = to_cpu(w_normal.value());
+      host_r = to_cpu(w_reduce.value());
+    }
+    Var<T, D> s0 = stem_bn_(stem_conv_(x));
+    Var<T, D> s1 = s0;
     for (const auto& cell : cells_) {
-      Var<T> out = (*cell)(s0, s1, cell->reduction() ? w_reduce : w_normal, sparse);
+      Var<T, D> out = (*cell)(s0, s1, cell->reduction() ? w_reduce : w_normal,
+                              cell->reduction() ? host_r.data() : host_n.data());
       s0 = s1;
       s1 = out;
     }
     return (*head_)(global_avg_pool(s1));
   }
 
-  Var<T> mixing_weights(const Var<T>& alpha, const estimators::EstimatorConfig& ec,
+  Var<T, D> mixing_weights(const Var<T, D>& alpha, const estimators::EstimatorConfig& ec,
                         PhiloxGenerator& gen) const override {
     return estimators::weights<typename S::EstimatorT>(alpha, S::layout(), ec, gen);
   }
@@ -245,20 +256,20 @@ class Supernet : public SearchNetwork<T> {
   [[nodiscard]] estimators::Kind estimator_kind() const override { return S::EstimatorT::kKind; }
   [[nodiscard]] int ensemble_size() const override { return S::EstimatorT::kM; }
   [[nodiscard]] std::span<const std::string_view> op_names() const override { return S::OpSetT::kNames; }
-  [[nodiscard]] const Var<T>& alpha_normal() const override { return alpha_normal_; }
-  [[nodiscard]] const Var<T>& alpha_reduce() const override { return alpha_reduce_; }
+  [[nodiscard]] const Var<T, D>& alpha_normal() const override { return alpha_normal_; }
+  [[nodiscard]] const Var<T, D>& alpha_reduce() const override { return alpha_reduce_; }
   [[nodiscard]] const SupernetConfig& config() const { return cfg_; }
   [[nodiscard]] int num_cells() const { return int(cells_.size()); }
   [[nodiscard]] const auto& cell(int i) const { return *cells_[std::size_t(i)]; }
 
  private:
   SupernetConfig cfg_;
-  nn::Conv2d<T> stem_conv_;
-  nn::BatchNorm2d<T> stem_bn_;
-  using Cell = SearchCell<T, typename S::OpSetT, S::kNodes, S::kMultiplier>;
+  nn::Conv2d<T, D> stem_conv_;
+  nn::BatchNorm2d<T, D> stem_bn_;
+  using Cell = SearchCell<T, typename S::OpSetT, S::kNodes, S::kMultiplier, D>;
   std::vector<std::unique_ptr<Cell>> cells_;
-  std::unique_ptr<nn::Linear<T>> head_;
-  Var<T> alpha_normal_, alpha_reduce_;  // not registered: parameters() are the weights only
+  std::unique_ptr<nn::Linear<T, D>> head_;
+  Var<T, D> alpha_normal_, alpha_reduce_;  // not registered: parameters() are the weights only
 };
 
 }  // namespace datanas::spaces

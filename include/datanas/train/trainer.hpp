@@ -80,8 +80,8 @@ void predictions(const Tensor<T>& logits, std::vector<int>& out) {
 
 /// Runs the forward of `net` in evaluation mode over `set` (its first `limit` images; 0 = all)
 /// in batches of `batch_size`, the last one partial; restores the module's mode afterwards.
-template <class T>
-EvalResult evaluate(spaces::TrainNetwork<T>& net, const data::LabelledImages& set, data::ChannelNorm norm,
+template <class T, class D>
+EvalResult evaluate(spaces::TrainNetwork<T, D>& net, const data::LabelledImages& set, data::ChannelNorm norm,
                     long batch_size, int classes, long limit = 0) {
   DATANAS_CHECK(batch_size >= 1, "evaluate: batch size must be >= 1, got ", batch_size);
   const index_t total = limit > 0 ? std::min<index_t>(set.size(), limit) : set.size();
@@ -105,11 +105,11 @@ EvalResult evaluate(spaces::TrainNetwork<T>& net, const data::LabelledImages& se
     Tensor<T> x = Tensor<T>::empty({b, s.c(), s.h(), s.w()});
     Tensor<std::int32_t> y = Tensor<std::int32_t>::empty({b});
     data::gather_normalized<T>(set, rows, norm, x, y);
-    const Var<T> logits = net.forward(Var<T>(x), unused).logits;
+    const Var<T, D> logits = net.forward(Var<T, D>(to_device_of<D>(x)), unused).logits;
     DATANAS_CHECK(logits.shape()[1] == classes, "evaluate: the network has ", logits.shape()[1],
                   " outputs, the data ", classes, " classes");
-    loss_sum += double(cross_entropy(logits, y).value()[0]) * double(b);
-    predictions(logits.value(), pred);
+    loss_sum += double(to_cpu(cross_entropy(logits, to_device_of<D>(y)).value())[0]) * double(b);
+    predictions(to_cpu(logits.value()), pred);
     for (index_t i = 0; i < b; ++i) {
       const int truth = y[i];
       DATANAS_CHECK(truth >= 0 && truth < classes, "evaluate: label ", truth, " of image ", start + i,
@@ -125,11 +125,13 @@ EvalResult evaluate(spaces::TrainNetwork<T>& net, const data::LabelledImages& se
   return r;
 }
 
-/// The training loop over any TrainNetwork (compiled once per scalar type).
-template <class T>
+/// The training loop over any TrainNetwork (compiled once per scalar type and device). Batches
+/// are assembled on the host and copied to D; a device step synchronises once, to read the loss
+/// and the predictions for the log.
+template <class T, class D = Cpu>
 class Trainer {
  public:
-  Trainer(spaces::TrainNetwork<T>& net, const data::LabelledImages& train, data::ChannelNorm norm,
+  Trainer(spaces::TrainNetwork<T, D>& net, const data::LabelledImages& train, data::ChannelNorm norm,
           TrainConfig cfg)
       : net_(net), train_(train), norm_(norm), cfg_(cfg), weights_(net.parameters()),
         opt_(weights_, cfg.lr, cfg.momentum, cfg.weight_decay),
@@ -173,18 +175,19 @@ class Trainer {
       const auto batch = std::span<const index_t>(rows).subspan(std::size_t(s * cfg_.batch_size),
                                                                std::size_t(cfg_.batch_size));
       load_batch(batch);
-      const auto out = net_.forward(Var<T>(x_), drop_gen_);
-      Var<T> loss = cross_entropy(out.logits, y_);
+      const auto out = net_.forward(Var<T, D>(to_device_of<D>(x_)), drop_gen_);
+      const Tensor<std::int32_t, D> y = to_device_of<D>(y_);
+      Var<T, D> loss = cross_entropy(out.logits, y);
       if (out.aux.defined() && cfg_.auxiliary_weight > 0)
-        loss = add(loss, scale(cross_entropy(out.aux, y_), T(cfg_.auxiliary_weight)));
-      const double l = double(loss.value()[0]);
+        loss = add(loss, scale(cross_entropy(out.aux, y), T(cfg_.auxiliary_weight)));
+      const double l = double(to_cpu(loss.value())[0]);
       DATANAS_CHECK(std::isfinite(l), "training diverged: loss is ", l, " at epoch ", st.epoch, " step ",
                     s + 1, " (lower --lr, or check the data)");
       opt_.zero_grad();
       backward(loss);
-      optim::clip_grad_norm<T, Cpu>(weights_, cfg_.grad_clip);
+      optim::clip_grad_norm<T, D>(weights_, cfg_.grad_clip);  // on a device: no synchronisation
       opt_.step();
-      predictions(out.logits.value(), pred);
+      predictions(to_cpu(out.logits.value()), pred);
       for (index_t i = 0; i < cfg_.batch_size; ++i) correct += pred[std::size_t(i)] == y_[i];
       loss_sum += l;
       if (bar) bar->update(s + 1, loss_sum / double(s + 1), double(correct) / double((s + 1) * cfg_.batch_size),
@@ -201,7 +204,7 @@ class Trainer {
 
   void save(io::Checkpoint& ck) const {
     io::put_module(ck, "model.", net_);
-    io::put_optimizer(ck, "opt.", const_cast<optim::SGD<T>&>(opt_));
+    io::put_optimizer(ck, "opt.", const_cast<optim::SGD<T, D>&>(opt_));
     io::put_generator(ck, "gen.data", data_gen_);
     io::put_generator(ck, "gen.aug", aug_gen_);
     io::put_generator(ck, "gen.drop", drop_gen_);
@@ -227,12 +230,12 @@ class Trainer {
     if (cfg_.cutout > 0) data::cutout(x_, cfg_.cutout, aug_gen_);
   }
 
-  spaces::TrainNetwork<T>& net_;
+  spaces::TrainNetwork<T, D>& net_;
   const data::LabelledImages& train_;
   data::ChannelNorm norm_;
   TrainConfig cfg_;
-  std::vector<Var<T>> weights_;
-  optim::SGD<T> opt_;
+  std::vector<Var<T, D>> weights_;
+  optim::SGD<T, D> opt_;
   PhiloxGenerator data_gen_, aug_gen_, drop_gen_;
   long epoch_ = 0;
   Tensor<T> x_;

@@ -34,6 +34,15 @@ struct ElementwiseOps {
   static void copy(const DTensor<T>& dst, const DTensor<T>& src) {
     cuda::copy(dst, src);
   }
+  /// Host -> device (datanas::to_device_of) and device -> host (datanas::to_cpu; synchronises).
+  template <class T>
+  static DTensor<T> upload(const Tensor<T, Cpu>& host) {
+    return cuda::to_device(host);
+  }
+  template <class T>
+  static Tensor<T, Cpu> download(const DTensor<T>& dev) {
+    return cuda::to_host(dev);
+  }
   /// y = a + b.
   template <class T>
   static void add(const DTensor<T>& a, const DTensor<T>& b, const DTensor<T>& y) {
