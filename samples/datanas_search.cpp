@@ -13,6 +13,7 @@
 #include "datanas/data/cifar10.hpp"
 #include "datanas/datanas.hpp"
 #include "datanas/io/args.hpp"
+#include "datanas/io/device.hpp"
 #include "datanas/io/files.hpp"
 #include "datanas/io/json.hpp"
 #include "datanas/io/run.hpp"
@@ -32,6 +33,7 @@ struct Options {
   bool sparse = false, resume = false, dry_run = false;
   std::uint64_t seed = 1;
   std::string out = "out/search";
+  std::string device = "cpu";
 
   /// The flags that fix the network and the data: a checkpoint only resumes under the same.
   [[nodiscard]] std::string identity() const {
@@ -75,8 +77,8 @@ Data load_data(const Options& o) {
 
 /// {"normal": [[p per op] per edge], "reduce": [...]}: the estimator's probabilities (softmax
 /// or relu per group), 4 decimals.
-template <class T>
-std::string probabilities_json(const spaces::SearchNetwork<T>& net, search::Normalize normalize) {
+template <class T, class D>
+std::string probabilities_json(const spaces::SearchNetwork<T, D>& net, search::Normalize normalize) {
   NoGradGuard ng;
   PhiloxGenerator unused(0);
   std::ostringstream s;
@@ -85,9 +87,9 @@ std::string probabilities_json(const spaces::SearchNetwork<T>& net, search::Norm
   s << '{';
   const char* names[] = {"normal", "reduce"};
   int which = 0;
-  for (const Var<T>* a : {&net.alpha_normal(), &net.alpha_reduce()}) {
+  for (const Var<T, D>* a : {&net.alpha_normal(), &net.alpha_reduce()}) {
     const auto layout = net.layout();
-    auto p = estimators::group_probabilities(*a, layout, normalize, unused).value();
+    auto p = to_cpu(estimators::group_probabilities(*a, layout, normalize, unused).value());
     s << (which ? ", " : "") << '"' << names[which] << "\": [";
     for (int e = 0; e < layout.edges(); ++e) {
       s << (e ? ", [" : "[");
@@ -108,8 +110,9 @@ search::DeriveRule derive_rule(const Options& o) {
   return o.estimator == "egs" ? search::DeriveRule::kData : search::DeriveRule::kDarts;
 }
 
-/// Everything after the network is built: compiled once, whatever the search space.
-int search_with(spaces::SearchNetwork<float>& net, const Options& o, const Data& d, search::Normalize normalize) {
+/// Everything after the network is built: compiled once per device, whatever the search space.
+template <class D>
+int search_with(spaces::SearchNetwork<float, D>& net, const Options& o, const Data& d, search::Normalize normalize) {
   using T = float;
   search::SearchConfig sc;
   sc.epochs = o.epochs;
@@ -124,7 +127,7 @@ int search_with(spaces::SearchNetwork<float>& net, const Options& o, const Data&
   sc.crop_pad = d.crop_pad;
   sc.seed = o.seed;
   data::ChannelNorm norm{d.mean, d.std};
-  search::Searcher<T> searcher(net, d.train, norm, sc);
+  search::Searcher<T, D> searcher(net, d.train, norm, sc);
   searcher.set_normalize(normalize);
 
   const std::string ckpt_path = o.out + "/checkpoint", log_path = o.out + "/log.csv";
@@ -216,12 +219,15 @@ int run(const Options& o) {
   spaces::SupernetConfig nc{.init_channels = o.init_channels, .layers = int(o.layers),
                             .in_channels = o.dataset == "fashion-mnist" ? 1 : 3, .num_classes = 10,
                             .normalize = normalize};
-  spaces::Supernet<float, Space> net(nc, init_gen);
-  if (o.dry_run) {
-    std::printf("param size = %.6fMB\n", double(net.parameter_count()) / 1e6);
-    return 0;
-  }
-  return search_with(net, o, d, normalize);
+  auto go = [&]<class D>() {
+    spaces::Supernet<float, Space, D> net(nc, init_gen);
+    if (o.dry_run) {
+      std::printf("param size = %.6fMB\n", double(net.parameter_count()) / 1e6);
+      return 0;
+    }
+    return search_with<D>(net, o, d, normalize);
+  };
+  return io::with_device(o.device, go);
 }
 
 /// The one runtime-to-compile-time switch: estimator x M x granularity (estimators::with_estimator)
@@ -268,6 +274,7 @@ int main(int argc, char** argv) try {
       .add("nodes", &o.nodes, "intermediate nodes per cell (2 to 5)")
       .add("train-limit", &o.train_limit, "use only the first N training images (0 = all)")
       .add("seed", &o.seed, "random seed")
+      .add_choice("device", &o.device, {"cpu", "cuda"}, "where the search runs (a checkpoint resumes on either)")
       .add("out", &o.out, "output directory")
       .add("resume", &o.resume, "continue from OUT/checkpoint")
       .add("stop-after", &o.stop_after, "stop cleanly after N epochs of this run (0 = never)")

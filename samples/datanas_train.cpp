@@ -14,6 +14,7 @@
 #include "datanas/data/cifar10.hpp"
 #include "datanas/data/idx.hpp"
 #include "datanas/io/args.hpp"
+#include "datanas/io/device.hpp"
 #include "datanas/io/files.hpp"
 #include "datanas/io/json.hpp"
 #include "datanas/io/run.hpp"
@@ -26,6 +27,7 @@ namespace {
 
 struct Options {
   std::string genotype = "DARTS_V2", dataset = "cifar10", data_dir, out = "out/train", model;
+  std::string device = "cpu";
   long init_channels = 36, layers = 20, epochs = 10, batch_size = 96, train_limit = 0, test_limit = 0;
   long cutout = 16, crop_pad = 4, stop_after = 0;
   double lr = 0.025, drop_path = 0.2, auxiliary_weight = 0.4;
@@ -126,7 +128,9 @@ io::Json results_json(const train::EvalResult& r, const DatasetInfo& d) {
 // The saved model: weights, BN statistics and everything needed to rebuild the network.
 constexpr const char* kModelKind = "datanas-train model";
 
-void save_model(const std::string& path, const spaces::EvalNetwork<float>& net, const Options& o) {
+template <class D>
+void save_model(const std::string& path, const spaces::EvalNetwork<float, spaces::DartsOps, D>& net,
+                const Options& o) {
   io::Checkpoint ck(path);
   ck.put("kind", kModelKind);
   ck.put("genotype", search::to_text(net.genotype()));
@@ -139,6 +143,7 @@ void save_model(const std::string& path, const spaces::EvalNetwork<float>& net, 
   ck.save_atomic(path);
 }
 
+template <class D>
 int eval_only(Options o, const io::ArgParser& args) {
   DATANAS_CHECK(!o.model.empty(), "--eval-only needs --model PATH (a model.ckpt written by datanas-train)");
   DATANAS_CHECK(fs::is_regular_file(o.model), "--model: no file at '", o.model, "'");
@@ -164,7 +169,7 @@ int eval_only(Options o, const io::ArgParser& args) {
   o.auxiliary = ck.get_int("auxiliary") != 0;
   const DatasetInfo d = dataset_info(o.dataset);
   PhiloxGenerator init_gen(o.seed);
-  spaces::EvalNetwork<float> net(saved_g, network_config(o, d), init_gen);
+  spaces::EvalNetwork<float, spaces::DartsOps, D> net(saved_g, network_config(o, d), init_gen);
   io::restore_module(ck, "model.", net);
   const Splits s = load_data(o, false);
   std::printf("evaluating %s (%s, C=%ld, %ld cells, %.6fM parameters) on %ld %s test images\n", o.model.c_str(),
@@ -181,11 +186,12 @@ int eval_only(Options o, const io::ArgParser& args) {
   return 0;
 }
 
+template <class D>
 int train_from_scratch(const Options& o) {
   const search::Genotype g = search::load_genotype(o.genotype);
   const DatasetInfo d = dataset_info(o.dataset);
   PhiloxGenerator init_gen(o.seed);
-  spaces::EvalNetwork<float> net(g, network_config(o, d), init_gen);
+  spaces::EvalNetwork<float, spaces::DartsOps, D> net(g, network_config(o, d), init_gen);
   const double params = double(net.parameter_count_without_auxiliary()) / 1e6;
   std::printf("genotype = %s\n", search::to_text(g).c_str());
   std::printf("param size = %.6fMB\n", params);
@@ -202,7 +208,7 @@ int train_from_scratch(const Options& o) {
   tc.crop_pad = int(o.crop_pad);
   tc.seed = o.seed;
   const data::ChannelNorm norm{d.mean, d.std};
-  train::Trainer<float> trainer(net, s.train, norm, tc);
+  train::Trainer<float, D> trainer(net, s.train, norm, tc);
 
   const std::string ckpt_path = o.out + "/checkpoint", log_path = o.out + "/log.csv";
   const std::string identity = o.identity(g);
@@ -282,6 +288,7 @@ int main(int argc, char** argv) try {
       .add("train-limit", &o.train_limit, "use only the first N training images (0 = all)")
       .add("test-limit", &o.test_limit, "evaluate only the first N test images (0 = all)")
       .add("seed", &o.seed, "random seed")
+      .add_choice("device", &o.device, {"cpu", "cuda"}, "where training runs (a checkpoint resumes on either)")
       .add("out", &o.out, "output directory")
       .add("resume", &o.resume, "continue from OUT/checkpoint")
       .add("stop-after", &o.stop_after, "stop cleanly after N epochs of this run (0 = never)")
@@ -304,8 +311,9 @@ int main(int argc, char** argv) try {
   DATANAS_CHECK(o.model.empty() || o.eval_only, "--model is read only with --eval-only");
   DATANAS_CHECK(!o.resume || fs::exists(o.out + "/checkpoint"), "--resume: no checkpoint at '", o.out,
                 "/checkpoint'");
-  if (o.eval_only) return eval_only(o, args);
-  return train_from_scratch(o);
+  return io::with_device(o.device, [&]<class D>() {
+    return o.eval_only ? eval_only<D>(o, args) : train_from_scratch<D>(o);
+  });
 } catch (const std::exception& e) {
   std::fprintf(stderr, "datanas-train: error: %s\n", e.what());
   return 2;

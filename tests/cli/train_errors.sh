@@ -31,5 +31,13 @@ expect "--model is read only with --eval-only" --model "$dir/garbage.ckpt"
 expect "CIFAR-10 directory '$dir/none' does not exist" --data-dir "$dir/none"
 expect "directory '$dir/none' does not exist" --dataset fashion-mnist --data-dir "$dir/none"
 expect "--resume: no checkpoint at '$dir/out/checkpoint'" --resume --out "$dir/out" --data-dir "$dir"
+expect "'gpu' is not one of {cpu, cuda}" --device gpu --dry-run
+# --device cuda: without a usable GPU (or without the CUDA backend) a clear error, not a crash.
+if ! command -v nvidia-smi > /dev/null || ! nvidia-smi > /dev/null 2>&1; then
+  out=$("$train" --device cuda --dry-run 2>&1); rc=$?
+  if [ $rc -ne 2 ] || ! echo "$out" | grep -qE -- "--device cuda: (no CUDA device|this build has no CUDA backend)"; then
+    echo "FAIL: --device cuda without a GPU -> rc $rc, output: $out"; fail=1
+  fi
+fi
 [ $fail -eq 0 ] && echo "ok: every bad input was named"
 exit $fail
