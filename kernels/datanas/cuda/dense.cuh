@@ -17,6 +17,7 @@
 #include "datanas/core/random.hpp"
 #include "datanas/cuda/check.cuh"
 #include "datanas/cuda/dense.hpp"
+#include "datanas/cuda/map.cuh"
 
 namespace datanas::cuda {
 
@@ -24,10 +25,9 @@ namespace dense_detail {
 
 inline constexpr int kThreads = 256;
 
-/// Blocks for a grid-stride loop over n items: enough to fill the GPU, no more.
-inline unsigned blocks_for(std::int64_t n, std::int64_t cap = 4096) {
-  return unsigned(std::clamp<std::int64_t>((n + kThreads - 1) / kThreads, 1, cap));
-}
+/// Blocks for a grid-stride loop over n items (kThreads == kMapThreads).
+inline unsigned blocks_for(std::int64_t n, std::int64_t cap = 4096) { return map_blocks(n, cap); }
+static_assert(kThreads == kMapThreads);
 /// Threads of a block that works on one row of k elements: a multiple of 32 (the warp
 /// reductions need whole warps), at most 256.
 inline unsigned row_threads(std::int64_t k) {
@@ -38,17 +38,7 @@ inline unsigned row_blocks(std::int64_t rows) {
   return unsigned(std::clamp<std::int64_t>(rows, 1, std::int64_t(1) << 20));
 }
 
-template <class F>
-__global__ void __launch_bounds__(kThreads) map_kernel(std::int64_t n, F f) {
-  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
-}
-template <class F>
-void launch_map(std::int64_t n, F f, cudaStream_t stream) {
-  if (n <= 0) return;
-  map_kernel<<<blocks_for(n), kThreads, 0, stream>>>(n, f);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
-}
+using cuda::launch_map;
 
 template <class T>
 __device__ __forceinline__ T quiet_nan() {

@@ -14,6 +14,7 @@
 #include "datanas/core/error.hpp"
 #include "datanas/cuda/check.cuh"
 #include "datanas/cuda/elementwise.hpp"
+#include "datanas/cuda/map.cuh"
 
 namespace datanas::cuda {
 
@@ -21,23 +22,7 @@ inline constexpr int kElementwiseThreads = 256;
 
 namespace elementwise_detail {
 
-/// Blocks for a grid-stride loop over n elements: enough to fill the GPU, no more.
-inline unsigned blocks_for(std::int64_t n, std::int64_t cap = 4096) {
-  return unsigned(std::min<std::int64_t>((n + kElementwiseThreads - 1) / kElementwiseThreads, cap));
-}
-
-template <class F>
-__global__ void __launch_bounds__(kElementwiseThreads) map_kernel(std::int64_t n, F f) {
-  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
-}
-
-template <class F>
-void launch_map(std::int64_t n, F f, cudaStream_t stream) {
-  if (n <= 0) return;
-  map_kernel<<<blocks_for(n), kElementwiseThreads, 0, stream>>>(n, f);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
-}
+using cuda::launch_map;
 
 template <class T>
 struct AddOp {

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "datanas/core/error.hpp"
+#include "datanas/cuda/map.cuh"
 #include "datanas/cuda/check.cuh"
 #include "datanas/cuda/optim.hpp"
 
@@ -23,22 +24,9 @@ namespace optim_detail {
 __device__ __forceinline__ float dsqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double dsqrt(double x) { return sqrt(x); }
 
-/// Blocks for a grid-stride loop over n elements: enough to fill the GPU, no more.
-inline unsigned map_blocks(std::int64_t n, std::int64_t cap = 4096) {
-  return unsigned(std::clamp<std::int64_t>((n + kOptimThreads - 1) / kOptimThreads, 1, cap));
-}
-
-template <class F>
-__global__ void __launch_bounds__(kOptimThreads) map_kernel(std::int64_t n, F f) {
-  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
-}
-template <class F>
-void launch_map(std::int64_t n, F f, cudaStream_t stream) {
-  if (n <= 0) return;
-  map_kernel<<<map_blocks(n), kOptimThreads, 0, stream>>>(n, f);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
-}
+static_assert(kOptimThreads == kMapThreads, "the scale kernels use map_blocks' block size");
+using cuda::launch_map;
+using cuda::map_blocks;
 /// One thread: scalar work whose inputs are device values (no host round trip).
 template <class F>
 __global__ void scalar_kernel(F f) {

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "datanas/core/error.hpp"
+#include "datanas/cuda/map.cuh"
 #include "datanas/cuda/check.cuh"
 #include "datanas/cuda/recurrent.hpp"
 
@@ -22,23 +23,9 @@ inline constexpr int kRecurrentThreads = 256;
 
 namespace recurrent_detail {
 
-/// Blocks for a grid-stride loop over n elements: enough to fill the GPU, no more.
-inline unsigned map_blocks(std::int64_t n) {
-  return unsigned(std::clamp<std::int64_t>((n + kRecurrentThreads - 1) / kRecurrentThreads, 1, 4096));
-}
-
-template <class F>
-__global__ void __launch_bounds__(kRecurrentThreads) map_kernel(std::int64_t n, F f) {
-  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
-  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
-}
-
-template <class F>
-void launch_map(std::int64_t n, F f, cudaStream_t stream) {
-  if (n <= 0) return;
-  map_kernel<<<map_blocks(n), kRecurrentThreads, 0, stream>>>(n, f);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
-}
+static_assert(kRecurrentThreads == kMapThreads, "the highway kernels use map_blocks' block size");
+using cuda::launch_map;
+using cuda::map_blocks;
 
 /// g = v or g += v (the GradSlot convention).
 template <class T>
