@@ -2,6 +2,7 @@
 // hypergradient matches finite differences of the unrolled objective, child weights.
 #include <filesystem>
 
+#include "synthetic.hpp"
 #include "gradcheck.hpp"
 #include "datanas/search/searcher.hpp"
 
@@ -40,21 +41,9 @@ struct TanhConvOp {
 };
 using SmoothOps = spaces::OpSet<spaces::NoneOp, spaces::SkipConnect, TanhConvOp>;
 
-/// Synthetic 3-class images: class c brightens one third of the image (learnable in a few steps).
-data::LabelledImages synthetic(index_t n, std::uint64_t seed) {
-  PhiloxGenerator g(seed);
-  auto x = Tensor<float>::empty({n, 1, 8, 8});
-  auto y = Tensor<std::int32_t>::empty({n});
-  for (index_t i = 0; i < n; ++i) {
-    const int c = int(i % 3);
-    y[i] = c;
-    for (int r = 0; r < 8; ++r)
-      for (int q = 0; q < 8; ++q) x(i, 0, r, q) = 0.3f * g.uniform() + ((q * 3 / 8) == c ? 0.6f : 0.0f);
-  }
-  return {x, y};
-}
-
-const float kMean[] = {0.45f}, kStd[] = {0.3f};
+data::LabelledImages synthetic(index_t n, std::uint64_t seed) { return testing::synthetic_thirds(n, seed); }
+const auto& kMean = testing::kThirdsMean;
+const auto& kStd = testing::kThirdsStd;
 
 template <class T, class Space>
 struct Run {

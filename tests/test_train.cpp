@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <numbers>
 
+#include "synthetic.hpp"
 #include "datanas/train/trainer.hpp"
 
 using namespace datanas;
@@ -13,21 +14,9 @@ using search::Genotype;
 using TensorF = Tensor<float>;
 
 namespace {
-/// Synthetic 3-class 1 x 8 x 8 images: class c brightens one vertical third of the image.
-data::LabelledImages synthetic(index_t n, std::uint64_t seed) {
-  PhiloxGenerator g(seed);
-  auto x = Tensor<float>::empty({n, 1, 8, 8});
-  auto y = Tensor<std::int32_t>::empty({n});
-  for (index_t i = 0; i < n; ++i) {
-    const int c = int(i % 3);
-    y[i] = c;
-    for (int r = 0; r < 8; ++r)
-      for (int q = 0; q < 8; ++q) x(i, 0, r, q) = 0.3f * g.uniform() + ((q * 3 / 8) == c ? 0.6f : 0.0f);
-  }
-  return {x, y};
-}
-
-const float kMean[] = {0.45f}, kStd[] = {0.3f};
+data::LabelledImages synthetic(index_t n, std::uint64_t seed) { return testing::synthetic_thirds(n, seed); }
+const auto& kMean = testing::kThirdsMean;
+const auto& kStd = testing::kThirdsStd;
 const data::ChannelNorm kNorm{kMean, kStd};
 
 // 8x8 inputs, 3 cells (reductions at 1 and 2); no auxiliary head (its maps would be 2x2).

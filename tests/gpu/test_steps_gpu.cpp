@@ -1,0 +1,154 @@
+// Whole steps on the GPU against the CPU: the search step (first and second order, dense and
+// sparse EGS, SNAS single level) and the evaluation network's training step start from the same
+// weights, alphas, data and generator states on both devices, so they must end in the same
+// place up to float rounding, sample the same architectures, and derive the same genotype.
+#include "parity.hpp"
+#include "../synthetic.hpp"
+
+#include "datanas/search/searcher.hpp"
+#include "datanas/spaces/eval_network.hpp"
+#include "datanas/train/trainer.hpp"
+
+using namespace datanas;
+using gpu_test::rel_err;
+
+namespace {
+
+data::LabelledImages synthetic(index_t n, std::uint64_t seed) { return testing::synthetic_thirds(n, seed); }
+const auto& kMean = testing::kThirdsMean;
+const auto& kStd = testing::kThirdsStd;
+
+template <class E>
+using Space = spaces::SearchSpace<spaces::DartsOps, 2, 2, E, search::Granularity::kNode>;
+
+template <class E, class D>
+struct SearchRun {
+  PhiloxGenerator init{5};
+  spaces::Supernet<float, Space<E>, D> net;
+  search::Searcher<float, D> searcher;
+  SearchRun(const data::LabelledImages& d, const search::SearchConfig& cfg)
+      : net({.init_channels = 4, .layers = 3, .in_channels = 1, .num_classes = 3}, init),
+        searcher(net, d, data::ChannelNorm{kMean, kStd}, cfg) {}
+};
+
+/// Runs one epoch of the same search on both devices and compares everything it leaves behind.
+template <class E>
+void check_search(const search::SearchConfig& cfg, double tol) {
+  const auto d = synthetic(96, 3);
+  SearchRun<E, Cpu> cpu(d, cfg);
+  SearchRun<E, Cuda> gpu(d, cfg);
+  const auto sc = cpu.searcher.run_epoch();
+  const auto sg = gpu.searcher.run_epoch();
+  CHECK(sg.steps == sc.steps);
+  CHECK(std::abs(sg.train_loss - sc.train_loss) <= tol * std::max(1.0, std::abs(sc.train_loss)));
+  CHECK(std::abs(sg.arch_loss - sc.arch_loss) <= tol * std::max(1.0, std::abs(sc.arch_loss)));
+  CHECK(sg.train_acc == sc.train_acc);
+  CHECK(rel_err(gpu.net.alpha_normal().value(), cpu.net.alpha_normal().value()) <= tol);
+  CHECK(rel_err(gpu.net.alpha_reduce().value(), cpu.net.alpha_reduce().value()) <= tol);
+  const auto wc = cpu.net.weights();
+  const auto wg = gpu.net.weights();
+  REQUIRE(wc.size() == wg.size());
+  for (std::size_t i = 0; i < wc.size(); ++i) {
+    CAPTURE(i);
+    CHECK(rel_err(wg[i].value(), wc[i].value()) <= tol);
+  }
+  const std::span<const std::string_view> ops(spaces::DartsOps::kNames);
+  search::DeriveOptions rule;
+  rule.rule = search::DeriveRule::kDarts;
+  const search::Genotype gc = search::derive(cpu.searcher.alpha_pair(), ops, rule);
+  const search::Genotype gg = search::derive(gpu.searcher.alpha_pair(), ops, rule);
+  CHECK(search::to_text(gg) == search::to_text(gc));
+}
+
+search::SearchConfig small_search() {
+  search::SearchConfig cfg;
+  cfg.epochs = 4;
+  cfg.batch_size = 16;
+  cfg.lr = 0.05;
+  cfg.arch_lr = 3e-3;
+  return cfg;
+}
+
+}  // namespace
+
+TEST_CASE("a DARTS (softmax) search epoch on the GPU matches the CPU, first and second order") {
+  auto cfg = small_search();
+  check_search<estimators::Softmax>(cfg, 1e-3);
+  cfg.order = 2;
+  check_search<estimators::Softmax>(cfg, 1e-3);
+}
+
+TEST_CASE("an EGS search epoch on the GPU samples the same codes as the CPU, dense and sparse") {
+  auto cfg = small_search();
+  cfg.tau = {5.0, 1.0};
+  check_search<estimators::EGS<4>>(cfg, 1e-3);
+  cfg.sparse = true;
+  cfg.l1 = 0.1;
+  check_search<estimators::EGS<4>>(cfg, 1e-3);
+}
+
+TEST_CASE("SNAS (single level) and GDAS search epochs on the GPU match the CPU") {
+  auto cfg = small_search();
+  cfg.single_level = true;
+  cfg.tau = {1.0, 0.03};
+  check_search<estimators::SoftGumbel>(cfg, 1e-3);
+  cfg.single_level = false;
+  cfg.tau = {10.0, 0.1};
+  cfg.sparse = true;
+  check_search<estimators::HardGumbel>(cfg, 1e-3);
+}
+
+TEST_CASE("a training epoch of the evaluation network on the GPU matches the CPU") {
+  const auto d = synthetic(64, 4);
+  const search::Genotype g = search::load_genotype("DATA_M7");
+  const spaces::EvalNetworkConfig nc{.init_channels = 4, .layers = 3, .in_channels = 1, .image_size = 8,
+                                     .num_classes = 3};
+  PhiloxGenerator ic(9), ig(9);
+  spaces::EvalNetwork<float, spaces::DartsOps, Cpu> cpu_net(g, nc, ic);
+  spaces::EvalNetwork<float, spaces::DartsOps, Cuda> gpu_net(g, nc, ig);
+  train::TrainConfig tc;
+  tc.epochs = 2;
+  tc.batch_size = 16;
+  tc.cutout = 3;
+  tc.crop_pad = 1;
+  tc.drop_path = 0.3;
+  const data::ChannelNorm norm{kMean, kStd};
+  train::Trainer<float, Cpu> tcpu(cpu_net, d, norm, tc);
+  train::Trainer<float, Cuda> tgpu(gpu_net, d, norm, tc);
+  for (int e = 0; e < 2; ++e) {  // epoch 2 has drop path on
+    const auto sc = tcpu.run_epoch();
+    const auto sg = tgpu.run_epoch();
+    CHECK(std::abs(sg.loss - sc.loss) <= 1e-3 * std::max(1.0, std::abs(sc.loss)));
+  }
+  const auto pc = cpu_net.parameters();
+  const auto pg = gpu_net.parameters();
+  REQUIRE(pc.size() == pg.size());
+  for (std::size_t i = 0; i < pc.size(); ++i) {
+    CAPTURE(i);
+    CHECK(rel_err(pg[i].value(), pc[i].value()) <= 1e-3);
+  }
+  const auto ec = train::evaluate(cpu_net, d, norm, 10, 3);
+  const auto eg = train::evaluate(gpu_net, d, norm, 10, 3);
+  CHECK(eg.confusion == ec.confusion);
+  CHECK(std::abs(eg.loss - ec.loss) <= 1e-3 * std::max(1.0, ec.loss));
+}
+
+TEST_CASE("a search checkpoint written on the GPU restores on the CPU and back") {
+  const auto d = synthetic(96, 5);
+  auto cfg = small_search();
+  SearchRun<estimators::EGS<2>, Cuda> gpu(d, cfg);
+  gpu.searcher.run_epoch();
+  io::Checkpoint ck("<memory>");
+  gpu.searcher.save(ck);
+  SearchRun<estimators::EGS<2>, Cpu> cpu(d, cfg);
+  cpu.searcher.restore(ck);
+  CHECK(cpu.searcher.epoch() == 1);
+  CHECK(rel_err(gpu.net.alpha_normal().value(), cpu.net.alpha_normal().value()) == 0.0);
+  SearchRun<estimators::EGS<2>, Cuda> back(d, cfg);
+  io::Checkpoint ck2("<memory>");
+  cpu.searcher.save(ck2);
+  back.searcher.restore(ck2);
+  const auto wa = back.net.weights();
+  const auto wb = gpu.net.weights();
+  for (std::size_t i = 0; i < wa.size(); ++i) CHECK(rel_err(wa[i].value(), cuda::to_host(wb[i].value())) == 0.0);
+}
