@@ -48,29 +48,14 @@
 
 #include "datanas/datanas.hpp"
 #include "datanas/search/searcher.hpp"
+#include "search_step_common.hpp"
 
 namespace {
 
 using namespace datanas;
 using F32 = float;
 
-constexpr index_t kBatch = 64;
-constexpr index_t kImages = 4 * kBatch;  // two batches per half
-constexpr index_t kDartsParams = 1930618;
-const float kMean[] = {0.5f, 0.5f, 0.5f}, kStd[] = {0.29f, 0.29f, 0.29f};
-
-template <class E, search::Granularity G>
-using DartsSpace = spaces::SearchSpace<spaces::DartsOps, 4, 4, E, G>;
-
-/// Uniform random images in [0, 1) and labels in [0, 10), fixed seed.
-data::LabelledImages synthetic_cifar() {
-  PhiloxGenerator g(20261128);
-  auto x = Tensor<float>::empty({kImages, 3, 32, 32});
-  auto y = Tensor<std::int32_t>::empty({kImages});
-  for (index_t i = 0; i < x.numel(); ++i) x[i] = float(g.uniform());
-  for (index_t i = 0; i < kImages; ++i) y[i] = std::int32_t(std::min(9.0, g.uniform() * 10.0));
-  return {x, y};
-}
+using namespace datanas::bench;
 
 /// A supernet and its searcher, ready to step.
 struct Bench {

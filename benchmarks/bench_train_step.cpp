@@ -6,8 +6,8 @@
 // augmentation: the step itself is measured). benchmarks/pytorch/eval_network.py --step does the
 // same work in PyTorch:
 //   bench_train_step --benchmark_filter=DARTS_V2/C16_L8_b64
-//   python3 benchmarks/pytorch/eval_network.py --step --genotype DARTS_V2 --init-channels 16 \
-//       --layers 8 --batch-size 64 --steps 5
+//   python3 benchmarks/pytorch/eval_network.py --step --genotype DARTS_V2 --init-channels 16
+//       --layers 8 --batch-size 64 --steps 5   (one command line)
 // Reported: real time per step (the kernels use every OpenMP thread), process CPU time, and
 // images_per_s.
 #include <benchmark/benchmark.h>

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared check of the CUDA backend on a GPU machine: configure a fresh build for the
-# card, build only the GPU tests, run `meson test --suite gpu`, and, where compute-sanitizer
-# works, run the estimator kernels under memcheck, racecheck and synccheck. Logs go to $OUT.
+# card, build only the GPU tests, run `meson test --suite gpu`, where compute-sanitizer works
+# run the estimator kernels under memcheck, racecheck and synccheck, then the GPU benchmarks
+# (benchmarks/gpu/bench_gpu_step and its PyTorch twin on the same card). Logs go to $OUT.
 #
 # How to run it with the device tool (from the repository root of the development machine):
 #   1. benchmarks/gpu/prepare_deps.sh          # once, here: Eigen/doctest/zlib into .deps/
@@ -15,6 +16,8 @@
 #   meson-log.txt     configure details (dependency lookups), for when configure fails
 #   testlog.txt       meson's log of the GPU tests, with each test's output
 #   sanitizer.log     compute-sanitizer's reports
+#   bench_gpu.jsonl   bench_gpu_step: search step per mode and single ops (median ms, peak MB)
+#   torch_gpu.json    benchmarks/pytorch/search_step.py --device cuda (the same steps in PyTorch)
 #
 # It also runs without a GPU (a dry run: configure and build work, the tests skip with exit
 # 77), which is how it was checked on the development machine:
@@ -38,7 +41,7 @@ step() { echo; echo "=== $* ($(date +%T))"; }
 summary() {
   echo
   echo "=== summary"
-  for k in gpu configure build tests memcheck racecheck synccheck; do
+  for k in gpu configure build tests memcheck racecheck synccheck bench torch; do
     printf '%-10s %s\n' "$k" "${result[$k]:-not run}"
   done
 }
@@ -119,7 +122,7 @@ fi
 step "configure $BUILD_DIR for sm_$GPU_ARCH"
 rm -rf "$BUILD_DIR"
 if timeout 300 "${MESON[@]}" setup "$BUILD_DIR" "$repo" --buildtype=release \
-    -Dcuda=enabled -Dgpu_arch="$GPU_ARCH" -Dsamples=false -Dbenchmarks=disabled -Dtests=true \
+    -Dcuda=enabled -Dgpu_arch="$GPU_ARCH" -Dsamples=false -Dbenchmarks=auto -Dtests=true \
     -Dcmake_prefix_path="$deps" -Dpkg_config_path="$deps/lib/pkgconfig"; then
   result[configure]=ok
 else
@@ -181,5 +184,35 @@ else
   for tool in memcheck racecheck synccheck; do result[$tool]="skipped (no GPU, no compute-sanitizer, or SANITIZE=0)"; done
 fi
 
-[ $test_rc -eq 0 ] && [ $san_rc -eq 0 ] && finish 0
+# ---- 7. benchmarks ----------------------------------------------------------------------------
+bench_rc=0
+if [ "${BENCH:-1}" = 1 ] && [ "$have_gpu" = 1 ]; then
+  step "GPU benchmarks"
+  if timeout 300 "${MESON[@]}" compile -C "$BUILD_DIR" benchmarks/gpu/bench_gpu_step; then
+    if timeout 240 "$BUILD_DIR/benchmarks/gpu/bench_gpu_step" --steps "${BENCH_STEPS:-20}" --warmup 3 \
+        > "$OUT/bench_gpu.jsonl"; then
+      result[bench]=ok
+    else
+      result[bench]="FAIL (see bench_gpu.jsonl and the log)"
+      bench_rc=1
+    fi
+    cat "$OUT/bench_gpu.jsonl"
+  else
+    result[bench]="FAIL (build)"
+    bench_rc=1
+  fi
+  step "PyTorch twin"
+  if timeout 240 python3 "$repo/benchmarks/pytorch/search_step.py" --device cuda --steps "${BENCH_STEPS:-20}" \
+      --warmup 3 > "$OUT/torch_gpu.json"; then
+    result[torch]=ok
+  else
+    result[torch]="FAIL (see the log)"
+  fi
+  cat "$OUT/torch_gpu.json"
+else
+  result[bench]="skipped (no GPU or BENCH=0)"
+  result[torch]="skipped (no GPU or BENCH=0)"
+fi
+
+[ $test_rc -eq 0 ] && [ $san_rc -eq 0 ] && [ $bench_rc -eq 0 ] && finish 0
 finish 1

@@ -232,7 +232,8 @@ def run_mode(args):
     torch.set_num_threads(args.threads or os.cpu_count())
     torch.manual_seed(1)
     Network, _ = build(torch)
-    model = Network()
+    dev = torch.device(args.device)
+    model = Network().to(dev)
     model.train()
     params = sum(p.numel() for p in model.parameters())
     assert params == DARTS_PARAMS, f"DARTS supernet: {params} parameters, expected {DARTS_PARAMS}"
@@ -241,8 +242,8 @@ def run_mode(args):
     a_opt = torch.optim.Adam(alphas, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     g = torch.Generator().manual_seed(20261128)
     images = torch.rand(IMAGES, 3, 32, 32, generator=g)
-    images = (images - 0.5) / 0.29
-    labels = torch.randint(0, 10, (IMAGES,), generator=g)
+    images = ((images - 0.5) / 0.29).to(dev)
+    labels = torch.randint(0, 10, (IMAGES,), generator=g).to(dev)
     half = IMAGES // 2
     mode = args.mode
     sparse = mode.endswith("sparse")
@@ -278,16 +279,34 @@ def run_mode(args):
         w_opt.step()
 
     rss_setup = current_rss_mb()
+    gpu = dev.type == "cuda"
     for _ in range(args.warmup):
         step()
+    if gpu:
+        # GPU: CUDA events around each step (the twin of benchmarks/gpu/bench_gpu_step.cpp),
+        # peak = torch's allocator high-water mark over the timed steps (tensors, not the cache).
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     wall, cpu = [], []
     for _ in range(args.steps):
         t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        wall.append(1e3 * (time.perf_counter() - t0))
+        if gpu:
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            step()
+            e1.record()
+            e1.synchronize()
+            wall.append(e0.elapsed_time(e1))
+        else:
+            step()
+            wall.append(1e3 * (time.perf_counter() - t0))
         cpu.append(1e3 * (time.process_time() - c0))
     ms = statistics.median(wall)
-    return {
+    extra = {}
+    if gpu:
+        extra = {"device": torch.cuda.get_device_name(0),
+                 "gpu_peak_MB": round(torch.cuda.max_memory_allocated() / 2**20, 2)}
+    return {**extra,
         "mode": mode, "steps": args.steps, "threads": torch.get_num_threads(),
         "ms_per_step": round(ms, 3), "cpu_ms_per_step": round(statistics.median(cpu), 3),
         "wall_ms_all": [round(v, 1) for v in wall], "images_per_s": round(2 * BATCH / (ms / 1e3), 2),
@@ -311,6 +330,7 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default os.cpu_count())")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (GPU: CUDA-event timing, gpu_peak_MB)")
     args = ap.parse_args()
     if args.mode:
         print(json.dumps(run_mode(args)))
@@ -318,7 +338,7 @@ def main():
     out = []
     for m in MODES:
         cmd = [sys.executable, os.path.abspath(__file__), "--mode", m, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--threads", str(args.threads)]
+               "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]
         out.append(json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout))
     print(json.dumps(out, indent=1))
 
