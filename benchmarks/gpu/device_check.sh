@@ -105,6 +105,28 @@ if [ ! -e "$cuda_root/lib64/libcublas.so" ] || [ "${FORCE_CUDA_SHADOW:-0}" = 1 ]
   fi
 fi
 
+# cuDNN: meson looks beside nvcc (or in -Dcudnn_root); an image may ship it only as the Python
+# wheel nvidia-cudnn (versioned library names only). Then point cudnn_root at a shadow prefix with
+# the wheel's headers and an unversioned libcudnn.so. The build requires cuDNN (-Dcudnn=enabled):
+# without it every convolution test would fail, so a missing cuDNN should stop configure.
+cudnn_args=()
+if ! ls "$cuda_root"/lib64/libcudnn.so > /dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libcudnn.so > /dev/null 2>&1; then
+  cudnn_dir=${CUDNN_DIR:-$(python3 -c 'import nvidia.cudnn as c; print(list(c.__path__)[0])' 2>/dev/null)}
+  if [ -n "$cudnn_dir" ] && [ -d "$cudnn_dir/lib" ] && [ -d "$cudnn_dir/include" ]; then
+    shadow_dnn=/tmp/datanas-cudnn
+    echo "cuDNN not beside nvcc: shadow prefix $shadow_dnn with the wheel at $cudnn_dir"
+    rm -rf "$shadow_dnn" && mkdir -p "$shadow_dnn/lib"
+    ln -s "$cudnn_dir/include" "$shadow_dnn/include"
+    ln -s "$cudnn_dir"/lib/* "$shadow_dnn/lib/"
+    v=$(ls "$cudnn_dir"/lib/libcudnn.so.* 2>/dev/null | head -1)
+    [ -n "$v" ] && ln -sf "$v" "$shadow_dnn/lib/libcudnn.so"
+    cudnn_args=(-Dcudnn_root="$shadow_dnn")
+    export LD_LIBRARY_PATH="$cudnn_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  else
+    echo "WARNING: no libcudnn.so beside nvcc and no nvidia-cudnn wheel: configure will fail (-Dcudnn=enabled)"
+  fi
+fi
+
 # ---- 2. carried dependencies ------------------------------------------------------------------
 deps="$repo/.deps"
 if [ ! -f "$deps/include/eigen3/Eigen/Core" ] || [ ! -f "$deps/include/doctest/doctest.h" ]; then
@@ -122,7 +144,7 @@ fi
 step "configure $BUILD_DIR for sm_$GPU_ARCH"
 rm -rf "$BUILD_DIR"
 if timeout 300 "${MESON[@]}" setup "$BUILD_DIR" "$repo" --buildtype=release \
-    -Dcuda=enabled -Dgpu_arch="$GPU_ARCH" -Dsamples=false -Dbenchmarks=auto -Dtests=true \
+    -Dcuda=enabled -Dcudnn=enabled "${cudnn_args[@]}" -Dgpu_arch="$GPU_ARCH" -Dsamples=false -Dbenchmarks=auto -Dtests=true \
     -Dcmake_prefix_path="$deps" -Dpkg_config_path="$deps/lib/pkgconfig"; then
   result[configure]=ok
 else
