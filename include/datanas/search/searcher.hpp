@@ -107,8 +107,10 @@ class Searcher {
     DATANAS_CHECK(cfg.order == 1 || cfg.order == 2, "search: --order must be 1 or 2, got ", cfg.order);
     DATANAS_CHECK(!(cfg.order == 2 && cfg.single_level), "search: SNAS is single level; --order 2 does not apply");
     const Shape& s = train.images.shape();
-    for (auto* x : {&xw_, &xa_}) *x = Tensor<T>::empty({cfg.batch_size, s.c(), s.h(), s.w()});
-    for (auto* y : {&yw_, &ya_}) *y = Tensor<std::int32_t>::empty({cfg.batch_size});
+    for (Batch* b : {&wb_, &ab_}) {
+      b->x = Tensor<T>::empty({cfg.batch_size, s.c(), s.h(), s.w()});
+      b->y = Tensor<std::int32_t>::empty({cfg.batch_size});
+    }
     ec_.tau = cfg.tau.at(0, cfg.epochs);
   }
 
@@ -137,7 +139,7 @@ class Searcher {
       const auto span_of = [&](const std::vector<index_t>& rows) {
         return std::span<const index_t>(rows).subspan(std::size_t(s * cfg_.batch_size), std::size_t(cfg_.batch_size));
       };
-      load_batch(span_of(wrows), xw_, yw_);
+      load_batch(span_of(wrows), wb_);
       if (cfg_.single_level) {
         const auto [l, c] = single_level_step();
         loss_w += l;
@@ -145,7 +147,7 @@ class Searcher {
         loss_a += l;
         correct_a += c;
       } else {
-        load_batch(span_of(arows), xa_, ya_);
+        load_batch(span_of(arows), ab_);
         const auto [la, ca] = arch_step(st.lr);
         loss_a += la;
         correct_a += ca;
@@ -209,8 +211,9 @@ class Searcher {
       for (long b = 0; b < batches; ++b) {
         for (auto* bn : bns) bn->set_momentum(T(1) / T(b + 1));
         data::gather_normalized<T>(train_, std::span<const index_t>(rows).subspan(std::size_t(b * cfg_.batch_size), std::size_t(cfg_.batch_size)),
-                                   norm_, xw_, yw_);
-        net_.forward(on_device(xw_), wn, wr, true);
+                                   norm_, wb_.x, wb_.y);
+        wb_.upload();
+        net_.forward(Var<T, D>(wb_.xd), wn, wr, true);
       }
     }
     for (std::size_t i = 0; i < bns.size(); ++i) bns[i]->set_momentum(momenta[i]);
@@ -264,8 +267,8 @@ class Searcher {
 
   /// Loads the next weight-half and architecture-half batches (custom loops and tests).
   void load_batches(std::span<const index_t> weight_rows, std::span<const index_t> arch_rows) {
-    load_batch(weight_rows, xw_, yw_);
-    load_batch(arch_rows, xa_, ya_);
+    load_batch(weight_rows, wb_);
+    load_batch(arch_rows, ab_);
   }
   /// One architecture step on the loaded batches (first or second order per the config;
   /// `eta` is the current weight learning rate, used by the unrolled step).
@@ -278,16 +281,27 @@ class Searcher {
   void set_estimator_config(const estimators::EstimatorConfig& ec) { ec_ = ec; }
 
  private:
+  /// A batch: host images and labels, and their copies on D (the same tensors on the Cpu).
+  struct Batch {
+    Tensor<T> x;
+    Tensor<std::int32_t> y;
+    Tensor<T, D> xd;
+    Tensor<std::int32_t, D> yd;
+    void upload() {
+      xd = to_device_of<D>(x);
+      yd = to_device_of<D>(y);
+    }
+  };
 
-  void load_batch(std::span<const index_t> rows, const Tensor<T>& x, const Tensor<std::int32_t>& y) {
+  /// Assembles a batch on the host and copies it to D once (on the Cpu the "copy" is the same
+  /// storage); a step's forwards all read the device copy.
+  void load_batch(std::span<const index_t> rows, Batch& b) {
     if (cfg_.crop_pad > 0)
-      data::random_crop_flip<T>(train_, rows, cfg_.crop_pad, norm_, aug_gen_, x, y);
+      data::random_crop_flip<T>(train_, rows, cfg_.crop_pad, norm_, aug_gen_, b.x, b.y);
     else
-      data::gather_normalized<T>(train_, rows, norm_, x, y);
+      data::gather_normalized<T>(train_, rows, norm_, b.x, b.y);
+    b.upload();
   }
-
-  /// A host batch as a Var on D (the same storage on the Cpu).
-  static Var<T, D> on_device(const Tensor<T>& x) { return Var<T, D>(to_device_of<D>(x)); }
 
   static long count_correct(const Tensor<T, D>& dev_logits, const Tensor<std::int32_t>& y) {
     const Tensor<T> logits = to_cpu(dev_logits);
@@ -313,13 +327,13 @@ class Searcher {
 
   /// Architecture loss on (x, y): cross-entropy plus the optional L1 term; gradients to alpha
   /// (and to the weights only if they require grad).
-  Var<T, D> arch_loss(const Tensor<T>& x, const Tensor<std::int32_t>& y, long* correct) {
+  Var<T, D> arch_loss(const Batch& b, long* correct) {
     const auto layout = net_.layout();
     Var<T, D> wn = net_.mixing_weights(net_.alpha_normal(), ec_, noise_gen_);
     Var<T, D> wr = net_.mixing_weights(net_.alpha_reduce(), ec_, noise_gen_);
-    Var<T, D> logits = net_.forward(on_device(x), wn, wr, cfg_.sparse && net_.hard_estimator());
-    if (correct) *correct = count_correct(logits.value(), y);
-    Var<T, D> loss = cross_entropy(logits, to_device_of<D>(y));
+    Var<T, D> logits = net_.forward(Var<T, D>(b.xd), wn, wr, cfg_.sparse && net_.hard_estimator());
+    if (correct) *correct = count_correct(logits.value(), b.y);
+    Var<T, D> loss = cross_entropy(logits, b.yd);
     if (cfg_.l1 > 0) {
       for (const auto& [alpha, w] : {std::pair{net_.alpha_normal(), wn}, std::pair{net_.alpha_reduce(), wr}}) {
         Tensor<T> code = Tensor<T>::empty(w.shape());
@@ -334,7 +348,7 @@ class Searcher {
   StepResult arch_step_first_order() {
     set_requires_grad(weights_, false);  // only dL/dalpha is needed: skip every dW kernel
     long correct = 0;
-    Var<T, D> loss = arch_loss(xa_, ya_, &correct);
+    Var<T, D> loss = arch_loss(ab_, &correct);
     const double l = checked(loss, "architecture");
     a_opt_.zero_grad();
     backward(loss);
@@ -352,7 +366,7 @@ class Searcher {
     set_requires_grad(alphas_, false);
     for (auto& w : weights_) w.zero_grad();
     {
-      Var<T, D> l = cross_entropy(net_.forward(on_device(xw_), ec_, noise_gen_, cfg_.sparse), to_device_of<D>(yw_));
+      Var<T, D> l = cross_entropy(net_.forward(Var<T, D>(wb_.xd), ec_, noise_gen_, cfg_.sparse), wb_.yd);
       checked(l, "unrolled training");
       backward(l);
     }
@@ -382,7 +396,7 @@ class Searcher {
     for (auto& w : weights_) w.zero_grad();
     a_opt_.zero_grad();
     long correct = 0;
-    Var<T, D> lval = arch_loss(xa_, ya_, &correct);
+    Var<T, D> lval = arch_loss(ab_, &correct);
     const double l = checked(lval, "architecture");
     backward(lval);
     double vnorm2 = 0;
@@ -410,7 +424,7 @@ class Searcher {
           axpby<T, D>(T(1), backup_[i], T(sign), eps_dev, v_[i], weights_[i].value());
       }
       a_opt_.zero_grad();
-      Var<T, D> lt = cross_entropy(net_.forward(on_device(xw_), ec_, noise_gen_, cfg_.sparse), to_device_of<D>(yw_));
+      Var<T, D> lt = cross_entropy(net_.forward(Var<T, D>(wb_.xd), ec_, noise_gen_, cfg_.sparse), wb_.yd);
       checked(lt, "finite-difference training");
       backward(lt);
       for (std::size_t i = 0; i < alphas_.size(); ++i) {
@@ -438,9 +452,9 @@ class Searcher {
 
   StepResult weight_step_impl() {
     set_requires_grad(alphas_, false);
-    Var<T, D> logits = net_.forward(on_device(xw_), ec_, noise_gen_, cfg_.sparse);
-    const long correct = count_correct(logits.value(), yw_);
-    Var<T, D> loss = cross_entropy(logits, to_device_of<D>(yw_));
+    Var<T, D> logits = net_.forward(Var<T, D>(wb_.xd), ec_, noise_gen_, cfg_.sparse);
+    const long correct = count_correct(logits.value(), wb_.y);
+    Var<T, D> loss = cross_entropy(logits, wb_.yd);
     const double l = checked(loss, "weight");
     w_opt_.zero_grad();
     backward(loss);
@@ -452,7 +466,7 @@ class Searcher {
 
   StepResult single_level_step() {
     long correct = 0;
-    Var<T, D> loss = arch_loss(xw_, yw_, &correct);
+    Var<T, D> loss = arch_loss(wb_, &correct);
     const double l = checked(loss, "training");
     w_opt_.zero_grad();
     a_opt_.zero_grad();
@@ -490,8 +504,9 @@ class Searcher {
     std::vector<index_t> rows(static_cast<std::size_t>(cfg_.batch_size));
     for (index_t start = 0; start + cfg_.batch_size <= limit; start += cfg_.batch_size) {
       std::iota(rows.begin(), rows.end(), half_ + start);
-      data::gather_normalized<T>(train_, rows, norm_, xa_, ya_);
-      const long c = count_correct(forward(on_device(xa_)).value(), ya_);
+      data::gather_normalized<T>(train_, rows, norm_, ab_.x, ab_.y);
+      ab_.upload();
+      const long c = count_correct(forward(Var<T, D>(ab_.xd)).value(), ab_.y);
       wrong += cfg_.batch_size - c;
       seen += cfg_.batch_size;
     }
@@ -512,8 +527,7 @@ class Searcher {
   Normalize normalize_ = Normalize::kSoftmax;
   index_t half_ = 0;
   long epoch_ = 0;
-  Tensor<T> xw_, xa_;
-  Tensor<std::int32_t> yw_, ya_;
+  Batch wb_, ab_;  // the weight-half and architecture-half batches
   std::vector<Tensor<T, D>> backup_, v_, tmp_, dalpha_, gplus_, gminus_;
 };
 
