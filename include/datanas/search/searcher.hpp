@@ -327,12 +327,14 @@ class Searcher {
 
   /// Architecture loss on (x, y): cross-entropy plus the optional L1 term; gradients to alpha
   /// (and to the weights only if they require grad).
-  Var<T, D> arch_loss(const Batch& b, long* correct) {
+  struct Loss {
+    Var<T, D> loss, logits;
+  };
+  Loss arch_loss(const Batch& b) {
     const auto layout = net_.layout();
     Var<T, D> wn = net_.mixing_weights(net_.alpha_normal(), ec_, noise_gen_);
     Var<T, D> wr = net_.mixing_weights(net_.alpha_reduce(), ec_, noise_gen_);
     Var<T, D> logits = net_.forward(Var<T, D>(b.xd), wn, wr, cfg_.sparse && net_.hard_estimator());
-    if (correct) *correct = count_correct(logits.value(), b.y);
     Var<T, D> loss = cross_entropy(logits, b.yd);
     if (cfg_.l1 > 0) {
       for (const auto& [alpha, w] : {std::pair{net_.alpha_normal(), wn}, std::pair{net_.alpha_reduce(), wr}}) {
@@ -342,19 +344,18 @@ class Searcher {
         loss = add(loss, estimators::l1_to_code(p, to_device_of<D>(code), T(cfg_.l1)));
       }
     }
-    return loss;
+    return {loss, logits};
   }
 
   StepResult arch_step_first_order() {
     set_requires_grad(weights_, false);  // only dL/dalpha is needed: skip every dW kernel
-    long correct = 0;
-    Var<T, D> loss = arch_loss(ab_, &correct);
-    const double l = checked(loss, "architecture");
+    const Loss r = arch_loss(ab_);
     a_opt_.zero_grad();
-    backward(loss);
+    backward(r.loss);
     set_requires_grad(weights_, true);
     a_opt_.step();
-    return {l, correct};
+    // Read for the log only now: on a device the whole step is queued before the host waits.
+    return {checked(r.loss, "architecture"), count_correct(r.logits.value(), ab_.y)};
   }
 
   /// DARTS' unrolled step: alpha grad = dL_val(w', a)/da - eta * (dL_train(w+)/da -
@@ -395,10 +396,10 @@ class Searcher {
     set_requires_grad(alphas_, true);
     for (auto& w : weights_) w.zero_grad();
     a_opt_.zero_grad();
-    long correct = 0;
-    Var<T, D> lval = arch_loss(ab_, &correct);
-    const double l = checked(lval, "architecture");
-    backward(lval);
+    const Loss r = arch_loss(ab_);
+    const double l = checked(r.loss, "architecture");
+    const long correct = count_correct(r.logits.value(), ab_.y);
+    backward(r.loss);
     double vnorm2 = 0;
     for (std::size_t i = 0; i < weights_.size(); ++i) {
       const auto& w = weights_[i];
@@ -453,28 +454,24 @@ class Searcher {
   StepResult weight_step_impl() {
     set_requires_grad(alphas_, false);
     Var<T, D> logits = net_.forward(Var<T, D>(wb_.xd), ec_, noise_gen_, cfg_.sparse);
-    const long correct = count_correct(logits.value(), wb_.y);
     Var<T, D> loss = cross_entropy(logits, wb_.yd);
-    const double l = checked(loss, "weight");
     w_opt_.zero_grad();
     backward(loss);
     set_requires_grad(alphas_, true);
     clip_weights();
     w_opt_.step();
-    return {l, correct};
+    return {checked(loss, "weight"), count_correct(logits.value(), wb_.y)};
   }
 
   StepResult single_level_step() {
-    long correct = 0;
-    Var<T, D> loss = arch_loss(wb_, &correct);
-    const double l = checked(loss, "training");
+    const Loss r = arch_loss(wb_);
     w_opt_.zero_grad();
     a_opt_.zero_grad();
-    backward(loss);
+    backward(r.loss);
     clip_weights();
     w_opt_.step();
     a_opt_.step();
-    return {l, correct};
+    return {checked(r.loss, "training"), count_correct(r.logits.value(), wb_.y)};
   }
 
   /// Clips the weights' gradient norm to cfg_.grad_clip (on a device without synchronising).

@@ -180,13 +180,14 @@ class Trainer {
       Var<T, D> loss = cross_entropy(out.logits, y);
       if (out.aux.defined() && cfg_.auxiliary_weight > 0)
         loss = add(loss, scale(cross_entropy(out.aux, y), T(cfg_.auxiliary_weight)));
-      const double l = double(to_cpu(loss.value())[0]);
-      DATANAS_CHECK(std::isfinite(l), "training diverged: loss is ", l, " at epoch ", st.epoch, " step ",
-                    s + 1, " (lower --lr, or check the data)");
       opt_.zero_grad();
       backward(loss);
       optim::clip_grad_norm<T, D>(weights_, cfg_.grad_clip);  // on a device: no synchronisation
       opt_.step();
+      // Read for the log only now: on a device the whole step is queued before the host waits.
+      const double l = double(to_cpu(loss.value())[0]);
+      DATANAS_CHECK(std::isfinite(l), "training diverged: loss is ", l, " at epoch ", st.epoch, " step ",
+                    s + 1, " (lower --lr, or check the data)");
       predictions(to_cpu(out.logits.value()), pred);
       for (index_t i = 0; i < cfg_.batch_size; ++i) correct += pred[std::size_t(i)] == y_[i];
       loss_sum += l;
