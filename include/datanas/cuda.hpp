@@ -6,6 +6,8 @@
 //     to_device / to_host copies;
 //   - DeviceOps<Cuda>: the device side of every op, gathered from the op families in ops/cuda/.
 //     Generic ops (ops/*.hpp) call DeviceOps<D>::kernel(...) when D is not Cpu;
+//   - StepGraph<Cuda> (core/cuda.hpp, ops/cuda/graph.hpp): a step captured once as a CUDA graph
+//     and replayed;
 //   - the kernels themselves live in kernels/datanas/cuda/*.cuh and are compiled once, by nvcc,
 //     into the datanas_cuda library; host code sees only their declarations (the .hpp beside
 //     each .cuh), so nvcc never compiles Eigen and user code never needs nvcc.
@@ -16,6 +18,7 @@
 #include "datanas/ops/cuda/dnn.hpp"
 #include "datanas/ops/cuda/elementwise.hpp"
 #include "datanas/ops/cuda/dense.hpp"
+#include "datanas/ops/cuda/graph.hpp"
 #include "datanas/ops/cuda/recurrent.hpp"
 #include "datanas/ops/cuda/optim.hpp"
 
@@ -28,6 +31,7 @@ struct DeviceOps<Cuda>
       cuda::DenseOps,
       cuda::DnnOps,
       cuda::RecurrentOps,
-      cuda::OptimOps {};
+      cuda::OptimOps,
+      cuda::GraphOps {};
 
 }  // namespace datanas

@@ -17,6 +17,8 @@
 //     (order the streams with an event, as with PyTorch's record_stream); nothing here does it.
 //   - The only host synchronisation points are to_host(), Stream::synchronize(), a Stream's
 //     destruction, and empty_cache() (cudaFree waits for the device).
+//   - A captured step (StepGraph, below) allocates from a private pool: its blocks are the
+//     graph's until it is destroyed, since every replay writes them again.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -24,15 +26,20 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <mutex>
+#include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 #include "datanas/core/allocator.hpp"
 #include "datanas/core/device.hpp"
 #include "datanas/core/error.hpp"
 #include "datanas/core/tensor.hpp"
 #include "datanas/cuda/check.cuh"
+#include "datanas/cuda/elementwise.hpp"
 
 namespace datanas::cuda {
 
@@ -64,6 +71,9 @@ inline void require_device(const char* what) {
 struct StreamRef {
   cudaStream_t handle = nullptr;
   std::uint64_t id = 0;
+  /// The free lists new blocks come from: 0 = the stream's own (keyed by id); a StepGraph's
+  /// private pool while it captures.
+  std::uint64_t pool = 0;
 };
 
 namespace detail {
@@ -75,7 +85,15 @@ inline StreamRef& current_stream_slot() {
   thread_local StreamRef current;
   return current;
 }
+/// The StepGraph this thread is capturing into, or nullptr.
+inline StepGraph<Cuda>*& capturing_slot() {
+  thread_local StepGraph<Cuda>* graph = nullptr;
+  return graph;
+}
 }  // namespace detail
+
+/// The graph this thread is capturing a step into, or nullptr when work runs eagerly.
+inline StepGraph<Cuda>* capturing_graph() { return detail::capturing_slot(); }
 
 /// This thread's current stream: where new device tensors are allocated and kernels launched.
 inline StreamRef current_stream() { return detail::current_stream_slot(); }
@@ -88,7 +106,11 @@ namespace datanas {
 
 /// The Cuda caching allocator: exact-size free lists (sizes rounded up to 256 bytes, the
 /// alignment cudaMalloc gives) kept per stream, so that reuse is ordered by the stream and never
-/// waits for the device (see the file comment). Process-wide singleton, thread-safe.
+/// waits for the device (see the file comment). A StepGraph's private pool is one more set of
+/// free lists on its stream: while it captures, blocks come from the pool, else from the
+/// stream's idle blocks (same stream, so already ordered), else cudaMalloc; they stay in the
+/// pool until the graph is destroyed, since each replay writes them again. Process-wide
+/// singleton, thread-safe.
 template <>
 class CachingAllocator<Cuda> {
  public:
@@ -103,11 +125,13 @@ class CachingAllocator<Cuda> {
   /// A block of at least `bytes` bytes with refs == 1, ordered on `stream`.
   detail::Storage* acquire(std::size_t bytes, cuda::StreamRef stream) {
     bytes = round_up(bytes);
+    const std::uint64_t pool = stream.pool ? stream.pool : stream.id;
     std::lock_guard lock(mutex_);
-    Block* b = nullptr;
-    if (auto it = free_.find(Key{stream.id, bytes}); it != free_.end() && it->second) {
-      b = static_cast<Block*>(it->second);
-      it->second = b->next_free;
+    Block* b = pop_free(pool, bytes);
+    const bool joins_graph = !b && pool != stream.id;  // from outside into a graph's pool
+    if (joins_graph) b = pop_free(stream.id, bytes);   // idle on the same stream
+    if (joins_graph) stats_.graph_pool_bytes += bytes;
+    if (b) {
       stats_.bytes_cached -= bytes;
       ++stats_.cache_hits;
     } else {
@@ -122,6 +146,7 @@ class CachingAllocator<Cuda> {
       ++stats_.system_allocations;
     }
     b->stream = stream.id;
+    b->pool = pool;
     b->refs = 1;
     b->next_free = nullptr;
     stats_.bytes_in_use += bytes;
@@ -138,29 +163,30 @@ class CachingAllocator<Cuda> {
     poison_ = on;
   }
 
-  /// Returns a block to the free list of the stream it was allocated on (no synchronisation);
-  /// a block of a destroyed stream goes back to the system.
+  /// Returns a block to the free list of its pool (no synchronisation): its graph's pool while
+  /// that graph lives, else its stream's; a block of a destroyed stream goes back to the system.
   void release(detail::Storage* s) {
     Block* b = static_cast<Block*>(s);
     std::lock_guard lock(mutex_);
     stats_.bytes_in_use -= b->bytes;
+    if (b->pool != b->stream && !graph_pools_.contains(b->pool)) {  // its graph is gone
+      b->pool = b->stream;
+      stats_.graph_pool_bytes -= b->bytes;
+    }
     if (b->stream != 0 && !live_streams_.contains(b->stream)) {
       // Its stream was synchronised when it was destroyed, and no other stream may use the block
       // without ordering itself (file comment), so the memory is idle.
       free_quietly(b);
       return;
     }
-    stats_.bytes_cached += b->bytes;
-    detail::Storage*& head = free_[Key{b->stream, b->bytes}];
-    b->next_free = head;
-    head = b;
+    push_free(b);
   }
 
-  /// Gives every cached block back to the system (live tensors are untouched). cudaFree waits
-  /// for the device, so this synchronises: call it outside training steps.
+  /// Gives every cached block back to the system (live tensors and the pools of live graphs are
+  /// untouched). cudaFree waits for the device, so this synchronises: call it outside steps.
   void empty_cache() {
     std::lock_guard lock(mutex_);
-    drop_free_lists([](std::uint64_t) { return true; });
+    drop_free_lists([this](std::uint64_t pool) { return !graph_pools_.contains(pool); });
   }
 
   [[nodiscard]] AllocatorStats stats() const {
@@ -179,23 +205,67 @@ class CachingAllocator<Cuda> {
 
  private:
   friend class cuda::Stream;
+  friend class StepGraph<Cuda>;
 
   struct Block : detail::Storage {
-    std::uint64_t stream = 0;  // StreamRef::id of the stream that allocated it
+    std::uint64_t stream = 0;  // StreamRef::id of the stream that allocated it (orders its uses)
+    std::uint64_t pool = 0;    // whose free list it returns to: `stream`, or a graph's pool
   };
   struct Key {
-    std::uint64_t stream;
+    std::uint64_t pool;
     std::size_t bytes;
     bool operator==(const Key&) const = default;
   };
   struct KeyHash {
     std::size_t operator()(const Key& k) const {
-      return std::hash<std::uint64_t>()(k.stream * 0x9E3779B97F4A7C15ull ^ std::uint64_t(k.bytes));
+      return std::hash<std::uint64_t>()(k.pool * 0x9E3779B97F4A7C15ull ^ std::uint64_t(k.bytes));
     }
   };
 
   CachingAllocator() = default;
   static std::size_t round_up(std::size_t b) { return b == 0 ? 256 : (b + 255) / 256 * 256; }
+
+  // Caller holds mutex_.
+  Block* pop_free(std::uint64_t pool, std::size_t bytes) {
+    auto it = free_.find(Key{pool, bytes});
+    if (it == free_.end() || !it->second) return nullptr;
+    Block* b = static_cast<Block*>(it->second);
+    it->second = b->next_free;
+    return b;
+  }
+  void push_free(Block* b) {
+    stats_.bytes_cached += b->bytes;
+    detail::Storage*& head = free_[Key{b->pool, b->bytes}];
+    b->next_free = head;
+    head = b;
+  }
+
+  /// A graph's private pool on its stream (StepGraph::capture).
+  void register_graph_pool(std::uint64_t pool) {
+    std::lock_guard lock(mutex_);
+    graph_pools_.insert(pool);
+  }
+  /// Called when a graph is destroyed, after its stream finished the last replay: the pool's
+  /// idle blocks return to the stream's free lists (or the system, if the stream is gone); its
+  /// blocks still held by tensors follow when they are released.
+  void retire_graph_pool(std::uint64_t pool) {
+    std::lock_guard lock(mutex_);
+    graph_pools_.erase(pool);
+    std::vector<Block*> idle;  // collected first: push_free may rehash free_
+    for (auto& [key, head] : free_) {
+      if (key.pool != pool) continue;
+      for (; head; head = head->next_free) idle.push_back(static_cast<Block*>(head));
+    }
+    for (Block* b : idle) {
+      stats_.bytes_cached -= b->bytes;
+      stats_.graph_pool_bytes -= b->bytes;
+      b->pool = b->stream;
+      if (b->stream != 0 && !live_streams_.contains(b->stream))
+        free_quietly(b);
+      else
+        push_free(b);
+    }
+  }
 
   void register_stream(std::uint64_t id) {
     std::lock_guard lock(mutex_);
@@ -211,9 +281,9 @@ class CachingAllocator<Cuda> {
 
   // Caller holds mutex_ (or is the destructor).
   template <class Pred>
-  void drop_free_lists(Pred of_stream) {
+  void drop_free_lists(Pred of_pool) {
     for (auto& [key, head] : free_) {
-      if (!of_stream(key.stream)) continue;
+      if (!of_pool(key.pool)) continue;
       while (head) {
         detail::Storage* next = head->next_free;
         stats_.bytes_cached -= head->bytes;
@@ -233,7 +303,7 @@ class CachingAllocator<Cuda> {
     cudaError_t e = cudaMalloc(&p, bytes);
     if (e == cudaErrorMemoryAllocation && stats_.bytes_cached > 0) {
       (void)cudaGetLastError();
-      drop_free_lists([](std::uint64_t) { return true; });
+      drop_free_lists([this](std::uint64_t pool) { return !graph_pools_.contains(pool); });
       e = cudaMalloc(&p, bytes);
     }
     if (e == cudaSuccess) return p;
@@ -249,6 +319,7 @@ class CachingAllocator<Cuda> {
   bool poison_ = false;
   std::unordered_map<Key, detail::Storage*, KeyHash> free_;
   std::unordered_set<std::uint64_t> live_streams_;
+  std::unordered_set<std::uint64_t> graph_pools_;
   AllocatorStats stats_;
 };
 
@@ -302,10 +373,21 @@ class StreamGuard {
 
 // ---- copies -----------------------------------------------------------------------------------
 
+namespace detail {
+/// A captured copy from host memory would read that memory again at every replay, long after
+/// the host buffer was reused: refused with the reason.
+inline void check_no_host_copy_in_capture(const char* what) {
+  DATANAS_CHECK(!capturing_graph(), what, ": a step being captured into a CUDA graph copies host data "
+                "to the device (a replay would read the host buffer again, after it changed): copy "
+                "inputs into device buffers before replay()");
+}
+}  // namespace detail
+
 /// A device copy of a host tensor, queued on the current stream. The host data has been read
 /// when this returns (the runtime stages pageable memory), so `host` may change afterwards.
 template <Element T>
 Tensor<T, Cuda> to_device(const Tensor<T, Cpu>& host) {
+  detail::check_no_host_copy_in_capture("cuda::to_device");
   Tensor<T, Cuda> d = Tensor<T, Cuda>::empty(host.shape());
   if (host.numel())
     DATANAS_CUDA_CHECK(cudaMemcpyAsync(d.data(), host.data(), sizeof(T) * std::size_t(host.numel()),
@@ -313,10 +395,25 @@ Tensor<T, Cuda> to_device(const Tensor<T, Cpu>& host) {
   return d;
 }
 
+/// dst = host into dst's storage, queued on the current stream; sizes must match. As to_device,
+/// the host data has been read when this returns.
+template <Element T>
+void copy_from_host(const Tensor<T, Cuda>& dst, const Tensor<T, Cpu>& host) {
+  detail::check_no_host_copy_in_capture("cuda::copy_from_host");
+  DATANAS_CHECK(dst.numel() == host.numel(), "cuda::copy_from_host: size mismatch ", host.shape().str(),
+                " -> ", dst.shape().str());
+  if (host.numel())
+    DATANAS_CUDA_CHECK(cudaMemcpyAsync(dst.data(), host.data(), sizeof(T) * std::size_t(host.numel()),
+                                       cudaMemcpyHostToDevice, current_stream().handle));
+}
+
 /// A host copy of a device tensor: waits for the current stream (the one synchronisation point
 /// of a training step, used where a value is logged). Use it on the stream that wrote `dev`.
 template <Element T>
 Tensor<T, Cpu> to_host(const Tensor<T, Cuda>& dev) {
+  DATANAS_CHECK(!capturing_graph(), "cuda::to_host: the step being captured into a CUDA graph reads a "
+                "device value on the host (a captured step cannot wait for the GPU): read it after the "
+                "replay, or run this step without graph capture");
   Tensor<T, Cpu> h = Tensor<T, Cpu>::empty(dev.shape());
   if (dev.numel()) {
     const cudaStream_t s = current_stream().handle;
@@ -347,3 +444,176 @@ void fill_bytes(const Tensor<T, Cuda>& t, unsigned char byte) {
 }
 
 }  // namespace datanas::cuda
+
+namespace datanas {
+
+/// A training step captured once as a CUDA graph and replayed as one launch per step (the issue's
+/// "whole step on the GPU without per-kernel launch cost"; ALGORITHMS.md does not change).
+///
+///   StepGraph<Cuda> g;
+///   Outputs out = g.capture([&] { return queue_step(); });  // records; runs nothing
+///   for (...) { upload_batch(); g.replay(); read(out); }      // each replay = one step
+///
+/// What a captured step may do (docs/cuda.md, "CUDA graphs"):
+///   - run on one cuda::Stream (StreamGuard), never the legacy default stream;
+///   - read its inputs from tensors that outlive the graph at fixed addresses (copy each batch
+///     into the same device buffer), and never read the host (cuda::to_host throws);
+///   - take every value that changes from step to step through per_replay(): the Philox base of
+///     each estimator launch and Adam's bias corrections are registered there by the library, and
+///     their host code (gen.reserve, ++t) runs before each replay, in capture order, so replays
+///     draw exactly the noise, and leave exactly the generator and optimiser state, of eager steps;
+///   - have run once eagerly first (cuDNN plans, cuBLAS and CUB state, lazily created optimiser
+///     buffers and gradients exist then, and the capture does no first-use work).
+/// Values fixed at capture (learning rate, temperature) need a new capture when they change:
+/// reset() and capture again (the searcher does this once per epoch).
+template <>
+class StepGraph<Cuda> {
+ public:
+  /// Per-replay words available to one graph (Philox bases, optimiser scalars).
+  static constexpr int kMaxWords = 1024;
+
+  StepGraph() = default;
+  StepGraph(const StepGraph&) = delete;
+  StepGraph& operator=(const StepGraph&) = delete;
+  ~StepGraph() { reset(); }
+
+  /// Records f() on the current stream into a graph, without running it, and returns what f
+  /// returns: tensors allocated during the capture live in the graph's pool, and every replay
+  /// rewrites them. If f throws, the capture is abandoned and the exception propagates.
+  template <class F>
+  auto capture(F&& f) -> std::invoke_result_t<F&> {
+    DATANAS_CHECK(!exec_, "StepGraph::capture: a graph is already captured (reset() first)");
+    DATANAS_CHECK(!cuda::capturing_graph(), "StepGraph::capture: captures do not nest");
+    const cuda::StreamRef s = cuda::current_stream();
+    DATANAS_CHECK(s.handle != nullptr, "StepGraph::capture: needs a cuda::Stream made current with "
+                  "cuda::StreamGuard (the legacy default stream cannot be captured)");
+    stream_ = s;
+    words_ = Tensor<std::int32_t, Cuda>::empty({2 * index_t(kMaxWords)});  // before: not in the pool
+    pool_ = cuda::detail::next_stream_id();
+    CachingAllocator<Cuda>::instance().register_graph_pool(pool_);
+    fills_.clear();
+    used_ = 0;
+    Capturing scope(*this);
+    // Relaxed: the allocator may call cudaMalloc while capturing (its blocks then belong to the
+    // pool for the graph's life, which is what capture needs).
+    DATANAS_CUDA_CHECK(cudaStreamBeginCapture(s.handle, cudaStreamCaptureModeRelaxed));
+    try {
+      if constexpr (std::is_void_v<std::invoke_result_t<F&>>) {
+        f();
+        finish_capture();
+      } else {
+        auto result = f();
+        finish_capture();
+        return result;
+      }
+    } catch (...) {
+      cudaGraph_t g = nullptr;
+      if (cudaStreamEndCapture(s.handle, &g) == cudaSuccess && g) (void)cudaGraphDestroy(g);
+      (void)cudaGetLastError();
+      scope.end();
+      reset();
+      throw;
+    }
+  }
+
+  /// Runs the captured step once on the stream it was captured on: first every registered
+  /// per_replay fill (host code, in capture order), whose values go to the device as kernel
+  /// arguments, then the graph. Does not wait for the GPU.
+  void replay() {
+    DATANAS_CHECK(exec_, "StepGraph::replay: nothing was captured");
+    host_words_.assign(std::size_t(used_), 0);
+    for (const Fill& f : fills_) f.fill(host_words_.data() + f.offset);
+    if (used_) cuda::store_words(words(), host_words_.data(), used_, stream_.handle);
+    DATANAS_CUDA_CHECK(cudaGraphLaunch(exec_, stream_.handle));
+    ++replays_;
+  }
+
+  /// Drops the graph (waiting for its last replay) and returns its pool's blocks to the stream.
+  void reset() {
+    if (!pool_) return;
+    if (stream_.handle && cudaStreamSynchronize(stream_.handle) != cudaSuccess) (void)cudaGetLastError();
+    if (exec_ && cudaGraphExecDestroy(exec_) != cudaSuccess) (void)cudaGetLastError();
+    exec_ = nullptr;
+    words_ = {};
+    fills_.clear();
+    used_ = 0;
+    nodes_ = 0;
+    CachingAllocator<Cuda>::instance().retire_graph_pool(std::exchange(pool_, 0));
+  }
+
+  [[nodiscard]] bool ready() const { return exec_ != nullptr; }
+  /// Kernel, copy and memset nodes of the captured graph.
+  [[nodiscard]] std::size_t nodes() const { return nodes_; }
+  [[nodiscard]] long replays() const { return replays_; }
+
+  /// While this graph captures: room for n values of T that the captured kernels read from the
+  /// returned device pointer, and `fill(T* out)`, which computes them on the host before every
+  /// replay. Library code reaches it through DeviceOps<Cuda>::step_values.
+  template <class T, class F>
+  const T* per_replay(int n, F&& fill) {
+    static_assert(std::is_trivially_copyable_v<T> && alignof(T) <= 8);
+    DATANAS_CHECK(n >= 1 && n <= 8, "StepGraph::per_replay: ", n, " values (1 to 8)");
+    const int count = int((std::size_t(n) * sizeof(T) + 7) / 8);
+    DATANAS_CHECK(used_ + count <= kMaxWords, "StepGraph: the captured step needs more than ", kMaxWords,
+                  " per-replay words");
+    fills_.push_back(Fill{used_, [n, fill = std::forward<F>(fill)](std::uint64_t* dst) mutable {
+                            T v[8] = {};
+                            fill(v);
+                            std::memcpy(dst, v, std::size_t(n) * sizeof(T));
+                          }});
+    const T* p = reinterpret_cast<const T*>(words() + used_);
+    used_ += count;
+    return p;
+  }
+
+ private:
+  struct Fill {
+    int offset;
+    std::function<void(std::uint64_t*)> fill;
+  };
+  /// Makes this graph (and its pool) current on this thread for the capture.
+  class Capturing {
+   public:
+    explicit Capturing(StepGraph& g) : previous_(cuda::detail::current_stream_slot()) {
+      cuda::detail::current_stream_slot().pool = g.pool_;
+      cuda::detail::capturing_slot() = &g;
+    }
+    ~Capturing() { end(); }
+    void end() {
+      if (done_) return;
+      done_ = true;
+      cuda::detail::current_stream_slot() = previous_;
+      cuda::detail::capturing_slot() = nullptr;
+    }
+
+   private:
+    cuda::StreamRef previous_;
+    bool done_ = false;
+  };
+
+  std::uint64_t* words() const { return reinterpret_cast<std::uint64_t*>(words_.data()); }
+
+  void finish_capture() {
+    cudaGraph_t g = nullptr;
+    DATANAS_CUDA_CHECK(cudaStreamEndCapture(stream_.handle, &g));
+    DATANAS_CHECK(g != nullptr, "StepGraph::capture: the capture produced no graph");
+    std::size_t n = 0;
+    (void)cudaGraphGetNodes(g, nullptr, &n);
+    nodes_ = n;
+    const cudaError_t e = cudaGraphInstantiate(&exec_, g, 0);
+    (void)cudaGraphDestroy(g);
+    DATANAS_CUDA_CHECK(e);
+  }
+
+  cuda::StreamRef stream_;
+  std::uint64_t pool_ = 0;
+  Tensor<std::int32_t, Cuda> words_;
+  std::vector<Fill> fills_;
+  std::vector<std::uint64_t> host_words_;
+  int used_ = 0;
+  cudaGraphExec_t exec_ = nullptr;
+  std::size_t nodes_ = 0;
+  long replays_ = 0;
+};
+
+}  // namespace datanas

@@ -33,6 +33,11 @@ inline constexpr bool is_cpu = std::same_as<D, Cpu>;
 template <class D>
 struct DeviceOps;
 
+/// A training step captured once and replayed as one launch (CUDA graphs). Only declared here:
+/// <datanas/cuda.hpp> defines StepGraph<Cuda>; the Cpu has nothing to capture.
+template <class D>
+class StepGraph;
+
 /// Floating-point types of values and gradients.
 template <class T>
 concept Scalar = std::same_as<T, float> || std::same_as<T, double>;

@@ -151,6 +151,16 @@ Tensor<T, D> to_device_of(const Tensor<T, Cpu>& host) {
   else
     return DeviceOps<D>::upload(host);
 }
+/// dst = host, into dst's existing storage (the same number of elements): a copy on the Cpu, a
+/// copy queued on the device's current stream otherwise (the host data has been read when this
+/// returns). dst keeps its address, as the inputs of a captured step (StepGraph) must.
+template <class D, class T>
+void upload_into(const Tensor<T, D>& dst, const Tensor<T, Cpu>& host) {
+  if constexpr (is_cpu<D>)
+    dst.copy_from(host);
+  else
+    DeviceOps<D>::upload_into(host, dst);
+}
 /// A host copy of `t` (the same tensor on the Cpu). On a device this waits for the current
 /// stream: use it where a value is logged or saved, never inside a training step.
 template <class T, class D>

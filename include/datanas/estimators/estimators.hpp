@@ -107,7 +107,8 @@ index_t gumbel_softmax(const T* lp, index_t n, double tau, const PhiloxGenerator
 /// On Cuda the fused estimator kernels (kernels/datanas/cuda/estimators.cuh) compute the same
 /// weights and save the same buffer; the generator stays on the host and the call reserves the
 /// same counter range from it as on the Cpu, so both devices draw the same architectures from the
-/// same generator state. The kernels also need every group to have at most 512 logits.
+/// same generator state (also in a captured step, where the range is reserved at each replay).
+/// The kernels also need every group to have at most 512 logits.
 template <class T, class D>
 Var<T, D> mixing_weights(Kind kind, int M, const Var<T, D>& alpha, const GroupLayout& layout,
                          const EstimatorConfig& cfg, PhiloxGenerator& gen) {
@@ -123,7 +124,16 @@ Var<T, D> mixing_weights(Kind kind, int M, const Var<T, D>& alpha, const GroupLa
                                                  layout.first_inputs,
                                                  layout.granularity == Granularity::kEdge,
                                                  cfg.normalize == Normalize::kRelu, cfg.tau);
-    params.reserve_noise(gen);  // gen.reserve(draws * E * K), nothing for Softmax: as below
+    // gen.reserve(draws * E * K), nothing for Softmax: as below. Inside a captured step
+    // (StepGraph) the reservation runs before each replay and the kernel reads its base from the
+    // device, so every replay draws the noise the same eager step would have (gen must then
+    // outlive the graph).
+    if (draws) {
+      const std::uint64_t n = std::uint64_t(draws) * std::uint64_t(total);
+      params.seed = gen.seed();
+      params.base_device =
+          DeviceOps<D>::step_values(&params.base, 1, [&gen, n](std::uint64_t* base) { *base = gen.reserve(n); });
+    }
     // The CPU's buffer: log p | y_m | route | sum(b) per group.
     Tensor<T, D> saved = Tensor<T, D>::empty({total * (draws + 2) + layout.count()});
     Var<T, D> w(Tensor<T, D>::empty({total}));

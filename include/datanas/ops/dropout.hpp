@@ -16,6 +16,7 @@ template <class T, class D>
 Var<T, D> dropout(const Var<T, D>& x, double p, bool training, PhiloxGenerator& gen) {
   DATANAS_CHECK(p >= 0.0 && p < 1.0, "dropout: probability must be in [0, 1), got ", p);
   if (!training || p == 0.0) return x;
+  if constexpr (!is_cpu<D>) DeviceOps<D>::check_not_capturing("dropout");
   const float keep = float(1.0 - p);
   const T inv_keep = T(1) / T(keep);
   const std::uint64_t base = gen.reserve(std::uint64_t(x.value().numel()));
@@ -58,6 +59,7 @@ Var<T, D> drop_path(const Var<T, D>& x, double p, bool training, PhiloxGenerator
   DATANAS_CHECK(p >= 0.0 && p < 1.0, "drop_path: probability must be in [0, 1), got ", p);
   DATANAS_CHECK(x.shape().rank() >= 1, "drop_path: input needs a batch dimension");
   if (!training || p == 0.0) return x;
+  if constexpr (!is_cpu<D>) DeviceOps<D>::check_not_capturing("drop_path");
   const index_t n = x.shape()[0], per = x.value().numel() / n;
   const float keep = float(1.0 - p);
   const T inv_keep = T(1) / T(keep);

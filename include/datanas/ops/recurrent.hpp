@@ -485,6 +485,7 @@ void bernoulli_mask(const Tensor<T, D>& m, double keep, PhiloxGenerator& gen) {
     return;
   }
   if constexpr (!is_cpu<D>) {
+    DeviceOps<D>::check_not_capturing("the recurrent dropout mask");
     const Tensor<T> host = Tensor<T>::empty(m.shape());
     bernoulli_mask(host, keep, gen);
     DeviceOps<D>::upload_mask(host, m);

@@ -67,6 +67,17 @@ void axpby(std::type_identity_t<T> a, const Tensor<T, D>& x, std::type_identity_
   }
 }
 
+/// out = (x > 0) ? 1 : 0 elementwise: DATA's binary code of a sampled architecture from its
+/// mixing weights (w > 0). out may be x.
+template <class T, class D>
+void indicator_positive(const Tensor<T, D>& x, const Tensor<T, D>& out) {
+  detail::check_same_size(x, out, "indicator_positive");
+  if constexpr (is_cpu<D>)
+    out.eigen() = (x.eigen() > T(0)).template cast<T>();
+  else
+    DeviceOps<D>::indicator_positive(x, out);
+}
+
 /// The sum of squares of every element of every defined tensor of xs (undefined tensors, the
 /// symbolic zeros, count 0), as a tensor [1] on the device. Deterministic. On the Cpu each tensor's
 /// sum is taken in T by Eigen and the tensors' sums are added in double (as searcher.hpp did); on

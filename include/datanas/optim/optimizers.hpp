@@ -89,8 +89,23 @@ class Adam {
   }
   void step() {
     NoGradGuard ng;
-    ++t_;
-    const double c1 = 1 - std::pow(b1_, double(t_)), c2 = 1 - std::pow(b2_, double(t_));
+    double c1 = 0, c2 = 0;
+    // Device: the step's two scalars {lr / c1, c2}, computed on the host now, or, inside a
+    // captured step (StepGraph), before each replay, which is also when t advances then.
+    T scalars[2] = {};
+    const T* per_step = nullptr;
+    if constexpr (is_cpu<D>) {
+      ++t_;
+      c1 = 1 - std::pow(b1_, double(t_));
+      c2 = 1 - std::pow(b2_, double(t_));
+    } else {
+      per_step = DeviceOps<D>::step_values(scalars, 2, [this](T* s) {
+        ++t_;
+        const double b1t = 1 - std::pow(b1_, double(t_)), b2t = 1 - std::pow(b2_, double(t_));
+        s[0] = T(lr_ / b1t);
+        s[1] = T(b2t);
+      });
+    }
     for (std::size_t i = 0; i < params_.size(); ++i) {
       const Var<T, D>& p = params_[i];
       if (!p.has_grad()) continue;
@@ -110,8 +125,8 @@ class Adam {
       } else {
         // The CPU's scalars, rounded to T as there.
         DeviceOps<D>::adam_step(p.value(), p.grad(), m_[i], v_[i],
-                                {T(b1_), T(1 - b1_), T(b2_), T(1 - b2_), wd_ != 0, T(wd_), T(lr_ / c1),
-                                 T(c2), T(eps_)});
+                                {T(b1_), T(1 - b1_), T(b2_), T(1 - b2_), wd_ != 0, T(wd_), scalars[0],
+                                 scalars[1], T(eps_), per_step});
       }
     }
   }

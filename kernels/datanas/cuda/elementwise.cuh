@@ -53,6 +53,12 @@ struct StoreGradOp {
   }
 };
 template <class T>
+struct IndicatorPositiveOp {
+  const T* x;
+  T* y;
+  __device__ void operator()(std::int64_t i) const { y[i] = x[i] > T(0) ? T(1) : T(0); }
+};
+template <class T>
 struct ReluOp {
   const T* x;
   T* y;
@@ -260,6 +266,10 @@ void store_grad(std::int64_t n, T s, const T* dy, T* g, bool accumulate, cudaStr
                                  stream);
 }
 /// y = max(x, 0).
+template <class T>
+void indicator_positive(std::int64_t n, const T* x, T* y, cudaStream_t stream) {
+  elementwise_detail::launch_map(n, elementwise_detail::IndicatorPositiveOp<T>{x, y}, stream);
+}
 template <class T>
 void relu_forward(std::int64_t n, const T* x, T* y, cudaStream_t stream) {
   elementwise_detail::launch_map(n, elementwise_detail::ReluOp<T>{x, y}, stream);

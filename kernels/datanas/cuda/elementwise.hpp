@@ -88,4 +88,13 @@ template <class T>
 void weighted_sum_backward_w(std::int64_t n, const WeightedTerms<T>& terms, const T* dy, int m, T* gw,
                              bool accumulate, T* workspace, cudaStream_t stream);
 
+/// y = (x > 0) ? 1 : 0: DATA's binary code of a sampled architecture (w > 0).
+template <class T>
+void indicator_positive(std::int64_t n, const T* x, T* y, cudaStream_t stream);
+
+/// Words a captured step reads per replay (StepGraph): dst[0 .. count) = words, queued on
+/// `stream` as kernel arguments (never a copy from host memory, which a later replay's values
+/// could overwrite before the copy ran). count may be any size; launches carry 64 words each.
+void store_words(std::uint64_t* dst, const std::uint64_t* words, int count, cudaStream_t stream);
+
 }  // namespace datanas::cuda

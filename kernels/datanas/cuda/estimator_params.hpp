@@ -33,6 +33,9 @@ struct EstimatorParams {
   double tau = 1.0;       ///< Gumbel-softmax temperature
   std::uint64_t seed = 0; ///< Philox key
   std::uint64_t base = 0; ///< first Philox counter of this call's range
+  /// In a captured step (StepGraph), the device word holding `base`, written before each replay
+  /// so that every replay draws fresh noise; nullptr when the launch runs eagerly.
+  const std::uint64_t* base_device = nullptr;
 
   /// E = sum over i < nodes of (first_inputs + i).
   [[nodiscard]] DATANAS_HD int edges() const { return nodes * first_inputs + nodes * (nodes - 1) / 2; }
@@ -60,6 +63,11 @@ struct EstimatorParams {
   [[nodiscard]] DATANAS_HD std::int64_t saved_size() const {
     return total() * (draws + 2) + groups();
   }
+
+#if defined(__CUDACC__)
+  /// This launch's first Philox counter: the kernel argument, or the per-replay device word.
+  [[nodiscard]] __device__ std::uint64_t counter_base() const { return base_device ? *base_device : base; }
+#endif
 
   /// Takes this call's noise from `gen` as estimators::mixing_weights does: one range of
   /// draws * E * K numbers, none for Softmax. Host only; advances gen.

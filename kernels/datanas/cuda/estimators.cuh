@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kEstimatorThreads)
     for (std::int64_t k = tid; k < n; k += blockDim.x) w[o + k] = ed::dexp(lp[o + k]);
   } else {
     if (tid < p.draws)
-      selected[tid] = ed::gumbel_softmax(lp + o, n, p.tau, p.seed, p.base,
+      selected[tid] = ed::gumbel_softmax(lp + o, n, p.tau, p.seed, p.counter_base(),
                                          std::uint64_t(tid) * std::uint64_t(total) + std::uint64_t(o),
                                          ys + std::int64_t(tid) * total + o);
     __syncthreads();  // every draw's y and argmax are done

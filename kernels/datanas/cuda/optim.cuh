@@ -163,7 +163,9 @@ struct AdamOp {
     m[i] = mi;
     v[i] = vi;
     // The CPU's order: (step_size * m) / (sqrt(v / c2) + eps).
-    w[i] = w[i] - (s.step_size * mi) / (dsqrt(vi / s.c2) + s.eps);
+    const T step_size = s.per_step ? s.per_step[0] : s.step_size;
+    const T c2 = s.per_step ? s.per_step[1] : s.c2;
+    w[i] = w[i] - (step_size * mi) / (dsqrt(vi / c2) + s.eps);
   }
 };
 

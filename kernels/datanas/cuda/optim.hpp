@@ -89,6 +89,9 @@ struct AdamScalars {
   T step_size;  ///< lr / (1 - beta1^t)
   T c2;         ///< 1 - beta2^t
   T eps;
+  /// In a captured step (StepGraph): the device pair {step_size, c2}, written before each
+  /// replay because t advances between replays; nullptr when the update runs eagerly.
+  const T* per_step = nullptr;
 };
 /// Adam (torch semantics), elementwise:
 ///   g = g + wd w (written back, only when decay); m = b1 m + (1 - b1) g;

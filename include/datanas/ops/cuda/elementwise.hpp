@@ -40,8 +40,17 @@ struct ElementwiseOps {
     return cuda::to_device(host);
   }
   template <class T>
+  static void upload_into(const Tensor<T, Cpu>& host, const DTensor<T>& dst) {
+    cuda::copy_from_host(dst, host);
+  }
+  template <class T>
   static Tensor<T, Cpu> download(const DTensor<T>& dev) {
     return cuda::to_host(dev);
+  }
+  /// y = (x > 0) ? 1 : 0.
+  template <class T>
+  static void indicator_positive(const DTensor<T>& x, const DTensor<T>& y) {
+    cuda::indicator_positive<T>(y.numel(), x.data(), y.data(), stream());
   }
   /// y = a + b.
   template <class T>
