@@ -12,6 +12,13 @@
 // Every forward draws a fresh estimator sample, shared by all time steps of its window, and
 // fresh dropout masks. All randomness comes from three counter-based generators checkpointed at
 // each epoch end, so a resumed run is bit-identical.
+//
+// The loop is a template on the device D (Cpu by default). The token streams stay on the host
+// (windows are cut there; each forward copies its ids to D). On a device a search step waits for
+// the GPU only to read the two losses and the predictions for the log, after both the
+// architecture and the weight step are queued, and where the search cell needs a host copy of
+// the mixing weights (RnnSearchNetwork::forward_sampled: sparse mode, and estimators whose
+// weights can be 0). A checkpoint holds host tensors: it resumes on either device.
 #pragma once
 
 #include <chrono>
@@ -54,10 +61,10 @@ struct RnnSearchEpoch {
   double tokens_per_second = 0;  ///< training + architecture tokens per second (excluding validation)
 };
 
-template <class T>
+template <class T, class D = Cpu>
 class RnnSearcher {
  public:
-  using Net = spaces::rnn::RnnSearchNetwork<T>;
+  using Net = spaces::rnn::RnnSearchNetwork<T, D>;
 
   /// train: the training stream batchified with batch_size; search: the validation stream
   /// batchified with batch_size (architecture steps); valid: the validation stream batchified
@@ -95,7 +102,7 @@ class RnnSearcher {
     ec_ = {st.tau, cfg_.normalize};
     const data::BpttSampler sampler{cfg_.bptt, cfg_.max_seq_len_delta, cfg_.seq_jitter};
     const index_t rows = train_.dim(0), search_rows = search_.dim(0), batch = cfg_.batch_size;
-    Tensor<T> hidden = net_.init_hidden(batch), hidden_valid = net_.init_hidden(batch);
+    Tensor<T, D> hidden = net_.init_hidden(batch), hidden_valid = net_.init_hidden(batch);
     net_.train();
     double loss_w = 0, loss_a = 0;
     long correct = 0, tokens = 0, steps = 0;
@@ -105,15 +112,16 @@ class RnnSearcher {
       w_opt_.set_lr(cfg_.lr * double(seq_len) / double(cfg_.bptt));
       // Architecture step (weights frozen: only dL/dalpha is computed).
       const data::Window wa = data::get_window(search_, i % (search_rows - 1), cfg_.bptt);
+      Tensor<T, D> arch_loss;  // read for the log once the weight step is queued too
       {
         set_requires_grad(weights_, false);
-        spaces::rnn::RnnOutput<T> o =
+        spaces::rnn::RnnOutput<T, D> o =
             net_.forward_sampled(wa.inputs, hidden_valid, ec_, noise_gen_, dropout_gen_, cfg_.sparse);
-        const Var<T> loss = cross_entropy(o.logits, wa.targets);
-        loss_a += train::checked_loss(double(loss.value()[0]), "architecture", st.epoch, steps);
+        const Var<T, D> loss = cross_entropy(o.logits, to_device_of<D>(wa.targets));
         a_opt_.zero_grad();
         backward(loss);
         a_opt_.step();
+        arch_loss = loss.value();
         hidden_valid = o.hidden;
         set_requires_grad(weights_, true);
       }
@@ -122,11 +130,12 @@ class RnnSearcher {
       set_requires_grad(alphas_, false);
       const auto r = train::weight_step<T>(
           ww, hidden,
-          [&](const Tensor<std::int32_t>& in, const Tensor<T>& h) {
+          [&](const Tensor<std::int32_t>& in, const Tensor<T, D>& h) {
             return net_.forward_sampled(in, h, ec_, noise_gen_, dropout_gen_, cfg_.sparse);
           },
           weights_, w_opt_, cfg_.clip, cfg_.beta, st.epoch, steps);
       set_requires_grad(alphas_, true);
+      loss_a += train::checked_loss(double(to_cpu(arch_loss)[0]), "architecture", st.epoch, steps);
       loss_w += r.loss * double(r.tokens);
       correct += r.correct;
       tokens += r.tokens;
@@ -154,28 +163,29 @@ class RnnSearcher {
   /// sample per window; batch norm with running statistics, no dropout).
   double valid_loss() {
     net_.eval();
-    const auto l = train::evaluate_stream<T>(valid_, cfg_.bptt, net_.config().nhid,
-                                             [&](const Tensor<std::int32_t>& in, const Tensor<T>& h) {
-                                               return net_.forward_sampled(in, h, ec_, noise_gen_, dropout_gen_,
-                                                                           cfg_.sparse);
-                                             });
+    const auto l = train::evaluate_stream<T, D>(valid_, cfg_.bptt, net_.config().nhid,
+                                                [&](const Tensor<std::int32_t>& in, const Tensor<T, D>& h) {
+                                                  return net_.forward_sampled(in, h, ec_, noise_gen_, dropout_gen_,
+                                                                              cfg_.sparse);
+                                                });
     net_.train();
     return l.mean();
   }
 
   /// alpha as a matrix of logits (rows: (node, predecessor) in node order; columns: ops).
   [[nodiscard]] AlphaMatrix alpha_matrix() const {
-    const Var<T>& a = net_.alpha();
+    const Var<T, D>& a = net_.alpha();
     AlphaMatrix m{int(a.shape()[0]), int(a.shape()[1]), {}};
-    m.logits.assign(a.value().data(), a.value().data() + a.value().numel());
+    const Tensor<T> h = to_cpu(a.value());
+    m.logits.assign(h.data(), h.data() + h.numel());
     return m;
   }
 
   void save(io::Checkpoint& ck) const {
     io::put_module(ck, "model.", net_);
     ck.put("alpha", net_.alpha().value());
-    io::put_optimizer(ck, "w_opt.", const_cast<optim::SGD<T>&>(w_opt_));
-    io::put_optimizer(ck, "a_opt.", const_cast<optim::Adam<T>&>(a_opt_));
+    io::put_optimizer(ck, "w_opt.", const_cast<optim::SGD<T, D>&>(w_opt_));
+    io::put_optimizer(ck, "a_opt.", const_cast<optim::Adam<T, D>&>(a_opt_));
     io::put_generator(ck, "gen.data", data_gen_);
     io::put_generator(ck, "gen.noise", noise_gen_);
     io::put_generator(ck, "gen.dropout", dropout_gen_);
@@ -193,7 +203,7 @@ class RnnSearcher {
   }
 
  private:
-  static void set_requires_grad(const std::vector<Var<T>>& vs, bool on) {
+  static void set_requires_grad(const std::vector<Var<T, D>>& vs, bool on) {
     for (const auto& v : vs) v.set_requires_grad(on);
   }
 
@@ -202,9 +212,9 @@ class RnnSearcher {
   const Tensor<std::int32_t>& search_;
   const Tensor<std::int32_t>& valid_;
   RnnSearchConfig cfg_;
-  std::vector<Var<T>> weights_, alphas_;
-  optim::SGD<T> w_opt_;
-  optim::Adam<T> a_opt_;
+  std::vector<Var<T, D>> weights_, alphas_;
+  optim::SGD<T, D> w_opt_;
+  optim::Adam<T, D> a_opt_;
   PhiloxGenerator data_gen_, noise_gen_, dropout_gen_;
   estimators::EstimatorConfig ec_;
   long epoch_ = 0;

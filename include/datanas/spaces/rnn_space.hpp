@@ -15,6 +15,14 @@
 // Model: embedding (tied with the decoder weight) with embedding dropout (whole words) and
 // locked dropout on its output, the cell unrolled over the window, locked dropout on the
 // outputs, the decoder (tied weight, zero-initialised bias). Weights uniform in +-0.04.
+//
+// Every class is a template on the device D (Cpu by default). Weights, alpha and dropout masks
+// are drawn on the host and copied to D, so a model has the same values on every device. Token
+// ids stay on the host (the window's inputs): each time step's ids (and, with embedding dropout,
+// their row scales) are copied to D. The search cell decides on the host which predecessors run
+// (sparse mode) and which nodes are all-none: on a device it reads a host copy of the window's
+// mixing weights (one copy per forward), except for DARTS' softmax, whose weights are never 0
+// (RnnSearchNetwork::forward_sampled).
 #pragma once
 
 #include <array>
@@ -125,27 +133,33 @@ struct RnnConfig {
 };
 
 /// The per-forward state of a cell: dropout masks and, for search cells, the mixing weights.
-template <class T>
+template <class T, class D = Cpu>
 struct CellContext {
   bool training = false;
-  Tensor<T> x_mask, h_mask;  // undefined when not applied
-  Var<T> weights;            // search: the estimator's weights [E * K]
+  Tensor<T, D> x_mask, h_mask;  // undefined when not applied
+  Var<T, D> weights;            // search: the estimator's weights [E * K]
+  /// A host copy of `weights` (the same tensor on the Cpu), read by the search cell's host
+  /// decisions; undefined on a device when the weights cannot hold zeros (dense softmax): then
+  /// every predecessor runs and no node is all-none.
+  Tensor<T> host_weights;
   bool sparse = false;
 };
 
 /// What a forward pass over a window returns.
-template <class T>
+template <class T, class D = Cpu>
 struct RnnOutput {
-  Var<T> logits;     ///< [T*B, V], row t*B + b
-  Var<T> raw;        ///< stacked h_t [T*B, H] before the output dropout (for the temporal penalty)
-  Tensor<T> hidden;  ///< h_T [B, H], to carry into the next window (detached)
+  Var<T, D> logits;     ///< [T*B, V], row t*B + b
+  Var<T, D> raw;        ///< stacked h_t [T*B, H] before the output dropout (for the temporal penalty)
+  Tensor<T, D> hidden;  ///< h_T [B, H], to carry into the next window (detached)
 };
 
 /// Embedding, cell unrolled in time, decoder. Subclasses provide the cell.
 /// Parameter names follow the PyTorch model: encoder.weight, decoder.bias, rnns.0._W0, rnns.0._Ws.i.
-template <class T>
-class RnnModel : public nn::Module<T> {
+template <class T, class D = Cpu>
+class RnnModel : public nn::Module<T, D> {
  public:
+  using device_type = D;
+
   RnnModel(const RnnConfig& cfg, int steps, PhiloxGenerator& gen) : cfg_(cfg) {
     DATANAS_CHECK(cfg.vocab >= 1 && cfg.emsize >= 1 && cfg.nhid >= 1, "RNN model: vocab, emsize and nhid must be >= 1");
     DATANAS_CHECK(cfg.emsize == cfg.nhid, "RNN model: the tied decoder needs emsize == nhid, got ", cfg.emsize,
@@ -153,12 +167,13 @@ class RnnModel : public nn::Module<T> {
     for (double p : {cfg.dropout, cfg.dropouth, cfg.dropoutx, cfg.dropouti, cfg.dropoute})
       DATANAS_CHECK(p >= 0 && p < 1, "RNN model: dropout probabilities must be in [0, 1), got ", p);
     DATANAS_CHECK(steps >= 1, "RNN model: the cell needs at least one node");
-    // Every weight U(-init_range, init_range) (DARTS' INITRANGE); the decoder bias is zero.
-    w0_ = nn::uniform_parameter<T>({cfg.emsize + cfg.nhid, 2 * cfg.nhid}, cfg.init_range, gen);
+    // Every weight U(-init_range, init_range) (DARTS' INITRANGE); the decoder bias is zero. Drawn
+    // on the host in this order on every device.
+    w0_ = nn::uniform_parameter<T, D>({cfg.emsize + cfg.nhid, 2 * cfg.nhid}, cfg.init_range, gen);
     ws_.resize(std::size_t(steps));
-    for (auto& w : ws_) w = nn::uniform_parameter<T>({cfg.nhid, 2 * cfg.nhid}, cfg.init_range, gen);
-    encoder_ = nn::uniform_parameter<T>({cfg.vocab, cfg.emsize}, cfg.init_range, gen);
-    decoder_bias_ = Var<T>(Tensor<T>::zeros({cfg.vocab}), true);
+    for (auto& w : ws_) w = nn::uniform_parameter<T, D>({cfg.nhid, 2 * cfg.nhid}, cfg.init_range, gen);
+    encoder_ = nn::uniform_parameter<T, D>({cfg.vocab, cfg.emsize}, cfg.init_range, gen);
+    decoder_bias_ = Var<T, D>(Tensor<T, D>::zeros({cfg.vocab}), true);
     this->register_parameter("encoder.weight", encoder_);
     this->register_parameter("rnns.0._W0", w0_);
     for (std::size_t i = 0; i < ws_.size(); ++i) this->register_parameter("rnns.0._Ws." + std::to_string(i), ws_[i]);
@@ -167,103 +182,115 @@ class RnnModel : public nn::Module<T> {
 
   [[nodiscard]] const RnnConfig& config() const { return cfg_; }
   /// Zeros [B, H]: the hidden state at the start of a stream.
-  [[nodiscard]] Tensor<T> init_hidden(index_t batch) const { return Tensor<T>::zeros({batch, cfg_.nhid}); }
+  [[nodiscard]] Tensor<T, D> init_hidden(index_t batch) const { return Tensor<T, D>::zeros({batch, cfg_.nhid}); }
 
-  /// Runs the window inputs [T, B] (token ids) from `hidden` [B, H]. In training mode the dropout
-  /// masks are drawn from `gen` (a fixed number of counters per call); `weights` and `sparse`
-  /// are for search cells (the estimator's sample, shared by every time step of the window).
-  RnnOutput<T> forward(const Tensor<std::int32_t>& inputs, const Tensor<T>& hidden, PhiloxGenerator& gen,
-                       const Var<T>& weights = {}, bool sparse = false) const {
+  /// Runs the window inputs [T, B] (host token ids) from `hidden` [B, H]. In training mode the
+  /// dropout masks are drawn from `gen` (a fixed number of counters per call); `weights` and
+  /// `sparse` are for search cells (the estimator's sample, shared by every time step of the
+  /// window). On a device the search cell reads a host copy of `weights` (RnnSearchNetwork::
+  /// forward_sampled copies only when the weights can hold zeros).
+  RnnOutput<T, D> forward(const Tensor<std::int32_t>& inputs, const Tensor<T, D>& hidden, PhiloxGenerator& gen,
+                          const Var<T, D>& weights = {}, bool sparse = false) const {
+    return run(inputs, hidden, gen, weights, sparse, weights.defined() ? to_cpu(weights.value()) : Tensor<T>());
+  }
+
+  /// The cell for one time step: h_t from x_t [B, E] and h_{t-1} [B, H].
+  virtual Var<T, D> cell(const Var<T, D>& x, const Var<T, D>& h, const CellContext<T, D>& ctx) const = 0;
+  [[nodiscard]] int steps() const { return int(ws_.size()); }
+
+ protected:
+  /// forward() with the host copy of the weights given (undefined: see CellContext).
+  RnnOutput<T, D> run(const Tensor<std::int32_t>& inputs, const Tensor<T, D>& hidden, PhiloxGenerator& gen,
+                      const Var<T, D>& weights, bool sparse, Tensor<T> host_weights) const {
     DATANAS_CHECK(inputs.rank() == 2 && inputs.dim(0) >= 1 && inputs.dim(1) >= 1,
                   "RNN forward: inputs must be [T, B] token ids, got ", inputs.shape().str());
     const index_t steps = inputs.dim(0), batch = inputs.dim(1);
     check_shape(hidden, Shape{batch, cfg_.nhid}, "RNN forward: hidden state");
-    CellContext<T> ctx;
+    CellContext<T, D> ctx;
     ctx.training = this->training();
     ctx.weights = weights;
+    ctx.host_weights = std::move(host_weights);
     ctx.sparse = sparse;
-    Tensor<T> in_mask, out_mask, word_scale;
+    Tensor<T, D> in_mask, out_mask;
+    Tensor<T> word_scale;  // on the host: it scales host-side token rows
     if (ctx.training) {
       // Always the same draws, in this order, so that a window costs a fixed count of counters.
-      ctx.x_mask = mask({batch, cfg_.emsize}, cfg_.dropoutx, gen);
-      ctx.h_mask = mask({batch, cfg_.nhid}, cfg_.dropouth, gen);
-      in_mask = mask({batch, cfg_.emsize}, cfg_.dropouti, gen);
-      out_mask = mask({batch, cfg_.nhid}, cfg_.dropout, gen);
-      if (cfg_.dropoute > 0) word_scale = mask({cfg_.vocab}, cfg_.dropoute, gen);
+      ctx.x_mask = mask<D>({batch, cfg_.emsize}, cfg_.dropoutx, gen);
+      ctx.h_mask = mask<D>({batch, cfg_.nhid}, cfg_.dropouth, gen);
+      in_mask = mask<D>({batch, cfg_.emsize}, cfg_.dropouti, gen);
+      out_mask = mask<D>({batch, cfg_.nhid}, cfg_.dropout, gen);
+      if (cfg_.dropoute > 0) word_scale = mask<Cpu>({cfg_.vocab}, cfg_.dropoute, gen);
     }
-    Var<T> h(hidden);
-    std::vector<Var<T>> outs(static_cast<std::size_t>(steps));
+    Var<T, D> h(hidden);
+    std::vector<Var<T, D>> outs(static_cast<std::size_t>(steps));
     for (index_t t = 0; t < steps; ++t) {
       // Fresh tensors each step: the backward closures keep these handles.
       Tensor<std::int32_t> ids = Tensor<std::int32_t>::empty({batch});
       std::copy_n(inputs.data() + t * batch, batch, ids.data());
-      Var<T> x = embedding(encoder_, ids);
+      Var<T, D> x = embedding(encoder_, to_device_of<D>(ids));
       if (word_scale.defined()) {
         Tensor<T> token_scale = Tensor<T>::empty({batch});
         for (index_t b = 0; b < batch; ++b) token_scale[b] = word_scale[ids[b]];
-        x = scale_rows(x, token_scale);
+        x = scale_rows(x, to_device_of<D>(token_scale));
       }
       if (in_mask.defined()) x = mul_mask(x, in_mask);
       h = cell(x, h, ctx);
       outs[std::size_t(t)] = h;
     }
-    RnnOutput<T> out;
-    out.raw = stack_rows<T>(outs);
-    const Var<T> dropped = out_mask.defined() ? mul_mask(out.raw, out_mask) : out.raw;
+    RnnOutput<T, D> out;
+    out.raw = stack_rows<T, D>(outs);
+    const Var<T, D> dropped = out_mask.defined() ? mul_mask(out.raw, out_mask) : out.raw;
     out.logits = linear(dropped, encoder_, decoder_bias_);
     out.hidden = h.value();
     return out;
   }
 
-  /// The cell for one time step: h_t from x_t [B, E] and h_{t-1} [B, H].
-  virtual Var<T> cell(const Var<T>& x, const Var<T>& h, const CellContext<T>& ctx) const = 0;
-  [[nodiscard]] int steps() const { return int(ws_.size()); }
-
- protected:
-  /// A dropout mask with drop probability p, or an undefined tensor when p == 0.
-  static Tensor<T> mask(const Shape& s, double p, PhiloxGenerator& gen) {
+  /// A dropout mask on device M with drop probability p, or an undefined tensor when p == 0
+  /// (drawn on the host on every device: the same values).
+  template <class M>
+  static Tensor<T, M> mask(const Shape& s, double p, PhiloxGenerator& gen) {
     if (p == 0) return {};
-    Tensor<T> m = Tensor<T>::empty(s);
+    Tensor<T, M> m = Tensor<T, M>::empty(s);
     bernoulli_mask(m, 1.0 - p, gen);
     return m;
   }
-  static Var<T> masked(const Var<T>& v, const Tensor<T>& m) { return m.defined() ? mul_mask(v, m) : v; }
+  static Var<T, D> masked(const Var<T, D>& v, const Tensor<T, D>& m) { return m.defined() ? mul_mask(v, m) : v; }
 
   /// s0 = h + sigmoid(c0) (tanh(h0) - h), [c0 | h0] = [x * mx ; h * mh] W0.
-  Var<T> init_state(const Var<T>& x, const Var<T>& h, const CellContext<T>& ctx) const {
-    const Var<T> ch = matmul(concat_cols(masked(x, ctx.x_mask), masked(h, ctx.h_mask)), w0_);
+  Var<T, D> init_state(const Var<T, D>& x, const Var<T, D>& h, const CellContext<T, D>& ctx) const {
+    const Var<T, D> ch = matmul(concat_cols(masked(x, ctx.x_mask), masked(h, ctx.h_mask)), w0_);
     return highway(h, ch, RecurrentActivation::kTanh);
   }
   /// [c | h] = (s * mh) W_i.
-  Var<T> gates(const Var<T>& s, int node, const CellContext<T>& ctx) const {
+  Var<T, D> gates(const Var<T, D>& s, int node, const CellContext<T, D>& ctx) const {
     return matmul(masked(s, ctx.h_mask), ws_[std::size_t(node)]);
   }
   /// The mean of the states `which` (one op: a weighted sum with constant weights 1/n).
-  static Var<T> average(std::span<const Var<T>> states, std::span<const int> which) {
+  static Var<T, D> average(std::span<const Var<T, D>> states, std::span<const int> which) {
     DATANAS_CHECK(!which.empty() && which.size() <= std::size_t(kMaxMixedTerms), "RNN cell: concat of ",
                   which.size(), " states (1 to ", kMaxMixedTerms, ")");
     if (which.size() == 1) return states[std::size_t(which[0])];
-    std::array<Var<T>, kMaxMixedTerms> xs;
+    std::array<Var<T, D>, kMaxMixedTerms> xs;
     std::array<int, kMaxMixedTerms> zero{};
     for (std::size_t i = 0; i < which.size(); ++i) xs[i] = states[std::size_t(which[i])];
-    const Var<T> w(Tensor<T>::full({1}, T(1) / T(which.size())));
-    return weighted_sum<T, Cpu>(std::span<const Var<T>>(xs.data(), which.size()), w,
-                                std::span<const int>(zero.data(), which.size()));
+    const Var<T, D> w(Tensor<T, D>::full({1}, T(1) / T(which.size())));
+    return weighted_sum<T, D>(std::span<const Var<T, D>>(xs.data(), which.size()), w,
+                              std::span<const int>(zero.data(), which.size()));
   }
 
   RnnConfig cfg_;
-  Var<T> encoder_, decoder_bias_, w0_;
-  std::vector<Var<T>> ws_;  // sized once in the constructor: registered addresses stay valid
+  Var<T, D> encoder_, decoder_bias_, w0_;
+  std::vector<Var<T, D>> ws_;  // sized once in the constructor: registered addresses stay valid
 };
 
 /// The evaluation (train-from-scratch) model of a recurrent genotype. A node with several
 /// (op, predecessor) terms (DATA's nested form) is their mean; terms on the same predecessor
 /// share one matmul.
-template <class T, RecurrentOpSetType Ops = DartsRnnOps>
-class RnnEvalModel : public RnnModel<T> {
+template <class T, RecurrentOpSetType Ops = DartsRnnOps, class D = Cpu>
+class RnnEvalModel : public RnnModel<T, D> {
  public:
   RnnEvalModel(const RnnConfig& cfg, search::RecurrentGenotype genotype, PhiloxGenerator& gen)
-      : RnnModel<T>(cfg, checked_steps(genotype), gen), genotype_(std::move(genotype)) {
+      : RnnModel<T, D>(cfg, checked_steps(genotype), gen), genotype_(std::move(genotype)) {
     for (const auto& node : genotype_.nodes) {
       std::vector<RecurrentActivation> acts;
       for (const auto& p : node) acts.push_back(Ops::kActivations[std::size_t(Ops::index_of(p.op))]);
@@ -272,25 +299,25 @@ class RnnEvalModel : public RnnModel<T> {
   }
   [[nodiscard]] const search::RecurrentGenotype& genotype() const { return genotype_; }
 
-  Var<T> cell(const Var<T>& x, const Var<T>& h, const CellContext<T>& ctx) const override {
-    std::vector<Var<T>> states;
+  Var<T, D> cell(const Var<T, D>& x, const Var<T, D>& h, const CellContext<T, D>& ctx) const override {
+    std::vector<Var<T, D>> states;
     states.reserve(genotype_.nodes.size() + 1);
     states.push_back(this->init_state(x, h, ctx));
-    std::vector<Var<T>> ch(genotype_.nodes.size() + 1);
+    std::vector<Var<T, D>> ch(genotype_.nodes.size() + 1);
     for (std::size_t i = 0; i < genotype_.nodes.size(); ++i) {
       const auto& node = genotype_.nodes[i];
-      std::fill(ch.begin(), ch.end(), Var<T>());
-      Var<T> s;
+      std::fill(ch.begin(), ch.end(), Var<T, D>());
+      Var<T, D> s;
       for (std::size_t k = 0; k < node.size(); ++k) {
         const std::size_t p = std::size_t(node[k].input);
         if (!ch[p].defined()) ch[p] = this->gates(states[p], int(i), ctx);
-        const Var<T> term = highway(states[p], ch[p], acts_[i][k]);
+        const Var<T, D> term = highway(states[p], ch[p], acts_[i][k]);
         s = s.defined() ? add(s, term) : term;
       }
       if (node.size() > 1) s = scale(s, T(1) / T(node.size()));
       states.push_back(s);
     }
-    return RnnModel<T>::average(states, genotype_.concat);
+    return RnnModel<T, D>::average(states, genotype_.concat);
   }
 
  private:
@@ -303,41 +330,49 @@ class RnnEvalModel : public RnnModel<T> {
 };
 
 /// What the recurrent search loop needs of a search model, independent of its compile-time
-/// space (so the loop compiles once per scalar type).
-template <class T>
-class RnnSearchNetwork : public RnnModel<T> {
+/// space (so the loop compiles once per scalar type and device).
+template <class T, class D = Cpu>
+class RnnSearchNetwork : public RnnModel<T, D> {
  public:
-  RnnSearchNetwork(const RnnConfig& cfg, int nodes, PhiloxGenerator& gen) : RnnModel<T>(cfg, nodes, gen) {}
+  RnnSearchNetwork(const RnnConfig& cfg, int nodes, PhiloxGenerator& gen) : RnnModel<T, D>(cfg, nodes, gen) {}
   /// The estimator's mixing weights [E * K] for the current alpha (one sample per call).
-  virtual Var<T> mixing_weights(const estimators::EstimatorConfig& ec, PhiloxGenerator& gen) const = 0;
+  virtual Var<T, D> mixing_weights(const estimators::EstimatorConfig& ec, PhiloxGenerator& gen) const = 0;
   [[nodiscard]] virtual GroupLayout layout() const = 0;
   [[nodiscard]] virtual bool hard_estimator() const = 0;
   [[nodiscard]] virtual estimators::Kind estimator_kind() const = 0;
   [[nodiscard]] virtual int ensemble_size() const = 0;
   [[nodiscard]] virtual std::span<const std::string_view> op_names() const = 0;
   [[nodiscard]] virtual std::span<const RecurrentActivation> op_activations() const = 0;
-  [[nodiscard]] const Var<T>& alpha() const { return alpha_; }
+  [[nodiscard]] const Var<T, D>& alpha() const { return alpha_; }
 
-  /// Samples the weights and runs the window (sparse only for hard estimators).
-  RnnOutput<T> forward_sampled(const Tensor<std::int32_t>& inputs, const Tensor<T>& hidden,
-                               const estimators::EstimatorConfig& ec, PhiloxGenerator& noise_gen,
-                               PhiloxGenerator& dropout_gen, bool sparse) const {
-    const Var<T> w = mixing_weights(ec, noise_gen);
-    return this->forward(inputs, hidden, dropout_gen, w, sparse && hard_estimator());
+  /// Samples the weights and runs the window (sparse only for hard estimators). On a device the
+  /// cell's host decisions need a host copy of the weights (a wait for the stream): taken in
+  /// sparse mode and whenever the weights can be exactly 0 (hard estimators, SNAS, relu
+  /// normalisation); DARTS' softmax (all weights > 0) runs without it.
+  RnnOutput<T, D> forward_sampled(const Tensor<std::int32_t>& inputs, const Tensor<T, D>& hidden,
+                                  const estimators::EstimatorConfig& ec, PhiloxGenerator& noise_gen,
+                                  PhiloxGenerator& dropout_gen, bool sparse) const {
+    const Var<T, D> w = mixing_weights(ec, noise_gen);
+    const bool sp = sparse && hard_estimator();
+    const bool host = is_cpu<D> || sp || !positive_weights(ec);
+    return this->run(inputs, hidden, dropout_gen, w, sp, host ? to_cpu(w.value()) : Tensor<T>());
   }
 
   /// The search cell (file comment). Needs ctx.weights [E * K].
-  Var<T> cell(const Var<T>& x, const Var<T>& h, const CellContext<T>& ctx) const override {
+  Var<T, D> cell(const Var<T, D>& x, const Var<T, D>& h, const CellContext<T, D>& ctx) const override {
     const GroupLayout lay = layout();
     const auto acts = op_activations();
     DATANAS_CHECK(ctx.weights.defined() && ctx.weights.shape() == Shape{index_t(lay.edges()) * lay.ops},
                   "RNN search cell: mixing weights must be [", lay.edges() * lay.ops, "], got ",
                   ctx.weights.defined() ? ctx.weights.shape().str() : std::string("undefined"));
-    const T* wp = ctx.weights.value().data();
-    std::array<Var<T>, 17> states;
+    // Host decisions need the host copy; without it (dense softmax on a device) every
+    // predecessor runs and no node is all-none.
+    const T* wp = ctx.host_weights.defined() ? ctx.host_weights.data() : nullptr;
+    DATANAS_CHECK(wp || !ctx.sparse, "RNN search cell: sparse mode needs a host copy of the weights");
+    std::array<Var<T, D>, 17> states;
     states[0] = bn(this->init_state(x, h, ctx));
     for (int i = 0; i < lay.nodes; ++i) {
-      Var<T> node;
+      Var<T, D> node;
       for (int j = 0; j <= i; ++j) {
         const index_t off = index_t(search::rnn_edge_offset(i) + j) * lay.ops;
         if (ctx.sparse) {  // a predecessor none of whose ops was sampled costs nothing
@@ -345,25 +380,31 @@ class RnnSearchNetwork : public RnnModel<T> {
           for (int k = 0; k < lay.ops; ++k) any = any || (wp[off + k] != T(0) && acts[std::size_t(k)] != RecurrentActivation::kNone);
           if (!any) continue;
         }
-        const Var<T>& s = states[std::size_t(j)];
-        const Var<T> term = highway_mix(s, this->gates(s, i, ctx), ctx.weights, off, acts, ctx.sparse);
+        const Var<T, D>& s = states[std::size_t(j)];
+        const Var<T, D> term = highway_mix(s, this->gates(s, i, ctx), ctx.weights, off, acts, ctx.sparse);
         node = node.defined() ? add(node, term) : term;
       }
       // Every op the sample kept for this node is none (possible with hard estimators, dense or
       // sparse): the node is the zero state; the batch norm of a constant would be 0 as well.
-      if (!node.defined() || all_none(wp, i, lay, acts)) {
-        states[std::size_t(i + 1)] = Var<T>(Tensor<T>::zeros({x.shape()[0], this->cfg_.nhid}));
+      if (!node.defined() || (wp && all_none(wp, i, lay, acts))) {
+        states[std::size_t(i + 1)] = Var<T, D>(Tensor<T, D>::zeros({x.shape()[0], this->cfg_.nhid}));
         continue;
       }
       states[std::size_t(i + 1)] = bn(node);
     }
     std::array<int, 16> which{};
     for (int i = 0; i < lay.nodes; ++i) which[std::size_t(i)] = i + 1;
-    return RnnModel<T>::average(std::span<const Var<T>>(states.data(), std::size_t(lay.nodes + 1)),
-                                std::span<const int>(which.data(), std::size_t(lay.nodes)));
+    return RnnModel<T, D>::average(std::span<const Var<T, D>>(states.data(), std::size_t(lay.nodes + 1)),
+                                   std::span<const int>(which.data(), std::size_t(lay.nodes)));
   }
 
  protected:
+  /// True when every mixing weight of this estimator is > 0 (so no node can be all-none and a
+  /// dense cell needs no host decision): DARTS' softmax over softmax-normalised alpha. (A weight
+  /// would underflow to 0 only for alpha logits about 100 apart.)
+  [[nodiscard]] bool positive_weights(const estimators::EstimatorConfig& ec) const {
+    return estimator_kind() == estimators::Kind::kSoftmax && ec.normalize == Normalize::kSoftmax;
+  }
   /// True when every non-none weight of node i is 0.
   static bool all_none(const T* wp, int i, const GroupLayout& lay, std::span<const RecurrentActivation> acts) {
     for (int j = 0; j <= i; ++j)
@@ -381,29 +422,30 @@ class RnnSearchNetwork : public RnnModel<T> {
   /// through the nodes and the time steps until they overflowed (NaN validation perplexity in
   /// our small searches). Batch statistics keep every sampled cell normalised; evaluation
   /// batches need at least 2 sequences.
-  Var<T> bn(const Var<T>& s) const {
+  Var<T, D> bn(const Var<T, D>& s) const {
     const index_t b = s.shape()[0], hid = s.shape()[1];
     DATANAS_CHECK(b >= 2, "RNN search cell: batch norm needs a batch of at least 2, got ", b);
-    const Var<T> y = batch_norm2d(view(s, Shape{b, hid, 1, 1}), Var<T>(), Var<T>(), Tensor<T>(), Tensor<T>(), true);
+    const Var<T, D> y = batch_norm2d(view(s, Shape{b, hid, 1, 1}), Var<T, D>(), Var<T, D>(), Tensor<T, D>(),
+                                     Tensor<T, D>(), true);
     return view(y, Shape{b, hid});
   }
-  Var<T> alpha_;  // not registered: parameters() are the weights only
+  Var<T, D> alpha_;  // not registered: parameters() are the weights only
 };
 
 /// The recurrent supernet of a compile-time space. alpha [E, K] ~ 1e-3 N(0, 1) (DARTS), or
-/// 1 + 1e-3 N(0, 1) with relu normalisation (the DATA code's convention).
-template <class T, class S>
-class RnnSupernet final : public RnnSearchNetwork<T> {
+/// 1 + 1e-3 N(0, 1) with relu normalisation (the DATA code's convention); drawn on the host.
+template <class T, class S, class D = Cpu>
+class RnnSupernet final : public RnnSearchNetwork<T, D> {
  public:
   using Space = S;
   RnnSupernet(const RnnConfig& cfg, PhiloxGenerator& gen, Normalize normalize = Normalize::kSoftmax)
-      : RnnSearchNetwork<T>(cfg, S::kNodes, gen) {
+      : RnnSearchNetwork<T, D>(cfg, S::kNodes, gen) {
     const double shift = normalize == Normalize::kRelu ? 1.0 : 0.0;
     Tensor<T> a = Tensor<T>::empty({S::kEdges, S::kOps});
     for (index_t i = 0; i < a.numel(); ++i) a[i] = T(shift + 1e-3 * gen.normal());
-    this->alpha_ = Var<T>(a, true);
+    this->alpha_ = Var<T, D>(to_device_of<D>(a), true);
   }
-  Var<T> mixing_weights(const estimators::EstimatorConfig& ec, PhiloxGenerator& gen) const override {
+  Var<T, D> mixing_weights(const estimators::EstimatorConfig& ec, PhiloxGenerator& gen) const override {
     return estimators::weights<typename S::EstimatorT>(this->alpha_, S::layout(), ec, gen);
   }
   [[nodiscard]] GroupLayout layout() const override { return S::layout(); }

@@ -2,11 +2,16 @@
 // word-level corpus (ALGORITHMS.md §4): one weight step on a BPTT window (cross-entropy plus the
 // temporal activation penalty, gradient clipping, the optimiser step at an lr scaled by the
 // window length), exact evaluation over a whole stream, perplexity.
+//
+// Generic over the device D of the model: windows are cut on the host (data::Window) and their
+// targets copied to D; on a device the host reads the losses and predictions only after a step's
+// work is queued (weight_step), or after every window of a stream is queued (evaluate_stream).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "datanas/data/ptb.hpp"
@@ -50,20 +55,24 @@ struct StreamLoss {
   long tokens = 0;
   [[nodiscard]] double mean() const { return tokens ? nll_sum / double(tokens) : 0.0; }
 };
-template <class T, class Forward>
+template <class T, class D = Cpu, class Forward>
 StreamLoss evaluate_stream(const Tensor<std::int32_t>& stream, index_t bptt, index_t nhid, Forward&& forward) {
   DATANAS_CHECK(bptt >= 1, "evaluate: bptt must be >= 1, got ", bptt);
   NoGradGuard ng;
   const index_t rows = stream.dim(0), batch = stream.dim(1);
-  Tensor<T> hidden = Tensor<T>::zeros({batch, nhid});
+  Tensor<T, D> hidden = Tensor<T, D>::zeros({batch, nhid});
   StreamLoss out;
+  // Each window's loss [1] stays on D until every window is queued; then read and summed in order.
+  std::vector<std::pair<Tensor<T, D>, long>> losses;
   for (index_t i = 0; i < rows - 1; i += bptt) {
     const data::Window w = data::get_window(stream, i, bptt);
-    spaces::rnn::RnnOutput<T> o = forward(w.inputs, hidden);
-    const double ce = double(cross_entropy(o.logits, w.targets).value()[0]);
-    out.nll_sum += ce * double(w.targets.numel());
-    out.tokens += long(w.targets.numel());
+    spaces::rnn::RnnOutput<T, D> o = forward(w.inputs, hidden);
+    losses.emplace_back(cross_entropy(o.logits, to_device_of<D>(w.targets)).value(), long(w.targets.numel()));
     hidden = o.hidden;
+  }
+  for (const auto& [loss, tokens] : losses) {
+    out.nll_sum += double(to_cpu(loss)[0]) * double(tokens);
+    out.tokens += tokens;
   }
   return out;
 }
@@ -77,24 +86,27 @@ struct WindowResult {
 
 /// One weight step on a window (DARTS' train loop body): loss = CE + beta * TAR(raw outputs),
 /// backward, clip the joint gradient norm of `params` to `clip`, opt.step(). `forward(inputs,
-/// hidden)` runs the model in training mode; `hidden` becomes the window's last state.
-template <class T, class Opt, class Forward>
-WindowResult weight_step(const data::Window& w, Tensor<T>& hidden, Forward&& forward,
-                         const std::vector<Var<T>>& params, Opt& opt, double clip, double beta, long epoch,
+/// hidden)` runs the model in training mode; `hidden` becomes the window's last state. The loss
+/// and the predictions are read (on a device: copied to the host) after the step is queued; a
+/// non-finite loss throws then.
+template <class T, class D, class Opt, class Forward>
+WindowResult weight_step(const data::Window& w, Tensor<T, D>& hidden, Forward&& forward,
+                         const std::vector<Var<T, D>>& params, Opt& opt, double clip, double beta, long epoch,
                          long step) {
-  spaces::rnn::RnnOutput<T> o = forward(w.inputs, hidden);
-  const Var<T> ce = cross_entropy(o.logits, w.targets);
-  Var<T> loss = ce;
+  spaces::rnn::RnnOutput<T, D> o = forward(w.inputs, hidden);
+  const Var<T, D> ce = cross_entropy(o.logits, to_device_of<D>(w.targets));
+  Var<T, D> loss = ce;
   if (beta > 0 && w.length() >= 2) loss = add(loss, scale(temporal_penalty(o.raw, w.inputs.dim(1)), T(beta)));
-  WindowResult r;
-  r.loss = checked_loss(double(ce.value()[0]), "training", epoch, step);
-  r.correct = count_correct(o.logits.value(), w.targets);
-  r.tokens = long(w.targets.numel());
   opt.zero_grad();
   backward(loss);
-  optim::clip_grad_norm<T, Cpu>(params, clip);
+  optim::clip_grad_norm<T, D>(params, clip);  // on a device: no synchronisation
   opt.step();
   hidden = o.hidden;
+  // Read for the log only now: on a device the whole step is queued before the host waits.
+  WindowResult r;
+  r.loss = checked_loss(double(to_cpu(ce.value())[0]), "training", epoch, step);
+  r.correct = count_correct(to_cpu(o.logits.value()), w.targets);
+  r.tokens = long(w.targets.numel());
   return r;
 }
 

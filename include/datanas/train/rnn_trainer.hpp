@@ -12,6 +12,11 @@
 //   perplexities are measured with them.
 // Randomness comes from two counter-based generators checkpointed with everything else, so a
 // resumed run is bit-identical.
+//
+// The trainer is a template on the device D of the model (Cpu by default): on a device a step
+// waits for the GPU only to read the loss and the predictions for the log, after the step is
+// queued (weight_step). The best and averaged weights stay on D; a checkpoint holds host copies
+// and resumes on either device.
 #pragma once
 
 #include <chrono>
@@ -51,10 +56,10 @@ struct RnnTrainEpoch {
   bool best = false;      ///< a new best validation loss
 };
 
-template <class T>
+template <class T, class D = Cpu>
 class RnnTrainer {
  public:
-  using Model = spaces::rnn::RnnModel<T>;
+  using Model = spaces::rnn::RnnModel<T, D>;
 
   /// train: the training stream batchified with batch_size; valid: the validation stream
   /// batchified with eval_batch_size. Both must outlive the trainer.
@@ -82,12 +87,12 @@ class RnnTrainer {
     st.epoch = epoch_ + 1;
     const data::BpttSampler sampler{cfg_.bptt, cfg_.max_seq_len_delta, true};
     const index_t rows = train_.dim(0);
-    Tensor<T> hidden = model_.init_hidden(cfg_.batch_size);
+    Tensor<T, D> hidden = model_.init_hidden(cfg_.batch_size);
     model_.train();
     double loss = 0;
     long correct = 0, tokens = 0, steps = 0;
     const long estimate = estimated_steps();
-    auto forward = [&](const Tensor<std::int32_t>& in, const Tensor<T>& h) {
+    auto forward = [&](const Tensor<std::int32_t>& in, const Tensor<T, D>& h) {
       return model_.forward(in, h, dropout_gen_);
     };
     for (index_t i = 0; i < rows - 2;) {
@@ -146,10 +151,10 @@ class RnnTrainer {
   /// Mean cross-entropy of a stream with the current weights (evaluation mode).
   double stream_loss(const Tensor<std::int32_t>& stream) {
     model_.eval();
-    const auto l = evaluate_stream<T>(stream, cfg_.bptt, model_.config().nhid,
-                                      [&](const Tensor<std::int32_t>& in, const Tensor<T>& h) {
-                                        return model_.forward(in, h, dropout_gen_);
-                                      });
+    const auto l = evaluate_stream<T, D>(stream, cfg_.bptt, model_.config().nhid,
+                                         [&](const Tensor<std::int32_t>& in, const Tensor<T, D>& h) {
+                                           return model_.forward(in, h, dropout_gen_);
+                                         });
     model_.train();
     return l.mean();
   }
@@ -162,7 +167,7 @@ class RnnTrainer {
 
   void save(io::Checkpoint& ck) const {
     io::put_module(ck, "model.", model_);
-    io::put_optimizer(ck, "sgd.", const_cast<optim::SGD<T>&>(sgd_));
+    io::put_optimizer(ck, "sgd.", const_cast<optim::SGD<T, D>&>(sgd_));
     ck.put("asgd.on", std::int64_t(asgd_ ? 1 : 0));
     if (asgd_) {
       ck.put("asgd.step", std::int64_t(asgd_->step_count()));
@@ -191,7 +196,7 @@ class RnnTrainer {
       for (std::size_t i = 0; i < params_.size(); ++i) {
         const std::string name = "asgd.ax." + std::to_string(i);
         if (!ck.has(name)) continue;
-        asgd_->averages()[i] = Tensor<T>::empty(params_[i].shape());
+        asgd_->averages()[i] = Tensor<T, D>::empty(params_[i].shape());
         ck.get_tensor_into(name, asgd_->averages()[i]);
       }
     }
@@ -206,13 +211,21 @@ class RnnTrainer {
   }
 
  private:
-  std::unique_ptr<optim::ASGD<T>> make_asgd() const {
-    return std::make_unique<optim::ASGD<T>>(params_, cfg_.lr, 0.0, 0.75, 0.0, cfg_.weight_decay);
+  std::unique_ptr<optim::ASGD<T, D>> make_asgd() const {
+    return std::make_unique<optim::ASGD<T, D>>(params_, cfg_.lr, 0.0, 0.75, 0.0, cfg_.weight_decay);
   }
   void swap_with_averages() {
     auto& ax = asgd_->averages();
-    for (std::size_t i = 0; i < params_.size(); ++i)
-      if (ax[i].defined()) std::swap_ranges(ax[i].data(), ax[i].data() + ax[i].numel(), params_[i].value().data());
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      if (!ax[i].defined()) continue;
+      if constexpr (is_cpu<D>) {
+        std::swap_ranges(ax[i].data(), ax[i].data() + ax[i].numel(), params_[i].value().data());
+      } else {  // three copies queued on the stream
+        const Tensor<T, D> tmp = ax[i].clone();
+        ax[i].copy_from(params_[i].value());
+        params_[i].value().copy_from(tmp);
+      }
+    }
   }
   void keep_best(long epoch, double loss) {
     for (std::size_t i = 0; i < params_.size(); ++i) best_[i].copy_from(params_[i].value());
@@ -224,11 +237,11 @@ class RnnTrainer {
   const Tensor<std::int32_t>& train_;
   const Tensor<std::int32_t>& valid_;
   RnnTrainConfig cfg_;
-  std::vector<Var<T>> params_;
-  optim::SGD<T> sgd_;
-  std::unique_ptr<optim::ASGD<T>> asgd_;
+  std::vector<Var<T, D>> params_;
+  optim::SGD<T, D> sgd_;
+  std::unique_ptr<optim::ASGD<T, D>> asgd_;
   PhiloxGenerator data_gen_, dropout_gen_;
-  std::vector<Tensor<T>> best_;
+  std::vector<Tensor<T, D>> best_;
   std::vector<double> history_;
   double stored_loss_ = std::numeric_limits<double>::infinity();
   long best_epoch_ = 0;
