@@ -3,7 +3,7 @@
 // (per node, the default) or the DARTS / SNAS / GDAS estimators.
 //
 // The runtime flags (estimator, M, granularity) map onto compile-time search spaces at one place,
-// with_space() below.
+// with_space() below; --device {cpu,cuda} picks the device (io::with_device).
 #include <cmath>
 #include <cstdio>
 #include <iostream>
@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "datanas/io/args.hpp"
+#include "datanas/io/device.hpp"
 #include "datanas/io/files.hpp"
 #include "datanas/io/json.hpp"
 #include "datanas/io/progress.hpp"
@@ -24,7 +25,7 @@ namespace {
 
 struct Options {
   std::string data_dir = "../shared/data/ptb", out = "out/search-rnn";
-  std::string estimator = "egs", granularity = "node", normalize = "softmax", derive = "auto";
+  std::string estimator = "egs", granularity = "node", normalize = "softmax", derive = "auto", device = "cpu";
   long M = 4, epochs = 50, batch_size = 256, eval_batch_size = 10, bptt = 35, emsize = 300, nhid = 300;
   long train_limit = 0, eval_limit = 0, stop_after = 0;
   double lr = 20, arch_lr = 3e-3, wdecay = 5e-7, arch_wdecay = 1e-3, clip = 0.25, beta = 1e-3;
@@ -64,10 +65,11 @@ std::string alpha_json(const search::AlphaMatrix& a, std::span<const std::string
 }
 
 /// The estimator's probabilities per row (4 decimals), for the log.
-std::string probabilities_text(const spaces::rnn::RnnSearchNetwork<float>& net, search::Normalize normalize) {
+template <class D>
+std::string probabilities_text(const spaces::rnn::RnnSearchNetwork<float, D>& net, search::Normalize normalize) {
   NoGradGuard ng;
   PhiloxGenerator unused(0);
-  const auto p = estimators::group_probabilities(net.alpha(), net.layout(), normalize, unused).value();
+  const auto p = to_cpu(estimators::group_probabilities(net.alpha(), net.layout(), normalize, unused).value());
   std::ostringstream s;
   s.setf(std::ios::fixed);
   s.precision(4);
@@ -80,7 +82,9 @@ std::string probabilities_text(const spaces::rnn::RnnSearchNetwork<float>& net, 
   return s.str() + "]";
 }
 
-int search_with(spaces::rnn::RnnSearchNetwork<float>& net, const Options& o, const rnn_sample::Corpus& c,
+/// Everything after the network is built: compiled once per device, whatever the search space.
+template <class D>
+int search_with(spaces::rnn::RnnSearchNetwork<float, D>& net, const Options& o, const rnn_sample::Corpus& c,
                 search::Normalize normalize) {
   using T = float;
   const Tensor<std::int32_t> train = data::batchify(c.train, o.batch_size);
@@ -104,7 +108,7 @@ int search_with(spaces::rnn::RnnSearchNetwork<float>& net, const Options& o, con
   sc.tau = estimators::default_schedule(net.estimator_kind());
   sc.normalize = normalize;
   sc.seed = o.seed;
-  search::RnnSearcher<T> searcher(net, train, search_stream, valid, sc);
+  search::RnnSearcher<T, D> searcher(net, train, search_stream, valid, sc);
 
   const std::string ckpt_path = o.out + "/checkpoint", log_path = o.out + "/log.csv";
   if (auto ck = rnn_sample::open_run(o.out, o.resume, o.identity(),
@@ -166,7 +170,7 @@ int search_with(spaces::rnn::RnnSearchNetwork<float>& net, const Options& o, con
   net.eval();
   estimators::EstimatorConfig ec{sc.tau.at(o.epochs - 1, o.epochs), normalize};
   PhiloxGenerator noise(o.seed ^ 0x7E57ull), unused(0);
-  const auto test_loss = train::evaluate_stream<T>(test, o.bptt, o.nhid, [&](const auto& in, const auto& h) {
+  const auto test_loss = train::evaluate_stream<T, D>(test, o.bptt, o.nhid, [&](const auto& in, const auto& h) {
     return net.forward_sampled(in, h, ec, noise, unused, o.sparse);
   });
   std::printf("supernet: valid ppl %.2f, test ppl %.2f\ngenotype = %s\n", std::exp(valid_loss),
@@ -201,13 +205,16 @@ int run(const Options& o) {
   if (!o.dry_run || fs::is_directory(o.data_dir)) corpus = rnn_sample::load_corpus(o.data_dir, o.train_limit, o.eval_limit);
   rc.vocab = corpus ? corpus->text.vocab.size() : 10000;
   PhiloxGenerator init_gen(o.seed);
-  spaces::rnn::RnnSupernet<float, Space> net(rc, init_gen, normalize);
-  if (o.dry_run) {
-    if (!corpus) std::printf("(no corpus at '%s': assuming the PTB vocabulary of 10000 words)\n", o.data_dir.c_str());
-    std::printf("param size = %.6fMB\n", double(net.parameter_count()) / 1e6);
-    return 0;
-  }
-  return search_with(net, o, *corpus, normalize);
+  auto go = [&]<class D>() {
+    spaces::rnn::RnnSupernet<float, Space, D> net(rc, init_gen, normalize);
+    if (o.dry_run) {
+      if (!corpus) std::printf("(no corpus at '%s': assuming the PTB vocabulary of 10000 words)\n", o.data_dir.c_str());
+      std::printf("param size = %.6fMB\n", double(net.parameter_count()) / 1e6);
+      return 0;
+    }
+    return search_with<D>(net, o, *corpus, normalize);
+  };
+  return io::with_device(o.device, go);
 }
 
 /// The one runtime-to-compile-time switch: estimator x M x granularity (8 nodes, DARTS ops).
@@ -259,6 +266,7 @@ int main(int argc, char** argv) try {
       .add("out", &o.out, "output directory")
       .add("resume", &o.resume, "continue from OUT/checkpoint")
       .add("stop-after", &o.stop_after, "stop cleanly after N epochs of this run (0 = never)")
+      .add_choice("device", &o.device, {"cpu", "cuda"}, "where the search runs (a checkpoint resumes on either)")
       .add("dry-run", &o.dry_run, "build the supernet, print its parameter size, exit");
   if (!args.parse(argc, argv, std::cout)) return 0;
   DATANAS_CHECK(o.epochs >= 1, "--epochs must be >= 1, got ", o.epochs);

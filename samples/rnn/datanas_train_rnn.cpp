@@ -1,6 +1,6 @@
 // datanas-train-rnn: trains a recurrent cell from scratch on Penn Treebank as DARTS' rnn/train.py
 // does (850 units, SGD lr 20 then averaged SGD on the non-monotone trigger) and reports the valid
-// and test perplexity of the best validation weights.
+// and test perplexity of the best validation weights. --device {cpu,cuda} picks the device.
 #include <cmath>
 #include <cstdio>
 #include <iostream>
@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "datanas/io/args.hpp"
+#include "datanas/io/device.hpp"
 #include "datanas/io/files.hpp"
 #include "datanas/io/json.hpp"
 #include "datanas/io/progress.hpp"
@@ -21,7 +22,7 @@ namespace fs = std::filesystem;
 namespace {
 
 struct Options {
-  std::string data_dir = "../shared/data/ptb", out = "out/train-rnn", genotype = "DARTS_V2";
+  std::string data_dir = "../shared/data/ptb", out = "out/train-rnn", genotype = "DARTS_V2", device = "cpu";
   long epochs = 8000, batch_size = 64, eval_batch_size = 10, test_batch_size = 1, bptt = 35, emsize = 850, nhid = 850;
   long nonmono = 5, train_limit = 0, eval_limit = 0, stop_after = 0;
   double lr = 20, wdecay = 8e-7, clip = 0.25, beta = 1e-3;
@@ -40,7 +41,9 @@ struct Options {
   }
 };
 
-int run(const Options& o) {
+/// The run on device D (compiled once per device).
+template <class D>
+int run_on(const Options& o) {
   using T = float;
   const search::RecurrentGenotype genotype = search::load_recurrent_genotype(o.genotype);
   spaces::rnn::RnnConfig rc;
@@ -55,7 +58,7 @@ int run(const Options& o) {
   if (!o.dry_run || fs::is_directory(o.data_dir)) corpus = rnn_sample::load_corpus(o.data_dir, o.train_limit, o.eval_limit);
   rc.vocab = corpus ? corpus->text.vocab.size() : 10000;
   PhiloxGenerator init_gen(o.seed);
-  spaces::rnn::RnnEvalModel<T> model(rc, genotype, init_gen);
+  spaces::rnn::RnnEvalModel<T, spaces::rnn::DartsRnnOps, D> model(rc, genotype, init_gen);
   if (o.dry_run) {
     if (!corpus) std::printf("(no corpus at '%s': assuming the PTB vocabulary of 10000 words)\n", o.data_dir.c_str());
     std::printf("genotype = %s\nparam size = %.6fMB\n", search::to_text(genotype).c_str(),
@@ -78,7 +81,7 @@ int run(const Options& o) {
   tc.beta = o.beta;
   tc.nonmono = o.nonmono;
   tc.seed = o.seed;
-  train::RnnTrainer<T> trainer(model, train, valid, tc);
+  train::RnnTrainer<T, D> trainer(model, train, valid, tc);
 
   const std::string ckpt_path = o.out + "/checkpoint", log_path = o.out + "/log.csv";
   const std::string identity = o.identity(genotype);
@@ -125,7 +128,7 @@ int run(const Options& o) {
   const double valid_loss = trainer.valid_loss();
   model.eval();
   PhiloxGenerator unused(0);
-  const auto test_loss = train::evaluate_stream<T>(test, o.bptt, o.nhid, [&](const auto& in, const auto& h) {
+  const auto test_loss = train::evaluate_stream<T, D>(test, o.bptt, o.nhid, [&](const auto& in, const auto& h) {
     return model.forward(in, h, unused);
   });
   std::printf("best epoch %ld: valid ppl %.2f, test ppl %.2f (test batch %ld)\n", trainer.best_epoch(),
@@ -144,6 +147,10 @@ int run(const Options& o) {
   io::write_text_file(o.out + "/summary.json", summary.dump() + "\n");
   std::printf("wrote %s/{genotype.txt,genotype.json,log.csv,checkpoint,summary.json}\n", o.out.c_str());
   return 0;
+}
+
+int run(const Options& o) {
+  return io::with_device(o.device, [&]<class D>() { return run_on<D>(o); });
 }
 
 }  // namespace
@@ -178,6 +185,7 @@ int main(int argc, char** argv) try {
       .add("out", &o.out, "output directory")
       .add("resume", &o.resume, "continue from OUT/checkpoint")
       .add("stop-after", &o.stop_after, "stop cleanly after N epochs of this run (0 = never)")
+      .add_choice("device", &o.device, {"cpu", "cuda"}, "where the training runs (a checkpoint resumes on either)")
       .add("dry-run", &o.dry_run, "build the model, print its parameter size, exit");
   if (!args.parse(argc, argv, std::cout)) return 0;
   DATANAS_CHECK(o.epochs >= 1, "--epochs must be >= 1, got ", o.epochs);

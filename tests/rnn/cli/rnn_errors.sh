@@ -30,5 +30,16 @@ expect "--bptt must be >= 2" "$train" --bptt 1
 mkdir -p "$dir/good" && for s in train valid test; do echo " a b c a b " > "$dir/good/ptb.$s.txt"; done
 mkdir -p "$dir/bad" && printf 'garbage' > "$dir/bad/checkpoint"
 expect "checkpoint '$dir/bad/checkpoint'" "$train" --resume --out "$dir/bad" --data-dir "$dir/good" --batch-size 1 --eval-batch-size 1
+expect "'gpu' is not one of {cpu, cuda}" "$search" --device gpu --dry-run
+expect "'gpu' is not one of {cpu, cuda}" "$train" --device gpu --dry-run
+# --device cuda: without a usable GPU (or without the CUDA backend) a clear error, not a crash.
+if ! command -v nvidia-smi > /dev/null || ! nvidia-smi > /dev/null 2>&1; then
+  for prog in "$search" "$train"; do
+    out=$("$prog" --device cuda --dry-run 2>&1); rc=$?
+    if [ $rc -ne 2 ] || ! echo "$out" | grep -qE -- "--device cuda: (no CUDA device|this build has no CUDA backend)"; then
+      echo "FAIL: $prog --device cuda without a GPU -> rc $rc, output: $out"; fail=1
+    fi
+  done
+fi
 [ $fail -eq 0 ] && echo "ok: every bad input was named"
 exit $fail
