@@ -30,7 +30,7 @@ struct Options {
   long M = 4, order = 1, epochs = 3, batch_size = 64, init_channels = 8, layers = 5, nodes = 4;
   long train_limit = 2000, stop_after = 0;
   double lr = 0.025, arch_lr = 3e-4, l1 = 0.0;
-  bool sparse = false, resume = false, dry_run = false;
+  bool sparse = false, resume = false, dry_run = false, cuda_graph = false;
   std::uint64_t seed = 1;
   std::string out = "out/search";
   std::string device = "cpu";
@@ -122,6 +122,7 @@ int search_with(spaces::SearchNetwork<float, D>& net, const Options& o, const Da
   sc.l1 = o.l1;
   sc.order = int(o.order);
   sc.sparse = o.sparse;
+  sc.cuda_graph = o.cuda_graph;
   sc.single_level = o.estimator == "snas";
   sc.tau = estimators::default_schedule(net.estimator_kind());
   sc.crop_pad = d.crop_pad;
@@ -275,6 +276,7 @@ int main(int argc, char** argv) try {
       .add("train-limit", &o.train_limit, "use only the first N training images (0 = all)")
       .add("seed", &o.seed, "random seed")
       .add_choice("device", &o.device, {"cpu", "cuda"}, "where the search runs (a checkpoint resumes on either)")
+      .add("cuda-graph", &o.cuda_graph, "replay each epoch's step as a CUDA graph (--device cuda, dense steps)")
       .add("out", &o.out, "output directory")
       .add("resume", &o.resume, "continue from OUT/checkpoint")
       .add("stop-after", &o.stop_after, "stop cleanly after N epochs of this run (0 = never)")
@@ -291,6 +293,9 @@ int main(int argc, char** argv) try {
   DATANAS_CHECK(o.lr > 0 && o.arch_lr > 0 && o.l1 >= 0, "--lr and --arch-lr must be > 0, --l1 >= 0");
   DATANAS_CHECK(!o.sparse || o.estimator == "gdas" || o.estimator == "egs",
                 "--sparse needs a hard estimator (gdas or egs); ", o.estimator, " mixes every op");
+  DATANAS_CHECK(!o.cuda_graph || o.device == "cuda", "--cuda-graph needs --device cuda");
+  DATANAS_CHECK(!o.cuda_graph || !o.sparse, "--cuda-graph needs a dense step: a sparse step reads the sampled "
+                "architecture on the host; drop --sparse or --cuda-graph");
   DATANAS_CHECK(!o.resume || fs::exists(o.out + "/checkpoint"), "--resume: no checkpoint at '", o.out,
                 "/checkpoint'");
   return with_space(o, [&]<class Space>() { return run<Space>(o); });

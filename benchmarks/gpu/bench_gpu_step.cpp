@@ -9,6 +9,8 @@
 //   softmax_edge_dense   DARTS
 //   egs4_node_dense      DATA, EGS M = 4 per node, every op runs
 //   egs4_node_sparse     the same, only the sampled ops run (reads the code on the host)
+// and the two dense modes again with "+graph": the step captured once as a CUDA graph
+// (SearchConfig::cuda_graph, StepGraph) and replayed, the batch copied in before each replay.
 // The step reads its loss and correct count on the host for the log (one synchronisation) as
 // the searcher does; the PyTorch twin synchronises once per step too.
 //
@@ -84,7 +86,7 @@ void report(const std::string& what, const Timing& t, const std::string& extra =
 }
 
 template <class E, search::Granularity G>
-void search_mode(const char* name, bool sparse, const data::LabelledImages& d, int warmup, int steps) {
+void search_mode(const char* name, bool sparse, bool graph, const data::LabelledImages& d, int warmup, int steps) {
   spaces::SupernetConfig nc{.init_channels = 16, .layers = 8, .in_channels = 3, .num_classes = 10};
   PhiloxGenerator init(1);
   spaces::Supernet<F32, DartsSpace<E, G>, Cuda> net(nc, init);
@@ -93,6 +95,7 @@ void search_mode(const char* name, bool sparse, const data::LabelledImages& d, i
   c.epochs = 1;
   c.batch_size = kBatch;
   c.sparse = sparse;
+  c.cuda_graph = graph;
   c.tau = estimators::default_schedule(E::kKind);
   c.seed = 7;
   search::Searcher<F32, Cuda> s(net, d, data::ChannelNorm{kMean, kStd}, c);
@@ -105,12 +108,15 @@ void search_mode(const char* name, bool sparse, const data::LabelledImages& d, i
     std::iota(wrows.begin(), wrows.end(), b * kBatch);
     std::iota(arows.begin(), arows.end(), half + b * kBatch);
     s.load_batches(wrows, arows);
-    s.arch_step(c.lr);
-    s.weight_step();
+    s.search_step(c.lr);  // architecture + weight step; replays the captured step with graph
   };
   const Timing t = time_it(step, warmup, steps);
-  report(std::string("search_step/") + name, t,
-         ", \"images_per_s\": " + std::to_string(2.0 * double(kBatch) / (t.median_ms / 1e3)));
+  // With a graph, the memory the step holds is its pool (idle between replays, so not in
+  // peak_MB's bytes_in_use) plus the tensors that outlive it.
+  const double pool_mb = double(CachingAllocator<Cuda>::instance().stats().graph_pool_bytes) / (1024.0 * 1024.0);
+  report(std::string("search_step/") + name + (graph ? "+graph" : ""), t,
+         ", \"images_per_s\": " + std::to_string(2.0 * double(kBatch) / (t.median_ms / 1e3)) +
+             (graph ? ", \"graph_pool_MB\": " + std::to_string(pool_mb) : std::string()));
 }
 
 /// Forward + backward of one op on random inputs that require grad.
@@ -183,9 +189,11 @@ int main(int argc, char** argv) try {
   if (only.empty() || only == "search") {
     const auto d = synthetic_cifar();
     using search::Granularity;
-    search_mode<estimators::Softmax, Granularity::kEdge>("softmax_edge_dense", false, d, warmup, steps);
-    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_dense", false, d, warmup, steps);
-    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_sparse", true, d, warmup, steps);
+    search_mode<estimators::Softmax, Granularity::kEdge>("softmax_edge_dense", false, false, d, warmup, steps);
+    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_dense", false, false, d, warmup, steps);
+    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_sparse", true, false, d, warmup, steps);
+    search_mode<estimators::Softmax, Granularity::kEdge>("softmax_edge_dense", false, true, d, warmup, steps);
+    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_dense", false, true, d, warmup, steps);
   }
   if (only.empty() || only == "ops") ops(warmup, steps);
   return 0;

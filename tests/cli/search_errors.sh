@@ -23,6 +23,8 @@ expect "--resume: no checkpoint at '$dir/out/checkpoint'" --resume --out "$dir/o
 mkdir -p "$dir/bad" && printf 'garbage' > "$dir/bad/checkpoint"
 [ -d /usr/share/datasets/fashion-mnist ] && expect "checkpoint" --resume --out "$dir/bad"
 expect "'gpu' is not one of {cpu, cuda}" --device gpu --dry-run
+expect "--cuda-graph needs --device cuda" --cuda-graph --dry-run
+expect "--cuda-graph needs a dense step" --device cuda --cuda-graph --sparse --dry-run
 # --device cuda: without a usable GPU (or without the CUDA backend) a clear error, not a crash.
 if ! command -v nvidia-smi > /dev/null || ! nvidia-smi > /dev/null 2>&1; then
   out=$("$search" --device cuda --dry-run 2>&1); rc=$?

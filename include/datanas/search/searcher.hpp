@@ -10,10 +10,14 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <string>
+#include <type_traits>
+#include <variant>
 #include <vector>
 
 #include "datanas/data/augment.hpp"
@@ -42,6 +46,10 @@ struct SearchConfig {
   estimators::TemperatureSchedule tau;
   int crop_pad = 0;    ///< random crop padding (4 on CIFAR; 0 = no crop/flip augmentation)
   std::uint64_t seed = 1;
+  /// Cuda, dense steps only: capture each epoch's step once as a CUDA graph (after one eager
+  /// step) and replay it for the epoch's other steps. Same results, bit for bit: the noise and
+  /// Adam's step count advance before each replay exactly as in eager steps.
+  bool cuda_graph = false;
 };
 
 /// What one epoch measured (accuracies in [0, 1]).
@@ -81,9 +89,11 @@ Tensor<T> child_weights(const CellGenotype& cell, std::span<const std::string_vi
 }
 
 /// The search loop over any SearchNetwork (compiled once per scalar type and device). Batches
-/// are assembled on the host (augmentation is cheap next to a step) and copied to D; on a
-/// device the step synchronises only where it reads a value for the log (the loss, the correct
-/// count) and, in sparse mode, to read the sampled codes (Supernet::forward).
+/// are assembled on the host (augmentation is cheap next to a step) and copied to D into the
+/// same device buffers every step; on a device a step is queued whole before the host reads the
+/// values it logs (the losses, the correct counts), and, in sparse mode, it reads the sampled
+/// codes (Supernet::forward). With cfg.cuda_graph the queued step is captured once per epoch and
+/// replayed (StepGraph).
 template <class T, class D = Cpu>
 class Searcher {
  public:
@@ -106,6 +116,11 @@ class Searcher {
                   ", fewer than one batch of ", cfg.batch_size);
     DATANAS_CHECK(cfg.order == 1 || cfg.order == 2, "search: --order must be 1 or 2, got ", cfg.order);
     DATANAS_CHECK(!(cfg.order == 2 && cfg.single_level), "search: SNAS is single level; --order 2 does not apply");
+    DATANAS_CHECK(!cfg.cuda_graph || !is_cpu<D>, "search: --cuda-graph needs --device cuda");
+    DATANAS_CHECK(!cfg.cuda_graph || !cfg.sparse, "search: --cuda-graph needs a dense step (a sparse step reads "
+                  "the sampled architecture on the host to choose its ops); drop --sparse or --cuda-graph");
+    if constexpr (!is_cpu<D>)
+      if (cfg.cuda_graph) DeviceOps<D>::check_capturable("search");
     const Shape& s = train.images.shape();
     for (Batch* b : {&wb_, &ab_}) {
       b->x = Tensor<T>::empty({cfg.batch_size, s.c(), s.h(), s.w()});
@@ -135,29 +150,22 @@ class Searcher {
     long correct_w = 0, correct_a = 0;
     double loss_w = 0, loss_a = 0;
     net_.train();
+    reset_graph();  // lr and tau are new: one capture serves the epoch
     for (long s = 0; s < steps; ++s) {
       const auto span_of = [&](const std::vector<index_t>& rows) {
         return std::span<const index_t>(rows).subspan(std::size_t(s * cfg_.batch_size), std::size_t(cfg_.batch_size));
       };
       load_batch(span_of(wrows), wb_);
-      if (cfg_.single_level) {
-        const auto [l, c] = single_level_step();
-        loss_w += l;
-        correct_w += c;
-        loss_a += l;
-        correct_a += c;
-      } else {
-        load_batch(span_of(arows), ab_);
-        const auto [la, ca] = arch_step(st.lr);
-        loss_a += la;
-        correct_a += ca;
-        const auto [lw, cw] = weight_step();
-        loss_w += lw;
-        correct_w += cw;
-      }
+      if (!cfg_.single_level) load_batch(span_of(arows), ab_);
+      const auto [ra, rw] = search_step(st.lr);
+      loss_a += ra.loss;
+      correct_a += ra.correct;
+      loss_w += rw.loss;
+      correct_w += rw.correct;
       if (bar) bar->update(s + 1, loss_w / double(s + 1), double(correct_w) / double((s + 1) * cfg_.batch_size),
                            (s + 1) * cfg_.batch_size * (cfg_.single_level ? 1 : 2));
     }
+    reset_graph();  // gives the graph's memory back for the evaluations between epochs
     const double denom = double(steps * cfg_.batch_size);
     st.steps = steps;
     st.train_loss = loss_w / double(steps);
@@ -172,6 +180,7 @@ class Searcher {
 
   /// Normalisation used by the estimator (softmax or relu).
   void set_normalize(Normalize n) {
+    reset_graph();
     normalize_ = n;
     ec_.normalize = n;
   }
@@ -249,6 +258,7 @@ class Searcher {
     ck.put("epoch", std::int64_t(epoch_));
   }
   void restore(const io::Checkpoint& ck) {
+    reset_graph();
     io::restore_module(ck, "model.", net_);
     ck.get_tensor_into("alpha.normal", net_.alpha_normal().value());
     ck.get_tensor_into("alpha.reduce", net_.alpha_reduce().value());
@@ -272,13 +282,36 @@ class Searcher {
   }
   /// One architecture step on the loaded batches (first or second order per the config;
   /// `eta` is the current weight learning rate, used by the unrolled step).
-  StepResult arch_step(double eta) {
-    return cfg_.order == 2 ? arch_step_second_order(eta) : arch_step_first_order();
-  }
+  StepResult arch_step(double eta) { return finish(queue_arch_step(eta)); }
   /// One weight step on the loaded weight batch.
-  StepResult weight_step() { return weight_step_impl(); }
+  StepResult weight_step() { return finish(queue_weight_step()); }
   /// The estimator settings of the current epoch.
-  void set_estimator_config(const estimators::EstimatorConfig& ec) { ec_ = ec; }
+  void set_estimator_config(const estimators::EstimatorConfig& ec) {
+    reset_graph();
+    ec_ = ec;
+  }
+
+  /// One whole search step on the loaded batches, as run_epoch runs it: {architecture, weight}
+  /// results (SNAS: the single-level step's, twice). `eta` is the weight learning rate. With
+  /// cfg.cuda_graph the first call runs eagerly (so the capture does no first-use work: cuDNN
+  /// plans, optimiser state), the step is then captured, and later calls replay it (a call with
+  /// another eta, or after the settings changed, captures again).
+  std::pair<StepResult, StepResult> search_step(double eta) {
+    if constexpr (!is_cpu<D>) {
+      if (cfg_.cuda_graph) {
+        if (captured_ && captured_eta_ == eta) {
+          graph_.replay();
+          return finish(*captured_);
+        }
+        reset_graph();
+        const StepPair r = finish(queue_step(eta));
+        captured_.emplace(graph_.capture([&] { return queue_step(eta); }));
+        captured_eta_ = eta;
+        return r;
+      }
+    }
+    return finish(queue_step(eta));
+  }
 
  private:
   /// A batch: host images and labels, and their copies on D (the same tensors on the Cpu).
@@ -287,11 +320,87 @@ class Searcher {
     Tensor<std::int32_t> y;
     Tensor<T, D> xd;
     Tensor<std::int32_t, D> yd;
+    /// On a device the copies go into the same buffers every time: a captured step reads them
+    /// there (stream order keeps a copy behind the kernels that read the previous batch).
     void upload() {
-      xd = to_device_of<D>(x);
-      yd = to_device_of<D>(y);
+      if constexpr (is_cpu<D>) {
+        xd = x;
+        yd = y;
+      } else {
+        if (!xd.defined() || !(xd.shape() == x.shape())) xd = Tensor<T, D>::empty(x.shape());
+        if (!yd.defined() || !(yd.shape() == y.shape())) yd = Tensor<std::int32_t, D>::empty(y.shape());
+        upload_into(xd, x);
+        upload_into(yd, y);
+      }
     }
   };
+
+  /// What a queued step leaves for the host to read once its work is queued: the losses to check
+  /// for divergence (in the order computed: the first non-finite one names where), which of them
+  /// is reported, and the logits of the reported loss with the batch they classify. On a device
+  /// these are device tensors; in a captured step they live in the graph and every replay
+  /// rewrites them.
+  struct Queued {
+    static constexpr int kMaxChecks = 4;
+    std::array<Tensor<T, D>, kMaxChecks> losses;
+    std::array<const char*, kMaxChecks> where{};
+    int count = 0, reported = 0;
+    Tensor<T, D> logits;
+    const Batch* batch = nullptr;
+    void check(const Var<T, D>& loss, const char* w) {
+      losses[std::size_t(count)] = loss.value();
+      where[std::size_t(count++)] = w;
+    }
+    void report(const Var<T, D>& loss, const Var<T, D>& lg, const char* w, const Batch& b) {
+      reported = count;
+      check(loss, w);
+      logits = lg.value();
+      batch = &b;
+    }
+  };
+  /// A whole search step: architecture then weights (bilevel), or one single-level update
+  /// (reported twice, as both halves of the log).
+  struct QueuedStep {
+    Queued arch, weight;
+  };
+  using StepPair = std::pair<StepResult, StepResult>;
+
+  StepResult finish(const Queued& q) const {
+    double reported = 0;
+    for (int i = 0; i < q.count; ++i) {
+      const double l = checked(q.losses[std::size_t(i)], q.where[std::size_t(i)]);
+      if (i == q.reported) reported = l;
+    }
+    return {reported, count_correct(q.logits, q.batch->y)};
+  }
+  StepPair finish(const QueuedStep& q) const {
+    if (cfg_.single_level) {
+      const StepResult r = finish(q.arch);
+      return {r, r};
+    }
+    const StepResult a = finish(q.arch);
+    return {a, finish(q.weight)};
+  }
+
+  /// Drops the captured step (its values would be stale); a no-op without one.
+  void reset_graph() {
+    if constexpr (!is_cpu<D>) {
+      captured_.reset();
+      graph_.reset();
+    }
+  }
+
+  QueuedStep queue_step(double eta) {
+    if (cfg_.single_level) return {queue_single_level_step(), {}};
+    Queued a = queue_arch_step(eta);
+    return {std::move(a), queue_weight_step()};
+  }
+  Queued queue_arch_step(double eta) {
+    return cfg_.order == 2 ? arch_step_second_order(eta) : arch_step_first_order();
+  }
+  Queued queue_weight_step() { return weight_step_impl(); }
+
+
 
   /// Assembles a batch on the host and copies it to D once (on the Cpu the "copy" is the same
   /// storage); a step's forwards all read the device copy.
@@ -318,8 +427,8 @@ class Searcher {
     for (const auto& v : vs) v.set_requires_grad(on);
   }
 
-  static double checked(const Var<T, D>& loss, const char* where) {
-    const double l = double(to_cpu(loss.value())[0]);
+  static double checked(const Tensor<T, D>& loss, const char* where) {
+    const double l = double(to_cpu(loss)[0]);
     DATANAS_CHECK(std::isfinite(l), "search diverged: ", where, " loss is ", l,
                   " (lower --lr or --arch-lr, or check the data)");
     return l;
@@ -338,37 +447,39 @@ class Searcher {
     Var<T, D> loss = cross_entropy(logits, b.yd);
     if (cfg_.l1 > 0) {
       for (const auto& [alpha, w] : {std::pair{net_.alpha_normal(), wn}, std::pair{net_.alpha_reduce(), wr}}) {
-        Tensor<T> code = Tensor<T>::empty(w.shape());
-        code.eigen() = (to_cpu(w.value()).eigen() > T(0)).template cast<T>();
+        Tensor<T, D> code = Tensor<T, D>::empty(w.shape());
+        indicator_positive(w.value(), code);  // DATA's sampled code, w > 0, formed on D
         Var<T, D> p = estimators::group_probabilities(alpha, layout, normalize_, noise_gen_);
-        loss = add(loss, estimators::l1_to_code(p, to_device_of<D>(code), T(cfg_.l1)));
+        loss = add(loss, estimators::l1_to_code(p, code, T(cfg_.l1)));
       }
     }
     return {loss, logits};
   }
 
-  StepResult arch_step_first_order() {
+  Queued arch_step_first_order() {
     set_requires_grad(weights_, false);  // only dL/dalpha is needed: skip every dW kernel
     const Loss r = arch_loss(ab_);
     a_opt_.zero_grad();
     backward(r.loss);
     set_requires_grad(weights_, true);
     a_opt_.step();
-    // Read for the log only now: on a device the whole step is queued before the host waits.
-    return {checked(r.loss, "architecture"), count_correct(r.logits.value(), ab_.y)};
+    Queued q;  // read by finish() once the step is queued: on a device the host waits only then
+    q.report(r.loss, r.logits, "architecture", ab_);
+    return q;
   }
 
   /// DARTS' unrolled step: alpha grad = dL_val(w', a)/da - eta * (dL_train(w+)/da -
   /// dL_train(w-)/da) / (2 eps), w' = w - eta (mu buf + dL_train/dw + wd w), w+- = w +- eps v,
   /// v = dL_val(w')/dw', eps = 0.01 / ||v||.
-  StepResult arch_step_second_order(double eta) {
+  Queued arch_step_second_order(double eta) {
     ensure_backups();
+    Queued q;  // every loss is checked by finish(), after the whole step is queued
     // 1. w' from the training gradient at w.
     set_requires_grad(alphas_, false);
     for (auto& w : weights_) w.zero_grad();
     {
       Var<T, D> l = cross_entropy(net_.forward(Var<T, D>(wb_.xd), ec_, noise_gen_, cfg_.sparse), wb_.yd);
-      checked(l, "unrolled training");
+      q.check(l, "unrolled training");
       backward(l);
     }
     auto& bufs = w_opt_.momentum_buffers();
@@ -397,8 +508,7 @@ class Searcher {
     for (auto& w : weights_) w.zero_grad();
     a_opt_.zero_grad();
     const Loss r = arch_loss(ab_);
-    const double l = checked(r.loss, "architecture");
-    const long correct = count_correct(r.logits.value(), ab_.y);
+    q.report(r.loss, r.logits, "architecture", ab_);
     backward(r.loss);
     double vnorm2 = 0;
     for (std::size_t i = 0; i < weights_.size(); ++i) {
@@ -426,7 +536,7 @@ class Searcher {
       }
       a_opt_.zero_grad();
       Var<T, D> lt = cross_entropy(net_.forward(Var<T, D>(wb_.xd), ec_, noise_gen_, cfg_.sparse), wb_.yd);
-      checked(lt, "finite-difference training");
+      q.check(lt, "finite-difference training");
       backward(lt);
       for (std::size_t i = 0; i < alphas_.size(); ++i) {
         auto gp = (sign > 0 ? gplus_[i] : gminus_[i]);
@@ -448,10 +558,10 @@ class Searcher {
     }
     a_opt_.step();
     for (auto& w : weights_) w.zero_grad();
-    return {l, correct};
+    return q;
   }
 
-  StepResult weight_step_impl() {
+  Queued weight_step_impl() {
     set_requires_grad(alphas_, false);
     Var<T, D> logits = net_.forward(Var<T, D>(wb_.xd), ec_, noise_gen_, cfg_.sparse);
     Var<T, D> loss = cross_entropy(logits, wb_.yd);
@@ -460,10 +570,12 @@ class Searcher {
     set_requires_grad(alphas_, true);
     clip_weights();
     w_opt_.step();
-    return {checked(loss, "weight"), count_correct(logits.value(), wb_.y)};
+    Queued q;
+    q.report(loss, logits, "weight", wb_);
+    return q;
   }
 
-  StepResult single_level_step() {
+  Queued queue_single_level_step() {
     const Loss r = arch_loss(wb_);
     w_opt_.zero_grad();
     a_opt_.zero_grad();
@@ -471,7 +583,9 @@ class Searcher {
     clip_weights();
     w_opt_.step();
     a_opt_.step();
-    return {checked(r.loss, "training"), count_correct(r.logits.value(), wb_.y)};
+    Queued q;
+    q.report(r.loss, r.logits, "training", wb_);
+    return q;
   }
 
   /// Clips the weights' gradient norm to cfg_.grad_clip (on a device without synchronising).
@@ -526,6 +640,10 @@ class Searcher {
   long epoch_ = 0;
   Batch wb_, ab_;  // the weight-half and architecture-half batches
   std::vector<Tensor<T, D>> backup_, v_, tmp_, dalpha_, gplus_, gminus_;
+  // cfg.cuda_graph: the captured step, what it leaves to read, and the eta it was captured with.
+  std::conditional_t<is_cpu<D>, std::monostate, StepGraph<D>> graph_;
+  std::optional<QueuedStep> captured_;
+  double captured_eta_ = 0;
 };
 
 }  // namespace datanas::search

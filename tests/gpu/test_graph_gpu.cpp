@@ -1,0 +1,240 @@
+// CUDA graph capture (StepGraph<Cuda>): a captured step replays exactly what the same eager steps
+// compute: the same Gumbel noise (the Philox base of every estimator launch is reserved before
+// each replay), the same Adam bias corrections (t advances before each replay), the same memory
+// discipline (the graph's blocks are never handed to eager work while it lives); and what cannot
+// be captured (host reads, host copies, dropout masks) is refused with the reason.
+#include "parity.hpp"
+#include "../synthetic.hpp"
+
+#include "datanas/estimators/estimators.hpp"
+#include "datanas/ops/dropout.hpp"
+#include "datanas/optim/optimizers.hpp"
+#include "datanas/search/searcher.hpp"
+
+using namespace datanas;
+using gpu_test::rel_err;
+
+namespace {
+
+/// Bitwise equality of two device tensors.
+bool same_bits(const Tensor<float, Cuda>& a, const Tensor<float, Cuda>& b) {
+  const Tensor<float> ha = cuda::to_host(a), hb = cuda::to_host(b);
+  return ha.numel() == hb.numel() && std::memcmp(ha.data(), hb.data(), sizeof(float) * std::size_t(ha.numel())) == 0;
+}
+
+Tensor<float, Cuda> random_device(const Shape& s, std::uint64_t seed) {
+  PhiloxGenerator g(seed);
+  Tensor<float> h = Tensor<float>::empty(s);
+  for (index_t i = 0; i < h.numel(); ++i) h[i] = float(g.normal());
+  return cuda::to_device(h);
+}
+
+template <class E>
+using Space = spaces::SearchSpace<spaces::DartsOps, 2, 2, E, search::Granularity::kNode>;
+
+template <class E>
+struct GraphRun {
+  cuda::Stream stream;  // capture needs a real stream; each run has its own
+  PhiloxGenerator init{5};
+  std::optional<spaces::Supernet<float, Space<E>, Cuda>> net;
+  std::optional<search::Searcher<float, Cuda>> searcher;
+  GraphRun(const data::LabelledImages& d, const search::SearchConfig& cfg) {
+    cuda::StreamGuard on(stream);
+    net.emplace(spaces::SupernetConfig{.init_channels = 4, .layers = 3, .in_channels = 1, .num_classes = 3}, init);
+    searcher.emplace(*net, d, data::ChannelNorm{testing::kThirdsMean, testing::kThirdsStd}, cfg);
+  }
+  search::EpochStats epoch() {
+    cuda::StreamGuard on(stream);
+    return searcher->run_epoch();
+  }
+};
+
+/// Two epochs eagerly and two with every step after each epoch's first replayed from a graph:
+/// everything must agree bit for bit (the same kernels on the same inputs), including the second
+/// epoch, whose noise and Adam state continue from the replays' host-side bookkeeping.
+template <class E>
+void check_graph_search(search::SearchConfig cfg) {
+  const auto d = testing::synthetic_thirds(96, 3);
+  cfg.cuda_graph = false;
+  GraphRun<E> eager(d, cfg);
+  cfg.cuda_graph = true;
+  GraphRun<E> graph(d, cfg);
+  for (int e = 0; e < 2; ++e) {
+    CAPTURE(e);
+    const auto se = eager.epoch();
+    const auto sg = graph.epoch();
+    REQUIRE(se.steps >= 3);  // an eager step, a capture, and replays
+    CHECK(sg.train_loss == se.train_loss);
+    CHECK(sg.arch_loss == se.arch_loss);
+    CHECK(sg.train_acc == se.train_acc);
+    CHECK(sg.arch_acc == se.arch_acc);
+  }
+  cuda::StreamGuard on(graph.stream);
+  CHECK(same_bits(graph.net->alpha_normal().value(), eager.net->alpha_normal().value()));
+  CHECK(same_bits(graph.net->alpha_reduce().value(), eager.net->alpha_reduce().value()));
+  const auto wg = graph.net->weights();
+  const auto we = eager.net->weights();
+  REQUIRE(wg.size() == we.size());
+  for (std::size_t i = 0; i < wg.size(); ++i) {
+    CAPTURE(i);
+    CHECK(same_bits(wg[i].value(), we[i].value()));
+  }
+  // The generators and optimiser counters the replays advanced on the host: identical checkpoints.
+  io::Checkpoint ce("<memory>"), cg("<memory>");
+  eager.searcher->save(ce);
+  graph.searcher->save(cg);
+  for (const char* key : {"gen.noise", "gen.data", "gen.aug"})
+    for (const char* part : {".seed", ".offset"}) {
+      CAPTURE(key);
+      CHECK(cg.get_int(std::string(key) + part) == ce.get_int(std::string(key) + part));
+    }
+}
+
+search::SearchConfig small_search() {
+  search::SearchConfig cfg;
+  cfg.epochs = 4;
+  cfg.batch_size = 16;
+  cfg.lr = 0.05;
+  cfg.arch_lr = 3e-3;
+  return cfg;
+}
+
+}  // namespace
+
+TEST_CASE("captured DARTS search steps replay the eager ones bit for bit, first and second order") {
+  auto cfg = small_search();
+  check_graph_search<estimators::Softmax>(cfg);
+  cfg.order = 2;
+  check_graph_search<estimators::Softmax>(cfg);
+}
+
+TEST_CASE("captured EGS and GDAS dense steps draw the eager steps' noise at every replay") {
+  auto cfg = small_search();
+  cfg.tau = {5.0, 1.0};
+  cfg.l1 = 0.1;  // DATA's L1 term: its code is formed on the device, inside the graph
+  check_graph_search<estimators::EGS<4>>(cfg);
+  cfg.l1 = 0;
+  cfg.tau = {10.0, 0.1};
+  check_graph_search<estimators::HardGumbel>(cfg);
+}
+
+TEST_CASE("a captured SNAS (single-level) step replays the eager ones") {
+  auto cfg = small_search();
+  cfg.single_level = true;
+  cfg.tau = {1.0, 0.03};
+  check_graph_search<estimators::SoftGumbel>(cfg);
+}
+
+TEST_CASE("each replay of a captured estimator call draws the next eager call's sample") {
+  cuda::Stream stream;
+  cuda::StreamGuard on(stream);
+  const estimators::GroupLayout layout{4, 8, search::Granularity::kNode, 2};
+  Var<float, Cuda> alpha(random_device({layout.edges(), layout.ops}, 11), true);
+  const estimators::EstimatorConfig ec{1.0, search::Normalize::kSoftmax};
+  PhiloxGenerator eager_gen(42), graph_gen(42);
+  StepGraph<Cuda> g;
+  const Tensor<float, Cuda> w = g.capture([&] {
+    NoGradGuard ng;
+    return estimators::mixing_weights(estimators::Kind::kEgs, 4, alpha, layout, ec, graph_gen).value();
+  });
+  CHECK(graph_gen.offset() == 0);  // the capture reserved nothing: replays do
+  CHECK(g.nodes() >= 1);
+  for (int r = 0; r < 3; ++r) {
+    CAPTURE(r);
+    g.replay();
+    NoGradGuard ng;
+    const auto expect = estimators::mixing_weights(estimators::Kind::kEgs, 4, alpha, layout, ec, eager_gen);
+    CHECK(same_bits(w, expect.value()));
+    CHECK(graph_gen.offset() == eager_gen.offset());
+  }
+}
+
+TEST_CASE("a captured Adam step advances t at each replay as eager steps do") {
+  cuda::Stream stream;
+  cuda::StreamGuard on(stream);
+  Var<float, Cuda> pe(random_device({37}, 1), true), pg(random_device({37}, 1), true);
+  const Tensor<float, Cuda> grad = random_device({37}, 2);
+  optim::Adam<float, Cuda> oe({pe}, 0.01, 0.5, 0.999, 1e-3), og({pg}, 0.01, 0.5, 0.999, 1e-3);
+  const auto set_grad = [&](const Var<float, Cuda>& p) {
+    p.zero_grad();
+    p.grad_slot().g.copy_from(grad);
+  };
+  // One eager step on both (the graph's state buffers exist before the capture), then a capture.
+  for (auto* o : {&oe, &og}) {
+    set_grad(o == &oe ? pe : pg);
+    o->step();
+  }
+  StepGraph<Cuda> g;
+  g.capture([&] {
+    set_grad(pg);
+    og.step();
+  });
+  CHECK(og.step_count() == 1);
+  for (int r = 0; r < 4; ++r) {
+    g.replay();
+    set_grad(pe);
+    oe.step();
+    CHECK(og.step_count() == oe.step_count());
+  }
+  CHECK(same_bits(pg.value(), pe.value()));
+  CHECK(same_bits(og.exp_avg()[0], oe.exp_avg()[0]));
+}
+
+TEST_CASE("a capture refuses host reads, host copies and dropout masks, and leaves the stream usable") {
+  cuda::Stream stream;
+  cuda::StreamGuard on(stream);
+  const Tensor<float, Cuda> t = random_device({8}, 3);
+  StepGraph<Cuda> g;
+  CHECK_THROWS_WITH_AS(g.capture([&] { (void)cuda::to_host(t); }),
+                       doctest::Contains("reads a device value on the host"), error);
+  CHECK_FALSE(g.ready());
+  CHECK_THROWS_WITH_AS(g.capture([&] { (void)cuda::to_device(Tensor<float>::zeros({4})); }),
+                       doctest::Contains("copies host data"), error);
+  PhiloxGenerator gen(1);
+  Var<float, Cuda> x(t);
+  CHECK_THROWS_WITH_AS(g.capture([&] { (void)dropout(x, 0.5, true, gen); }),
+                       doctest::Contains("cannot be captured"), error);
+  CHECK(cuda::capturing_graph() == nullptr);
+  // The stream still runs eager work.
+  const Tensor<float, Cuda> u = t.clone();
+  CHECK(same_bits(u, t));
+  // The legacy default stream (no StreamGuard) cannot be captured.
+  StepGraph<Cuda> legacy;
+  const cuda::StreamRef saved = cuda::detail::current_stream_slot();
+  cuda::detail::current_stream_slot() = cuda::StreamRef{};
+  CHECK_THROWS_WITH_AS(legacy.capture([] {}), doctest::Contains("legacy default stream"), error);
+  cuda::detail::current_stream_slot() = saved;
+}
+
+TEST_CASE("a graph's memory stays its own while it lives and returns to the stream after") {
+  cuda::Stream stream;
+  cuda::StreamGuard on(stream);
+  auto& alloc = CachingAllocator<Cuda>::instance();
+  const Tensor<float, Cuda> x = random_device({1000}, 4);
+  const float* inside = nullptr;
+  StepGraph<Cuda> g;
+  const Tensor<float, Cuda> y = g.capture([&] {
+    Tensor<float, Cuda> tmp = Tensor<float, Cuda>::empty({1000});  // freed inside the capture
+    inside = tmp.data();
+    tmp.copy_from(x);
+    Tensor<float, Cuda> out = Tensor<float, Cuda>::empty({1000});
+    out.copy_from(tmp);
+    return out;
+  });
+  {
+    // Eager work of the same size gets other memory: the graph writes `inside` at every replay.
+    const Tensor<float, Cuda> eager = Tensor<float, Cuda>::empty({1000});
+    CHECK(eager.data() != inside);
+    CHECK(eager.data() != y.data());
+  }
+  g.replay();
+  CHECK(same_bits(y, x));
+  const auto before = alloc.stats();
+  g.reset();
+  // The pool's idle block went back to the stream's cache, nothing to the system.
+  CHECK(alloc.stats().bytes_cached >= before.bytes_cached);
+  const auto misses = alloc.stats().system_allocations;
+  const Tensor<float, Cuda> a = Tensor<float, Cuda>::empty({1000});
+  const Tensor<float, Cuda> b = Tensor<float, Cuda>::empty({1000});
+  CHECK(alloc.stats().system_allocations == misses);
+}
