@@ -1,0 +1,214 @@
+// The PTB (recurrent) loops on the GPU against the CPU: a short search (EGS per node, dense and
+// sparse, and DARTS' softmax) and a short training run (SGD, then averaged SGD after the
+// non-monotone trigger, every dropout on) start from the same weights, alphas, token streams and
+// generator states on both devices, so they must end in the same place up to float rounding,
+// sample the same architectures and derive the same genotype. A checkpoint written on the GPU
+// restores on the CPU. Compiled into the steps_gpu binary (test_steps_gpu.cpp).
+#include "parity.hpp"
+
+#include <vector>
+
+#include "datanas/data/ptb.hpp"
+#include "datanas/search/rnn_genotype.hpp"
+#include "datanas/search/rnn_searcher.hpp"
+#include "datanas/train/rnn_trainer.hpp"
+
+using namespace datanas;
+using gpu_test::rel_err;
+
+namespace {
+
+constexpr index_t kVocab = 11;
+
+/// A token stream with structure to learn: mostly next = (a * prev + 1) mod V, sometimes random.
+std::vector<std::int32_t> token_stream(std::size_t n, std::uint64_t seed, int a = 3) {
+  PhiloxGenerator g(seed);
+  std::vector<std::int32_t> ids(n);
+  std::int32_t prev = 0;
+  for (auto& t : ids) {
+    prev = g.uniform() < 0.8 ? std::int32_t((a * prev + 1) % kVocab) : std::int32_t(g.next_block().v[0] % kVocab);
+    t = prev;
+  }
+  return ids;
+}
+
+spaces::rnn::RnnConfig tiny_model() {
+  spaces::rnn::RnnConfig c;
+  c.vocab = kVocab;
+  c.emsize = c.nhid = 8;
+  c.dropout = 0.3;
+  c.dropouth = 0.2;
+  c.dropoutx = 0.3;
+  c.dropouti = 0.2;
+  c.dropoute = 0.1;
+  c.init_range = 0.3;
+  return c;
+}
+
+/// The token streams of a run, batchified as the samples do (they must outlive the loops).
+struct Streams {
+  Tensor<std::int32_t> train, search, valid;
+  /// valid_rule: the multiplier of the validation stream's rule (3: the training rule).
+  Streams(index_t batch, index_t eval_batch, int valid_rule = 3)
+      : train(data::batchify(token_stream(240, 1), batch)),
+        search(data::batchify(token_stream(120, 2), batch)),
+        valid(data::batchify(token_stream(80, 3, valid_rule), eval_batch)) {}
+};
+
+template <class E>
+using RnnSpace = spaces::rnn::RecurrentSearchSpace<spaces::rnn::DartsRnnOps, 4, E, search::Granularity::kNode>;
+
+template <class E, class D>
+struct RnnSearchRun {
+  PhiloxGenerator init{21};
+  spaces::rnn::RnnSupernet<float, RnnSpace<E>, D> net;
+  search::RnnSearcher<float, D> searcher;
+  RnnSearchRun(const Streams& s, const search::RnnSearchConfig& cfg)
+      : net(tiny_model(), init, cfg.normalize), searcher(net, s.train, s.search, s.valid, cfg) {}
+};
+
+search::RnnSearchConfig small_rnn_search() {
+  search::RnnSearchConfig cfg;
+  cfg.epochs = 2;
+  cfg.batch_size = 4;
+  cfg.eval_batch_size = 2;
+  cfg.bptt = 6;
+  cfg.max_seq_len_delta = 4;
+  cfg.lr = 2;
+  cfg.arch_lr = 3e-2;
+  return cfg;
+}
+
+bool agrees(double got, double want, double tol) { return std::abs(got - want) <= tol * std::max(1.0, std::abs(want)); }
+
+/// Runs the same search on both devices, epoch by epoch, and compares everything it leaves.
+template <class E>
+void check_rnn_search(const search::RnnSearchConfig& cfg, double tol) {
+  const Streams s(cfg.batch_size, cfg.eval_batch_size);
+  RnnSearchRun<E, Cpu> cpu(s, cfg);
+  RnnSearchRun<E, Cuda> gpu(s, cfg);
+  for (long e = 0; e < cfg.epochs; ++e) {
+    CAPTURE(e);
+    const auto sc = cpu.searcher.run_epoch();
+    const auto sg = gpu.searcher.run_epoch();
+    CHECK(sg.steps == sc.steps);
+    CHECK(sg.tokens == sc.tokens);
+    CHECK(agrees(sg.train_loss, sc.train_loss, tol));
+    CHECK(agrees(sg.arch_loss, sc.arch_loss, tol));
+    CHECK(agrees(sg.valid_loss, sc.valid_loss, tol));
+    // Argmax of nearly tied logits may flip with rounding: at most one token in a hundred.
+    CHECK(std::abs(sg.train_acc - sc.train_acc) <= 0.01);
+  }
+  CHECK(rel_err(gpu.net.alpha().value(), cpu.net.alpha().value()) <= tol);
+  const auto wc = cpu.net.parameters();
+  const auto wg = gpu.net.parameters();
+  REQUIRE(wc.size() == wg.size());
+  for (std::size_t i = 0; i < wc.size(); ++i) {
+    CAPTURE(i);
+    CHECK(rel_err(wg[i].value(), wc[i].value()) <= tol);
+  }
+  const auto ac = cpu.searcher.alpha_matrix();
+  const auto ag = gpu.searcher.alpha_matrix();
+  const auto ops = cpu.net.op_names();
+  CHECK(search::to_text(search::derive_rnn_darts(ag, ops)) == search::to_text(search::derive_rnn_darts(ac, ops)));
+  const int m = cpu.net.ensemble_size();
+  CHECK(search::to_text(search::derive_rnn_data(ag, m, cfg.normalize, search::Granularity::kNode, ops)) ==
+        search::to_text(search::derive_rnn_data(ac, m, cfg.normalize, search::Granularity::kNode, ops)));
+}
+
+}  // namespace
+
+TEST_CASE("a PTB-style EGS search (per node) on the GPU samples the same codes as the CPU, dense and sparse") {
+  auto cfg = small_rnn_search();
+  cfg.tau = {5.0, 1.0};
+  check_rnn_search<estimators::EGS<2>>(cfg, 1e-3);
+  cfg.sparse = true;
+  check_rnn_search<estimators::EGS<2>>(cfg, 1e-3);
+}
+
+TEST_CASE("a PTB-style DARTS (softmax) search on the GPU matches the CPU (no host copy of the weights)") {
+  check_rnn_search<estimators::Softmax>(small_rnn_search(), 1e-3);
+}
+
+TEST_CASE("a PTB search checkpoint written on the GPU restores on the CPU") {
+  const auto cfg = small_rnn_search();
+  const Streams s(cfg.batch_size, cfg.eval_batch_size);
+  RnnSearchRun<estimators::EGS<2>, Cuda> gpu(s, cfg);
+  gpu.searcher.run_epoch();
+  io::Checkpoint ck("<memory>");
+  gpu.searcher.save(ck);
+  RnnSearchRun<estimators::EGS<2>, Cpu> cpu(s, cfg);
+  cpu.searcher.restore(ck);
+  CHECK(cpu.searcher.epoch() == 1);
+  CHECK(rel_err(gpu.net.alpha().value(), cpu.net.alpha().value()) == 0.0);
+  const auto wg = gpu.net.parameters();
+  const auto wc = cpu.net.parameters();
+  REQUIRE(wg.size() == wc.size());
+  for (std::size_t i = 0; i < wg.size(); ++i) CHECK(rel_err(wg[i].value(), wc[i].value()) == 0.0);
+  // Both continue alike: the generators and optimiser states came along.
+  const auto sg = gpu.searcher.run_epoch();
+  const auto sc = cpu.searcher.run_epoch();
+  CHECK(sg.steps == sc.steps);
+  CHECK(agrees(sg.train_loss, sc.train_loss, 1e-3));
+  CHECK(agrees(sg.valid_loss, sc.valid_loss, 1e-3));
+}
+
+TEST_CASE("PTB-style training on the GPU matches the CPU through the switch to averaged SGD") {
+  train::RnnTrainConfig tc;
+  tc.epochs = 6;
+  tc.batch_size = 4;
+  tc.eval_batch_size = 2;
+  tc.bptt = 6;
+  tc.max_seq_len_delta = 4;
+  tc.lr = 10;
+  tc.nonmono = 0;  // switch after the first SGD epoch that does not improve on the best
+  // The validation stream follows another rule, so that learning the training rule soon makes
+  // the validation loss rise: the trigger fires early and averaged SGD runs.
+  const Streams s(tc.batch_size, tc.eval_batch_size, 5);
+  PhiloxGenerator ic(31), ig(31);
+  using spaces::rnn::DartsRnnOps;
+  spaces::rnn::RnnEvalModel<float, DartsRnnOps, Cpu> cpu_model(tiny_model(), search::RNN_DARTS_V2, ic);
+  spaces::rnn::RnnEvalModel<float, DartsRnnOps, Cuda> gpu_model(tiny_model(), search::RNN_DARTS_V2, ig);
+  train::RnnTrainer<float, Cpu> tcpu(cpu_model, s.train, s.valid, tc);
+  train::RnnTrainer<float, Cuda> tgpu(gpu_model, s.train, s.valid, tc);
+  bool switched = false;
+  for (long e = 0; e < tc.epochs; ++e) {
+    CAPTURE(e);
+    const auto sc = tcpu.run_epoch();
+    const auto sg = tgpu.run_epoch();
+    CHECK(sg.steps == sc.steps);
+    CHECK(agrees(sg.train_loss, sc.train_loss, 1e-3));
+    CHECK(agrees(sg.valid_loss, sc.valid_loss, 1e-3));
+    CHECK(sg.averaged == sc.averaged);
+    CHECK(sg.switched == sc.switched);
+    CHECK(sg.best == sc.best);
+    switched = switched || sc.switched;
+  }
+  CHECK(switched);  // the config was chosen so that ASGD runs (verified on the CPU)
+  CHECK(tgpu.averaging() == tcpu.averaging());
+  CHECK(tgpu.best_epoch() == tcpu.best_epoch());
+  CHECK(agrees(tgpu.best_valid_loss(), tcpu.best_valid_loss(), 1e-3));
+  const auto pc = cpu_model.parameters();
+  const auto pg = gpu_model.parameters();
+  REQUIRE(pc.size() == pg.size());
+  for (std::size_t i = 0; i < pc.size(); ++i) {
+    CAPTURE(i);
+    CHECK(rel_err(pg[i].value(), pc[i].value()) <= 1e-3);
+  }
+  // The checkpoint (ASGD averages, best weights, history) restores on the CPU exactly.
+  io::Checkpoint ck("<memory>");
+  tgpu.save(ck);
+  PhiloxGenerator ir(32);
+  spaces::rnn::RnnEvalModel<float, DartsRnnOps, Cpu> restored(tiny_model(), search::RNN_DARTS_V2, ir);
+  train::RnnTrainer<float, Cpu> tres(restored, s.train, s.valid, tc);
+  tres.restore(ck);
+  CHECK(tres.epoch() == tgpu.epoch());
+  CHECK(tres.averaging() == tgpu.averaging());
+  CHECK(tres.best_valid_loss() == tgpu.best_valid_loss());
+  const auto pr = restored.parameters();
+  for (std::size_t i = 0; i < pr.size(); ++i) CHECK(rel_err(pg[i].value(), pr[i].value()) == 0.0);
+  // The best weights give the same perplexity on both devices.
+  tcpu.load_best();
+  tgpu.load_best();
+  CHECK(agrees(tgpu.valid_loss(), tcpu.valid_loss(), 1e-3));
+}
