@@ -31,7 +31,7 @@ struct Options {
   long init_channels = 36, layers = 20, epochs = 10, batch_size = 96, train_limit = 0, test_limit = 0;
   long cutout = 16, crop_pad = 4, stop_after = 0;
   double lr = 0.025, drop_path = 0.2, auxiliary_weight = 0.4;
-  bool auxiliary = true, resume = false, dry_run = false, eval_only = false;
+  bool auxiliary = true, resume = false, dry_run = false, eval_only = false, cuda_graph = false;
   std::uint64_t seed = 1;
 
   /// The flags that fix the network, the data and the schedules: a checkpoint only resumes
@@ -207,6 +207,7 @@ int train_from_scratch(const Options& o) {
   tc.cutout = int(o.cutout);
   tc.crop_pad = int(o.crop_pad);
   tc.seed = o.seed;
+  tc.cuda_graph = o.cuda_graph;
   const data::ChannelNorm norm{d.mean, d.std};
   train::Trainer<float, D> trainer(net, s.train, norm, tc);
 
@@ -289,6 +290,7 @@ int main(int argc, char** argv) try {
       .add("test-limit", &o.test_limit, "evaluate only the first N test images (0 = all)")
       .add("seed", &o.seed, "random seed")
       .add_choice("device", &o.device, {"cpu", "cuda"}, "where training runs (a checkpoint resumes on either)")
+      .add("cuda-graph", &o.cuda_graph, "replay each epoch's training step as a CUDA graph (--device cuda)")
       .add("out", &o.out, "output directory")
       .add("resume", &o.resume, "continue from OUT/checkpoint")
       .add("stop-after", &o.stop_after, "stop cleanly after N epochs of this run (0 = never)")
@@ -304,6 +306,7 @@ int main(int argc, char** argv) try {
   DATANAS_CHECK(o.train_limit >= 0 && o.test_limit >= 0, "--train-limit and --test-limit must be >= 0");
   DATANAS_CHECK(o.stop_after >= 0, "--stop-after must be >= 0, got ", o.stop_after);
   DATANAS_CHECK(o.lr > 0, "--lr must be > 0, got ", o.lr);
+  DATANAS_CHECK(!o.cuda_graph || o.device == "cuda", "--cuda-graph needs --device cuda");
   DATANAS_CHECK(o.drop_path >= 0 && o.drop_path < 1, "--drop-path must be in [0, 1), got ", o.drop_path);
   DATANAS_CHECK(o.auxiliary_weight >= 0, "--auxiliary-weight must be >= 0, got ", o.auxiliary_weight);
   DATANAS_CHECK(o.cutout >= 0 && o.crop_pad >= 0, "--cutout and --crop-pad must be >= 0");

@@ -39,10 +39,12 @@ std::int64_t embedding_backward_workspace(std::int64_t count) {
                                 cudaStream_t);                                                      \
   template void crop_backward<T>(std::int64_t, std::int64_t, std::int64_t, int, int, const T*, T*,  \
                                  bool, cudaStream_t);                                               \
-  template void dropout_apply<T>(std::int64_t, std::uint64_t, std::uint64_t, float, T, const T*,    \
-                                 T*, bool, cudaStream_t);                                           \
-  template void drop_path_apply<T>(std::int64_t, std::int64_t, std::uint64_t, std::uint64_t, float, \
-                                   T, const T*, T*, bool, cudaStream_t);
+  template void count_correct<T>(std::int64_t, std::int64_t, const T*, const std::int32_t*,          \
+                                 std::int32_t*, cudaStream_t);                                      \
+  template void dropout_apply<T>(std::int64_t, std::uint64_t, std::uint64_t, const std::uint64_t*,  \
+                                 float, T, const T*, T*, bool, cudaStream_t);                       \
+  template void drop_path_apply<T>(std::int64_t, std::int64_t, std::uint64_t, std::uint64_t,        \
+                                   const std::uint64_t*, float, T, const T*, T*, bool, cudaStream_t);
 
 DATANAS_INSTANTIATE_DENSE(float)
 DATANAS_INSTANTIATE_DENSE(double)

@@ -2,14 +2,19 @@
 // compute: the same Gumbel noise (the Philox base of every estimator launch is reserved before
 // each replay), the same Adam bias corrections (t advances before each replay), the same memory
 // discipline (the graph's blocks are never handed to eager work while it lives); and what cannot
-// be captured (host reads, host copies, dropout masks) is refused with the reason.
+// be captured (host reads, host copies, the recurrent masks drawn on the host) is refused with
+// the reason.
 #include "parity.hpp"
+#include "steps_common.hpp"
 #include "../synthetic.hpp"
 
 #include "datanas/estimators/estimators.hpp"
 #include "datanas/ops/dropout.hpp"
+#include "datanas/ops/recurrent.hpp"
 #include "datanas/optim/optimizers.hpp"
 #include "datanas/search/searcher.hpp"
+#include "datanas/spaces/eval_network.hpp"
+#include "datanas/train/trainer.hpp"
 
 using namespace datanas;
 using gpu_test::rel_err;
@@ -30,7 +35,8 @@ Tensor<float, Cuda> random_device(const Shape& s, std::uint64_t seed) {
 }
 
 template <class E>
-using Space = spaces::SearchSpace<spaces::DartsOps, 2, 2, E, search::Granularity::kNode>;
+using Space = gpu_test::SmallSpace<E>;
+using gpu_test::small_search;
 
 template <class E>
 struct GraphRun {
@@ -90,15 +96,6 @@ void check_graph_search(search::SearchConfig cfg) {
     }
 }
 
-search::SearchConfig small_search() {
-  search::SearchConfig cfg;
-  cfg.epochs = 4;
-  cfg.batch_size = 16;
-  cfg.lr = 0.05;
-  cfg.arch_lr = 3e-3;
-  return cfg;
-}
-
 }  // namespace
 
 TEST_CASE("captured DARTS search steps replay the eager ones bit for bit, first and second order") {
@@ -123,6 +120,61 @@ TEST_CASE("a captured SNAS (single-level) step replays the eager ones") {
   cfg.single_level = true;
   cfg.tau = {1.0, 0.03};
   check_graph_search<estimators::SoftGumbel>(cfg);
+}
+
+TEST_CASE("captured training steps of the evaluation network replay the eager ones, drop path included") {
+  const auto d = testing::synthetic_thirds(64, 4);
+  const search::Genotype geno = search::load_genotype("DATA_M7");
+  const spaces::EvalNetworkConfig nc{.init_channels = 4, .layers = 3, .in_channels = 1, .image_size = 8,
+                                     .num_classes = 3};
+  train::TrainConfig tc;
+  tc.epochs = 2;
+  tc.batch_size = 16;
+  tc.cutout = 3;
+  tc.crop_pad = 1;
+  tc.drop_path = 0.3;  // on in the second epoch
+  const data::ChannelNorm norm{testing::kThirdsMean, testing::kThirdsStd};
+  struct Run {
+    cuda::Stream stream;
+    PhiloxGenerator init{9};
+    std::optional<spaces::EvalNetwork<float, spaces::DartsOps, Cuda>> net;
+    std::optional<train::Trainer<float, Cuda>> trainer;
+  };
+  Run eager, graph;
+  for (Run* r : {&eager, &graph}) {
+    cuda::StreamGuard on(r->stream);
+    tc.cuda_graph = r == &graph;
+    r->net.emplace(geno, nc, r->init);
+    r->trainer.emplace(*r->net, d, norm, tc);
+  }
+  for (int e = 0; e < 2; ++e) {
+    CAPTURE(e);
+    train::TrainEpochStats se, sg;
+    {
+      cuda::StreamGuard on(eager.stream);
+      se = eager.trainer->run_epoch();
+    }
+    {
+      cuda::StreamGuard on(graph.stream);
+      sg = graph.trainer->run_epoch();
+    }
+    REQUIRE(se.steps >= 3);
+    CHECK(sg.loss == se.loss);
+    CHECK(sg.accuracy == se.accuracy);
+  }
+  cuda::StreamGuard on(graph.stream);
+  const auto pe = eager.net->parameters();
+  const auto pg = graph.net->parameters();
+  REQUIRE(pe.size() == pg.size());
+  for (std::size_t i = 0; i < pe.size(); ++i) {
+    CAPTURE(i);
+    CHECK(same_bits(pg[i].value(), pe[i].value()));
+  }
+  io::Checkpoint ce("<memory>"), cg("<memory>");
+  eager.trainer->save(ce);
+  graph.trainer->save(cg);
+  CHECK(cg.get_int("gen.drop.offset") == ce.get_int("gen.drop.offset"));
+  CHECK(cg.get_int("gen.aug.offset") == ce.get_int("gen.aug.offset"));
 }
 
 TEST_CASE("each replay of a captured estimator call draws the next eager call's sample") {
@@ -180,7 +232,34 @@ TEST_CASE("a captured Adam step advances t at each replay as eager steps do") {
   CHECK(same_bits(og.exp_avg()[0], oe.exp_avg()[0]));
 }
 
-TEST_CASE("a capture refuses host reads, host copies and dropout masks, and leaves the stream usable") {
+TEST_CASE("each replay of captured dropout and drop path draws the next eager call's masks") {
+  cuda::Stream stream;
+  cuda::StreamGuard on(stream);
+  Var<float, Cuda> x(random_device({6, 5, 4}, 12), true);
+  const Tensor<float, Cuda> dy = random_device({6, 5, 4}, 13);
+  PhiloxGenerator eager_gen(8), graph_gen(8);
+  // Forward and backward (the backward recomputes the mask from the same per-replay word).
+  const auto run = [&](PhiloxGenerator& gen) {
+    x.zero_grad();
+    Var<float, Cuda> y = drop_path(dropout(x, 0.3, true, gen), 0.4, true, gen);
+    backward(y, dy);
+    return y.value();
+  };
+  StepGraph<Cuda> g;
+  const Tensor<float, Cuda> y = g.capture([&] { return run(graph_gen); });
+  const Tensor<float, Cuda> gx = x.grad();
+  for (int r = 0; r < 3; ++r) {
+    CAPTURE(r);
+    g.replay();
+    const Tensor<float, Cuda> y_graph = y.clone(), g_graph = gx.clone();
+    const Tensor<float, Cuda> y_eager = run(eager_gen);
+    CHECK(same_bits(y_graph, y_eager));
+    CHECK(same_bits(g_graph, x.grad()));
+    CHECK(graph_gen.offset() == eager_gen.offset());
+  }
+}
+
+TEST_CASE("a capture refuses host reads, host copies and host-drawn masks, and leaves the stream usable") {
   cuda::Stream stream;
   cuda::StreamGuard on(stream);
   const Tensor<float, Cuda> t = random_device({8}, 3);
@@ -191,8 +270,8 @@ TEST_CASE("a capture refuses host reads, host copies and dropout masks, and leav
   CHECK_THROWS_WITH_AS(g.capture([&] { (void)cuda::to_device(Tensor<float>::zeros({4})); }),
                        doctest::Contains("copies host data"), error);
   PhiloxGenerator gen(1);
-  Var<float, Cuda> x(t);
-  CHECK_THROWS_WITH_AS(g.capture([&] { (void)dropout(x, 0.5, true, gen); }),
+  const Tensor<float, Cuda> mask = Tensor<float, Cuda>::empty({2, 4});
+  CHECK_THROWS_WITH_AS(g.capture([&] { bernoulli_mask(mask, 0.5, gen); }),
                        doctest::Contains("cannot be captured"), error);
   CHECK(cuda::capturing_graph() == nullptr);
   // The stream still runs eager work.

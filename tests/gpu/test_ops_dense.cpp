@@ -3,9 +3,10 @@
 // dropout and drop path; forward, and gradients written then accumulated. Plus what parity
 // cannot see: the embedding gradient's overwrite path is the CPU's bits, dropout draws the
 // CPU's masks bit for bit and consumes the same counters, and bad device labels / ids give NaN
-// instead of touching memory out of bounds.
+// instead of touching memory out of bounds; the device accuracy count equals the CPU's.
 #include "parity.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <type_traits>
@@ -318,4 +319,27 @@ TEST_CASE("dropout in eval mode and with p = 0 is the identity on the GPU, and d
   CHECK(same_node(dropout(x, 0.0, true, gen), x));
   CHECK(same_node(drop_path(x, 0.0, true, gen), x));
   CHECK(gen.offset() == before);
+}
+
+TEST_CASE("count_correct on the GPU counts what the CPU counts: ties, wide rows, bad labels") {
+  PhiloxGenerator gen(21);
+  // Rows of 3 (one warp, mostly idle), 257 (two passes of a 256-thread block) and 10000 (PTB's
+  // vocabulary); quantised values make ties between columns common, where the first wins.
+  for (const index_t k : {index_t(3), index_t(257), index_t(10000)}) {
+    CAPTURE(k);
+    const index_t n = 67;
+    Tensor<float> logits = Tensor<float>::empty({n, k});
+    for (index_t i = 0; i < logits.numel(); ++i) logits[i] = std::round(4.0f * float(gen.normal())) / 4.0f;
+    Tensor<std::int32_t> labels = random_ids({n}, k, gen);
+    for (index_t i = 0; i < n; i += 5) {  // every fifth row: the label at its first maximum
+      const float* row = logits.data() + i * k;
+      labels[i] = std::int32_t(std::max_element(row, row + k) - row);
+    }
+    labels[1] = -1;               // never correct, on either device
+    labels[2] = std::int32_t(k);
+    const std::int32_t want = count_correct(logits, labels)[0];
+    CHECK(want >= (n + 4) / 5 - 1);
+    const Tensor<std::int32_t, Cuda> got = count_correct(cuda::to_device(logits), cuda::to_device(labels));
+    CHECK(cuda::to_host(got)[0] == want);
+  }
 }

@@ -3,6 +3,7 @@
 // weights, alphas, data and generator states on both devices, so they must end in the same
 // place up to float rounding, sample the same architectures, and derive the same genotype.
 #include "parity.hpp"
+#include "steps_common.hpp"
 #include "../synthetic.hpp"
 
 #include "datanas/search/searcher.hpp"
@@ -19,7 +20,8 @@ const auto& kMean = testing::kThirdsMean;
 const auto& kStd = testing::kThirdsStd;
 
 template <class E>
-using Space = spaces::SearchSpace<spaces::DartsOps, 2, 2, E, search::Granularity::kNode>;
+using Space = gpu_test::SmallSpace<E>;
+using gpu_test::small_search;
 
 template <class E, class D>
 struct SearchRun {
@@ -58,15 +60,6 @@ void check_search(const search::SearchConfig& cfg, double tol) {
   const search::Genotype gc = search::derive(cpu.searcher.alpha_pair(), ops, rule);
   const search::Genotype gg = search::derive(gpu.searcher.alpha_pair(), ops, rule);
   CHECK(search::to_text(gg) == search::to_text(gc));
-}
-
-search::SearchConfig small_search() {
-  search::SearchConfig cfg;
-  cfg.epochs = 4;
-  cfg.batch_size = 16;
-  cfg.lr = 0.05;
-  cfg.arch_lr = 3e-3;
-  return cfg;
 }
 
 }  // namespace

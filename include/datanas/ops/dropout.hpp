@@ -16,21 +16,26 @@ template <class T, class D>
 Var<T, D> dropout(const Var<T, D>& x, double p, bool training, PhiloxGenerator& gen) {
   DATANAS_CHECK(p >= 0.0 && p < 1.0, "dropout: probability must be in [0, 1), got ", p);
   if (!training || p == 0.0) return x;
-  if constexpr (!is_cpu<D>) DeviceOps<D>::check_not_capturing("dropout");
   const float keep = float(1.0 - p);
   const T inv_keep = T(1) / T(keep);
-  const std::uint64_t base = gen.reserve(std::uint64_t(x.value().numel()));
-  const std::uint64_t seed = gen.seed();
   if constexpr (!is_cpu<D>) {  // the same mask, element i from word i % 4 of counter base + i / 4
+    // The CPU's counters, reserved now, or before each replay of a captured step (StepGraph).
+    std::uint64_t base = 0;
+    const std::uint64_t n = std::uint64_t(x.value().numel());
+    const std::uint64_t* base_dev =
+        DeviceOps<D>::step_values(&base, 1, [&gen, n](std::uint64_t* b) { *b = gen.reserve(n); });
+    const std::uint64_t seed = gen.seed();
     Var<T, D> y(Tensor<T, D>::empty(x.shape()));
-    DeviceOps<D>::dropout_apply(seed, base, keep, inv_keep, x.value(), y.value(), false);
+    DeviceOps<D>::dropout_apply(seed, base, base_dev, keep, inv_keep, x.value(), y.value(), false);
     if (needs_grad(x))
-      record(y, [x, y, seed, base, keep, inv_keep] {
+      record(y, [x, y, seed, base, base_dev, keep, inv_keep] {
         auto [g, acc] = x.grad_slot();
-        DeviceOps<D>::dropout_apply(seed, base, keep, inv_keep, y.out_grad(), g, acc);
+        DeviceOps<D>::dropout_apply(seed, base, base_dev, keep, inv_keep, y.out_grad(), g, acc);
       });
     return y;
   }
+  const std::uint64_t base = gen.reserve(std::uint64_t(x.value().numel()));
+  const std::uint64_t seed = gen.seed();
   auto mask_scale = [=](index_t i) {
     return uniform_open01(philox4x32(base + std::uint64_t(i) / 4, 0, seed).v[i % 4]) < keep ? inv_keep : T(0);
   };
@@ -59,22 +64,26 @@ Var<T, D> drop_path(const Var<T, D>& x, double p, bool training, PhiloxGenerator
   DATANAS_CHECK(p >= 0.0 && p < 1.0, "drop_path: probability must be in [0, 1), got ", p);
   DATANAS_CHECK(x.shape().rank() >= 1, "drop_path: input needs a batch dimension");
   if (!training || p == 0.0) return x;
-  if constexpr (!is_cpu<D>) DeviceOps<D>::check_not_capturing("drop_path");
   const index_t n = x.shape()[0], per = x.value().numel() / n;
   const float keep = float(1.0 - p);
   const T inv_keep = T(1) / T(keep);
-  const std::uint64_t base = gen.reserve(std::uint64_t(n));
-  const std::uint64_t seed = gen.seed();
   if constexpr (!is_cpu<D>) {  // the same mask, sample s from word s % 4 of counter base + s / 4
+    // The CPU's counters, reserved now, or before each replay of a captured step (StepGraph).
+    std::uint64_t base = 0;
+    const std::uint64_t* base_dev = DeviceOps<D>::step_values(
+        &base, 1, [&gen, n](std::uint64_t* b) { *b = gen.reserve(std::uint64_t(n)); });
+    const std::uint64_t seed = gen.seed();
     Var<T, D> y(Tensor<T, D>::empty(x.shape()));
-    DeviceOps<D>::drop_path_apply(seed, base, keep, inv_keep, x.value(), y.value(), false);
+    DeviceOps<D>::drop_path_apply(seed, base, base_dev, keep, inv_keep, x.value(), y.value(), false);
     if (needs_grad(x))
-      record(y, [x, y, seed, base, keep, inv_keep] {
+      record(y, [x, y, seed, base, base_dev, keep, inv_keep] {
         auto [g, acc] = x.grad_slot();
-        DeviceOps<D>::drop_path_apply(seed, base, keep, inv_keep, y.out_grad(), g, acc);
+        DeviceOps<D>::drop_path_apply(seed, base, base_dev, keep, inv_keep, y.out_grad(), g, acc);
       });
     return y;
   }
+  const std::uint64_t base = gen.reserve(std::uint64_t(n));
+  const std::uint64_t seed = gen.seed();
   auto sample_scale = [=](index_t s) {
     return uniform_open01(philox4x32(base + std::uint64_t(s) / 4, 0, seed).v[s % 4]) < keep ? inv_keep : T(0);
   };

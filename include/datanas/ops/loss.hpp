@@ -1,6 +1,7 @@
 // datanas/ops/loss.hpp - softmax, log-softmax (over the last dimension) and cross-entropy.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 
 #include "datanas/autograd/variable.hpp"
@@ -131,6 +132,29 @@ Var<T, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int32_t, D>& 
       });
     });
   return y;
+}
+
+/// The number of rows of logits [N, K] whose first maximum (std::max_element's) is at labels[i],
+/// as an int32 tensor [1] on D: an accuracy count that reads 4 bytes from a device instead of
+/// the N x K logits. Outside autograd. A label outside [0, K) counts as wrong on every device.
+template <class T, class D>
+Tensor<std::int32_t, D> count_correct(const Tensor<T, D>& logits, const Tensor<std::int32_t, D>& labels) {
+  DATANAS_CHECK(logits.shape().rank() == 2, "count_correct: logits must be [N, K], got ", logits.shape().str());
+  const index_t n = logits.shape()[0], k = logits.shape()[1];
+  DATANAS_CHECK(labels.shape() == Shape{n}, "count_correct: labels must be [", n, "], got ",
+                labels.shape().str());
+  Tensor<std::int32_t, D> count = Tensor<std::int32_t, D>::empty({1});
+  if constexpr (!is_cpu<D>) {
+    DeviceOps<D>::count_correct(logits, labels, count);
+  } else {
+    std::int32_t c = 0;
+    for (index_t i = 0; i < n; ++i) {
+      const T* row = logits.data() + i * k;
+      c += (std::max_element(row, row + k) - row) == labels.data()[i];
+    }
+    count.data()[0] = c;
+  }
+  return count;
 }
 
 }  // namespace datanas

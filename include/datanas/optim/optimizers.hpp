@@ -176,11 +176,13 @@ double clip_grad_norm(std::span<const Var<T, D>> params, double max_norm) {
 template <class T, class D>
   requires(!is_cpu<D>)
 Tensor<T, D> clip_grad_norm(std::span<const Var<T, D>> params, double max_norm) {
-  std::vector<Tensor<T, D>> grads;
-  grads.reserve(params.size());
+  thread_local std::vector<Tensor<T, D>> grads;  // reused: no host allocation per step after the first
+  grads.clear();
   for (const auto& p : params)
     if (p.has_grad()) grads.push_back(p.grad());
-  return DeviceOps<D>::clip_grad_norm(std::span<const Tensor<T, D>>(grads), max_norm);
+  Tensor<T, D> norm = DeviceOps<D>::clip_grad_norm(std::span<const Tensor<T, D>>(grads), max_norm);
+  grads.clear();  // the handles only; the capacity stays
+  return norm;
 }
 
 /// Cosine annealing (torch CosineAnnealingLR stepped per epoch):

@@ -371,7 +371,7 @@ class Searcher {
       const double l = checked(q.losses[std::size_t(i)], q.where[std::size_t(i)]);
       if (i == q.reported) reported = l;
     }
-    return {reported, count_correct(q.logits, q.batch->y)};
+    return {reported, correct_count(q.logits, q.batch->yd)};
   }
   StepPair finish(const QueuedStep& q) const {
     if (cfg_.single_level) {
@@ -412,15 +412,9 @@ class Searcher {
     b.upload();
   }
 
-  static long count_correct(const Tensor<T, D>& dev_logits, const Tensor<std::int32_t>& y) {
-    const Tensor<T> logits = to_cpu(dev_logits);
-    const index_t n = logits.dim(0), k = logits.dim(1);
-    long c = 0;
-    for (index_t i = 0; i < n; ++i) {
-      const T* row = logits.data() + i * k;
-      c += (std::max_element(row, row + k) - row) == y[i];
-    }
-    return c;
+  /// Correctly classified rows, counted on D (the host reads 4 bytes, not the logits).
+  static long correct_count(const Tensor<T, D>& logits, const Tensor<std::int32_t, D>& y) {
+    return long(to_cpu(count_correct(logits, y))[0]);
   }
 
   static void set_requires_grad(const std::vector<Var<T, D>>& vs, bool on) {
@@ -617,7 +611,7 @@ class Searcher {
       std::iota(rows.begin(), rows.end(), half_ + start);
       data::gather_normalized<T>(train_, rows, norm_, ab_.x, ab_.y);
       ab_.upload();
-      const long c = count_correct(forward(Var<T, D>(ab_.xd)).value(), ab_.y);
+      const long c = correct_count(forward(Var<T, D>(ab_.xd)).value(), ab_.yd);
       wrong += cfg_.batch_size - c;
       seen += cfg_.batch_size;
     }

@@ -13,6 +13,9 @@
 #include <chrono>
 #include <cmath>
 #include <numeric>
+#include <optional>
+#include <type_traits>
+#include <variant>
 #include <vector>
 
 #include "datanas/data/augment.hpp"
@@ -35,6 +38,9 @@ struct TrainConfig {
   int cutout = 16;                ///< cutout square side in pixels (0 = off)
   int crop_pad = 4;               ///< random crop padding (0 = no crop and no flip)
   std::uint64_t seed = 1;
+  /// Cuda only: capture each epoch's step once as a CUDA graph (after one eager step) and replay
+  /// it; the same results bit for bit (drop-path masks are drawn before each replay as eagerly).
+  bool cuda_graph = false;
 };
 
 /// What one training epoch measured (accuracy in [0, 1]; loss includes the auxiliary term).
@@ -126,8 +132,9 @@ EvalResult evaluate(spaces::TrainNetwork<T, D>& net, const data::LabelledImages&
 }
 
 /// The training loop over any TrainNetwork (compiled once per scalar type and device). Batches
-/// are assembled on the host and copied to D; a device step synchronises once, to read the loss
-/// and the predictions for the log.
+/// are assembled on the host and copied to D into the same device buffers every step; a device
+/// step synchronises once, to read the loss and the predictions for the log, after the whole step
+/// is queued. With cfg.cuda_graph the step is captured once per epoch and replayed (StepGraph).
 template <class T, class D = Cpu>
 class Trainer {
  public:
@@ -146,9 +153,19 @@ class Trainer {
     DATANAS_CHECK(cfg.cutout >= 0 && cfg.crop_pad >= 0, "train: --cutout and --crop-pad must be >= 0");
     DATANAS_CHECK(cfg.auxiliary_weight >= 0, "train: --auxiliary-weight must be >= 0, got ",
                   cfg.auxiliary_weight);
+    DATANAS_CHECK(!cfg.cuda_graph || !is_cpu<D>, "train: --cuda-graph needs --device cuda");
+    if constexpr (!is_cpu<D>)
+      if (cfg.cuda_graph) DeviceOps<D>::check_capturable("train");
     const Shape& s = train.images.shape();
     x_ = Tensor<T>::empty({cfg.batch_size, s.c(), s.h(), s.w()});
     y_ = Tensor<std::int32_t>::empty({cfg.batch_size});
+    if constexpr (is_cpu<D>) {  // the device copies are the host tensors themselves
+      xd_ = x_;
+      yd_ = y_;
+    } else {
+      xd_ = Tensor<T, D>::empty(x_.shape());
+      yd_ = Tensor<std::int32_t, D>::empty(y_.shape());
+    }
   }
 
   [[nodiscard]] long epoch() const { return epoch_; }
@@ -166,34 +183,26 @@ class Trainer {
     opt_.set_lr(st.lr);
     net_.set_drop_path_prob(st.drop_path);
     net_.train();
+    reset_graph();  // lr and the drop-path probability are new: one capture serves the epoch
     const std::vector<index_t> rows = data::shuffled_indices(train_.size(), data_gen_);
     const long steps = steps_per_epoch();
     double loss_sum = 0;
     long correct = 0;
-    std::vector<int> pred;
     for (long s = 0; s < steps; ++s) {
       const auto batch = std::span<const index_t>(rows).subspan(std::size_t(s * cfg_.batch_size),
                                                                std::size_t(cfg_.batch_size));
       load_batch(batch);
-      const auto out = net_.forward(Var<T, D>(to_device_of<D>(x_)), drop_gen_);
-      const Tensor<std::int32_t, D> y = to_device_of<D>(y_);
-      Var<T, D> loss = cross_entropy(out.logits, y);
-      if (out.aux.defined() && cfg_.auxiliary_weight > 0)
-        loss = add(loss, scale(cross_entropy(out.aux, y), T(cfg_.auxiliary_weight)));
-      opt_.zero_grad();
-      backward(loss);
-      optim::clip_grad_norm<T, D>(weights_, cfg_.grad_clip);  // on a device: no synchronisation
-      opt_.step();
+      const Queued q = step();
       // Read for the log only now: on a device the whole step is queued before the host waits.
-      const double l = double(to_cpu(loss.value())[0]);
+      const double l = double(to_cpu(q.loss)[0]);
       DATANAS_CHECK(std::isfinite(l), "training diverged: loss is ", l, " at epoch ", st.epoch, " step ",
                     s + 1, " (lower --lr, or check the data)");
-      predictions(to_cpu(out.logits.value()), pred);
-      for (index_t i = 0; i < cfg_.batch_size; ++i) correct += pred[std::size_t(i)] == y_[i];
+      correct += long(to_cpu(count_correct(q.logits, yd_))[0]);  // counted on D: 4 bytes read
       loss_sum += l;
       if (bar) bar->update(s + 1, loss_sum / double(s + 1), double(correct) / double((s + 1) * cfg_.batch_size),
                            (s + 1) * cfg_.batch_size);
     }
+    reset_graph();  // gives the graph's memory back between epochs
     st.steps = steps;
     st.loss = loss_sum / double(steps);
     st.accuracy = double(correct) / double(steps * cfg_.batch_size);
@@ -212,6 +221,7 @@ class Trainer {
     ck.put("epoch", std::int64_t(epoch_));
   }
   void restore(const io::Checkpoint& ck) {
+    reset_graph();
     io::restore_module(ck, "model.", net_);
     io::restore_optimizer(ck, "opt.", opt_);
     io::restore_generator(ck, "gen.data", data_gen_);
@@ -223,12 +233,60 @@ class Trainer {
   }
 
  private:
+  /// What a queued step leaves for the host to read: the loss and the logits (device tensors; in
+  /// a captured step they live in the graph and every replay rewrites them).
+  struct Queued {
+    Tensor<T, D> loss, logits;
+  };
+
+  /// Assembles the batch on the host and copies it into the device buffers (on the Cpu they are
+  /// the host tensors).
   void load_batch(std::span<const index_t> rows) {
     if (cfg_.crop_pad > 0)
       data::random_crop_flip<T>(train_, rows, cfg_.crop_pad, norm_, aug_gen_, x_, y_);
     else
       data::gather_normalized<T>(train_, rows, norm_, x_, y_);
     if (cfg_.cutout > 0) data::cutout(x_, cfg_.cutout, aug_gen_);
+    if constexpr (!is_cpu<D>) {
+      upload_into(xd_, x_);
+      upload_into(yd_, y_);
+    }
+  }
+
+  /// Forward, loss (+ auxiliary), backward, clipping and the SGD update, queued.
+  Queued queue_step() {
+    const auto out = net_.forward(Var<T, D>(xd_), drop_gen_);
+    Var<T, D> loss = cross_entropy(out.logits, yd_);
+    if (out.aux.defined() && cfg_.auxiliary_weight > 0)
+      loss = add(loss, scale(cross_entropy(out.aux, yd_), T(cfg_.auxiliary_weight)));
+    opt_.zero_grad();
+    backward(loss);
+    optim::clip_grad_norm<T, D>(weights_, cfg_.grad_clip);  // on a device: no synchronisation
+    opt_.step();
+    return {loss.value(), out.logits.value()};
+  }
+
+  /// One training step: eagerly, or with cfg.cuda_graph the epoch's first step eagerly (first-use
+  /// work out of the capture), then captured, and replayed for every later step.
+  Queued step() {
+    if constexpr (!is_cpu<D>) {
+      if (cfg_.cuda_graph) {
+        if (captured_) {
+          graph_.replay();
+          return *captured_;
+        }
+        Queued eager = queue_step();
+        captured_.emplace(graph_.capture([&] { return queue_step(); }));
+        return eager;
+      }
+    }
+    return queue_step();
+  }
+  void reset_graph() {
+    if constexpr (!is_cpu<D>) {
+      captured_.reset();
+      graph_.reset();
+    }
   }
 
   spaces::TrainNetwork<T, D>& net_;
@@ -241,6 +299,11 @@ class Trainer {
   long epoch_ = 0;
   Tensor<T> x_;
   Tensor<std::int32_t> y_;
+  Tensor<T, D> xd_;              // the batch on D, at a fixed address (a captured step reads it)
+  Tensor<std::int32_t, D> yd_;
+  // cfg.cuda_graph: the epoch's captured step and what it leaves to read.
+  std::conditional_t<is_cpu<D>, std::monostate, StepGraph<D>> graph_;
+  std::optional<Queued> captured_;
 };
 
 }  // namespace datanas::train

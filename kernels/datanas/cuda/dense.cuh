@@ -223,6 +223,44 @@ __global__ void cross_entropy_rows_kernel(std::int64_t n, std::int64_t k, const 
     }
   }
 }
+/// Per row: its first maximum (each thread scans a strided part, then a tree in shared memory
+/// keeps the larger value, the smaller index on ties), compared with the label; exact integer
+/// atomics add the hits, so the count does not depend on the order.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    count_correct_kernel(std::int64_t n, std::int64_t k, const T* logits, const std::int32_t* labels,
+                         std::int32_t* count) {
+  __shared__ T value[kThreads];
+  __shared__ std::int64_t index[kThreads];
+  const unsigned tid = threadIdx.x;
+  for (std::int64_t r = blockIdx.x; r < n; r += gridDim.x) {
+    const T* xr = logits + r * k;
+    T best = T(0);
+    std::int64_t at = k;  // k: nothing seen
+    for (std::int64_t c = tid; c < k; c += blockDim.x)
+      if (at == k || xr[c] > best) {  // increasing c: only a larger value replaces
+        best = xr[c];
+        at = c;
+      }
+    value[tid] = best;
+    index[tid] = at;
+    __syncthreads();
+    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
+      if (tid < half) {
+        const T v = value[tid + half];
+        const std::int64_t i = index[tid + half];
+        if (i < k && (index[tid] == k || v > value[tid] || (v == value[tid] && i < index[tid]))) {
+          value[tid] = v;
+          index[tid] = i;
+        }
+      }
+      __syncthreads();
+    }
+    if (tid == 0 && index[0] == std::int64_t(labels[r])) atomicAdd(count, 1);
+    __syncthreads();  // value/index are rewritten for the next row
+  }
+}
+
 /// loss[0] = sum(term) / n, on one block in a fixed order.
 template <class T>
 __global__ void __launch_bounds__(kThreads) mean_kernel(std::int64_t n, const T* term, T* loss) {
@@ -334,8 +372,9 @@ __device__ __forceinline__ T keep_scale(std::uint32_t bits, float keep, T inv_ke
 /// One thread per Philox counter j: elements 4j .. 4j + 3.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    dropout_kernel(std::int64_t n, std::uint64_t seed, std::uint64_t base, float keep, T inv_keep,
-                   const T* src, T* dst, bool accumulate) {
+    dropout_kernel(std::int64_t n, std::uint64_t seed, std::uint64_t base, const std::uint64_t* base_device,
+                   float keep, T inv_keep, const T* src, T* dst, bool accumulate) {
+  if (base_device) base = *base_device;  // a captured step's per-replay base
   const std::int64_t counters = (n + 3) / 4, stride = std::int64_t(gridDim.x) * blockDim.x;
   for (std::int64_t j = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < counters; j += stride) {
     const Philox4x32 r = philox4x32(base + std::uint64_t(j), 0, seed);
@@ -349,8 +388,10 @@ __global__ void __launch_bounds__(kThreads)
 /// blockIdx.y walks the samples; each thread draws its sample's scale once.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    drop_path_kernel(std::int64_t n, std::int64_t per, std::uint64_t seed, std::uint64_t base, float keep,
-                     T inv_keep, const T* src, T* dst, bool accumulate) {
+    drop_path_kernel(std::int64_t n, std::int64_t per, std::uint64_t seed, std::uint64_t base,
+                     const std::uint64_t* base_device, float keep, T inv_keep, const T* src, T* dst,
+                     bool accumulate) {
+  if (base_device) base = *base_device;  // a captured step's per-replay base
   const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
   for (std::int64_t s = blockIdx.y; s < n; s += gridDim.y) {
     const T scale =
@@ -449,6 +490,19 @@ void cross_entropy_forward(std::int64_t n, std::int64_t k, const T* logits, cons
 }
 
 template <class T>
+void count_correct(std::int64_t n, std::int64_t k, const T* logits, const std::int32_t* labels,
+                   std::int32_t* count, cudaStream_t stream) {
+  DATANAS_CUDA_CHECK(cudaMemsetAsync(count, 0, sizeof(std::int32_t), stream));
+  if (n <= 0 || k <= 0) return;
+  // Power-of-two threads for the tree (row_threads gives multiples of 32).
+  unsigned threads = 32;
+  while (threads < unsigned(std::min<std::int64_t>(k, dense_detail::kThreads))) threads *= 2;
+  dense_detail::count_correct_kernel<<<dense_detail::row_blocks(n), threads, 0, stream>>>(n, k, logits, labels,
+                                                                                          count);
+  DATANAS_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T>
 void cross_entropy_backward(std::int64_t n, std::int64_t k, const T* logits, const std::int32_t* labels,
                             const T* lse, const T* dloss, T* g, bool accumulate, cudaStream_t stream) {
   dense_detail::launch_map(
@@ -496,21 +550,22 @@ void crop_backward(std::int64_t planes, std::int64_t h, std::int64_t w, int top,
 }
 
 template <class T>
-void dropout_apply(std::int64_t n, std::uint64_t seed, std::uint64_t base, float keep, T inv_keep,
-                   const T* src, T* dst, bool accumulate, cudaStream_t stream) {
+void dropout_apply(std::int64_t n, std::uint64_t seed, std::uint64_t base, const std::uint64_t* base_device,
+                   float keep, T inv_keep, const T* src, T* dst, bool accumulate, cudaStream_t stream) {
   if (n <= 0) return;
   dense_detail::dropout_kernel<<<dense_detail::blocks_for((n + 3) / 4), dense_detail::kThreads, 0,
-                                 stream>>>(n, seed, base, keep, inv_keep, src, dst, accumulate);
+                                 stream>>>(n, seed, base, base_device, keep, inv_keep, src, dst, accumulate);
   DATANAS_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class T>
-void drop_path_apply(std::int64_t n, std::int64_t per, std::uint64_t seed, std::uint64_t base, float keep,
-                     T inv_keep, const T* src, T* dst, bool accumulate, cudaStream_t stream) {
+void drop_path_apply(std::int64_t n, std::int64_t per, std::uint64_t seed, std::uint64_t base,
+                     const std::uint64_t* base_device, float keep, T inv_keep, const T* src, T* dst,
+                     bool accumulate, cudaStream_t stream) {
   if (n <= 0 || per <= 0) return;
   const dim3 grid(dense_detail::blocks_for(per, 1024), unsigned(std::min<std::int64_t>(n, 65535)));
-  dense_detail::drop_path_kernel<<<grid, dense_detail::kThreads, 0, stream>>>(n, per, seed, base, keep,
-                                                                             inv_keep, src, dst, accumulate);
+  dense_detail::drop_path_kernel<<<grid, dense_detail::kThreads, 0, stream>>>(
+      n, per, seed, base, base_device, keep, inv_keep, src, dst, accumulate);
   DATANAS_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -71,6 +71,12 @@ inline std::int64_t cross_entropy_workspace(std::int64_t n) { return n; }
 template <class T>
 void cross_entropy_forward(std::int64_t n, std::int64_t k, const T* logits, const std::int32_t* labels,
                            T* lse, T* loss, T* workspace, cudaStream_t stream);
+/// count[0] = the number of rows i of logits [n, k] whose first maximum is at labels[i] (the
+/// accuracy count; the CPU's std::max_element rule), so that a loop reads 4 bytes instead of
+/// the logits. A label outside [0, k) counts as wrong.
+template <class T>
+void count_correct(std::int64_t n, std::int64_t k, const T* logits, const std::int32_t* labels,
+                   std::int32_t* count, cudaStream_t stream);
 /// g (+)= (softmax(logits) - onehot(labels)) * dloss[0] / n, dloss a device scalar. The row of
 /// a label outside [0, k) gets NaN.
 template <class T>
@@ -116,14 +122,16 @@ void crop_backward(std::int64_t planes, std::int64_t h, std::int64_t w, int top,
 
 /// dst[i] (+)= src[i] * scale_i over n elements, scale_i = inv_keep when
 /// uniform_open01(philox4x32(base + i / 4, 0, seed).v[i % 4]) < keep, else 0: the forward
-/// (src = x, dst = y, overwrite) and the backward (src = dy, dst = g) of dropout.
+/// (src = x, dst = y, overwrite) and the backward (src = dy, dst = g) of dropout. base_device,
+/// when not null, holds the base instead (a captured step's per-replay word, StepGraph).
 template <class T>
-void dropout_apply(std::int64_t n, std::uint64_t seed, std::uint64_t base, float keep, T inv_keep,
-                   const T* src, T* dst, bool accumulate, cudaStream_t stream);
+void dropout_apply(std::int64_t n, std::uint64_t seed, std::uint64_t base, const std::uint64_t* base_device,
+                   float keep, T inv_keep, const T* src, T* dst, bool accumulate, cudaStream_t stream);
 /// dst[s, j] (+)= scale_s * src[s, j] for samples s < n of `per` elements, scale_s as above with
 /// i = s: drop path's forward and backward.
 template <class T>
-void drop_path_apply(std::int64_t n, std::int64_t per, std::uint64_t seed, std::uint64_t base, float keep,
-                     T inv_keep, const T* src, T* dst, bool accumulate, cudaStream_t stream);
+void drop_path_apply(std::int64_t n, std::int64_t per, std::uint64_t seed, std::uint64_t base,
+                     const std::uint64_t* base_device, float keep, T inv_keep, const T* src, T* dst,
+                     bool accumulate, cudaStream_t stream);
 
 }  // namespace datanas::cuda

@@ -202,6 +202,13 @@ struct DenseOps {
     cuda::cross_entropy_forward<T>(n, k, logits.data(), labels.data(), lse.data(), loss.data(),
                                    work.data(), current_stream().handle);
   }
+  /// count[0] = rows whose first maximum is at their label (int32 [1]).
+  template <class T>
+  static void count_correct(const DTensor<T>& logits, const DTensor<std::int32_t>& labels,
+                            const DTensor<std::int32_t>& count) {
+    cuda::count_correct<T>(logits.dim(0), logits.dim(1), logits.data(), labels.data(), count.data(),
+                           current_stream().handle);
+  }
   /// g (+)= (softmax(logits) - onehot(labels)) * dloss[0] / N.
   template <class T>
   static void cross_entropy_backward(const DTensor<T>& logits, const DTensor<std::int32_t>& labels,
@@ -273,19 +280,21 @@ struct DenseOps {
   /// dst (+)= src * mask / keep, element i kept when
   /// uniform_open01(philox4x32(base + i / 4, 0, seed).v[i % 4]) < keep.
   template <class T>
-  static void dropout_apply(std::uint64_t seed, std::uint64_t base, float keep, T inv_keep,
-                            const DTensor<T>& src, const DTensor<T>& dst, bool accumulate) {
-    cuda::dropout_apply<T>(src.numel(), seed, base, keep, inv_keep, src.data(), dst.data(), accumulate,
-                           current_stream().handle);
+  static void dropout_apply(std::uint64_t seed, std::uint64_t base, const std::uint64_t* base_device,
+                            float keep, T inv_keep, const DTensor<T>& src, const DTensor<T>& dst,
+                            bool accumulate) {
+    cuda::dropout_apply<T>(src.numel(), seed, base, base_device, keep, inv_keep, src.data(), dst.data(),
+                           accumulate, current_stream().handle);
   }
   /// dst (+)= src * mask_s / keep per sample s of src [N, ...] (mask_s drawn as above, i = s).
   template <class T>
-  static void drop_path_apply(std::uint64_t seed, std::uint64_t base, float keep, T inv_keep,
-                              const DTensor<T>& src, const DTensor<T>& dst, bool accumulate) {
+  static void drop_path_apply(std::uint64_t seed, std::uint64_t base, const std::uint64_t* base_device,
+                              float keep, T inv_keep, const DTensor<T>& src, const DTensor<T>& dst,
+                              bool accumulate) {
     const index_t n = src.dim(0);
     if (n == 0) return;
-    cuda::drop_path_apply<T>(n, src.numel() / n, seed, base, keep, inv_keep, src.data(), dst.data(),
-                             accumulate, current_stream().handle);
+    cuda::drop_path_apply<T>(n, src.numel() / n, seed, base, base_device, keep, inv_keep, src.data(),
+                             dst.data(), accumulate, current_stream().handle);
   }
 };
 

@@ -58,7 +58,8 @@ struct OptimOps {
     List<T> l(grads);
     // One launch scales a chunk's tensors in parallel: a tensor listed twice would be scaled by
     // two blocks at once (a race), where the CPU scales it twice.
-    std::vector<T*> sorted = l.x;
+    thread_local std::vector<T*> sorted;  // reused: no heap allocation per step after the first
+    sorted.assign(l.x.begin(), l.x.end());
     std::sort(sorted.begin(), sorted.end());
     DATANAS_CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(),
                   "clip_grad_norm: a parameter (or gradient buffer) is listed twice");
@@ -168,13 +169,15 @@ struct OptimOps {
   static cudaStream_t optim_stream() { return current_stream().handle; }
 
   /// Device pointers and sizes of the defined tensors of a list, for the multi-tensor launchers.
+  /// The vectors are this thread's scratch, reused from call to call (a step allocates nothing on
+  /// the host once they have grown), so one List may be alive per thread and T at a time.
   template <class T>
   struct List {
-    std::vector<T*> x;
-    std::vector<std::int64_t> n;
+    std::vector<T*>& x = scratch<T*>();
+    std::vector<std::int64_t>& n = scratch<std::int64_t>();
     explicit List(std::span<const DTensor<T>> ts) {
-      x.reserve(ts.size());
-      n.reserve(ts.size());
+      x.clear();
+      n.clear();
       for (const DTensor<T>& t : ts) {
         if (!t.defined() || t.numel() == 0) continue;
         x.push_back(t.data());
@@ -183,6 +186,11 @@ struct OptimOps {
     }
     [[nodiscard]] int count() const { return int(x.size()); }
   };
+  template <class V>
+  static std::vector<V>& scratch() {
+    thread_local std::vector<V> v;
+    return v;
+  }
 };
 
 }  // namespace datanas::cuda
