@@ -1,5 +1,7 @@
-// softmax, log_softmax, cross_entropy.
+// softmax, log_softmax, cross_entropy; the accuracy count and DATA's code indicator.
 #include "gradcheck.hpp"
+
+#include "datanas/ops/tensor_math.hpp"
 
 using namespace datanas;
 using namespace datanas::testing;
@@ -28,6 +30,32 @@ TEST_CASE("softmax, log_softmax, cross-entropy gradients") {
   check_gradients([&](auto& in) { return cross_entropy(in[0], labels); }, {param({5, 10}, 4, -3, 3)});
   auto one = Tensor<std::int32_t>::from({1}, {2});
   check_gradients([&](auto& in) { return cross_entropy(in[0], one); }, {param({1, 3}, 5)});
+}
+
+TEST_CASE("count_correct by hand: the first maximum wins ties, bad labels count as wrong") {
+  const auto logits = TensorD::from({5, 3}, {1, 3, 2,    // argmax 1
+                                             4, 4, 0,    // tie: the first, 0
+                                             0, 5, 5,    // tie: 1
+                                             -1, -2, -3, // 0
+                                             7, 7, 7});  // all equal: 0
+  CHECK(count_correct(logits, Tensor<std::int32_t>::from({5}, {1, 0, 1, 0, 0}))[0] == 5);
+  CHECK(count_correct(logits, Tensor<std::int32_t>::from({5}, {1, 1, 2, 0, 2}))[0] == 2);
+  CHECK(count_correct(logits, Tensor<std::int32_t>::from({5}, {-1, 3, 1, 0, 0}))[0] == 3);
+  CHECK_THROWS_WITH_AS(count_correct(logits, Tensor<std::int32_t>::from({4}, {0, 0, 0, 0})),
+                       doctest::Contains("labels must be [5], got [4]"), datanas::error);
+}
+
+TEST_CASE("indicator_positive by hand: DATA's code w > 0") {
+  const auto w = TensorD::from({5}, {0.0, 0.25, -0.5, 1e-300, 0.5});
+  TensorD code = TensorD::empty({5});
+  indicator_positive(w, code);
+  CHECK(code[0] == 0.0);
+  CHECK(code[1] == 1.0);
+  CHECK(code[2] == 0.0);
+  CHECK(code[3] == 1.0);
+  CHECK(code[4] == 1.0);
+  CHECK_THROWS_WITH_AS(indicator_positive(w, TensorD::empty({4})), doctest::Contains("differ in size"),
+                       datanas::error);
 }
 
 TEST_CASE("loss errors") {
