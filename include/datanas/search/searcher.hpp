@@ -398,12 +398,9 @@ class Searcher {
   Queued queue_arch_step(double eta) {
     return cfg_.order == 2 ? arch_step_second_order(eta) : arch_step_first_order();
   }
-  Queued queue_weight_step() { return weight_step_impl(); }
 
-
-
-  /// Assembles a batch on the host and copies it to D once (on the Cpu the "copy" is the same
-  /// storage); a step's forwards all read the device copy.
+  /// Assembles a batch on the host and copies it into the device buffers (on the Cpu they are the
+  /// same storage); a step's forwards all read the device copy.
   void load_batch(std::span<const index_t> rows, Batch& b) {
     if (cfg_.crop_pad > 0)
       data::random_crop_flip<T>(train_, rows, cfg_.crop_pad, norm_, aug_gen_, b.x, b.y);
@@ -555,7 +552,7 @@ class Searcher {
     return q;
   }
 
-  Queued weight_step_impl() {
+  Queued queue_weight_step() {
     set_requires_grad(alphas_, false);
     Var<T, D> logits = net_.forward(Var<T, D>(wb_.xd), ec_, noise_gen_, cfg_.sparse);
     Var<T, D> loss = cross_entropy(logits, wb_.yd);
