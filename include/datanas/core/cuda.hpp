@@ -525,7 +525,6 @@ class StepGraph<Cuda> {
     for (const Fill& f : fills_) f.fill(host_words_.data() + f.offset);
     if (used_) cuda::store_words(words(), host_words_.data(), used_, stream_.handle);
     DATANAS_CUDA_CHECK(cudaGraphLaunch(exec_, stream_.handle));
-    ++replays_;
   }
 
   /// Drops the graph (waiting for its last replay) and returns its pool's blocks to the stream.
@@ -544,7 +543,6 @@ class StepGraph<Cuda> {
   [[nodiscard]] bool ready() const { return exec_ != nullptr; }
   /// Kernel, copy and memset nodes of the captured graph.
   [[nodiscard]] std::size_t nodes() const { return nodes_; }
-  [[nodiscard]] long replays() const { return replays_; }
 
   /// While this graph captures: room for n values of T that the captured kernels read from the
   /// returned device pointer, and `fill(T* out)`, which computes them on the host before every
@@ -613,7 +611,6 @@ class StepGraph<Cuda> {
   int used_ = 0;
   cudaGraphExec_t exec_ = nullptr;
   std::size_t nodes_ = 0;
-  long replays_ = 0;
 };
 
 }  // namespace datanas
