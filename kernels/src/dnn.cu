@@ -1,5 +1,6 @@
-// The float and double instantiations of the batch-norm and pooling launchers
-// (datanas/cuda/dnn.hpp) for the datanas_cuda library.
+// The float and double instantiations of the batch-norm, pooling and depthwise-convolution
+// launchers (datanas/cuda/dnn.hpp) for the datanas_cuda library.
+#include "datanas/cuda/depthwise.cuh"
 #include "datanas/cuda/dnn.cuh"
 
 namespace datanas::cuda {
@@ -17,7 +18,13 @@ namespace datanas::cuda {
   template void global_avg_pool_forward<T>(std::int64_t, std::int64_t, const T*, T*,               \
                                            cudaStream_t);                                          \
   template void global_avg_pool_backward<T>(std::int64_t, std::int64_t, const T*, T*, bool,        \
-                                            cudaStream_t);
+                                            cudaStream_t);                                          \
+  template void depthwise_forward<T>(const DwShape&, const T*, const T*, const T*, T*,             \
+                                     cudaStream_t);                                                \
+  template void depthwise_backward_data<T>(const DwShape&, const T*, const T*, T*, bool,           \
+                                           cudaStream_t);                                          \
+  template void depthwise_backward_filter<T>(const DwShape&, const T*, const T*, T*, bool, T*,     \
+                                             bool, double*, cudaStream_t);
 
 DATANAS_INSTANTIATE_DNN(float)
 DATANAS_INSTANTIATE_DNN(double)

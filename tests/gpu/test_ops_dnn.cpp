@@ -116,6 +116,87 @@ TEST_CASE("DARTS convolutions on the GPU match the CPU") {
   check_conv("5x5 dilated stride 2, 32x32", Shape{4, 16, 32, 32}, 16, 5, {2, 4, 2, 16}, false, gen);
 }
 
+/// Sets the depthwise implementation for a scope and restores the previous one.
+class DepthwiseChoice {
+ public:
+  explicit DepthwiseChoice(cuda::DepthwiseConv v) : old_(cuda::depthwise_conv()) {
+    cuda::set_depthwise_conv(v);
+  }
+  ~DepthwiseChoice() { cuda::set_depthwise_conv(old_); }
+  DepthwiseChoice(const DepthwiseChoice&) = delete;
+  DepthwiseChoice& operator=(const DepthwiseChoice&) = delete;
+
+ private:
+  cuda::DepthwiseConv old_;
+};
+
+TEST_CASE("our depthwise convolution kernels on the GPU match the CPU") {
+  DepthwiseChoice own(cuda::DepthwiseConv::kOwn);
+  REQUIRE(cuda::depthwise_conv() == cuda::DepthwiseConv::kOwn);
+  PhiloxGenerator gen(26);
+  const Shape spatial[] = {Shape{7, 5}, Shape{8, 8}, Shape{9, 9}, Shape{1, 1}};
+  for (index_t n : {1, 3})
+    for (const Shape& hw : spatial) {
+      const index_t c = 6;
+      const Shape xs{n, c, hw[0], hw[1]};
+      for (int stride : {1, 2}) {
+        CAPTURE(stride);
+        // The unrolled 3 x 3 and 5 x 5 kernels, as sep_conv and dil_conv use them.
+        check_conv("depthwise 3x3", xs, c, 3, {stride, 1, 1, int(c)}, false, gen);
+        check_conv("depthwise 5x5", xs, c, 5, {stride, 2, 1, int(c)}, false, gen);
+        check_conv("dilated depthwise 3x3", xs, c, 3, {stride, 2, 2, int(c)}, false, gen);
+        check_conv("dilated depthwise 5x5", xs, c, 5, {stride, 4, 2, int(c)}, false, gen);
+        // Paddings other than "same", a bias, stride 3; the generic kernel (sizes at run time).
+        if (hw[0] >= 3 && hw[1] >= 3)
+          check_conv("depthwise 3x3 no padding", xs, c, 3, {stride, 0, 1, int(c)}, true, gen);
+        check_conv("depthwise 3x3 padding 2 bias", xs, c, 3, {stride, 2, 1, int(c)}, true, gen);
+        check_conv("depthwise 7x7 dilation 3", xs, c, 7, {stride, 9, 3, int(c)}, false, gen);
+        check_conv("depthwise 1x1 bias", xs, c, 1, {stride, 0, 1, int(c)}, true, gen);
+      }
+      check_conv("depthwise 3x3 stride 3", xs, c, 3, {3, 1, 1, int(c)}, true, gen);
+      // Frozen weight (no filter pass), constant input (no data pass).
+      check_conv("depthwise 5x5, weight frozen", xs, c, 5, {1, 2, 1, int(c)}, true, gen, true,
+                 false);
+      check_conv("depthwise 3x3, x constant", xs, c, 3, {1, 1, 1, int(c)}, true, gen, false);
+    }
+  // A non-square kernel (generic path).
+  std::vector<Input> in{{random_normal({2, 5, 9, 8}, gen)},
+                        {random_normal({5, 1, 3, 5}, gen, 0.3f)},
+                        {random_normal({5}, gen)}};
+  check_parity("depthwise 3x5", in,
+               [](auto v, auto&) { return conv2d(v[0], v[1], v[2], {1, 1, 1, 5}); });
+  // Sizes of a search cell: several chunks per channel in the filter reduction (8 x 32 x 32
+  // positions = 4 chunks), 5 x 5 at stride 2 (a reduction edge).
+  check_conv("depthwise 3x3, 32x32", Shape{8, 16, 32, 32}, 16, 3, {1, 1, 1, 16}, true, gen);
+  check_conv("depthwise 5x5 stride 2, 32x32", Shape{16, 16, 32, 32}, 16, 5, {2, 2, 1, 16}, false,
+             gen);
+  check_conv("dilated depthwise 5x5, 16x16", Shape{64, 32, 16, 16}, 32, 5, {1, 4, 2, 32}, false,
+             gen);
+}
+
+TEST_CASE("our depthwise kernels in double on the GPU match the CPU") {
+  DepthwiseChoice own(cuda::DepthwiseConv::kOwn);
+  PhiloxGenerator gen(27);
+  for (const int k : {3, 4}) {  // unrolled and generic
+    CAPTURE(k);
+    const Tensor<double> x = random_double({3, 4, 9, 7}, gen), w = random_double({4, 1, k, k}, gen);
+    const Tensor<double> b = random_double({4}, gen);
+    const Conv2dParams p{2, 1, 1, 4};
+    Var<double> xc(x.clone(), true), wc(w.clone(), true), bc(b.clone(), true);
+    Var<double, Cuda> xg(cuda::to_device(x), true), wg(cuda::to_device(w), true),
+        bg(cuda::to_device(b), true);
+    const Var<double> yc = conv2d(xc, wc, bc, p);
+    const Var<double, Cuda> yg = conv2d(xg, wg, bg, p);
+    const Tensor<double> dy = random_double(yc.shape(), gen);
+    CHECK(rel_err_double(cuda::to_host(yg.value()), yc.value()) <= 1e-12);
+    backward(yc, dy);
+    backward(yg, cuda::to_device(dy));
+    CHECK(rel_err_double(cuda::to_host(xg.grad()), xc.grad()) <= 1e-12);
+    CHECK(rel_err_double(cuda::to_host(wg.grad()), wc.grad()) <= 1e-12);
+    CHECK(rel_err_double(cuda::to_host(bg.grad()), bc.grad()) <= 1e-12);
+  }
+}
+
 TEST_CASE("a separable convolution (depthwise then pointwise) on the GPU matches the CPU") {
   PhiloxGenerator gen(22);
   for (int k : {3, 5})
@@ -177,8 +258,11 @@ TEST_CASE("conv2d plans a shape once and reuses it") {
 
 TEST_CASE("conv2d gradients on the GPU are deterministic") {
   PhiloxGenerator gen(25);
+  for (const auto impl : {cuda::DepthwiseConv::kCudnn, cuda::DepthwiseConv::kOwn})
   for (const Conv2dParams p :
        {Conv2dParams{1, 1, 1, 16}, Conv2dParams{1, 1, 1, 1}, Conv2dParams{2, 2, 2, 16}}) {
+    DepthwiseChoice choice(impl);
+    CAPTURE(cuda::to_string(impl));
     CAPTURE(p.groups);
     const Tensor<float> x = random_normal({8, 16, 32, 32}, gen);
     const Tensor<float> w = conv_weight(16, 16, 3, p.groups, gen);

@@ -1,7 +1,8 @@
-// datanas/cuda/dnn.hpp - declarations of the batch-norm and pooling launchers (dnn.cuh), for
-// host code compiled by the C++ compiler (see elementwise.hpp for why declarations and
-// definitions are split). Convolution is not here: it calls cuDNN from the host
-// (datanas/ops/cuda/dnn.hpp).
+// datanas/cuda/dnn.hpp - declarations of the batch-norm and pooling launchers (dnn.cuh) and of
+// our own depthwise convolution (depthwise.cuh), for host code compiled by the C++ compiler (see
+// elementwise.hpp for why declarations and definitions are split). Other convolutions call
+// cuDNN from the host (datanas/ops/cuda/dnn.hpp), which also chooses between cuDNN and these
+// kernels for depthwise ones.
 //
 // Tensors are NCHW and contiguous; pointers are device pointers. Every launcher queues its work
 // on `stream` and returns without synchronising. Gradients follow the GradSlot convention:
@@ -91,5 +92,39 @@ void global_avg_pool_forward(std::int64_t planes, std::int64_t hw, const T* x, T
 template <class T>
 void global_avg_pool_backward(std::int64_t planes, std::int64_t hw, const T* dy, T* dx,
                               bool accumulate, cudaStream_t stream);
+
+// ---- depthwise convolution --------------------------------------------------------------------
+
+/// A depthwise convolution: x [n, c, h, w], one kh x kw filter per channel (weight [c, 1, kh,
+/// kw]), y [n, c, ho, wo]; stride, padding and dilation as torch's conv2d with groups = c
+/// (cpu::ConvGeom with groups == cin == cout). Every tensor must have fewer than 2^31 elements.
+struct DwShape {
+  std::int64_t n, c, h, w, ho, wo;
+  int kh, kw, stride, pad, dil;
+};
+
+/// Blocks per channel of the filter-gradient reduction (2048 output positions a block, at most
+/// 64): a function of the shape only, so the summation order never changes between runs.
+inline int depthwise_filter_chunks(const DwShape& g) {
+  return int(std::clamp<std::int64_t>((g.n * g.ho * g.wo + 2047) / 2048, 1, 64));
+}
+/// Doubles of workspace depthwise_backward_filter needs: c * chunks * (kh kw + 1).
+inline std::int64_t depthwise_filter_workspace(const DwShape& g) {
+  return g.c * depthwise_filter_chunks(g) * (std::int64_t(g.kh) * g.kw + 1);
+}
+
+/// y = the depthwise convolution of x with w (+ bias[c] when bias is not null).
+template <class T>
+void depthwise_forward(const DwShape& g, const T* x, const T* w, const T* bias, T* y,
+                       cudaStream_t stream);
+/// dx (+)= the gradient of depthwise_forward with respect to x given dy.
+template <class T>
+void depthwise_backward_data(const DwShape& g, const T* w, const T* dy, T* dx, bool accumulate,
+                             cudaStream_t stream);
+/// dw [c, kh kw] (+)= sum over (n, oy, ox) of dy x(tap), db [c] (+)= sum of dy; either may be
+/// null. work: depthwise_filter_workspace(g) doubles.
+template <class T>
+void depthwise_backward_filter(const DwShape& g, const T* x, const T* dy, T* dw, bool dw_acc,
+                               T* db, bool db_acc, double* work, cudaStream_t stream);
 
 }  // namespace datanas::cuda

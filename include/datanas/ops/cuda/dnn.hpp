@@ -31,11 +31,17 @@
 //   - bias: cudnnAddTensor forward, cudnnConvolutionBackwardBias backward;
 //   - the GradSlot convention maps onto cuDNN's blending: beta = 0 overwrites (cuDNN then does
 //     not read the output, so a NaN-poisoned gradient buffer is fine), beta = 1 accumulates.
-// Without cuDNN (meson -Dcudnn=disabled, or not found; DATANAS_HAVE_CUDNN undefined) the conv
-// functions throw datanas::error saying so; batch norm and pooling do not need cuDNN.
+// Depthwise convolutions (groups == Cin == Cout, DARTS' sep_conv and dil_conv) can instead run
+// on our own kernels (kernels/datanas/cuda/depthwise.cuh): cuda::set_depthwise_conv(kOwn). The
+// default stays cuDNN until a GPU benchmark (benchmarks/gpu/bench_gpu_step, rows "+own")
+// shows ours faster, as the issue asks. Both are deterministic and agree with the CPU to 1e-4.
+// Without cuDNN (meson -Dcudnn=disabled, or not found; DATANAS_HAVE_CUDNN undefined) depthwise
+// convolutions run on our kernels and the other convolutions throw datanas::error saying so;
+// batch norm and pooling do not need cuDNN.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -50,6 +56,33 @@
 #include "datanas/cuda/dnn.hpp"
 #include "datanas/ops/cpu/conv.hpp"
 #include "datanas/ops/cpu/pool.hpp"
+
+namespace datanas::cuda {
+
+/// Who runs depthwise convolutions (groups == Cin == Cout) on the Cuda device.
+enum class DepthwiseConv {
+  kCudnn,  ///< cuDNN, through the plan cache (the default)
+  kOwn,    ///< datanas' kernels (kernels/datanas/cuda/depthwise.cuh)
+};
+namespace dnn_host {
+/// The process-wide choice behind set_depthwise_conv.
+inline std::atomic<DepthwiseConv> depthwise_choice{DepthwiseConv::kCudnn};
+}  // namespace dnn_host
+/// Chooses the depthwise implementation for every later convolution call of the process
+/// (including the backward passes of graphs already recorded by autograd). Thread-safe.
+inline void set_depthwise_conv(DepthwiseConv v) { dnn_host::depthwise_choice.store(v); }
+/// The implementation depthwise convolutions run on now: always kOwn without cuDNN.
+inline DepthwiseConv depthwise_conv() {
+#if DATANAS_HAVE_CUDNN
+  return dnn_host::depthwise_choice.load();
+#else
+  return DepthwiseConv::kOwn;
+#endif
+}
+/// "cudnn" or "own", for logs and benchmark names.
+inline const char* to_string(DepthwiseConv v) { return v == DepthwiseConv::kOwn ? "own" : "cudnn"; }
+
+}  // namespace datanas::cuda
 
 #if DATANAS_HAVE_CUDNN
 #include <cudnn.h>
@@ -352,6 +385,19 @@ inline void* data_or_null(const Tensor<double, Cuda>& t) {
 
 #endif  // DATANAS_HAVE_CUDNN
 
+/// Whether conv2d of geometry g runs on our depthwise kernels; checks their 32-bit indexing.
+inline bool own_depthwise(const cpu::ConvGeom& g) {
+  if (g.groups != g.cin || g.cout != g.cin || depthwise_conv() != DepthwiseConv::kOwn) return false;
+  constexpr std::int64_t kMax = std::numeric_limits<int>::max();
+  DATANAS_CHECK(g.n * g.cin * g.h * g.w <= kMax && g.n * g.cout * g.ho * g.wo <= kMax,
+                "conv2d on Cuda: depthwise input [", g.n, ", ", g.cin, ", ", g.h, ", ", g.w,
+                "] or its output has 2^31 or more elements; split the batch");
+  return true;
+}
+inline DwShape dw_shape(const cpu::ConvGeom& g) {
+  return DwShape{g.n, g.cin, g.h, g.w, g.ho, g.wo, int(g.kh), int(g.kw), g.stride, g.pad, g.dil};
+}
+
 [[noreturn]] inline void no_cudnn(const char* what) {
   throw error(::datanas::detail::concat(
       what,
@@ -367,14 +413,19 @@ inline PoolShape pool_shape(index_t planes, const cpu::PoolGeometry& g) {
 }  // namespace dnn_host
 
 struct DnnOps {
-  // ---- conv2d (cuDNN) -------------------------------------------------------------------------
+  // ---- conv2d (cuDNN; depthwise optionally on our kernels) -------------------------------------
 
   /// y [N, Cout, Ho, Wo] = conv(x, w) + bias (bias [Cout] or null), as cpu::conv2d_forward.
   template <class T>
   static void conv2d_forward(const cpu::ConvGeom& g, const Tensor<T, Cuda>& x,
                              const Tensor<T, Cuda>& w, const T* bias, const Tensor<T, Cuda>& y) {
-#if DATANAS_HAVE_CUDNN
     if (g.n == 0) return;
+    if (dnn_host::own_depthwise(g)) {
+      depthwise_forward<T>(dnn_host::dw_shape(g), x.data(), w.data(), bias, y.data(),
+                           current_stream().handle);
+      return;
+    }
+#if DATANAS_HAVE_CUDNN
     const dnn_host::ConvPlan& p = dnn_host::ConvPlanCache::instance().get<T>(g);
     cudnnHandle_t h = dnn_host::cudnn_handle();
     const T one = 1, zero = 0;
@@ -384,8 +435,8 @@ struct DnnOps {
                                                 &zero, p.y, y.data()));
     if (bias) DATANAS_CUDNN_CHECK(cudnnAddTensor(h, &one, p.bias, bias, &one, p.y, y.data()));
 #else
-    (void)g, (void)x, (void)w, (void)bias, (void)y;
-    dnn_host::no_cudnn("conv2d");
+    (void)x, (void)w, (void)bias, (void)y;
+    dnn_host::no_cudnn("conv2d (other than depthwise)");
 #endif
   }
 
@@ -396,7 +447,6 @@ struct DnnOps {
                               const Tensor<T, Cuda>& w, const Tensor<T, Cuda>& dy,
                               const Tensor<T, Cuda>& dx, bool acc_x, const Tensor<T, Cuda>& dw,
                               bool acc_w, const Tensor<T, Cuda>& db, bool acc_b) {
-#if DATANAS_HAVE_CUDNN
     const cudaStream_t s = current_stream().handle;
     if (g.n == 0) {  // empty batch: the weight and bias gradients are empty sums
       if (dw.defined() && !acc_w)
@@ -406,6 +456,18 @@ struct DnnOps {
       return;
     }
     if (!dx.defined() && !dw.defined() && !db.defined()) return;
+    if (dnn_host::own_depthwise(g)) {
+      const DwShape d = dnn_host::dw_shape(g);
+      if (dx.defined()) depthwise_backward_data<T>(d, w.data(), dy.data(), dx.data(), acc_x, s);
+      if (dw.defined() || db.defined()) {
+        Tensor<double, Cuda> work = Tensor<double, Cuda>::empty({depthwise_filter_workspace(d)});
+        depthwise_backward_filter<T>(d, x.data(), dy.data(), dw.defined() ? dw.data() : nullptr,
+                                     acc_w, db.defined() ? db.data() : nullptr, acc_b,
+                                     work.data(), s);
+      }
+      return;
+    }
+#if DATANAS_HAVE_CUDNN
     const dnn_host::ConvPlan& p = dnn_host::ConvPlanCache::instance().get<T>(g);
     cudnnHandle_t h = dnn_host::cudnn_handle();
     const T one = 1, zero = 0;
@@ -425,9 +487,8 @@ struct DnnOps {
           dnn_host::data_or_null(ws), p.bwd_filter_bytes, acc_w ? &one : &zero, p.w, dw.data()));
     }
 #else
-    (void)g, (void)x, (void)w, (void)dy, (void)dx, (void)acc_x, (void)dw, (void)acc_w, (void)db,
-        (void)acc_b;
-    dnn_host::no_cudnn("conv2d");
+    (void)x, (void)w, (void)dy, (void)dx, (void)acc_x, (void)acc_w, (void)acc_b;
+    dnn_host::no_cudnn("conv2d (other than depthwise)");
 #endif
   }
 
