@@ -10,11 +10,15 @@
 //   egs4_node_dense      DATA, EGS M = 4 per node, every op runs
 //   egs4_node_sparse     the same, only the sampled ops run (reads the code on the host)
 // and the two dense modes again with "+graph": the step captured once as a CUDA graph
-// (SearchConfig::cuda_graph, StepGraph) and replayed, the batch copied in before each replay.
+// (SearchConfig::cuda_graph, StepGraph) and replayed, the batch copied in before each replay;
+// then the dense modes with "+own_dw": depthwise convolutions on our kernels instead of cuDNN
+// (cuda::set_depthwise_conv), which decides which of the two should be the default.
 // The step reads its loss and correct count on the host for the log (one synchronisation) as
 // the searcher does; the PyTorch twin synchronises once per step too.
 //
-// Ops: forward + backward of single ops at the search network's sizes (batch 64, C = 16, 32 x 32).
+// Ops: forward + backward of single ops at the search network's sizes (batch 64, C = 16, 32 x 32),
+// the depthwise ones on cuDNN and on our kernels ("+own"); benchmarks/pytorch/gpu_ops.py is their
+// PyTorch twin.
 //
 // Output: one JSON object per line: {"what": ..., "ms": median, "ms_all": [...], "peak_MB": ...}
 // with peak_MB = the device allocator's high-water mark of bytes held by tensors during the
@@ -114,7 +118,8 @@ void search_mode(const char* name, bool sparse, bool graph, const data::Labelled
   // With a graph, the memory the step holds is its pool (idle between replays, so not in
   // peak_MB's bytes_in_use) plus the tensors that outlive it.
   const double pool_mb = double(CachingAllocator<Cuda>::instance().stats().graph_pool_bytes) / (1024.0 * 1024.0);
-  report(std::string("search_step/") + name + (graph ? "+graph" : ""), t,
+  const bool own_dw = cuda::depthwise_conv() == cuda::DepthwiseConv::kOwn;
+  report(std::string("search_step/") + name + (graph ? "+graph" : "") + (own_dw ? "+own_dw" : ""), t,
          ", \"images_per_s\": " + std::to_string(2.0 * double(kBatch) / (t.median_ms / 1e3)) +
              (graph ? ", \"graph_pool_MB\": " + std::to_string(pool_mb) : std::string()));
 }
@@ -145,11 +150,25 @@ void ops(int warmup, int reps) {
   op_case("relu", {x}, [](auto v) { return relu(v[0]); }, warmup, reps);
   op_case("conv3x3_general_16x16", {x, {16, 16, 3, 3}},
           [&](auto v) { return conv2d(v[0], v[1], Var<F32, Cuda>(), p({.padding = 1})); }, warmup, reps);
-  op_case("conv3x3_depthwise", {x, {16, 1, 3, 3}},
-          [&](auto v) { return conv2d(v[0], v[1], Var<F32, Cuda>(), p({.padding = 1, .groups = 16})); }, warmup, reps);
-  op_case("conv5x5_depthwise_dil2", {x, {16, 1, 5, 5}},
-          [&](auto v) { return conv2d(v[0], v[1], Var<F32, Cuda>(), p({.padding = 4, .dilation = 2, .groups = 16})); },
-          warmup, reps);
+  // Depthwise convolutions on cuDNN and on our kernels ("+own"), the shapes of sep_conv and
+  // dil_conv at the first cells' size and at a reduction edge's stride 2.
+  for (const auto impl : {cuda::DepthwiseConv::kCudnn, cuda::DepthwiseConv::kOwn}) {
+    cuda::set_depthwise_conv(impl);
+    const std::string own = impl == cuda::DepthwiseConv::kOwn ? "+own" : "";
+    op_case("conv3x3_depthwise" + own, {x, {16, 1, 3, 3}},
+            [&](auto v) { return conv2d(v[0], v[1], Var<F32, Cuda>(), p({.padding = 1, .groups = 16})); }, warmup,
+            reps);
+    op_case("conv5x5_depthwise" + own, {x, {16, 1, 5, 5}},
+            [&](auto v) { return conv2d(v[0], v[1], Var<F32, Cuda>(), p({.padding = 2, .groups = 16})); }, warmup,
+            reps);
+    op_case("conv5x5_depthwise_dil2" + own, {x, {16, 1, 5, 5}},
+            [&](auto v) { return conv2d(v[0], v[1], Var<F32, Cuda>(), p({.padding = 4, .dilation = 2, .groups = 16})); },
+            warmup, reps);
+    op_case("conv3x3_depthwise_stride2" + own, {x, {16, 1, 3, 3}},
+            [&](auto v) { return conv2d(v[0], v[1], Var<F32, Cuda>(), p({.stride = 2, .padding = 1, .groups = 16})); },
+            warmup, reps);
+  }
+  cuda::set_depthwise_conv(cuda::DepthwiseConv::kCudnn);
   op_case("conv1x1", {x, {16, 16, 1, 1}}, [&](auto v) { return conv2d(v[0], v[1], Var<F32, Cuda>(), p({})); },
           warmup, reps);
   op_case("batch_norm_nonaffine_train", {x}, [](auto v) {
@@ -194,6 +213,12 @@ int main(int argc, char** argv) try {
     search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_sparse", true, false, d, warmup, steps);
     search_mode<estimators::Softmax, Granularity::kEdge>("softmax_edge_dense", false, true, d, warmup, steps);
     search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_dense", false, true, d, warmup, steps);
+    // The same dense steps with the depthwise convolutions on our kernels (suffix "+own_dw").
+    cuda::set_depthwise_conv(cuda::DepthwiseConv::kOwn);
+    search_mode<estimators::Softmax, Granularity::kEdge>("softmax_edge_dense", false, false, d, warmup, steps);
+    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_dense", false, false, d, warmup, steps);
+    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_dense", false, true, d, warmup, steps);
+    cuda::set_depthwise_conv(cuda::DepthwiseConv::kCudnn);
   }
   if (only.empty() || only == "ops") ops(warmup, steps);
   return 0;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared check of the CUDA backend on a GPU machine: configure a fresh build for the
 # card, build only the GPU tests, run `meson test --suite gpu`, where compute-sanitizer works
-# run the estimator kernels under memcheck, racecheck and synccheck, then the GPU benchmarks
-# (benchmarks/gpu/bench_gpu_step and its PyTorch twin on the same card). Logs go to $OUT.
+# run the estimator and depthwise-convolution kernels under memcheck, racecheck and synccheck,
+# then the GPU benchmarks (benchmarks/gpu/bench_gpu_step and its PyTorch twins on the same
+# card). Logs go to $OUT.
 #
 # How to run it with the device tool (from the repository root of the development machine):
 #   1. benchmarks/gpu/prepare_deps.sh          # once, here: Eigen/doctest/zlib into .deps/
@@ -18,6 +19,7 @@
 #   sanitizer.log     compute-sanitizer's reports
 #   bench_gpu.jsonl   bench_gpu_step: search step per mode and single ops (median ms, peak MB)
 #   torch_gpu.json    benchmarks/pytorch/search_step.py --device cuda (the same steps in PyTorch)
+#   torch_gpu_ops.jsonl  benchmarks/pytorch/gpu_ops.py (bench_gpu_step's single ops in PyTorch)
 #
 # It also runs without a GPU (a dry run: configure and build work, the tests skip with exit
 # 77), which is how it was checked on the development machine:
@@ -189,18 +191,21 @@ sanitizer=$(command -v compute-sanitizer || ls "$cuda_root/bin/compute-sanitizer
 san_rc=0
 if [ "$SANITIZE" = 1 ] && [ "$have_gpu" = 1 ] && [ -n "$sanitizer" ]; then
   step "compute-sanitizer"
-  est="$BUILD_DIR/tests/test_estimators_gpu"
+  # (program, test case): the estimator test that launches every kernel instantiation on every
+  # layout, and the parity test of our depthwise convolution kernels (shared-memory reduction).
+  san_cases=("tests/test_estimators_gpu|*select the CPU*"
+             "tests/test_ops_dnn_gpu|our depthwise convolution kernels*")
   for tool in memcheck racecheck synccheck; do
-    echo "--- $tool" | tee -a "$OUT/sanitizer.log"
-    # The CPU-comparison test case launches every kernel instantiation on every layout.
-    if timeout 120 "$sanitizer" --tool "$tool" --error-exitcode 9 "$est" \
-        --test-case='*select the CPU*' >> "$OUT/sanitizer.log" 2>&1; then
-      result[$tool]=ok
-    else
-      result[$tool]="FAIL or timeout (see sanitizer.log)"
-      san_rc=1
-    fi
-    tail -3 "$OUT/sanitizer.log"
+    result[$tool]=ok
+    for case in "${san_cases[@]}"; do
+      echo "--- $tool ${case%%|*} '${case#*|}'" | tee -a "$OUT/sanitizer.log"
+      if ! timeout 120 "$sanitizer" --tool "$tool" --error-exitcode 9 "$BUILD_DIR/${case%%|*}" \
+          --test-case="${case#*|}" >> "$OUT/sanitizer.log" 2>&1; then
+        result[$tool]="FAIL or timeout (see sanitizer.log)"
+        san_rc=1
+      fi
+      tail -3 "$OUT/sanitizer.log"
+    done
   done
 else
   for tool in memcheck racecheck synccheck; do result[$tool]="skipped (no GPU, no compute-sanitizer, or SANITIZE=0)"; done
@@ -231,6 +236,13 @@ if [ "${BENCH:-1}" = 1 ] && [ "$have_gpu" = 1 ]; then
     result[torch]="FAIL (see the log)"
   fi
   cat "$OUT/torch_gpu.json"
+  if timeout 120 python3 "$repo/benchmarks/pytorch/gpu_ops.py" --reps "${BENCH_STEPS:-20}" --warmup 3 \
+      > "$OUT/torch_gpu_ops.jsonl"; then
+    result[torch]="${result[torch]}; ops ok"
+  else
+    result[torch]="${result[torch]}; ops FAIL (see the log)"
+  fi
+  cat "$OUT/torch_gpu_ops.jsonl"
 else
   result[bench]="skipped (no GPU or BENCH=0)"
   result[torch]="skipped (no GPU or BENCH=0)"

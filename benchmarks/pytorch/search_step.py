@@ -230,6 +230,9 @@ def egs_node_weights(torch, alpha, steps, M, tau):
 def run_mode(args):
     import torch
     torch.set_num_threads(args.threads or os.cpu_count())
+    # datanas runs float convolutions in full FMA precision (no TF32): the same work here.
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.manual_seed(1)
     Network, _ = build(torch)
     dev = torch.device(args.device)
@@ -304,7 +307,7 @@ def run_mode(args):
     ms = statistics.median(wall)
     extra = {}
     if gpu:
-        extra = {"device": torch.cuda.get_device_name(0),
+        extra = {"device": torch.cuda.get_device_name(0), "tf32": args.tf32,
                  "gpu_peak_MB": round(torch.cuda.max_memory_allocated() / 2**20, 2)}
     return {**extra,
         "mode": mode, "steps": args.steps, "threads": torch.get_num_threads(),
@@ -331,6 +334,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default os.cpu_count())")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (GPU: CUDA-event timing, gpu_peak_MB)")
+    ap.add_argument("--tf32", action="store_true",
+                    help="GPU: let cuDNN and cuBLAS use TF32 (torch's default for cuDNN; datanas never does)")
     args = ap.parse_args()
     if args.mode:
         print(json.dumps(run_mode(args)))
@@ -339,6 +344,8 @@ def main():
     for m in MODES:
         cmd = [sys.executable, os.path.abspath(__file__), "--mode", m, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]
+        if args.tf32:
+            cmd.append("--tf32")
         out.append(json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout))
     print(json.dumps(out, indent=1))
 
