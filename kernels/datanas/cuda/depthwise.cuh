@@ -81,8 +81,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-/// dx[n, c, iy, ix] (+)= sum over the taps (ky, kx) whose output (oy, ox) reads this pixel:
-/// iy + pad - ky dil = oy stride with 0 <= oy < ho (likewise for x) of dy[n, c, oy, ox] w[c, ky, kx].
+/// dx[n, c, iy, ix] (+)= sum of dy[n, c, oy, ox] w[c, ky, kx] over the taps (ky, kx) whose
+/// output (oy, ox) reads this pixel: iy + pad - ky dil = oy stride with 0 <= oy < ho (and the
+/// same for x).
 template <class T, int K>
 __global__ void __launch_bounds__(kThreads)
     backward_data_kernel(DwShape g, const T* __restrict__ w, const T* __restrict__ dy, T* dx,
