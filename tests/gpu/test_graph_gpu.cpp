@@ -2,8 +2,7 @@
 // compute: the same Gumbel noise (the Philox base of every estimator launch is reserved before
 // each replay), the same Adam bias corrections (t advances before each replay), the same memory
 // discipline (the graph's blocks are never handed to eager work while it lives); and what cannot
-// be captured (host reads, host copies, the recurrent masks drawn on the host) is refused with
-// the reason.
+// be captured (host reads, host copies) is refused with the reason.
 #include "parity.hpp"
 #include "steps_common.hpp"
 #include "../synthetic.hpp"
@@ -232,15 +231,17 @@ TEST_CASE("a captured Adam step advances t at each replay as eager steps do") {
   CHECK(same_bits(og.exp_avg()[0], oe.exp_avg()[0]));
 }
 
-TEST_CASE("each replay of captured dropout and drop path draws the next eager call's masks") {
+TEST_CASE("each replay of captured dropout, drop path and recurrent masks draws the next eager masks") {
   cuda::Stream stream;
   cuda::StreamGuard on(stream);
   Var<float, Cuda> x(random_device({6, 5, 4}, 12), true);
   const Tensor<float, Cuda> dy = random_device({6, 5, 4}, 13);
+  const Tensor<float, Cuda> mask = Tensor<float, Cuda>::empty({7, 9});  // a locked-dropout mask
   PhiloxGenerator eager_gen(8), graph_gen(8);
   // Forward and backward (the backward recomputes the mask from the same per-replay word).
   const auto run = [&](PhiloxGenerator& gen) {
     x.zero_grad();
+    bernoulli_mask(mask, 0.35, gen);
     Var<float, Cuda> y = drop_path(dropout(x, 0.3, true, gen), 0.4, true, gen);
     backward(y, dy);
     return y.value();
@@ -251,15 +252,23 @@ TEST_CASE("each replay of captured dropout and drop path draws the next eager ca
   for (int r = 0; r < 3; ++r) {
     CAPTURE(r);
     g.replay();
-    const Tensor<float, Cuda> y_graph = y.clone(), g_graph = gx.clone();
+    const Tensor<float, Cuda> y_graph = y.clone(), g_graph = gx.clone(), m_graph = mask.clone();
     const Tensor<float, Cuda> y_eager = run(eager_gen);
     CHECK(same_bits(y_graph, y_eager));
     CHECK(same_bits(g_graph, x.grad()));
+    CHECK(same_bits(m_graph, mask));
     CHECK(graph_gen.offset() == eager_gen.offset());
   }
+  // And the device mask is the CPU's, word for word, from the same generator state.
+  PhiloxGenerator cpu_gen(8, eager_gen.offset());
+  const Tensor<float> want = Tensor<float>::empty({7, 9});
+  bernoulli_mask(want, 0.35, cpu_gen);
+  bernoulli_mask(mask, 0.35, eager_gen);
+  CHECK(same_bits(mask, cuda::to_device(want)));
+  CHECK(cpu_gen.offset() == eager_gen.offset());
 }
 
-TEST_CASE("a capture refuses host reads, host copies and host-drawn masks, and leaves the stream usable") {
+TEST_CASE("a capture refuses host reads and host copies, and leaves the stream usable") {
   cuda::Stream stream;
   cuda::StreamGuard on(stream);
   const Tensor<float, Cuda> t = random_device({8}, 3);
@@ -269,10 +278,6 @@ TEST_CASE("a capture refuses host reads, host copies and host-drawn masks, and l
   CHECK_FALSE(g.ready());
   CHECK_THROWS_WITH_AS(g.capture([&] { (void)cuda::to_device(Tensor<float>::zeros({4})); }),
                        doctest::Contains("copies host data"), error);
-  PhiloxGenerator gen(1);
-  const Tensor<float, Cuda> mask = Tensor<float, Cuda>::empty({2, 4});
-  CHECK_THROWS_WITH_AS(g.capture([&] { bernoulli_mask(mask, 0.5, gen); }),
-                       doctest::Contains("cannot be captured"), error);
   CHECK(cuda::capturing_graph() == nullptr);
   // The stream still runs eager work.
   const Tensor<float, Cuda> u = t.clone();

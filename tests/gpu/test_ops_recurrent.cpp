@@ -210,6 +210,13 @@ TEST_CASE("a dropout mask drawn for the GPU equals the CPU's and consumes the sa
     bernoulli_mask(mg, 1.0, gg);
     const Tensor<float> ones = cuda::to_host(mg);
     for (index_t i = 0; i < ones.numel(); ++i) CHECK(ones[i] == 1.0f);
+    // Double masks keep the CPU's scale T(1 / keep) exactly, too.
+    const Tensor<double> dc = Tensor<double>::empty({b, u});
+    const Tensor<double, Cuda> dg = Tensor<double, Cuda>::empty({b, u});
+    bernoulli_mask(dc, 0.8, gc);
+    bernoulli_mask(dg, 0.8, gg);
+    const Tensor<double> dback = cuda::to_host(dg);
+    CHECK(std::memcmp(dback.data(), dc.data(), sizeof(double) * std::size_t(dc.numel())) == 0);
   }
 }
 

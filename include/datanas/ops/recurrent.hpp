@@ -9,7 +9,7 @@
 //
 // Every op is a template on <T, D>: the CPU kernels below on Cpu, DeviceOps<D> (the Cuda
 // kernels of ops/cuda/recurrent.hpp) otherwise. Masks and scales are Tensor<T, D> of the same
-// device. Dropout masks are drawn on the host on every device (bernoulli_mask).
+// device. Dropout masks (bernoulli_mask) use the same Philox words on every device.
 #pragma once
 
 #include <algorithm>
@@ -474,9 +474,9 @@ Var<T, D> temporal_penalty(const Var<T, D>& x, index_t batch) {
 }
 
 /// Fills m with Bernoulli(keep) / keep (a dropout mask that keeps the expectation), drawing
-/// ceil(numel / 4) counters of `gen`. keep = 1 gives all ones. On a device the mask is drawn on
-/// the host, exactly as on the CPU (the same counters, the same values), and copied over
-/// asynchronously: masks are small ([B, H]) and this keeps CPU and GPU runs drawing alike.
+/// ceil(numel / 4) counters of `gen`. keep = 1 gives all ones. A device draws the same words on
+/// the device (the same counters, the same values as the CPU); inside a captured step the
+/// counters are reserved again before each replay (DeviceOps<D>::step_values).
 template <class T, class D>
 void bernoulli_mask(const Tensor<T, D>& m, double keep, PhiloxGenerator& gen) {
   DATANAS_CHECK(keep > 0 && keep <= 1, "dropout: keep probability must be in (0, 1], got ", keep);
@@ -484,16 +484,16 @@ void bernoulli_mask(const Tensor<T, D>& m, double keep, PhiloxGenerator& gen) {
     m.fill(T(1));
     return;
   }
+  const T v = T(1.0 / keep);
+  const float kf = float(keep);
+  const std::uint64_t n = std::uint64_t(m.numel());
   if constexpr (!is_cpu<D>) {
-    DeviceOps<D>::check_not_capturing("the recurrent dropout mask");
-    const Tensor<T> host = Tensor<T>::empty(m.shape());
-    bernoulli_mask(host, keep, gen);
-    DeviceOps<D>::upload_mask(host, m);
-    return;
+    std::uint64_t base = 0;
+    const std::uint64_t* base_dev =
+        DeviceOps<D>::step_values(&base, 1, [&gen, n](std::uint64_t* b) { *b = gen.reserve(n); });
+    DeviceOps<D>::bernoulli_mask(gen.seed(), base, base_dev, kf, v, m);
   } else {
-    const std::uint64_t base = gen.reserve(std::uint64_t(m.numel()));
-    const T v = T(1.0 / keep);
-    const float kf = float(keep);
+    const std::uint64_t base = gen.reserve(n);
     for (index_t i = 0; i < m.numel(); ++i)
       m[i] = uniform_open01(gen.bits_at(base, std::uint64_t(i))) < kf ? v : T(0);
   }

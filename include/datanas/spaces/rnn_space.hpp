@@ -16,8 +16,9 @@
 // locked dropout on its output, the cell unrolled over the window, locked dropout on the
 // outputs, the decoder (tied weight, zero-initialised bias). Weights uniform in +-0.04.
 //
-// Every class is a template on the device D (Cpu by default). Weights, alpha and dropout masks
-// are drawn on the host and copied to D, so a model has the same values on every device. Token
+// Every class is a template on the device D (Cpu by default). Weights and alpha are drawn on
+// the host and copied to D; dropout masks are drawn on D from the same Philox words (the
+// embedding-dropout word scales on the host), so a model has the same values on every device. Token
 // ids stay on the host (the window's inputs): each time step's ids (and, with embedding dropout,
 // their row scales) are copied to D. The search cell decides on the host which predecessors run
 // (sparse mode) and which nodes are all-none: on a device it reads a host copy of the window's
@@ -246,7 +247,7 @@ class RnnModel : public nn::Module<T, D> {
   }
 
   /// A dropout mask on device M with drop probability p, or an undefined tensor when p == 0
-  /// (drawn on the host on every device: the same values).
+  /// (the same Philox words, so the same values, on every device).
   template <class M>
   static Tensor<T, M> mask(const Shape& s, double p, PhiloxGenerator& gen) {
     if (p == 0) return {};

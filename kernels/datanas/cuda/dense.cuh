@@ -380,7 +380,9 @@ __global__ void __launch_bounds__(kThreads)
     const Philox4x32 r = philox4x32(base + std::uint64_t(j), 0, seed);
     for (int w = 0; w < 4; ++w) {
       const std::int64_t i = 4 * j + w;
-      if (i < n) store(dst + i, src[i] * keep_scale(r.v[w], keep, inv_keep), accumulate);
+      if (i >= n) continue;
+      const T scale = keep_scale(r.v[w], keep, inv_keep);
+      store(dst + i, src ? src[i] * scale : scale, accumulate);
     }
   }
 }

@@ -122,8 +122,10 @@ void crop_backward(std::int64_t planes, std::int64_t h, std::int64_t w, int top,
 
 /// dst[i] (+)= src[i] * scale_i over n elements, scale_i = inv_keep when
 /// uniform_open01(philox4x32(base + i / 4, 0, seed).v[i % 4]) < keep, else 0: the forward
-/// (src = x, dst = y, overwrite) and the backward (src = dy, dst = g) of dropout. base_device,
-/// when not null, holds the base instead (a captured step's per-replay word, StepGraph).
+/// (src = x, dst = y, overwrite) and the backward (src = dy, dst = g) of dropout. A null src
+/// counts as all ones: dst receives the mask itself (the recurrent cell's locked-dropout masks,
+/// bernoulli_mask). base_device, when not null, holds the base instead (a captured step's
+/// per-replay word, StepGraph).
 template <class T>
 void dropout_apply(std::int64_t n, std::uint64_t seed, std::uint64_t base, const std::uint64_t* base_device,
                    float keep, T inv_keep, const T* src, T* dst, bool accumulate, cudaStream_t stream);

@@ -28,14 +28,6 @@ struct GraphOps {
     DATANAS_CHECK(current_stream().handle != nullptr, what, ": CUDA graph capture needs a cuda::Stream made "
                   "current with cuda::StreamGuard (the legacy default stream cannot be captured)");
   }
-
-  /// Throws when called while a step is being captured: for ops whose per-step host values
-  /// (`what`) do not go through step_values yet, so a replay would silently repeat them.
-  static void check_not_capturing(const char* what) {
-    DATANAS_CHECK(!capturing_graph(), what, " cannot be captured in a CUDA graph yet (its Philox base is "
-                  "fixed at capture, so every replay would repeat the same mask): run this step "
-                  "without graph capture");
-  }
 };
 
 }  // namespace datanas::cuda

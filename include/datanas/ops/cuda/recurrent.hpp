@@ -1,6 +1,6 @@
 // datanas/ops/cuda/recurrent.hpp - the Cuda side of the recurrent cell's ops (ops/recurrent.hpp):
 // highway and highway_mix, mul_mask, scale_rows, concat_cols, stack_rows, view,
-// temporal_penalty and the upload of host-drawn dropout masks. Host code that checks nothing
+// temporal_penalty and the locked-dropout masks (bernoulli_mask). Host code that checks nothing
 // the generic op has not checked already, takes device pointers from the tensors and queues the
 // launchers of kernels/datanas/cuda/recurrent.hpp on the current stream.
 //
@@ -13,6 +13,7 @@
 #include <span>
 
 #include "datanas/core/cuda.hpp"
+#include "datanas/cuda/dense.hpp"
 #include "datanas/cuda/recurrent.hpp"
 
 namespace datanas {
@@ -145,12 +146,14 @@ struct RecurrentOps {
                                        current_stream().handle);
   }
 
-  /// dst = host, queued on the current stream (a dropout mask drawn on the host: masks are small,
-  /// [B, H], and drawing them there keeps the CPU's generator counters). The host tensor may
-  /// change once this returns (to_device stages it).
+  /// dst[i] = value when uniform_open01(word i of the counters from base) < keep, else 0: the
+  /// CPU's bernoulli_mask, drawn on the device from the same Philox words (base_device: the
+  /// per-replay base of a captured step, DeviceOps<Cuda>::step_values).
   template <class T>
-  static void upload_mask(const Tensor<T, Cpu>& host, const Tensor<T, Cuda>& dst) {
-    cuda::copy(dst, to_device(host));
+  static void bernoulli_mask(std::uint64_t seed, std::uint64_t base, const std::uint64_t* base_device,
+                             float keep, T value, const Tensor<T, Cuda>& dst) {
+    cuda::dropout_apply<T>(dst.numel(), seed, base, base_device, keep, value, nullptr, dst.data(), false,
+                           current_stream().handle);
   }
 };
 
