@@ -67,53 +67,23 @@ Tensor<double> random_double(const Shape& s, PhiloxGenerator& gen) {
   return t;
 }
 
-bool same_bits(const Tensor<float>& a, const Tensor<float>& b) {
-  return a.numel() == b.numel() &&
-         std::memcmp(a.data(), b.data(), sizeof(float) * std::size_t(a.numel())) == 0;
-}
-
-}  // namespace
-
-// ---- conv2d
-// ---------------------------------------------------------------------------------------
-
-TEST_CASE("DARTS convolutions on the GPU match the CPU") {
-  PhiloxGenerator gen(21);
-  const Shape spatial[] = {Shape{7, 5}, Shape{8, 8}, Shape{9, 9}};
-  for (index_t n : {1, 3})
-    for (const Shape& hw : spatial) {
-      const index_t c = 6;
-      const Shape xs{n, c, hw[0], hw[1]};
-      for (int stride : {1, 2}) {
-        CAPTURE(stride);
-        // sep_conv 3x3 / 5x5: the depthwise half (stride on the first one of a reduction edge)...
-        check_conv("depthwise 3x3", xs, c, 3, {stride, 1, 1, int(c)}, false, gen);
-        check_conv("depthwise 5x5", xs, c, 5, {stride, 2, 1, int(c)}, false, gen);
-        // dil_conv 3x3 / 5x5: depthwise with dilation 2.
-        check_conv("dilated depthwise 3x3", xs, c, 3, {stride, 2, 2, int(c)}, false, gen);
-        check_conv("dilated depthwise 5x5", xs, c, 5, {stride, 4, 2, int(c)}, false, gen);
-        // The reduction cell's general convolutions and a grouped one.
-        check_conv("3x3", xs, 8, 3, {stride, 1, 1, 1}, false, gen);
-        check_conv("3x3 groups 2", xs, 8, 3, {stride, 1, 1, 2}, false, gen);
-        check_conv("3x3 groups 2 bias", xs, 8, 3, {stride, 1, 1, 2}, true, gen);
-      }
-      // ...and its pointwise half; FactorizedReduce's 1x1 stride 2 (C -> C / 2).
-      check_conv("pointwise 1x1", xs, 10, 1, {1, 0, 1, 1}, false, gen);
-      check_conv("pointwise 1x1 bias", xs, 10, 1, {1, 0, 1, 1}, true, gen);
-      check_conv("1x1 stride 2", xs, c / 2, 1, {2, 0, 1, 1}, false, gen);
-      check_conv("depthwise 3x3 bias", xs, c, 3, {1, 1, 1, int(c)}, true, gen);
-      // The stem: the image needs no gradient; a frozen weight; dilation on a dense conv.
-      check_conv("stem 3x3, x constant", Shape{n, 3, hw[0], hw[1]}, 8, 3, {1, 1, 1, 1}, true, gen,
-                 false);
-      check_conv("3x3, weight frozen", xs, 4, 3, {1, 1, 1, 1}, false, gen, true, false);
-      check_conv("3x3 dilation 2, no padding", xs, 4, 3, {1, 0, 2, 1}, true, gen);
-      check_conv("forward only", xs, 4, 3, {2, 1, 1, 1}, false, gen, false, false);
-    }
-  // The sizes of a real cell (CIFAR-10 at 16 channels), so that cuDNN's workspaces are used.
-  check_conv("depthwise 3x3, 32x32", Shape{8, 16, 32, 32}, 16, 3, {1, 1, 1, 16}, false, gen);
-  check_conv("pointwise, 32x32", Shape{8, 16, 32, 32}, 32, 1, {1, 0, 1, 1}, false, gen);
-  check_conv("3x3, 32x32", Shape{8, 16, 32, 32}, 16, 3, {1, 1, 1, 1}, true, gen);
-  check_conv("5x5 dilated stride 2, 32x32", Shape{4, 16, 32, 32}, 16, 5, {2, 4, 2, 16}, false, gen);
+/// conv2d with bias in double on both devices: the output and the three gradients within 1e-12.
+void check_conv_double(const Shape& xs, const Shape& ws, const Conv2dParams& p,
+                       PhiloxGenerator& gen) {
+  const Tensor<double> x = random_double(xs, gen), w = random_double(ws, gen);
+  const Tensor<double> b = random_double({ws[0]}, gen);
+  Var<double> xc(x.clone(), true), wc(w.clone(), true), bc(b.clone(), true);
+  Var<double, Cuda> xg(cuda::to_device(x), true), wg(cuda::to_device(w), true),
+      bg(cuda::to_device(b), true);
+  const Var<double> yc = conv2d(xc, wc, bc, p);
+  const Var<double, Cuda> yg = conv2d(xg, wg, bg, p);
+  const Tensor<double> dy = random_double(yc.shape(), gen);
+  CHECK(rel_err_double(cuda::to_host(yg.value()), yc.value()) <= 1e-12);
+  backward(yc, dy);
+  backward(yg, cuda::to_device(dy));
+  CHECK(rel_err_double(cuda::to_host(xg.grad()), xc.grad()) <= 1e-12);
+  CHECK(rel_err_double(cuda::to_host(wg.grad()), wc.grad()) <= 1e-12);
+  CHECK(rel_err_double(cuda::to_host(bg.grad()), bc.grad()) <= 1e-12);
 }
 
 /// Sets the depthwise implementation for a scope and restores the previous one.
@@ -130,6 +100,60 @@ class DepthwiseChoice {
   cuda::DepthwiseConv old_;
 };
 
+bool same_bits(const Tensor<float>& a, const Tensor<float>& b) {
+  return a.numel() == b.numel() &&
+         std::memcmp(a.data(), b.data(), sizeof(float) * std::size_t(a.numel())) == 0;
+}
+
+}  // namespace
+
+// ---- conv2d
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("DARTS convolutions on the GPU match the CPU, depthwise on cuDNN and on our kernels") {
+  PhiloxGenerator gen(21);
+  const Shape spatial[] = {Shape{7, 5}, Shape{8, 8}, Shape{9, 9}};
+  for (const auto impl : {cuda::DepthwiseConv::kCudnn, cuda::DepthwiseConv::kOwn}) {
+    DepthwiseChoice choice(impl);
+    CAPTURE(cuda::to_string(impl));
+    for (index_t n : {1, 3})
+      for (const Shape& hw : spatial) {
+        const index_t c = 6;
+        const Shape xs{n, c, hw[0], hw[1]};
+        for (int stride : {1, 2}) {
+          CAPTURE(stride);
+          // sep_conv 3x3 / 5x5: the depthwise half (stride on a reduction edge's first one)...
+          check_conv("depthwise 3x3", xs, c, 3, {stride, 1, 1, int(c)}, false, gen);
+          check_conv("depthwise 5x5", xs, c, 5, {stride, 2, 1, int(c)}, false, gen);
+          // dil_conv 3x3 / 5x5: depthwise with dilation 2.
+          check_conv("dilated depthwise 3x3", xs, c, 3, {stride, 2, 2, int(c)}, false, gen);
+          check_conv("dilated depthwise 5x5", xs, c, 5, {stride, 4, 2, int(c)}, false, gen);
+          // The reduction cell's general convolutions and a grouped one.
+          check_conv("3x3", xs, 8, 3, {stride, 1, 1, 1}, false, gen);
+          check_conv("3x3 groups 2", xs, 8, 3, {stride, 1, 1, 2}, false, gen);
+          check_conv("3x3 groups 2 bias", xs, 8, 3, {stride, 1, 1, 2}, true, gen);
+        }
+        // ...and its pointwise half; FactorizedReduce's 1x1 stride 2 (C -> C / 2).
+        check_conv("pointwise 1x1", xs, 10, 1, {1, 0, 1, 1}, false, gen);
+        check_conv("pointwise 1x1 bias", xs, 10, 1, {1, 0, 1, 1}, true, gen);
+        check_conv("1x1 stride 2", xs, c / 2, 1, {2, 0, 1, 1}, false, gen);
+        check_conv("depthwise 3x3 bias", xs, c, 3, {1, 1, 1, int(c)}, true, gen);
+        // The stem: the image needs no gradient; a frozen weight; dilation on a dense conv.
+        check_conv("stem 3x3, x constant", Shape{n, 3, hw[0], hw[1]}, 8, 3, {1, 1, 1, 1}, true, gen,
+                   false);
+        check_conv("3x3, weight frozen", xs, 4, 3, {1, 1, 1, 1}, false, gen, true, false);
+        check_conv("3x3 dilation 2, no padding", xs, 4, 3, {1, 0, 2, 1}, true, gen);
+        check_conv("forward only", xs, 4, 3, {2, 1, 1, 1}, false, gen, false, false);
+      }
+    // The sizes of a real cell (CIFAR-10 at 16 channels), so that cuDNN's workspaces are used.
+    check_conv("depthwise 3x3, 32x32", Shape{8, 16, 32, 32}, 16, 3, {1, 1, 1, 16}, false, gen);
+    check_conv("pointwise, 32x32", Shape{8, 16, 32, 32}, 32, 1, {1, 0, 1, 1}, false, gen);
+    check_conv("3x3, 32x32", Shape{8, 16, 32, 32}, 16, 3, {1, 1, 1, 1}, true, gen);
+    check_conv("5x5 dilated stride 2, 32x32", Shape{4, 16, 32, 32}, 16, 5, {2, 4, 2, 16}, false,
+               gen);
+  }
+}
+
 TEST_CASE("our depthwise convolution kernels on the GPU match the CPU") {
   DepthwiseChoice own(cuda::DepthwiseConv::kOwn);
   REQUIRE(cuda::depthwise_conv() == cuda::DepthwiseConv::kOwn);
@@ -141,12 +165,9 @@ TEST_CASE("our depthwise convolution kernels on the GPU match the CPU") {
       const Shape xs{n, c, hw[0], hw[1]};
       for (int stride : {1, 2}) {
         CAPTURE(stride);
-        // The unrolled 3 x 3 and 5 x 5 kernels, as sep_conv and dil_conv use them.
-        check_conv("depthwise 3x3", xs, c, 3, {stride, 1, 1, int(c)}, false, gen);
+        // Beyond the DARTS shapes (tested with both implementations above): a 1 x 1 image,
+        // paddings other than "same", a bias; the generic kernel (sizes at run time).
         check_conv("depthwise 5x5", xs, c, 5, {stride, 2, 1, int(c)}, false, gen);
-        check_conv("dilated depthwise 3x3", xs, c, 3, {stride, 2, 2, int(c)}, false, gen);
-        check_conv("dilated depthwise 5x5", xs, c, 5, {stride, 4, 2, int(c)}, false, gen);
-        // Paddings other than "same", a bias, stride 3; the generic kernel (sizes at run time).
         if (hw[0] >= 3 && hw[1] >= 3)
           check_conv("depthwise 3x3 no padding", xs, c, 3, {stride, 0, 1, int(c)}, true, gen);
         check_conv("depthwise 3x3 padding 2 bias", xs, c, 3, {stride, 2, 1, int(c)}, true, gen);
@@ -179,21 +200,7 @@ TEST_CASE("our depthwise kernels in double on the GPU match the CPU") {
   PhiloxGenerator gen(27);
   for (const int k : {3, 4}) {  // unrolled and generic
     CAPTURE(k);
-    const Tensor<double> x = random_double({3, 4, 9, 7}, gen), w = random_double({4, 1, k, k}, gen);
-    const Tensor<double> b = random_double({4}, gen);
-    const Conv2dParams p{2, 1, 1, 4};
-    Var<double> xc(x.clone(), true), wc(w.clone(), true), bc(b.clone(), true);
-    Var<double, Cuda> xg(cuda::to_device(x), true), wg(cuda::to_device(w), true),
-        bg(cuda::to_device(b), true);
-    const Var<double> yc = conv2d(xc, wc, bc, p);
-    const Var<double, Cuda> yg = conv2d(xg, wg, bg, p);
-    const Tensor<double> dy = random_double(yc.shape(), gen);
-    CHECK(rel_err_double(cuda::to_host(yg.value()), yc.value()) <= 1e-12);
-    backward(yc, dy);
-    backward(yg, cuda::to_device(dy));
-    CHECK(rel_err_double(cuda::to_host(xg.grad()), xc.grad()) <= 1e-12);
-    CHECK(rel_err_double(cuda::to_host(wg.grad()), wc.grad()) <= 1e-12);
-    CHECK(rel_err_double(cuda::to_host(bg.grad()), bc.grad()) <= 1e-12);
+    check_conv_double({3, 4, 9, 7}, {4, 1, k, k}, {2, 1, 1, 4}, gen);
   }
 }
 
@@ -217,20 +224,7 @@ TEST_CASE("a separable convolution (depthwise then pointwise) on the GPU matches
 
 TEST_CASE("conv2d in double on the GPU matches the CPU") {
   PhiloxGenerator gen(23);
-  const Tensor<double> x = random_double({2, 4, 7, 5}, gen), w = random_double({6, 2, 3, 3}, gen);
-  const Tensor<double> b = random_double({6}, gen), dy = random_double({2, 6, 4, 3}, gen);
-  const Conv2dParams p{2, 1, 1, 2};
-  Var<double> xc(x.clone(), true), wc(w.clone(), true), bc(b.clone(), true);
-  Var<double, Cuda> xg(cuda::to_device(x), true), wg(cuda::to_device(w), true),
-      bg(cuda::to_device(b), true);
-  const Var<double> yc = conv2d(xc, wc, bc, p);
-  const Var<double, Cuda> yg = conv2d(xg, wg, bg, p);
-  CHECK(rel_err_double(cuda::to_host(yg.value()), yc.value()) <= 1e-12);
-  backward(yc, dy);
-  backward(yg, cuda::to_device(dy));
-  CHECK(rel_err_double(cuda::to_host(xg.grad()), xc.grad()) <= 1e-12);
-  CHECK(rel_err_double(cuda::to_host(wg.grad()), wc.grad()) <= 1e-12);
-  CHECK(rel_err_double(cuda::to_host(bg.grad()), bc.grad()) <= 1e-12);
+  check_conv_double({2, 4, 7, 5}, {6, 2, 3, 3}, {2, 1, 1, 2}, gen);
 }
 
 TEST_CASE("conv2d plans a shape once and reuses it") {
