@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared check of the CUDA backend on a GPU machine: configure a fresh build for the
-# card, build only the GPU tests, run `meson test --suite gpu`, where compute-sanitizer works
-# run the estimator and depthwise-convolution kernels under memcheck, racecheck and synccheck,
-# then the GPU benchmarks (benchmarks/gpu/bench_gpu_step and its PyTorch twins on the same
-# card). Logs go to $OUT.
+# card, build only the GPU tests and the GPU benchmark, run `meson test --suite gpu`, then the
+# benchmarks (benchmarks/gpu/bench_gpu_step and its PyTorch twins on the same card), and, where
+# compute-sanitizer works, the estimator and depthwise-convolution kernels under memcheck,
+# racecheck and synccheck. Logs go to $OUT.
 #
 # How to run it with the device tool (from the repository root of the development machine):
 #   1. benchmarks/gpu/prepare_deps.sh          # once, here: Eigen/doctest/zlib into .deps/
@@ -21,6 +21,11 @@
 #   torch_gpu.json    benchmarks/pytorch/search_step.py --device cuda (the same steps in PyTorch)
 #   torch_gpu_ops.jsonl  benchmarks/pytorch/gpu_ops.py (bench_gpu_step's single ops in PyTorch)
 #
+# Steps run in order of value (build, GPU tests, benchmarks, compute-sanitizer) within a time
+# budget: BUDGET seconds from the start (default 520, under the device tool's 540 s limit); a
+# step that would not fit in what is left is skipped and says so in the summary, and each
+# step's timeout is cut to what is left, so the logs always come back.
+#
 # It also runs without a GPU (a dry run: configure and build work, the tests skip with exit
 # 77), which is how it was checked on the development machine:
 #   OUT=/tmp/devout BUILD_DIR=/tmp/datanas-dry bash benchmarks/gpu/device_check.sh
@@ -35,6 +40,7 @@ OUT=${OUT:-$repo/build-device-out}
 BUILD_DIR=${BUILD_DIR:-/tmp/datanas-gpu-build}
 GPU_ARCH=${GPU_ARCH:-90}
 SANITIZE=${SANITIZE:-1}
+BUDGET=${BUDGET:-520}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/device_check.log") 2>&1
 
@@ -43,14 +49,24 @@ step() { echo; echo "=== $* ($(date +%T))"; }
 summary() {
   echo
   echo "=== summary"
-  for k in gpu configure build tests memcheck racecheck synccheck bench torch; do
+  for k in gpu configure build tests bench torch memcheck racecheck synccheck; do
     printf '%-10s %s\n' "$k" "${result[$k]:-not run}"
   done
 }
+# limit WANTED: WANTED seconds, or what is left of the budget less 10 s for the summary (at
+# least 1: `timeout 0` would mean no limit).
+limit() {
+  local left=$((BUDGET - SECONDS - 10))
+  [ "$left" -lt 1 ] && left=1
+  [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
+}
+# fits NEEDED: whether at least NEEDED seconds of the budget are left.
+fits() { [ $((BUDGET - SECONDS - 10)) -ge "$1" ]; }
 finish() {  # finish EXIT_CODE
   [ -f "$BUILD_DIR/meson-logs/meson-log.txt" ] && cp "$BUILD_DIR/meson-logs/meson-log.txt" "$OUT/"
   [ -f "$BUILD_DIR/meson-logs/testlog.txt" ] && cp "$BUILD_DIR/meson-logs/testlog.txt" "$OUT/"
   summary
+  echo "(${SECONDS} s of the ${BUDGET} s budget)"
   exit "$1"
 }
 
@@ -154,8 +170,8 @@ else
   finish 1
 fi
 
-# ---- 4. build the GPU tests only --------------------------------------------------------------
-step "build the GPU tests"
+# ---- 4. build the GPU tests and the GPU benchmark ---------------------------------------------
+step "build the GPU tests and bench_gpu_step"
 # Every test of suite gpu, by its executable (tests/meson.build names them tests/test_<name>).
 mapfile -t targets < <("${MESON[@]}" introspect "$BUILD_DIR" --tests | python3 -c '
 import json, os, sys
@@ -164,8 +180,18 @@ for t in json.load(sys.stdin):
     if any(s == "gpu" or s.endswith(":gpu") for s in t["suite"]):  # "datanas:gpu"
         print(os.path.relpath(t["cmd"][0], build))' "$BUILD_DIR")
 echo "targets: ${targets[*]}"
-if [ ${#targets[@]} -gt 0 ] && timeout 420 "${MESON[@]}" compile -C "$BUILD_DIR" "${targets[@]}"; then
-  result[build]="ok (${#targets[@]} test programs)"
+# The benchmark builds in the same call (one parallel build); it is not built by default.
+bench_target=()
+[ "${BENCH:-1}" = 1 ] && [ "$have_gpu" = 1 ] && bench_target=(benchmarks/gpu/bench_gpu_step)
+if [ ${#targets[@]} -gt 0 ] && timeout "$(limit 420)" "${MESON[@]}" compile -C "$BUILD_DIR" \
+    "${targets[@]}" "${bench_target[@]}"; then
+  result[build]="ok (${#targets[@]} test programs${bench_target:+ and bench_gpu_step}, ${SECONDS} s in)"
+elif [ ${#bench_target[@]} -gt 0 ] && timeout "$(limit 420)" "${MESON[@]}" compile -C "$BUILD_DIR" \
+    "${targets[@]}"; then
+  # The benchmark failed to build: still run the tests.
+  result[build]="tests ok, bench_gpu_step FAILED to build (see the log)"
+  result[bench]="FAIL (build)"
+  bench_target=()
 else
   result[build]=FAIL
   finish 1
@@ -173,11 +199,13 @@ fi
 
 # ---- 5. run them ------------------------------------------------------------------------------
 step "meson test --suite gpu"
-"${MESON[@]}" test -C "$BUILD_DIR" --no-rebuild --suite gpu --print-errorlogs
+timeout "$(limit 300)" "${MESON[@]}" test -C "$BUILD_DIR" --no-rebuild --suite gpu --print-errorlogs
 test_rc=$?
 counts=$(grep -E '^(Ok|Fail|Skipped|Timeout):' "$BUILD_DIR/meson-logs/testlog.txt" 2>/dev/null | tr -s ' ' | tr '\n' ' ')
 skipped=$(sed -n 's/^Skipped: *//p' "$BUILD_DIR/meson-logs/testlog.txt" 2>/dev/null)
-if [ $test_rc -ne 0 ]; then
+if [ $test_rc -eq 124 ]; then
+  result[tests]="FAIL: out of time budget after ${SECONDS} s (see testlog.txt for the tests that ran)"
+elif [ $test_rc -ne 0 ]; then
   result[tests]="FAIL ($counts)"
 elif [ "$have_gpu" = 1 ] && [ "${skipped:-0}" != 0 ]; then
   result[tests]="FAIL: skipped on a machine with a GPU ($counts)"
@@ -186,7 +214,39 @@ else
   result[tests]="ok ($counts)"
 fi
 
-# ---- 6. compute-sanitizer on the kernels ------------------------------------------------------
+# ---- 6. benchmarks ----------------------------------------------------------------------------
+# run_to NAME FILE SECONDS COMMAND...: runs COMMAND with stdout to $OUT/FILE within the budget,
+# records the outcome in result[NAME] (appended when it already holds one) and prints FILE.
+run_to() {
+  local name=$1 file=$2 want=$3 outcome
+  shift 3
+  if ! fits 20; then
+    outcome="skipped (time budget spent at ${SECONDS} s)"
+  elif timeout "$(limit "$want")" "$@" > "$OUT/$file"; then
+    outcome="ok"
+  else
+    outcome="FAIL or timeout (see $file and the log)"
+  fi
+  result[$name]="${result[$name]:+${result[$name]}; }$file: $outcome"
+  cat "$OUT/$file" 2>/dev/null
+  [ "$outcome" = ok ]
+}
+bench_rc=0
+if [ ${#bench_target[@]} -gt 0 ]; then
+  step "GPU benchmarks"
+  run_to bench bench_gpu.jsonl 200 "$BUILD_DIR/benchmarks/gpu/bench_gpu_step" \
+      --steps "${BENCH_STEPS:-20}" --warmup 3 || bench_rc=1
+  step "PyTorch twins"
+  run_to torch torch_gpu.json 150 python3 "$repo/benchmarks/pytorch/search_step.py" --device cuda \
+      --steps "${BENCH_STEPS:-20}" --warmup 3
+  run_to torch torch_gpu_ops.jsonl 60 python3 "$repo/benchmarks/pytorch/gpu_ops.py" \
+      --reps "${BENCH_STEPS:-20}" --warmup 3
+else
+  result[bench]="${result[bench]:-skipped (no GPU or BENCH=0)}"
+  result[torch]="skipped (no GPU, BENCH=0 or no bench_gpu_step)"
+fi
+
+# ---- 7. compute-sanitizer on our kernels -------------------------------------------------------
 sanitizer=$(command -v compute-sanitizer || ls "$cuda_root/bin/compute-sanitizer" 2>/dev/null)
 san_rc=0
 if [ "$SANITIZE" = 1 ] && [ "$have_gpu" = 1 ] && [ -n "$sanitizer" ]; then
@@ -198,8 +258,12 @@ if [ "$SANITIZE" = 1 ] && [ "$have_gpu" = 1 ] && [ -n "$sanitizer" ]; then
   for tool in memcheck racecheck synccheck; do
     result[$tool]=ok
     for case in "${san_cases[@]}"; do
+      if ! fits 30; then
+        result[$tool]="${result[$tool]}; skipped '${case#*|}' (time budget spent)"
+        continue
+      fi
       echo "--- $tool ${case%%|*} '${case#*|}'" | tee -a "$OUT/sanitizer.log"
-      if ! timeout 120 "$sanitizer" --tool "$tool" --error-exitcode 9 "$BUILD_DIR/${case%%|*}" \
+      if ! timeout "$(limit 120)" "$sanitizer" --tool "$tool" --error-exitcode 9 "$BUILD_DIR/${case%%|*}" \
           --test-case="${case#*|}" >> "$OUT/sanitizer.log" 2>&1; then
         result[$tool]="FAIL or timeout (see sanitizer.log)"
         san_rc=1
@@ -211,42 +275,6 @@ else
   for tool in memcheck racecheck synccheck; do result[$tool]="skipped (no GPU, no compute-sanitizer, or SANITIZE=0)"; done
 fi
 
-# ---- 7. benchmarks ----------------------------------------------------------------------------
-bench_rc=0
-if [ "${BENCH:-1}" = 1 ] && [ "$have_gpu" = 1 ]; then
-  step "GPU benchmarks"
-  if timeout 300 "${MESON[@]}" compile -C "$BUILD_DIR" benchmarks/gpu/bench_gpu_step; then
-    if timeout 240 "$BUILD_DIR/benchmarks/gpu/bench_gpu_step" --steps "${BENCH_STEPS:-20}" --warmup 3 \
-        > "$OUT/bench_gpu.jsonl"; then
-      result[bench]=ok
-    else
-      result[bench]="FAIL (see bench_gpu.jsonl and the log)"
-      bench_rc=1
-    fi
-    cat "$OUT/bench_gpu.jsonl"
-  else
-    result[bench]="FAIL (build)"
-    bench_rc=1
-  fi
-  step "PyTorch twin"
-  if timeout 240 python3 "$repo/benchmarks/pytorch/search_step.py" --device cuda --steps "${BENCH_STEPS:-20}" \
-      --warmup 3 > "$OUT/torch_gpu.json"; then
-    result[torch]=ok
-  else
-    result[torch]="FAIL (see the log)"
-  fi
-  cat "$OUT/torch_gpu.json"
-  if timeout 120 python3 "$repo/benchmarks/pytorch/gpu_ops.py" --reps "${BENCH_STEPS:-20}" --warmup 3 \
-      > "$OUT/torch_gpu_ops.jsonl"; then
-    result[torch]="${result[torch]}; ops ok"
-  else
-    result[torch]="${result[torch]}; ops FAIL (see the log)"
-  fi
-  cat "$OUT/torch_gpu_ops.jsonl"
-else
-  result[bench]="skipped (no GPU or BENCH=0)"
-  result[torch]="skipped (no GPU or BENCH=0)"
-fi
-
+[ "${result[bench]:-}" = "FAIL (build)" ] && bench_rc=1
 [ $test_rc -eq 0 ] && [ $san_rc -eq 0 ] && [ $bench_rc -eq 0 ] && finish 0
 finish 1
