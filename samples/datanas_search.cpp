@@ -34,6 +34,7 @@ struct Options {
   std::uint64_t seed = 1;
   std::string out = "out/search";
   std::string device = "cpu";
+  std::string depthwise = "cudnn";
 
   /// The flags that fix the network and the data: a checkpoint only resumes under the same.
   [[nodiscard]] std::string identity() const {
@@ -277,6 +278,8 @@ int main(int argc, char** argv) try {
       .add("seed", &o.seed, "random seed")
       .add_choice("device", &o.device, {"cpu", "cuda"}, "where the search runs (a checkpoint resumes on either)")
       .add("cuda-graph", &o.cuda_graph, "replay each epoch's step as a CUDA graph (--device cuda, dense steps)")
+      .add_choice("depthwise", &o.depthwise, {"cudnn", "own"},
+                  "depthwise convolutions on cuDNN or on datanas' kernels (--device cuda)")
       .add("out", &o.out, "output directory")
       .add("resume", &o.resume, "continue from OUT/checkpoint")
       .add("stop-after", &o.stop_after, "stop cleanly after N epochs of this run (0 = never)")
@@ -294,6 +297,7 @@ int main(int argc, char** argv) try {
   DATANAS_CHECK(!o.sparse || o.estimator == "gdas" || o.estimator == "egs",
                 "--sparse needs a hard estimator (gdas or egs); ", o.estimator, " mixes every op");
   DATANAS_CHECK(!o.cuda_graph || o.device == "cuda", "--cuda-graph needs --device cuda");
+  io::apply_depthwise(o.depthwise, o.device);
   DATANAS_CHECK(!o.cuda_graph || !o.sparse, "--cuda-graph needs a dense step: a sparse step reads the sampled "
                 "architecture on the host; drop --sparse or --cuda-graph");
   DATANAS_CHECK(!o.resume || fs::exists(o.out + "/checkpoint"), "--resume: no checkpoint at '", o.out,

@@ -28,6 +28,7 @@ namespace {
 struct Options {
   std::string genotype = "DARTS_V2", dataset = "cifar10", data_dir, out = "out/train", model;
   std::string device = "cpu";
+  std::string depthwise = "cudnn";
   long init_channels = 36, layers = 20, epochs = 10, batch_size = 96, train_limit = 0, test_limit = 0;
   long cutout = 16, crop_pad = 4, stop_after = 0;
   double lr = 0.025, drop_path = 0.2, auxiliary_weight = 0.4;
@@ -291,6 +292,8 @@ int main(int argc, char** argv) try {
       .add("seed", &o.seed, "random seed")
       .add_choice("device", &o.device, {"cpu", "cuda"}, "where training runs (a checkpoint resumes on either)")
       .add("cuda-graph", &o.cuda_graph, "replay each epoch's training step as a CUDA graph (--device cuda)")
+      .add_choice("depthwise", &o.depthwise, {"cudnn", "own"},
+                  "depthwise convolutions on cuDNN or on datanas' kernels (--device cuda)")
       .add("out", &o.out, "output directory")
       .add("resume", &o.resume, "continue from OUT/checkpoint")
       .add("stop-after", &o.stop_after, "stop cleanly after N epochs of this run (0 = never)")
@@ -307,6 +310,7 @@ int main(int argc, char** argv) try {
   DATANAS_CHECK(o.stop_after >= 0, "--stop-after must be >= 0, got ", o.stop_after);
   DATANAS_CHECK(o.lr > 0, "--lr must be > 0, got ", o.lr);
   DATANAS_CHECK(!o.cuda_graph || o.device == "cuda", "--cuda-graph needs --device cuda");
+  io::apply_depthwise(o.depthwise, o.device);
   DATANAS_CHECK(o.drop_path >= 0 && o.drop_path < 1, "--drop-path must be in [0, 1), got ", o.drop_path);
   DATANAS_CHECK(o.auxiliary_weight >= 0, "--auxiliary-weight must be >= 0, got ", o.auxiliary_weight);
   DATANAS_CHECK(o.cutout >= 0 && o.crop_pad >= 0, "--cutout and --crop-pad must be >= 0");

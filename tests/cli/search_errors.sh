@@ -25,6 +25,8 @@ mkdir -p "$dir/bad" && printf 'garbage' > "$dir/bad/checkpoint"
 expect "'gpu' is not one of {cpu, cuda}" --device gpu --dry-run
 expect "--cuda-graph needs --device cuda" --cuda-graph --dry-run
 expect "--cuda-graph needs a dense step" --device cuda --cuda-graph --sparse --dry-run
+expect "'fast' is not one of {cudnn, own}" --depthwise fast --dry-run
+expect "--depthwise own needs --device cuda" --depthwise own --dry-run
 # --device cuda: without a usable GPU (or without the CUDA backend) a clear error, not a crash.
 if ! command -v nvidia-smi > /dev/null || ! nvidia-smi > /dev/null 2>&1; then
   out=$("$search" --device cuda --dry-run 2>&1); rc=$?

@@ -33,6 +33,8 @@ expect "directory '$dir/none' does not exist" --dataset fashion-mnist --data-dir
 expect "--resume: no checkpoint at '$dir/out/checkpoint'" --resume --out "$dir/out" --data-dir "$dir"
 expect "'gpu' is not one of {cpu, cuda}" --device gpu --dry-run
 expect "--cuda-graph needs --device cuda" --cuda-graph --dry-run
+expect "'fast' is not one of {cudnn, own}" --depthwise fast --dry-run
+expect "--depthwise own needs --device cuda" --depthwise own --dry-run
 # --device cuda: without a usable GPU (or without the CUDA backend) a clear error, not a crash.
 if ! command -v nvidia-smi > /dev/null || ! nvidia-smi > /dev/null 2>&1; then
   out=$("$train" --device cuda --dry-run 2>&1); rc=$?

@@ -195,6 +195,21 @@ TEST_CASE("our depthwise convolution kernels on the GPU match the CPU") {
              gen);
 }
 
+TEST_CASE("our depthwise kernels refuse tensors beyond their 32-bit indexing") {
+  DepthwiseChoice own(cuda::DepthwiseConv::kOwn);
+  // input [2048, 16, 256, 256]: 2^31 elements (8 GiB of float), checked before any launch.
+  cpu::ConvGeom g{2048, 16, 256, 256, 16, 3, 3, 256, 256, 1, 1, 1, 16};
+  CHECK_THROWS_WITH_AS(cuda::dnn_host::own_depthwise(g), doctest::Contains("2^31 or more elements"),
+                       error);
+  g.n = 1;
+  CHECK(cuda::dnn_host::own_depthwise(g));
+  g.groups = 8;  // grouped, not depthwise: cuDNN's
+  CHECK_FALSE(cuda::dnn_host::own_depthwise(g));
+  g.groups = 16;
+  DepthwiseChoice cudnn(cuda::DepthwiseConv::kCudnn);
+  CHECK_FALSE(cuda::dnn_host::own_depthwise(g));
+}
+
 TEST_CASE("our depthwise kernels in double on the GPU match the CPU") {
   DepthwiseChoice own(cuda::DepthwiseConv::kOwn);
   PhiloxGenerator gen(27);

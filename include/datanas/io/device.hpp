@@ -1,5 +1,6 @@
 // datanas/io/device.hpp - the --device flag of the sample programs: one runtime-to-compile-time
-// switch from "cpu" / "cuda" to the device type tag.
+// switch from "cpu" / "cuda" to the device type tag; and --depthwise, the Cuda device's choice of
+// depthwise-convolution implementation.
 #pragma once
 
 #include <string_view>
@@ -27,6 +28,17 @@ int with_device(std::string_view device, F&& f) {
 #else
   throw error("--device cuda: this build has no CUDA backend (build with nvcc, cuBLAS and cuDNN present, "
               "or -Dcuda=enabled)");
+#endif
+}
+
+/// The --depthwise flag ("cudnn" or "own"): which implementation runs depthwise convolutions on
+/// the Cuda device (cuda::set_depthwise_conv). Throws naming the flag when it asks for our
+/// kernels on another device, where it would mean nothing.
+inline void apply_depthwise(std::string_view choice, std::string_view device) {
+  DATANAS_CHECK(choice == "cudnn" || choice == "own", "--depthwise must be cudnn or own, got '", choice, "'");
+  DATANAS_CHECK(choice == "cudnn" || device == "cuda", "--depthwise own needs --device cuda");
+#if DATANAS_HAVE_CUDA
+  cuda::set_depthwise_conv(choice == "own" ? cuda::DepthwiseConv::kOwn : cuda::DepthwiseConv::kCudnn);
 #endif
 }
 
