@@ -35,10 +35,12 @@ int with_device(std::string_view device, F&& f) {
 /// the Cuda device (cuda::set_depthwise_conv). Throws naming the flag when it asks for our
 /// kernels on another device, where it would mean nothing.
 inline void apply_depthwise(std::string_view choice, std::string_view device) {
-  DATANAS_CHECK(choice == "cudnn" || choice == "own", "--depthwise must be cudnn or own, got '", choice, "'");
+  DATANAS_CHECK(choice == "cudnn" || choice == "own", "--depthwise must be cudnn or own, got '",
+                choice, "'");
   DATANAS_CHECK(choice == "cudnn" || device == "cuda", "--depthwise own needs --device cuda");
 #if DATANAS_HAVE_CUDA
-  cuda::set_depthwise_conv(choice == "own" ? cuda::DepthwiseConv::kOwn : cuda::DepthwiseConv::kCudnn);
+  cuda::set_depthwise_conv(choice == "own" ? cuda::DepthwiseConv::kOwn
+                                           : cuda::DepthwiseConv::kCudnn);
 #endif
 }
 
