@@ -26,6 +26,15 @@ bool same_bits(const Tensor<float, Cuda>& a, const Tensor<float, Cuda>& b) {
   return ha.numel() == hb.numel() && std::memcmp(ha.data(), hb.data(), sizeof(float) * std::size_t(ha.numel())) == 0;
 }
 
+/// Every parameter of the graph run equals the eager run's, bit for bit.
+void check_same_values(const std::vector<Var<float, Cuda>>& graph, const std::vector<Var<float, Cuda>>& eager) {
+  REQUIRE(graph.size() == eager.size());
+  for (std::size_t i = 0; i < graph.size(); ++i) {
+    CAPTURE(i);
+    CHECK(same_bits(graph[i].value(), eager[i].value()));
+  }
+}
+
 Tensor<float, Cuda> random_device(const Shape& s, std::uint64_t seed) {
   PhiloxGenerator g(seed);
   Tensor<float> h = Tensor<float>::empty(s);
@@ -77,13 +86,7 @@ void check_graph_search(search::SearchConfig cfg) {
   cuda::StreamGuard on(graph.stream);
   CHECK(same_bits(graph.net->alpha_normal().value(), eager.net->alpha_normal().value()));
   CHECK(same_bits(graph.net->alpha_reduce().value(), eager.net->alpha_reduce().value()));
-  const auto wg = graph.net->weights();
-  const auto we = eager.net->weights();
-  REQUIRE(wg.size() == we.size());
-  for (std::size_t i = 0; i < wg.size(); ++i) {
-    CAPTURE(i);
-    CHECK(same_bits(wg[i].value(), we[i].value()));
-  }
+  check_same_values(graph.net->weights(), eager.net->weights());
   // The generators and optimiser counters the replays advanced on the host: identical checkpoints.
   io::Checkpoint ce("<memory>"), cg("<memory>");
   eager.searcher->save(ce);
@@ -162,13 +165,7 @@ TEST_CASE("captured training steps of the evaluation network replay the eager on
     CHECK(sg.accuracy == se.accuracy);
   }
   cuda::StreamGuard on(graph.stream);
-  const auto pe = eager.net->parameters();
-  const auto pg = graph.net->parameters();
-  REQUIRE(pe.size() == pg.size());
-  for (std::size_t i = 0; i < pe.size(); ++i) {
-    CAPTURE(i);
-    CHECK(same_bits(pg[i].value(), pe[i].value()));
-  }
+  check_same_values(graph.net->parameters(), eager.net->parameters());
   io::Checkpoint ce("<memory>"), cg("<memory>");
   eager.trainer->save(ce);
   graph.trainer->save(cg);
