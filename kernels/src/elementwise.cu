@@ -1,6 +1,7 @@
 // The float and double instantiations of the elementwise launchers (datanas/cuda/elementwise.hpp)
 // for the datanas_cuda library.
 #include "datanas/cuda/elementwise.cuh"
+#include "datanas/cuda/launch.cuh"
 
 namespace datanas::cuda {
 
@@ -46,8 +47,7 @@ void store_words(std::uint64_t* dst, const std::uint64_t* words, int count, cuda
     WordChunk c{};
     c.count = std::min(WordChunk::kWords, count - first);
     for (int i = 0; i < c.count; ++i) c.w[i] = words[first + i];
-    store_words_kernel<<<1, WordChunk::kWords, 0, stream>>>(dst + first, c);
-    DATANAS_CUDA_CHECK(cudaGetLastError());
+    cuda::launch(store_words_kernel, 1, WordChunk::kWords, stream, dst + first, c);
   }
 }
 

@@ -17,6 +17,7 @@
 #include "datanas/core/random.hpp"
 #include "datanas/cuda/check.cuh"
 #include "datanas/cuda/dense.hpp"
+#include "datanas/cuda/launch.cuh"
 #include "datanas/cuda/map.cuh"
 
 namespace datanas::cuda {
@@ -418,9 +419,8 @@ template <class T>
 void column_sums(std::int64_t rows, std::int64_t cols, const T* dy, T* g, bool accumulate,
                  cudaStream_t stream) {
   if (cols <= 0) return;
-  dense_detail::column_sums_kernel<<<unsigned((cols + 31) / 32), dim3(32, 8), 0, stream>>>(
-      rows, cols, dy, g, accumulate);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dense_detail::column_sums_kernel<T>, unsigned((cols + 31) / 32), dim3(32, 8), stream,
+               rows, cols, dy, g, accumulate);
 }
 
 template <class T>
@@ -448,47 +448,42 @@ void embedding_backward(std::int64_t count, std::int64_t e, std::int64_t vocab, 
   // All 32 bits: negative (bad) ids sort too, and are then skipped.
   DATANAS_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(workspace, temp_bytes, ids, keys, pos, pos_sorted, n,
                                                      0, 32, stream));
-  dense_detail::embedding_grad_kernel<<<dense_detail::row_blocks(count), dense_detail::row_threads(e), 0,
-                                        stream>>>(n, e, vocab, keys, pos_sorted, dy, g, accumulate);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dense_detail::embedding_grad_kernel<T>, dense_detail::row_blocks(count),
+               dense_detail::row_threads(e), stream, n, e, vocab, keys, pos_sorted, dy, g,
+               accumulate);
 }
 
 template <class T>
 void log_softmax_forward(std::int64_t rows, std::int64_t k, const T* x, T* y, bool exponentiate,
                          cudaStream_t stream) {
   if (rows <= 0 || k <= 0) return;
-  dense_detail::log_softmax_kernel<<<dense_detail::row_blocks(rows), dense_detail::row_threads(k), 0,
-                                     stream>>>(rows, k, x, y, exponentiate);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dense_detail::log_softmax_kernel<T>, dense_detail::row_blocks(rows),
+               dense_detail::row_threads(k), stream, rows, k, x, y, exponentiate);
 }
 
 template <class T>
 void softmax_backward(std::int64_t rows, std::int64_t k, const T* y, const T* dy, T* g, bool accumulate,
                       cudaStream_t stream) {
   if (rows <= 0 || k <= 0) return;
-  dense_detail::softmax_backward_kernel<<<dense_detail::row_blocks(rows), dense_detail::row_threads(k), 0,
-                                          stream>>>(rows, k, y, dy, g, accumulate, false);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dense_detail::softmax_backward_kernel<T>, dense_detail::row_blocks(rows),
+               dense_detail::row_threads(k), stream, rows, k, y, dy, g, accumulate, false);
 }
 
 template <class T>
 void log_softmax_backward(std::int64_t rows, std::int64_t k, const T* y, const T* dy, T* g,
                           bool accumulate, cudaStream_t stream) {
   if (rows <= 0 || k <= 0) return;
-  dense_detail::softmax_backward_kernel<<<dense_detail::row_blocks(rows), dense_detail::row_threads(k), 0,
-                                          stream>>>(rows, k, y, dy, g, accumulate, true);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dense_detail::softmax_backward_kernel<T>, dense_detail::row_blocks(rows),
+               dense_detail::row_threads(k), stream, rows, k, y, dy, g, accumulate, true);
 }
 
 template <class T>
 void cross_entropy_forward(std::int64_t n, std::int64_t k, const T* logits, const std::int32_t* labels,
                            T* lse, T* loss, T* workspace, cudaStream_t stream) {
   DATANAS_CHECK(n > 0 && k > 0, "cuda cross_entropy: empty logits [", n, ", ", k, "]");
-  dense_detail::cross_entropy_rows_kernel<<<dense_detail::row_blocks(n), dense_detail::row_threads(k), 0,
-                                            stream>>>(n, k, logits, labels, lse, workspace);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
-  dense_detail::mean_kernel<<<1, dense_detail::kThreads, 0, stream>>>(n, workspace, loss);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dense_detail::cross_entropy_rows_kernel<T>, dense_detail::row_blocks(n),
+               dense_detail::row_threads(k), stream, n, k, logits, labels, lse, workspace);
+  cuda::launch(dense_detail::mean_kernel<T>, 1, dense_detail::kThreads, stream, n, workspace, loss);
 }
 
 template <class T>
@@ -499,9 +494,8 @@ void count_correct(std::int64_t n, std::int64_t k, const T* logits, const std::i
   // Power-of-two threads for the tree (row_threads gives multiples of 32).
   unsigned threads = 32;
   while (threads < unsigned(std::min<std::int64_t>(k, dense_detail::kThreads))) threads *= 2;
-  dense_detail::count_correct_kernel<<<dense_detail::row_blocks(n), threads, 0, stream>>>(n, k, logits, labels,
-                                                                                          count);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dense_detail::count_correct_kernel<T>, dense_detail::row_blocks(n), threads, stream,
+               n, k, logits, labels, count);
 }
 
 template <class T>
@@ -555,9 +549,9 @@ template <class T>
 void dropout_apply(std::int64_t n, std::uint64_t seed, std::uint64_t base, const std::uint64_t* base_device,
                    float keep, T inv_keep, const T* src, T* dst, bool accumulate, cudaStream_t stream) {
   if (n <= 0) return;
-  dense_detail::dropout_kernel<<<dense_detail::blocks_for((n + 3) / 4), dense_detail::kThreads, 0,
-                                 stream>>>(n, seed, base, base_device, keep, inv_keep, src, dst, accumulate);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dense_detail::dropout_kernel<T>, dense_detail::blocks_for((n + 3) / 4),
+               dense_detail::kThreads, stream, n, seed, base, base_device, keep, inv_keep, src, dst,
+               accumulate);
 }
 
 template <class T>
@@ -566,9 +560,8 @@ void drop_path_apply(std::int64_t n, std::int64_t per, std::uint64_t seed, std::
                      bool accumulate, cudaStream_t stream) {
   if (n <= 0 || per <= 0) return;
   const dim3 grid(dense_detail::blocks_for(per, 1024), unsigned(std::min<std::int64_t>(n, 65535)));
-  dense_detail::drop_path_kernel<<<grid, dense_detail::kThreads, 0, stream>>>(
-      n, per, seed, base, base_device, keep, inv_keep, src, dst, accumulate);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dense_detail::drop_path_kernel<T>, grid, dense_detail::kThreads, stream, n, per,
+               seed, base, base_device, keep, inv_keep, src, dst, accumulate);
 }
 
 }  // namespace datanas::cuda

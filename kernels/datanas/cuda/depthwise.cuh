@@ -27,6 +27,7 @@
 
 #include "datanas/cuda/check.cuh"
 #include "datanas/cuda/dnn.hpp"
+#include "datanas/cuda/launch.cuh"
 
 namespace datanas::cuda {
 namespace dw_detail {
@@ -194,10 +195,9 @@ void depthwise_forward(const DwShape& g, const T* x, const T* w, const T* bias, 
   const std::int64_t total = g.n * g.c * g.ho * g.wo;
   if (total <= 0) return;
   dw_detail::with_kernel_size(g, [&](auto k) {
-    dw_detail::forward_kernel<T, decltype(k)::value>
-        <<<dw_detail::blocks_for(total), dw_detail::kThreads, 0, stream>>>(g, x, w, bias, y);
+    cuda::launch(dw_detail::forward_kernel<T, decltype(k)::value>, dw_detail::blocks_for(total),
+                 dw_detail::kThreads, stream, g, x, w, bias, y);
   });
-  DATANAS_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class T>
@@ -206,11 +206,10 @@ void depthwise_backward_data(const DwShape& g, const T* w, const T* dy, T* dx, b
   const std::int64_t total = g.n * g.c * g.h * g.w;
   if (total <= 0) return;
   dw_detail::with_kernel_size(g, [&](auto k) {
-    dw_detail::backward_data_kernel<T, decltype(k)::value>
-        <<<dw_detail::blocks_for(total), dw_detail::kThreads, 0, stream>>>(g, w, dy, dx,
-                                                                          accumulate);
+    cuda::launch(dw_detail::backward_data_kernel<T, decltype(k)::value>,
+                 dw_detail::blocks_for(total), dw_detail::kThreads, stream, g, w, dy, dx,
+                 accumulate);
   });
-  DATANAS_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class T>
@@ -222,19 +221,16 @@ void depthwise_backward_filter(const DwShape& g, const T* x, const T* dy, T* dw,
   dw_detail::with_kernel_size(g, [&](auto k) {
     constexpr int K = decltype(k)::value;
     if constexpr (K > 0) {
-      dw_detail::filter_partials_kernel<T, K, K * K + 1>
-          <<<dim3(blocks, 1), dw_detail::kThreads, 0, stream>>>(g, chunks, x, dy, work);
+      cuda::launch(dw_detail::filter_partials_kernel<T, K, K * K + 1>, dim3(blocks, 1),
+                   dw_detail::kThreads, stream, g, chunks, x, dy, work);
     } else {
-      dw_detail::filter_partials_kernel<T, 0, 1>
-          <<<dim3(blocks, unsigned(taps)), dw_detail::kThreads, 0, stream>>>(g, chunks, x, dy,
-                                                                             work);
+      cuda::launch(dw_detail::filter_partials_kernel<T, 0, 1>, dim3(blocks, unsigned(taps)),
+                   dw_detail::kThreads, stream, g, chunks, x, dy, work);
     }
   });
-  DATANAS_CUDA_CHECK(cudaGetLastError());
   const int outputs = int(g.c) * taps;
-  dw_detail::filter_finish_kernel<T><<<unsigned((outputs + 127) / 128), 128, 0, stream>>>(
-      g, chunks, work, dw, dw_acc, db, db_acc);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dw_detail::filter_finish_kernel<T>, unsigned((outputs + 127) / 128), 128, stream, g,
+               chunks, work, dw, dw_acc, db, db_acc);
 }
 
 }  // namespace datanas::cuda

@@ -20,6 +20,7 @@
 
 #include "datanas/cuda/check.cuh"
 #include "datanas/cuda/dnn.hpp"
+#include "datanas/cuda/launch.cuh"
 
 namespace datanas::cuda {
 
@@ -327,17 +328,14 @@ void batchnorm_forward(const BnShape& s, const T* x, const T* gamma, const T* be
   double* partial = work;
   double* coef = work + 2 * s.c * chunks;
   if (training) {
-    bn_partials_kernel<T, false><<<unsigned(s.c * chunks), kDnnThreads, 0, stream>>>(
-        s, chunks, x, nullptr, nullptr, partial);
-    DATANAS_CUDA_CHECK(cudaGetLastError());
+    cuda::launch(bn_partials_kernel<T, false>, unsigned(s.c * chunks), kDnnThreads, stream, s,
+                 chunks, x, nullptr, nullptr, partial);
   }
-  bn_stats_kernel<T><<<grid_for(s.c), kDnnThreads, 0, stream>>>(s, chunks, partial, x, gamma,
-                                                                running_mean, running_var, training,
-                                                                momentum, eps, saved, coef);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(bn_stats_kernel<T>, grid_for(s.c), kDnnThreads, stream, s, chunks, partial, x, gamma,
+               running_mean, running_var, training, momentum, eps, saved, coef);
   if (m == 0) return;
-  bn_apply_kernel<T><<<grid_for(m * s.c), kDnnThreads, 0, stream>>>(s, x, saved, coef, beta, y);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(bn_apply_kernel<T>, grid_for(m * s.c), kDnnThreads, stream, s, x, saved, coef, beta,
+               y);
 }
 
 template <class T>
@@ -352,27 +350,23 @@ void batchnorm_backward(const BnShape& s, const T* x, const T* gamma, const T* s
   double* coef = work + 2 * s.c * chunks;
   const bool need_sums = (training && dx) || dgamma || dbeta;
   if (need_sums && m > 0) {
-    bn_partials_kernel<T, true>
-        <<<unsigned(s.c * chunks), kDnnThreads, 0, stream>>>(s, chunks, x, dy, saved, partial);
-    DATANAS_CUDA_CHECK(cudaGetLastError());
+    cuda::launch(bn_partials_kernel<T, true>, unsigned(s.c * chunks), kDnnThreads, stream, s,
+                 chunks, x, dy, saved, partial);
   }
-  bn_grad_coef_kernel<T><<<grid_for(s.c), kDnnThreads, 0, stream>>>(
-      s, chunks, need_sums && m > 0 ? partial : nullptr, gamma, saved, training, dgamma, dgamma_acc,
-      dbeta, dbeta_acc, coef);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(bn_grad_coef_kernel<T>, grid_for(s.c), kDnnThreads, stream, s, chunks,
+               need_sums && m > 0 ? partial : nullptr, gamma, saved, training, dgamma, dgamma_acc,
+               dbeta, dbeta_acc, coef);
   if (!dx || m == 0) return;
-  bn_dx_kernel<T>
-      <<<grid_for(m * s.c), kDnnThreads, 0, stream>>>(s, x, dy, saved, coef, training, dx, dx_acc);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(bn_dx_kernel<T>, grid_for(m * s.c), kDnnThreads, stream, s, x, dy, saved, coef,
+               training, dx, dx_acc);
 }
 
 template <class T>
 void max_pool_forward(const PoolShape& g, const T* x, T* y, T* idx, cudaStream_t stream) {
   const std::int64_t total = g.planes * g.ho * g.wo;
   if (total <= 0) return;
-  dnn_detail::max_pool_kernel<T>
-      <<<dnn_detail::grid_for(total), kDnnThreads, 0, stream>>>(g, x, y, idx);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dnn_detail::max_pool_kernel<T>, dnn_detail::grid_for(total), kDnnThreads, stream, g,
+               x, y, idx);
 }
 
 template <class T>
@@ -380,17 +374,16 @@ void max_pool_backward(const PoolShape& g, const T* dy, const T* idx, T* dx, boo
                        cudaStream_t stream) {
   const std::int64_t total = g.planes * g.h * g.w;
   if (total <= 0) return;
-  dnn_detail::max_pool_backward_kernel<T>
-      <<<dnn_detail::grid_for(total), kDnnThreads, 0, stream>>>(g, dy, idx, dx, accumulate);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dnn_detail::max_pool_backward_kernel<T>, dnn_detail::grid_for(total), kDnnThreads,
+               stream, g, dy, idx, dx, accumulate);
 }
 
 template <class T>
 void avg_pool_forward(const PoolShape& g, const T* x, T* y, cudaStream_t stream) {
   const std::int64_t total = g.planes * g.ho * g.wo;
   if (total <= 0) return;
-  dnn_detail::avg_pool_kernel<T><<<dnn_detail::grid_for(total), kDnnThreads, 0, stream>>>(g, x, y);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dnn_detail::avg_pool_kernel<T>, dnn_detail::grid_for(total), kDnnThreads, stream, g,
+               x, y);
 }
 
 template <class T>
@@ -398,9 +391,8 @@ void avg_pool_backward(const PoolShape& g, const T* dy, T* dx, bool accumulate,
                        cudaStream_t stream) {
   const std::int64_t total = g.planes * g.h * g.w;
   if (total <= 0) return;
-  dnn_detail::avg_pool_backward_kernel<T>
-      <<<dnn_detail::grid_for(total), kDnnThreads, 0, stream>>>(g, dy, dx, accumulate);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dnn_detail::avg_pool_backward_kernel<T>, dnn_detail::grid_for(total), kDnnThreads,
+               stream, g, dy, dx, accumulate);
 }
 
 template <class T>
@@ -410,8 +402,8 @@ void global_avg_pool_forward(std::int64_t planes, std::int64_t hw, const T* x, T
   constexpr int kWarps = kDnnThreads / 32;
   const unsigned blocks =
       unsigned(std::clamp<std::int64_t>((planes + kWarps - 1) / kWarps, 1, 8192));
-  dnn_detail::global_avg_pool_kernel<T><<<blocks, kDnnThreads, 0, stream>>>(planes, hw, x, y);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dnn_detail::global_avg_pool_kernel<T>, blocks, kDnnThreads, stream, planes, hw, x,
+               y);
 }
 
 template <class T>
@@ -419,9 +411,8 @@ void global_avg_pool_backward(std::int64_t planes, std::int64_t hw, const T* dy,
                               bool accumulate, cudaStream_t stream) {
   const std::int64_t total = planes * hw;
   if (total <= 0) return;
-  dnn_detail::global_avg_pool_backward_kernel<T>
-      <<<dnn_detail::grid_for(total), kDnnThreads, 0, stream>>>(planes, hw, dy, dx, accumulate);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(dnn_detail::global_avg_pool_backward_kernel<T>, dnn_detail::grid_for(total),
+               kDnnThreads, stream, planes, hw, dy, dx, accumulate);
 }
 
 }  // namespace datanas::cuda

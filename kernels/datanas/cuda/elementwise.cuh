@@ -14,6 +14,7 @@
 #include "datanas/core/error.hpp"
 #include "datanas/cuda/check.cuh"
 #include "datanas/cuda/elementwise.hpp"
+#include "datanas/cuda/launch.cuh"
 #include "datanas/cuda/map.cuh"
 
 namespace datanas::cuda {
@@ -238,10 +239,10 @@ void activation_backward(int kind, std::int64_t n, const T* y, const T* dy, T* g
 template <class T>
 void sum(std::int64_t n, const T* x, T s, T* y, T* workspace, cudaStream_t stream) {
   const unsigned blocks = elementwise_detail::dot_blocks(n);
-  elementwise_detail::sum_partials_kernel<<<blocks, kElementwiseThreads, 0, stream>>>(n, x, workspace);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
-  elementwise_detail::sum_finish_kernel<<<1, 32, 0, stream>>>(int(blocks), workspace, s, y);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(elementwise_detail::sum_partials_kernel<T>, blocks, kElementwiseThreads, stream, n,
+               x, workspace);
+  cuda::launch(elementwise_detail::sum_finish_kernel<T>, 1, 32, stream, int(blocks), workspace, s,
+               y);
 }
 /// g (+)= s * dy[0] (dy a device scalar).
 template <class T>
@@ -311,12 +312,10 @@ void weighted_sum_backward_w(std::int64_t n, const WeightedTerms<T>& terms, cons
                              bool accumulate, T* workspace, cudaStream_t stream) {
   check_weighted_terms(terms, m);
   const unsigned blocks = elementwise_detail::dot_blocks(n);
-  elementwise_detail::dot_partials_kernel<<<dim3(blocks, unsigned(terms.count)), kElementwiseThreads, 0,
-                                            stream>>>(n, terms, dy, workspace);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
-  elementwise_detail::dot_finish_kernel<<<1, 32, 0, stream>>>(terms, int(blocks), workspace, m, gw,
-                                                             accumulate);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(elementwise_detail::dot_partials_kernel<T>, dim3(blocks, unsigned(terms.count)),
+               kElementwiseThreads, stream, n, terms, dy, workspace);
+  cuda::launch(elementwise_detail::dot_finish_kernel<T>, 1, 32, stream, terms, int(blocks),
+               workspace, m, gw, accumulate);
 }
 
 }  // namespace datanas::cuda

@@ -28,6 +28,7 @@
 #include "datanas/cuda/check.cuh"
 #include "datanas/cuda/estimator_params.hpp"
 #include "datanas/cuda/estimators.hpp"
+#include "datanas/cuda/launch.cuh"
 
 namespace datanas::cuda {
 
@@ -235,19 +236,22 @@ void launch_estimator_forward(const EstimatorParams& p, const T* alpha, T* w, T*
   const unsigned blocks = unsigned(p.groups());
   switch (p.kind) {
     case EstimatorKind::kSoftmax:
-      estimator_forward_kernel<T, EstimatorKind::kSoftmax><<<blocks, kEstimatorThreads, 0, stream>>>(p, alpha, w, saved);
+      cuda::launch(estimator_forward_kernel<T, EstimatorKind::kSoftmax>, blocks, kEstimatorThreads,
+                   stream, p, alpha, w, saved);
       break;
     case EstimatorKind::kSoftGumbel:
-      estimator_forward_kernel<T, EstimatorKind::kSoftGumbel><<<blocks, kEstimatorThreads, 0, stream>>>(p, alpha, w, saved);
+      cuda::launch(estimator_forward_kernel<T, EstimatorKind::kSoftGumbel>, blocks,
+                   kEstimatorThreads, stream, p, alpha, w, saved);
       break;
     case EstimatorKind::kHardGumbel:
-      estimator_forward_kernel<T, EstimatorKind::kHardGumbel><<<blocks, kEstimatorThreads, 0, stream>>>(p, alpha, w, saved);
+      cuda::launch(estimator_forward_kernel<T, EstimatorKind::kHardGumbel>, blocks,
+                   kEstimatorThreads, stream, p, alpha, w, saved);
       break;
     case EstimatorKind::kEgs:
-      estimator_forward_kernel<T, EstimatorKind::kEgs><<<blocks, kEstimatorThreads, 0, stream>>>(p, alpha, w, saved);
+      cuda::launch(estimator_forward_kernel<T, EstimatorKind::kEgs>, blocks, kEstimatorThreads,
+                   stream, p, alpha, w, saved);
       break;
   }
-  DATANAS_CUDA_CHECK(cudaGetLastError());
 }
 
 /// Launches the backward for all groups of a cell type on `stream` (asynchronous).
@@ -258,23 +262,22 @@ void launch_estimator_backward(const EstimatorParams& p, const T* alpha, const T
   const unsigned blocks = unsigned(p.groups());
   switch (p.kind) {
     case EstimatorKind::kSoftmax:
-      estimator_backward_kernel<T, EstimatorKind::kSoftmax>
-          <<<blocks, kEstimatorThreads, 0, stream>>>(p, alpha, w, saved, gw, galpha, accumulate);
+      cuda::launch(estimator_backward_kernel<T, EstimatorKind::kSoftmax>, blocks, kEstimatorThreads,
+                   stream, p, alpha, w, saved, gw, galpha, accumulate);
       break;
     case EstimatorKind::kSoftGumbel:
-      estimator_backward_kernel<T, EstimatorKind::kSoftGumbel>
-          <<<blocks, kEstimatorThreads, 0, stream>>>(p, alpha, w, saved, gw, galpha, accumulate);
+      cuda::launch(estimator_backward_kernel<T, EstimatorKind::kSoftGumbel>, blocks,
+                   kEstimatorThreads, stream, p, alpha, w, saved, gw, galpha, accumulate);
       break;
     case EstimatorKind::kHardGumbel:
-      estimator_backward_kernel<T, EstimatorKind::kHardGumbel>
-          <<<blocks, kEstimatorThreads, 0, stream>>>(p, alpha, w, saved, gw, galpha, accumulate);
+      cuda::launch(estimator_backward_kernel<T, EstimatorKind::kHardGumbel>, blocks,
+                   kEstimatorThreads, stream, p, alpha, w, saved, gw, galpha, accumulate);
       break;
     case EstimatorKind::kEgs:
-      estimator_backward_kernel<T, EstimatorKind::kEgs>
-          <<<blocks, kEstimatorThreads, 0, stream>>>(p, alpha, w, saved, gw, galpha, accumulate);
+      cuda::launch(estimator_backward_kernel<T, EstimatorKind::kEgs>, blocks, kEstimatorThreads,
+                   stream, p, alpha, w, saved, gw, galpha, accumulate);
       break;
   }
-  DATANAS_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace datanas::cuda

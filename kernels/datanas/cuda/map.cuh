@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "datanas/cuda/check.cuh"
+#include "datanas/cuda/launch.cuh"
 
 namespace datanas::cuda {
 
@@ -26,8 +27,7 @@ __global__ void __launch_bounds__(kMapThreads) map_kernel(std::int64_t n, F f) {
 template <class F>
 void launch_map(std::int64_t n, F f, cudaStream_t stream) {
   if (n <= 0) return;
-  map_kernel<<<map_blocks(n), kMapThreads, 0, stream>>>(n, f);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(map_kernel<F>, map_blocks(n), kMapThreads, stream, n, f);
 }
 
 }  // namespace datanas::cuda

@@ -15,6 +15,7 @@
 #include "datanas/core/error.hpp"
 #include "datanas/cuda/map.cuh"
 #include "datanas/cuda/check.cuh"
+#include "datanas/cuda/launch.cuh"
 #include "datanas/cuda/optim.hpp"
 
 namespace datanas::cuda {
@@ -34,8 +35,7 @@ __global__ void scalar_kernel(F f) {
 }
 template <class F>
 void launch_scalar(F f, cudaStream_t stream) {
-  scalar_kernel<<<1, 32, 0, stream>>>(f);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(scalar_kernel<F>, 1, 32, stream, f);
 }
 
 /// The sum of v over the block's kOptimThreads threads in a fixed tree; every thread gets it.
@@ -286,13 +286,11 @@ void squared_norm(int count, T* const* x, const std::int64_t* n, double* workspa
     std::int64_t largest = 0;
     const od::TensorChunk<T> chunk = od::chunk_at(count, x, n, first, largest);
     const unsigned blocks = unsigned(norm_blocks(largest));
-    od::square_partials_kernel<T>
-        <<<dim3(blocks, unsigned(chunk.count)), kOptimThreads, 0, stream>>>(chunk, workspace + offset);
-    DATANAS_CUDA_CHECK(cudaGetLastError());
+    cuda::launch(od::square_partials_kernel<T>, dim3(blocks, unsigned(chunk.count)), kOptimThreads,
+                 stream, chunk, workspace + offset);
     offset += std::int64_t(blocks) * chunk.count;
   }
-  od::norm_finish_kernel<T><<<1, kOptimThreads, 0, stream>>>(offset, workspace, out);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(od::norm_finish_kernel<T>, 1, kOptimThreads, stream, offset, workspace, out);
 }
 
 template <class T>
@@ -303,9 +301,9 @@ void scale_by_coef(int count, T* const* x, const std::int64_t* n, const double* 
     std::int64_t largest = 0;
     const od::TensorChunk<T> chunk = od::chunk_at(count, x, n, first, largest);
     if (largest == 0) continue;
-    od::scale_chunk_kernel<T><<<dim3(od::map_blocks(largest, 1024), unsigned(chunk.count)),
-                                kOptimThreads, 0, stream>>>(chunk, coef);
-    DATANAS_CUDA_CHECK(cudaGetLastError());
+    cuda::launch(od::scale_chunk_kernel<T>,
+                 dim3(od::map_blocks(largest, 1024), unsigned(chunk.count)), kOptimThreads, stream,
+                 chunk, coef);
   }
 }
 
@@ -349,10 +347,9 @@ template <class T>
 void l1_distance(std::int64_t n, const T* p, const T* code, T coeff, T* y, double* workspace,
                  cudaStream_t stream) {
   const unsigned blocks = unsigned(l1_distance_workspace(n));
-  optim_detail::l1_partials_kernel<T><<<blocks, kOptimThreads, 0, stream>>>(n, p, code, workspace);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
-  optim_detail::l1_finish_kernel<T><<<1, 32, 0, stream>>>(int(blocks), workspace, coeff, y);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(optim_detail::l1_partials_kernel<T>, blocks, kOptimThreads, stream, n, p, code,
+               workspace);
+  cuda::launch(optim_detail::l1_finish_kernel<T>, 1, 32, stream, int(blocks), workspace, coeff, y);
 }
 
 template <class T>

@@ -9,6 +9,7 @@
 
 #include "datanas/core/random.hpp"
 #include "datanas/cuda/check.cuh"
+#include "datanas/cuda/launch.cuh"
 
 namespace datanas::cuda {
 
@@ -37,8 +38,8 @@ void launch_philox(F f, std::uint64_t seed, std::uint64_t base, std::int64_t n, 
                    cudaStream_t stream = nullptr) {
   const std::int64_t blocks = (n + 3) / 4;
   constexpr int kThreads = 256;
-  philox_kernel<<<unsigned((blocks + kThreads - 1) / kThreads), kThreads, 0, stream>>>(seed, base, n, out, f);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(philox_kernel<F>, unsigned((blocks + kThreads - 1) / kThreads), kThreads, stream,
+               seed, base, n, out, f);
 }
 
 }  // namespace datanas::cuda

@@ -15,6 +15,7 @@
 #include "datanas/core/error.hpp"
 #include "datanas/cuda/map.cuh"
 #include "datanas/cuda/check.cuh"
+#include "datanas/cuda/launch.cuh"
 #include "datanas/cuda/recurrent.hpp"
 
 namespace datanas::cuda {
@@ -310,20 +311,17 @@ void highway_backward(std::int64_t rows, std::int64_t hid, const HighwayTerms& t
   const std::int64_t n = rows * hid;
   if (!grads.gw) {
     if (n <= 0 || (!grads.gs && !grads.gch)) return;
-    recurrent_detail::highway_backward_kernel<<<recurrent_detail::map_blocks(n), kRecurrentThreads, 0,
-                                                stream>>>(rows, hid, terms, w, offset, s, ch, dy, grads,
-                                                          workspace);
-    DATANAS_CUDA_CHECK(cudaGetLastError());
+    cuda::launch(recurrent_detail::highway_backward_kernel<T>, recurrent_detail::map_blocks(n),
+                 kRecurrentThreads, stream, rows, hid, terms, w, offset, s, ch, dy, grads,
+                 workspace);
     return;
   }
   // The grid of the dL/dw reduction depends on n only, so the bits do not depend on the device.
   const auto blocks = unsigned(recurrent_reduction_blocks(n));
-  recurrent_detail::highway_backward_kernel<<<blocks, kRecurrentThreads, 0, stream>>>(
-      rows, hid, terms, w, offset, s, ch, dy, grads, workspace);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
-  recurrent_detail::highway_dw_finish_kernel<<<1, kRecurrentThreads, 0, stream>>>(
-      terms.count, int(blocks), workspace, offset, grads.gw, grads.m, grads.acc_w);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(recurrent_detail::highway_backward_kernel<T>, blocks, kRecurrentThreads, stream,
+               rows, hid, terms, w, offset, s, ch, dy, grads, workspace);
+  cuda::launch(recurrent_detail::highway_dw_finish_kernel<T>, 1, kRecurrentThreads, stream,
+               terms.count, int(blocks), workspace, offset, grads.gw, grads.m, grads.acc_w);
 }
 
 template <class T>
@@ -371,10 +369,10 @@ void temporal_penalty_forward(std::int64_t steps, std::int64_t width, const T* x
                               cudaStream_t stream) {
   const std::int64_t n = (steps - 1) * width;
   const auto blocks = unsigned(recurrent_reduction_blocks(n));
-  recurrent_detail::penalty_partials_kernel<<<blocks, kRecurrentThreads, 0, stream>>>(n, width, x, workspace);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
-  recurrent_detail::penalty_finish_kernel<<<1, 32, 0, stream>>>(int(blocks), workspace, n, y);
-  DATANAS_CUDA_CHECK(cudaGetLastError());
+  cuda::launch(recurrent_detail::penalty_partials_kernel<T>, blocks, kRecurrentThreads, stream, n,
+               width, x, workspace);
+  cuda::launch(recurrent_detail::penalty_finish_kernel<T>, 1, 32, stream, int(blocks), workspace, n,
+               y);
 }
 template <class T>
 void temporal_penalty_backward(std::int64_t steps, std::int64_t width, const T* x, const T* dy, T* g,
