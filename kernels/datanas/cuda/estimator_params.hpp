@@ -64,7 +64,7 @@ struct EstimatorParams {
     return total() * (draws + 2) + groups();
   }
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || DATANAS_CUDA_SIM  // device code: nvcc, or the host CUDA simulator
   /// This launch's first Philox counter: the kernel argument, or the per-replay device word.
   [[nodiscard]] __device__ std::uint64_t counter_base() const { return base_device ? *base_device : base; }
 #endif

@@ -1,0 +1,2 @@
+// kernels/src/elementwise.cu built by the host compiler against the CUDA simulator (see meson.build here).
+#include "../../kernels/src/elementwise.cu"

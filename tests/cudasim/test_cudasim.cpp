@@ -1,0 +1,212 @@
+// The CUDA simulator's own tests: the semantics the GPU tests rely on when they run on it
+// (barriers, warp shuffles, launch limits, stream capture), and its ability to expose a race.
+#include <doctest/doctest.h>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "datanas/core/error.hpp"
+#include "datanas/cuda/launch.cuh"
+
+namespace {
+
+constexpr int kMaxThreads = 1024;
+
+/// out[block] = sum of in[block * blockDim.x + t]: a shared-memory tree, one barrier per level.
+__global__ void tree_sum(const int* in, int* out) {
+  __shared__ int s[kMaxThreads];
+  const unsigned t = threadIdx.x;
+  s[t] = in[blockIdx.x * blockDim.x + t];
+  __syncthreads();
+  for (unsigned half = 1; half < blockDim.x; half *= 2) {
+    const int v = (t % (2 * half) == 0 && t + half < blockDim.x) ? s[t + half] : 0;
+    __syncthreads();  // everyone has read before anyone writes
+    s[t] += v;
+    __syncthreads();
+  }
+  if (t == 0) out[blockIdx.x] = s[0];
+}
+
+/// Every lane of each warp gets the warp's sum (butterfly of shuffles).
+__global__ void warp_sum(const double* in, double* out) {
+  double v = in[threadIdx.x];
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+  out[threadIdx.x] = v;
+}
+
+/// Reads a neighbour's shared slot without the barrier that would order it: a race.
+__global__ void racy_rotate(int* out) {
+  __shared__ int s[32];
+  const unsigned t = threadIdx.x;
+  s[t] = int(t) + 1;
+  // (missing __syncthreads)
+  out[t] = s[(t + 1) % blockDim.x];
+}
+
+/// Half a warp waits at a shuffle for the other half, which waits at __syncthreads for the
+/// first: neither can ever complete.
+__global__ void divergent_barrier(int* out) {
+  if (threadIdx.x < 16) {
+    out[0] = __shfl_xor_sync(0xffffffffu, 1, 1);
+  } else {
+    __syncthreads();
+  }
+}
+
+__global__ void add_value(int* p, int v) { p[threadIdx.x] += v; }
+
+__global__ void count_odd(const int* in, int* count) {
+  if (in[blockIdx.x * blockDim.x + threadIdx.x] % 2) atomicAdd(count, 1);
+}
+
+/// A device buffer of n ints, freed at scope exit.
+struct Buffer {
+  int* p = nullptr;
+  explicit Buffer(std::size_t n) { REQUIRE(cudaMalloc(&p, n * sizeof(int)) == cudaSuccess); }
+  ~Buffer() { (void)cudaFree(p); }
+};
+
+std::vector<int> run_racy(cudasim::Schedule order) {
+  cudasim::set_schedule(order);
+  Buffer out(32);
+  datanas::cuda::launch(racy_rotate, 1, 32, nullptr, out.p);
+  cudasim::set_schedule(cudasim::Schedule::kForward);
+  return std::vector<int>(out.p, out.p + 32);
+}
+
+}  // namespace
+
+TEST_CASE("block barriers order shared memory for every block shape, in both schedules") {
+  for (cudasim::Schedule order : {cudasim::Schedule::kForward, cudasim::Schedule::kReverse}) {
+    cudasim::set_schedule(order);
+    for (unsigned threads : {1u, 31u, 32u, 33u, 100u, 256u, 1024u}) {
+      const unsigned blocks = 3;
+      std::vector<int> in(blocks * threads);
+      std::iota(in.begin(), in.end(), 1);
+      Buffer d_in(in.size()), d_out(blocks);
+      std::copy(in.begin(), in.end(), d_in.p);
+      datanas::cuda::launch(tree_sum, blocks, threads, nullptr, d_in.p, d_out.p);
+      for (unsigned b = 0; b < blocks; ++b) {
+        const long first = long(b) * threads + 1, last = first + threads - 1;
+        CHECK(d_out.p[b] == (first + last) * long(threads) / 2);
+      }
+    }
+  }
+  cudasim::set_schedule(cudasim::Schedule::kForward);
+}
+
+TEST_CASE("warp shuffles exchange values between the lanes of each warp only") {
+  std::vector<double> in(64);
+  std::iota(in.begin(), in.end(), 0.0);
+  double* d_in = nullptr;
+  double* d_out = nullptr;
+  REQUIRE(cudaMalloc(&d_in, 64 * sizeof(double)) == cudaSuccess);
+  REQUIRE(cudaMalloc(&d_out, 64 * sizeof(double)) == cudaSuccess);
+  std::copy(in.begin(), in.end(), d_in);
+  datanas::cuda::launch(warp_sum, 1, 64, nullptr, d_in, d_out);
+  for (int i = 0; i < 64; ++i) CHECK(d_out[i] == (i < 32 ? 496.0 : 1520.0));
+  (void)cudaFree(d_in);
+  (void)cudaFree(d_out);
+}
+
+TEST_CASE("a missing barrier shows up as a difference between the two schedules") {
+  const std::vector<int> forward = run_racy(cudasim::Schedule::kForward);
+  const std::vector<int> reverse = run_racy(cudasim::Schedule::kReverse);
+  CHECK(forward != reverse);
+}
+
+TEST_CASE("a barrier that live threads never reach fails the launch with a named error") {
+  Buffer out(1);
+  CHECK_THROWS_WITH_AS(datanas::cuda::launch(divergent_barrier, 1, 32, nullptr, out.p),
+                       doctest::Contains("unspecified launch failure"), datanas::error);
+  CHECK(cudaGetLastError() == cudaSuccess);  // reading the error cleared it
+}
+
+TEST_CASE("launch limits are those of a real GPU") {
+  Buffer p(1);
+  CHECK_THROWS_WITH_AS(datanas::cuda::launch(add_value, 1, 1025, nullptr, p.p, 1),
+                       doctest::Contains("invalid configuration"), datanas::error);
+  CHECK_THROWS_AS(datanas::cuda::launch(add_value, dim3(1, 65536), 1, nullptr, p.p, 1), datanas::error);
+  CHECK_THROWS_AS(datanas::cuda::launch(add_value, 0, 1, nullptr, p.p, 1), datanas::error);
+  CHECK_THROWS_AS(datanas::cuda::launch(add_value, 1, dim3(1, 1, 65), nullptr, p.p, 1), datanas::error);
+}
+
+TEST_CASE("atomicAdd counts every hit") {
+  std::vector<int> in(10 * 64);
+  std::iota(in.begin(), in.end(), 0);
+  Buffer d_in(in.size()), count(1);
+  std::copy(in.begin(), in.end(), d_in.p);
+  count.p[0] = 0;
+  datanas::cuda::launch(count_odd, 10, 64, nullptr, d_in.p, count.p);
+  CHECK(count.p[0] == 320);
+}
+
+TEST_CASE("stream capture records work with its arguments and replays it") {
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  Buffer p(4);
+  std::fill(p.p, p.p + 4, 0);
+  int v = 5;
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) == cudaSuccess);
+  REQUIRE(cudaMemsetAsync(p.p, 0, 4 * sizeof(int), s) == cudaSuccess);
+  datanas::cuda::launch(add_value, 1, 4, s, p.p, v);
+  v = 100;  // the kernel argument was copied at capture
+  datanas::cuda::launch(add_value, 1, 4, s, p.p, 1);
+  CHECK(p.p[0] == 0);  // nothing ran while capturing
+  cudaGraph_t g = nullptr;
+  REQUIRE(cudaStreamEndCapture(s, &g) == cudaSuccess);
+  std::size_t nodes = 0;
+  REQUIRE(cudaGraphGetNodes(g, nullptr, &nodes) == cudaSuccess);
+  CHECK(nodes == 3);
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaGraphInstantiate(&exec, g, 0) == cudaSuccess);
+  REQUIRE(cudaGraphDestroy(g) == cudaSuccess);
+  for (int replay = 0; replay < 3; ++replay) {
+    p.p[1] = 1000;  // the memset node clears it again
+    REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
+    CHECK(p.p[0] == 6);
+    CHECK(p.p[1] == 6);
+  }
+  REQUIRE(cudaGraphExecDestroy(exec) == cudaSuccess);
+  REQUIRE(cudaStreamDestroy(s) == cudaSuccess);
+}
+
+TEST_CASE("what a real capture refuses invalidates the simulated one") {
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  Buffer p(4);
+  int host[4] = {1, 2, 3, 4};
+  // The legacy default stream cannot be captured at all.
+  CHECK(cudaStreamBeginCapture(nullptr, cudaStreamCaptureModeRelaxed) == cudaErrorStreamCaptureUnsupported);
+  (void)cudaGetLastError();
+  const auto refused = [&](auto&& call) {
+    REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) == cudaSuccess);
+    CHECK(call() == cudaErrorStreamCaptureUnsupported);
+    cudaGraph_t g = nullptr;
+    CHECK(cudaStreamEndCapture(s, &g) == cudaErrorStreamCaptureInvalidated);
+    CHECK(g == nullptr);
+    (void)cudaGetLastError();
+  };
+  refused([&] { return cudaMemcpyAsync(p.p, host, sizeof(host), cudaMemcpyHostToDevice, s); });
+  refused([&] { return cudaMemcpyAsync(host, p.p, sizeof(host), cudaMemcpyDeviceToHost, s); });
+  refused([&] { return cudaStreamSynchronize(s); });
+  refused([&] {
+    int* q = nullptr;
+    REQUIRE(cudaMalloc(&q, 16) == cudaSuccess);  // allowed in relaxed mode
+    return cudaFree(q);                         // waits for the device: not allowed
+  });
+  REQUIRE(cudaStreamDestroy(s) == cudaSuccess);
+}
+
+TEST_CASE("errors are remembered until read, as the runtime does") {
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(cudaFree(reinterpret_cast<void*>(std::uintptr_t(16))) == cudaErrorInvalidDevicePointer);
+  CHECK(cudaPeekAtLastError() == cudaErrorInvalidDevicePointer);
+  CHECK(cudaGetLastError() == cudaErrorInvalidDevicePointer);
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(std::string(cudaGetErrorString(cudaErrorNoDevice)).find("no CUDA-capable device") != std::string::npos);
+}
