@@ -23,7 +23,8 @@ namespace datanas::gpu_test {
 
 /// Relative error ||got - want|| / ||want|| in double (absolute when want is 0); infinity when
 /// got holds a NaN or an infinity that want does not.
-inline double rel_err(const Tensor<float>& got, const Tensor<float>& want) {
+template <class T>
+double rel_err(const Tensor<T>& got, const Tensor<T>& want) {
   double num = 0, den = 0;
   for (index_t i = 0; i < want.numel(); ++i) {
     if (!std::isfinite(got[i]) && got[i] != want[i]) return std::numeric_limits<double>::infinity();
@@ -34,7 +35,8 @@ inline double rel_err(const Tensor<float>& got, const Tensor<float>& want) {
   }
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
-inline double rel_err(const Tensor<float, Cuda>& got, const Tensor<float>& want) {
+template <class T>
+double rel_err(const Tensor<T, Cuda>& got, const Tensor<T>& want) {
   return rel_err(cuda::to_host(got), want);
 }
 

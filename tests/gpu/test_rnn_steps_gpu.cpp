@@ -1,8 +1,12 @@
 // The PTB (recurrent) loops on the GPU against the CPU: a short search (EGS per node, dense and
 // sparse, and DARTS' softmax) and a short training run (SGD, then averaged SGD after the
 // non-monotone trigger, every dropout on) start from the same weights, alphas, token streams and
-// generator states on both devices, so they must end in the same place up to float rounding,
-// sample the same architectures and derive the same genotype. A checkpoint written on the GPU
+// generator states on both devices, so they must end in the same place up to rounding, sample
+// the same architectures and derive the same genotype. The searches run in double for two
+// epochs: this tiny search at lr 2 amplifies float rounding (different summation orders on the
+// two devices) about a hundredfold per epoch, until a nearly tied Gumbel argmax flips and the
+// runs part (seen on the CUDA simulator: 2e-5 after one epoch, then a flip), while in double
+// they agree to 1e-11. Float runs one epoch, where its rounding is still far from a flip. A checkpoint written on the GPU
 // restores on the CPU. Compiled into the steps_gpu binary (test_steps_gpu.cpp).
 #include "parity.hpp"
 
@@ -58,11 +62,11 @@ struct Streams {
 template <class E>
 using RnnSpace = spaces::rnn::RecurrentSearchSpace<spaces::rnn::DartsRnnOps, 4, E, search::Granularity::kNode>;
 
-template <class E, class D>
+template <class E, class D, class T = float>
 struct RnnSearchRun {
   PhiloxGenerator init{21};
-  spaces::rnn::RnnSupernet<float, RnnSpace<E>, D> net;
-  search::RnnSearcher<float, D> searcher;
+  spaces::rnn::RnnSupernet<T, RnnSpace<E>, D> net;
+  search::RnnSearcher<T, D> searcher;
   RnnSearchRun(const Streams& s, const search::RnnSearchConfig& cfg)
       : net(tiny_model(), init, cfg.normalize), searcher(net, s.train, s.search, s.valid, cfg) {}
 };
@@ -82,11 +86,14 @@ search::RnnSearchConfig small_rnn_search() {
 bool agrees(double got, double want, double tol) { return std::abs(got - want) <= tol * std::max(1.0, std::abs(want)); }
 
 /// Runs the same search on both devices, epoch by epoch, and compares everything it leaves.
-template <class E>
-void check_rnn_search(const search::RnnSearchConfig& cfg, double tol) {
+template <class E, class T>
+void check_rnn_search(search::RnnSearchConfig cfg, long epochs, double tol) {
+  CAPTURE(cfg.sparse);
+  CAPTURE(sizeof(T));
+  cfg.epochs = epochs;
   const Streams s(cfg.batch_size, cfg.eval_batch_size);
-  RnnSearchRun<E, Cpu> cpu(s, cfg);
-  RnnSearchRun<E, Cuda> gpu(s, cfg);
+  RnnSearchRun<E, Cpu, T> cpu(s, cfg);
+  RnnSearchRun<E, Cuda, T> gpu(s, cfg);
   for (long e = 0; e < cfg.epochs; ++e) {
     CAPTURE(e);
     const auto sc = cpu.searcher.run_epoch();
@@ -121,13 +128,16 @@ void check_rnn_search(const search::RnnSearchConfig& cfg, double tol) {
 TEST_CASE("a PTB-style EGS search (per node) on the GPU samples the same codes as the CPU, dense and sparse") {
   auto cfg = small_rnn_search();
   cfg.tau = {5.0, 1.0};
-  check_rnn_search<estimators::EGS<2>>(cfg, 1e-3);
-  cfg.sparse = true;
-  check_rnn_search<estimators::EGS<2>>(cfg, 1e-3);
+  for (bool sparse : {false, true}) {
+    cfg.sparse = sparse;
+    check_rnn_search<estimators::EGS<2>, double>(cfg, 2, 1e-9);
+    check_rnn_search<estimators::EGS<2>, float>(cfg, 1, 1e-3);
+  }
 }
 
 TEST_CASE("a PTB-style DARTS (softmax) search on the GPU matches the CPU (no host copy of the weights)") {
-  check_rnn_search<estimators::Softmax>(small_rnn_search(), 1e-3);
+  check_rnn_search<estimators::Softmax, double>(small_rnn_search(), 2, 1e-9);
+  check_rnn_search<estimators::Softmax, float>(small_rnn_search(), 1, 1e-3);
 }
 
 TEST_CASE("a PTB search checkpoint written on the GPU restores on the CPU") {
