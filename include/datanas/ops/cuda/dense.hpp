@@ -9,6 +9,7 @@
 
 #include <cublas_v2.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <span>
@@ -247,19 +248,24 @@ struct DenseOps {
     ChannelParts<T*> parts;
     index_t c = 0;
     bool any = false;
+    const auto flush = [&] {
+      if (any) cuda::concat_channels_backward<T>(n, hw, c_total, dy.data(), parts, current_stream().handle);
+      parts = {};
+      any = false;
+    };
     for (std::size_t i = 0; i < count; ++i) {
       const auto [g, channels, accumulate] = part(i);
+      // An input concatenated twice has one gradient: in one launch, one thread would overwrite
+      // (or add to) an element while another adds to it, a race. The repeat starts a new launch,
+      // which the stream orders after the first, as the CPU's loop.
+      if (g && std::find(parts.ptr, parts.ptr + parts.count, g) != parts.ptr + parts.count) flush();
       parts.ptr[parts.count] = g;
       parts.accumulate[parts.count] = accumulate;
       parts.c_begin[parts.count] = c;
       c += channels;
       parts.c_begin[++parts.count] = c;
       any = any || g != nullptr;
-      if (parts.count == kMaxConcatParts || i + 1 == count) {
-        if (any) cuda::concat_channels_backward<T>(n, hw, c_total, dy.data(), parts, current_stream().handle);
-        parts = {};
-        any = false;
-      }
+      if (parts.count == kMaxConcatParts || i + 1 == count) flush();
     }
   }
   /// y = x[:, :, top:, left:].
