@@ -1,2 +1,2 @@
-// kernels/src/dense.cu built by the host compiler against the CUDA simulator (see meson.build here).
+// kernels/src/dense.cu for the CUDA simulator: built by the host compiler (meson.build here).
 #include "../../kernels/src/dense.cu"

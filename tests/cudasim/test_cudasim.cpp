@@ -1,8 +1,7 @@
 // The CUDA simulator's own tests: the semantics the GPU tests rely on when they run on it
 // (barriers, warp shuffles, launch limits, stream capture), and its ability to expose a race.
-#include <doctest/doctest.h>
-
 #include <cuda_runtime.h>
+#include <doctest/doctest.h>
 
 #include <cstdint>
 #include <numeric>
@@ -130,9 +129,11 @@ TEST_CASE("launch limits are those of a real GPU") {
   Buffer p(1);
   CHECK_THROWS_WITH_AS(datanas::cuda::launch(add_value, 1, 1025, nullptr, p.p, 1),
                        doctest::Contains("invalid configuration"), datanas::error);
-  CHECK_THROWS_AS(datanas::cuda::launch(add_value, dim3(1, 65536), 1, nullptr, p.p, 1), datanas::error);
+  CHECK_THROWS_AS(datanas::cuda::launch(add_value, dim3(1, 65536), 1, nullptr, p.p, 1),
+                  datanas::error);
   CHECK_THROWS_AS(datanas::cuda::launch(add_value, 0, 1, nullptr, p.p, 1), datanas::error);
-  CHECK_THROWS_AS(datanas::cuda::launch(add_value, 1, dim3(1, 1, 65), nullptr, p.p, 1), datanas::error);
+  CHECK_THROWS_AS(datanas::cuda::launch(add_value, 1, dim3(1, 1, 65), nullptr, p.p, 1),
+                  datanas::error);
 }
 
 TEST_CASE("atomicAdd counts every hit") {
@@ -181,7 +182,8 @@ TEST_CASE("what a real capture refuses invalidates the simulated one") {
   Buffer p(4);
   int host[4] = {1, 2, 3, 4};
   // The legacy default stream cannot be captured at all.
-  CHECK(cudaStreamBeginCapture(nullptr, cudaStreamCaptureModeRelaxed) == cudaErrorStreamCaptureUnsupported);
+  CHECK(cudaStreamBeginCapture(nullptr, cudaStreamCaptureModeRelaxed) ==
+        cudaErrorStreamCaptureUnsupported);
   (void)cudaGetLastError();
   const auto refused = [&](auto&& call) {
     REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) == cudaSuccess);
@@ -197,7 +199,7 @@ TEST_CASE("what a real capture refuses invalidates the simulated one") {
   refused([&] {
     int* q = nullptr;
     REQUIRE(cudaMalloc(&q, 16) == cudaSuccess);  // allowed in relaxed mode
-    return cudaFree(q);                         // waits for the device: not allowed
+    return cudaFree(q);                          // waits for the device: not allowed
   });
   REQUIRE(cudaStreamDestroy(s) == cudaSuccess);
 }
@@ -208,5 +210,6 @@ TEST_CASE("errors are remembered until read, as the runtime does") {
   CHECK(cudaPeekAtLastError() == cudaErrorInvalidDevicePointer);
   CHECK(cudaGetLastError() == cudaErrorInvalidDevicePointer);
   CHECK(cudaGetLastError() == cudaSuccess);
-  CHECK(std::string(cudaGetErrorString(cudaErrorNoDevice)).find("no CUDA-capable device") != std::string::npos);
+  CHECK(std::string(cudaGetErrorString(cudaErrorNoDevice)).find("no CUDA-capable device") !=
+        std::string::npos);
 }

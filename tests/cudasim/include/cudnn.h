@@ -283,8 +283,9 @@ inline std::int64_t out_size(std::int64_t in, int pad, std::int64_t k, int dil, 
 }
 
 /// Checks x, w and the convolution (not y): types, groups, a positive output size.
-inline cudnnStatus_t check_input(const char* fn, cudnnTensorDescriptor_t x, cudnnFilterDescriptor_t w,
-                                 cudnnConvolutionDescriptor_t conv, Conv* out) {
+inline cudnnStatus_t check_input(const char* fn, cudnnTensorDescriptor_t x,
+                                 cudnnFilterDescriptor_t w, cudnnConvolutionDescriptor_t conv,
+                                 Conv* out) {
   if (!x || !w || !conv) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null descriptor");
   if (!x->set || !w->set || !conv->set)
     return fail(CUDNN_STATUS_BAD_PARAM, fn, "descriptor used before it was set");
@@ -322,9 +323,9 @@ inline cudnnStatus_t check_input(const char* fn, cudnnTensorDescriptor_t x, cudn
 }
 
 /// check_input, then y: its sizes must be the convolution's output and its type the input's.
-inline cudnnStatus_t check_conv(const char* fn, cudnnTensorDescriptor_t x, cudnnFilterDescriptor_t w,
-                                cudnnConvolutionDescriptor_t conv, cudnnTensorDescriptor_t y,
-                                Conv* out) {
+inline cudnnStatus_t check_conv(const char* fn, cudnnTensorDescriptor_t x,
+                                cudnnFilterDescriptor_t w, cudnnConvolutionDescriptor_t conv,
+                                cudnnTensorDescriptor_t y, Conv* out) {
   Conv g;
   if (const cudnnStatus_t s = check_input(fn, x, w, conv, &g); s != CUDNN_STATUS_SUCCESS) return s;
   if (!y) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null output descriptor");
@@ -378,11 +379,13 @@ void forward(const Conv& g, double alpha, const T* x, const T* w, double beta, T
           for (int s = 0; s < g.w.w; ++s) {
             const double wv = double(w[tap(g, k, c, r, s)]);
             for (int p = 0; p < P; ++p) {
-              const std::int64_t ih = std::int64_t(p) * g.stride_h - g.pad_h + std::int64_t(r) * g.dil_h;
+              const std::int64_t ih =
+                  std::int64_t(p) * g.stride_h - g.pad_h + std::int64_t(r) * g.dil_h;
               if (ih < 0 || ih >= g.x.h) continue;
               double* ap = acc.data() + std::size_t(p) * std::size_t(Q);
               for (int q = 0; q < Q; ++q) {
-                const std::int64_t iw = std::int64_t(q) * g.stride_w - g.pad_w + std::int64_t(s) * g.dil_w;
+                const std::int64_t iw =
+                    std::int64_t(q) * g.stride_w - g.pad_w + std::int64_t(s) * g.dil_w;
                 if (iw < 0 || iw >= g.x.w) continue;
                 ap[q] += wv * double(xp[ih * g.x.hs + iw * g.x.ws]);
               }
@@ -391,7 +394,8 @@ void forward(const Conv& g, double alpha, const T* x, const T* w, double beta, T
       }
       for (int p = 0; p < P; ++p)
         for (int q = 0; q < Q; ++q)
-          blend(y + g.y.at(n, k, p, q), alpha, acc[std::size_t(p) * std::size_t(Q) + std::size_t(q)], beta);
+          blend(y + g.y.at(n, k, p, q), alpha,
+                acc[std::size_t(p) * std::size_t(Q) + std::size_t(q)], beta);
     }
 }
 
@@ -412,10 +416,12 @@ void backward_data(const Conv& g, double alpha, const T* w, const T* dy, double 
           for (int s = 0; s < g.w.w; ++s) {
             const double wv = double(w[tap(g, k, c, r, s)]);
             for (int p = 0; p < P; ++p) {
-              const std::int64_t ih = std::int64_t(p) * g.stride_h - g.pad_h + std::int64_t(r) * g.dil_h;
+              const std::int64_t ih =
+                  std::int64_t(p) * g.stride_h - g.pad_h + std::int64_t(r) * g.dil_h;
               if (ih < 0 || ih >= H) continue;
               for (int q = 0; q < Q; ++q) {
-                const std::int64_t iw = std::int64_t(q) * g.stride_w - g.pad_w + std::int64_t(s) * g.dil_w;
+                const std::int64_t iw =
+                    std::int64_t(q) * g.stride_w - g.pad_w + std::int64_t(s) * g.dil_w;
                 if (iw < 0 || iw >= W) continue;
                 acc[at(n, ci, ih, iw)] += wv * double(dyp[p * g.y.hs + q * g.y.ws]);
               }
@@ -426,7 +432,8 @@ void backward_data(const Conv& g, double alpha, const T* w, const T* dy, double 
   for (int n = 0; n < g.x.n; ++n)
     for (int c = 0; c < g.x.c; ++c)
       for (int h = 0; h < H; ++h)
-        for (int w_ = 0; w_ < W; ++w_) blend(dx + g.x.at(n, c, h, w_), alpha, acc[at(n, c, h, w_)], beta);
+        for (int w_ = 0; w_ < W; ++w_)
+          blend(dx + g.x.at(n, c, h, w_), alpha, acc[at(n, c, h, w_)], beta);
 }
 
 template <class T>
@@ -446,10 +453,12 @@ void backward_filter(const Conv& g, double alpha, const T* x, const T* dy, doubl
           for (int s = 0; s < S; ++s) {
             double sum = 0.0;
             for (int p = 0; p < P; ++p) {
-              const std::int64_t ih = std::int64_t(p) * g.stride_h - g.pad_h + std::int64_t(r) * g.dil_h;
+              const std::int64_t ih =
+                  std::int64_t(p) * g.stride_h - g.pad_h + std::int64_t(r) * g.dil_h;
               if (ih < 0 || ih >= g.x.h) continue;
               for (int q = 0; q < Q; ++q) {
-                const std::int64_t iw = std::int64_t(q) * g.stride_w - g.pad_w + std::int64_t(s) * g.dil_w;
+                const std::int64_t iw =
+                    std::int64_t(q) * g.stride_w - g.pad_w + std::int64_t(s) * g.dil_w;
                 if (iw < 0 || iw >= g.x.w) continue;
                 sum += double(xp[ih * g.x.hs + iw * g.x.ws]) * double(dyp[p * g.y.hs + q * g.y.ws]);
               }
@@ -461,12 +470,14 @@ void backward_filter(const Conv& g, double alpha, const T* x, const T* dy, doubl
   for (int k = 0; k < g.w.n; ++k)
     for (int c = 0; c < cpg; ++c)
       for (int r = 0; r < R; ++r)
-        for (int s = 0; s < S; ++s) blend(dw + g.w.at(k, c, r, s), alpha, acc[at(k, c, r, s)], beta);
+        for (int s = 0; s < S; ++s)
+          blend(dw + g.w.at(k, c, r, s), alpha, acc[at(k, c, r, s)], beta);
 }
 
 /// db[c] = alpha * sum over n, h, w of dy[n, c, h, w] + beta * db[c].
 template <class T>
-void backward_bias(const Layout& dy_l, const Layout& db_l, double alpha, const T* dy, double beta, T* db) {
+void backward_bias(const Layout& dy_l, const Layout& db_l, double alpha, const T* dy, double beta,
+                   T* db) {
   for (int c = 0; c < dy_l.c; ++c) {
     double sum = 0.0;
     for (int n = 0; n < dy_l.n; ++n)
@@ -484,7 +495,7 @@ void add_tensor(const Layout& a_l, const Layout& c_l, double alpha, const T* a, 
       for (int h = 0; h < c_l.h; ++h)
         for (int w = 0; w < c_l.w; ++w) {
           const double av = double(a[a_l.at(a_l.n == 1 ? 0 : n, a_l.c == 1 ? 0 : ch,
-                                           a_l.h == 1 ? 0 : h, a_l.w == 1 ? 0 : w)]);
+                                            a_l.h == 1 ? 0 : h, a_l.w == 1 ? 0 : w)]);
           blend(c + c_l.at(n, ch, h, w), alpha, av, beta);
         }
 }
@@ -498,9 +509,9 @@ inline cudnnStatus_t launch(const char* fn, cudnnHandle_t handle, std::function<
 }
 
 /// Sizes and strides of a 4-d tensor, checked as cuDNN checks them.
-inline cudnnStatus_t set_tensor(const char* fn, cudnnTensorDescriptor_t d, cudnnDataType_t type, int n,
-                                int c, int h, int w, std::int64_t ns, std::int64_t cs, std::int64_t hs,
-                                std::int64_t ws) {
+inline cudnnStatus_t set_tensor(const char* fn, cudnnTensorDescriptor_t d, cudnnDataType_t type,
+                                int n, int c, int h, int w, std::int64_t ns, std::int64_t cs,
+                                std::int64_t hs, std::int64_t ws) {
   if (!d) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null descriptor");
   if (n <= 0 || c <= 0 || h <= 0 || w <= 0)
     return fail(CUDNN_STATUS_BAD_PARAM, fn, "every dimension must be positive");
@@ -514,14 +525,15 @@ inline cudnnStatus_t set_tensor(const char* fn, cudnnTensorDescriptor_t d, cudnn
 
 }  // namespace cudasim::cudnn_detail
 
-// ---- library, errors, handle ---------------------------------------------------------------------
+// ---- library, errors, handle --------------------------------------------------------------------
 
 inline size_t cudnnGetVersion(void) { return CUDNN_VERSION; }
 
 inline const char* cudnnGetErrorString(cudnnStatus_t status) {
   switch (status) {
 #define CUDASIM_CUDNN_NAME(s) \
-  case s: return #s;
+  case s:                     \
+    return #s;
     CUDASIM_CUDNN_NAME(CUDNN_STATUS_SUCCESS)
     CUDASIM_CUDNN_NAME(CUDNN_STATUS_NOT_INITIALIZED)
     CUDASIM_CUDNN_NAME(CUDNN_STATUS_SUBLIBRARY_VERSION_MISMATCH)
@@ -584,19 +596,22 @@ inline void cudnnGetLastErrorString(char* message, size_t max_size) {
 
 inline cudnnStatus_t cudnnCreate(cudnnHandle_t* handle) {
   if (!handle)
-    return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, "cudnnCreate", "null handle pointer");
+    return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, "cudnnCreate",
+                                       "null handle pointer");
   *handle = new (std::nothrow) cudnnContext{};
   return *handle ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED;
 }
 
 inline cudnnStatus_t cudnnDestroy(cudnnHandle_t handle) {
-  if (!handle) return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM, "cudnnDestroy", "null handle");
+  if (!handle)
+    return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM, "cudnnDestroy", "null handle");
   delete handle;
   return CUDNN_STATUS_SUCCESS;
 }
 
 inline cudnnStatus_t cudnnSetStream(cudnnHandle_t handle, cudaStream_t streamId) {
-  if (!handle) return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM, "cudnnSetStream", "null handle");
+  if (!handle)
+    return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM, "cudnnSetStream", "null handle");
   handle->stream = streamId;
   return CUDNN_STATUS_SUCCESS;
 }
@@ -608,12 +623,12 @@ inline cudnnStatus_t cudnnGetStream(cudnnHandle_t handle, cudaStream_t* streamId
   return CUDNN_STATUS_SUCCESS;
 }
 
-// ---- tensor and filter descriptors ---------------------------------------------------------------
+// ---- tensor and filter descriptors --------------------------------------------------------------
 
 inline cudnnStatus_t cudnnCreateTensorDescriptor(cudnnTensorDescriptor_t* tensorDesc) {
   if (!tensorDesc)
-    return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, "cudnnCreateTensorDescriptor",
-                                       "null pointer");
+    return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER,
+                                       "cudnnCreateTensorDescriptor", "null pointer");
   *tensorDesc = new (std::nothrow) cudnnTensorStruct{};
   return *tensorDesc ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED;
 }
@@ -624,28 +639,33 @@ inline cudnnStatus_t cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t tensor
 }
 
 inline cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t tensorDesc,
-                                                cudnnTensorFormat_t format, cudnnDataType_t dataType,
-                                                int n, int c, int h, int w) {
+                                                cudnnTensorFormat_t format,
+                                                cudnnDataType_t dataType, int n, int c, int h,
+                                                int w) {
   constexpr const char* fn = "cudnnSetTensor4dDescriptor";
   const std::int64_t H = h, W = w, C = c;
   if (format == CUDNN_TENSOR_NCHW)
-    return cudasim::cudnn_detail::set_tensor(fn, tensorDesc, dataType, n, c, h, w, C * H * W, H * W, W, 1);
+    return cudasim::cudnn_detail::set_tensor(fn, tensorDesc, dataType, n, c, h, w, C * H * W, H * W,
+                                             W, 1);
   if (format == CUDNN_TENSOR_NHWC)
-    return cudasim::cudnn_detail::set_tensor(fn, tensorDesc, dataType, n, c, h, w, H * W * C, 1, W * C, C);
-  return cudasim::cudnn_detail::fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "only NCHW and NHWC are simulated");
+    return cudasim::cudnn_detail::set_tensor(fn, tensorDesc, dataType, n, c, h, w, H * W * C, 1,
+                                             W * C, C);
+  return cudasim::cudnn_detail::fail(CUDNN_STATUS_NOT_SUPPORTED, fn,
+                                     "only NCHW and NHWC are simulated");
 }
 
 inline cudnnStatus_t cudnnSetTensor4dDescriptorEx(cudnnTensorDescriptor_t tensorDesc,
-                                                  cudnnDataType_t dataType, int n, int c, int h, int w,
-                                                  int nStride, int cStride, int hStride, int wStride) {
-  return cudasim::cudnn_detail::set_tensor("cudnnSetTensor4dDescriptorEx", tensorDesc, dataType, n, c, h, w,
-                                           nStride, cStride, hStride, wStride);
+                                                  cudnnDataType_t dataType, int n, int c, int h,
+                                                  int w, int nStride, int cStride, int hStride,
+                                                  int wStride) {
+  return cudasim::cudnn_detail::set_tensor("cudnnSetTensor4dDescriptorEx", tensorDesc, dataType, n,
+                                           c, h, w, nStride, cStride, hStride, wStride);
 }
 
 inline cudnnStatus_t cudnnCreateFilterDescriptor(cudnnFilterDescriptor_t* filterDesc) {
   if (!filterDesc)
-    return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, "cudnnCreateFilterDescriptor",
-                                       "null pointer");
+    return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER,
+                                       "cudnnCreateFilterDescriptor", "null pointer");
   *filterDesc = new (std::nothrow) cudnnFilterStruct{};
   return *filterDesc ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED;
 }
@@ -655,12 +675,15 @@ inline cudnnStatus_t cudnnDestroyFilterDescriptor(cudnnFilterDescriptor_t filter
   return CUDNN_STATUS_SUCCESS;
 }
 
-inline cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t filterDesc, cudnnDataType_t dataType,
-                                                cudnnTensorFormat_t format, int k, int c, int h, int w) {
+inline cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t filterDesc,
+                                                cudnnDataType_t dataType,
+                                                cudnnTensorFormat_t format, int k, int c, int h,
+                                                int w) {
   using cudasim::cudnn_detail::fail;
   constexpr const char* fn = "cudnnSetFilter4dDescriptor";
   if (!filterDesc) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null descriptor");
-  if (k <= 0 || c <= 0 || h <= 0 || w <= 0) return fail(CUDNN_STATUS_BAD_PARAM, fn, "every dimension must be positive");
+  if (k <= 0 || c <= 0 || h <= 0 || w <= 0)
+    return fail(CUDNN_STATUS_BAD_PARAM, fn, "every dimension must be positive");
   if (format != CUDNN_TENSOR_NCHW && format != CUDNN_TENSOR_NHWC)
     return fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "only NCHW and NHWC are simulated");
   if (std::int64_t(k) * c * h * w > INT_MAX)
@@ -669,7 +692,7 @@ inline cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t filterDe
   return CUDNN_STATUS_SUCCESS;
 }
 
-// ---- convolution descriptors -----------------------------------------------------------------------
+// ---- convolution descriptors --------------------------------------------------------------------
 
 inline cudnnStatus_t cudnnCreateConvolutionDescriptor(cudnnConvolutionDescriptor_t* convDesc) {
   if (!convDesc)
@@ -684,16 +707,18 @@ inline cudnnStatus_t cudnnDestroyConvolutionDescriptor(cudnnConvolutionDescripto
   return CUDNN_STATUS_SUCCESS;
 }
 
-inline cudnnStatus_t cudnnSetConvolution2dDescriptor(cudnnConvolutionDescriptor_t convDesc, int pad_h,
-                                                     int pad_w, int u, int v, int dilation_h,
-                                                     int dilation_w, cudnnConvolutionMode_t mode,
+inline cudnnStatus_t cudnnSetConvolution2dDescriptor(cudnnConvolutionDescriptor_t convDesc,
+                                                     int pad_h, int pad_w, int u, int v,
+                                                     int dilation_h, int dilation_w,
+                                                     cudnnConvolutionMode_t mode,
                                                      cudnnDataType_t computeType) {
   using cudasim::cudnn_detail::fail;
   constexpr const char* fn = "cudnnSetConvolution2dDescriptor";
   if (!convDesc) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null descriptor");
   if (pad_h < 0 || pad_w < 0) return fail(CUDNN_STATUS_BAD_PARAM, fn, "negative padding");
   if (u <= 0 || v <= 0) return fail(CUDNN_STATUS_BAD_PARAM, fn, "strides must be positive");
-  if (dilation_h <= 0 || dilation_w <= 0) return fail(CUDNN_STATUS_BAD_PARAM, fn, "dilations must be positive");
+  if (dilation_h <= 0 || dilation_w <= 0)
+    return fail(CUDNN_STATUS_BAD_PARAM, fn, "dilations must be positive");
   if (mode != CUDNN_CONVOLUTION && mode != CUDNN_CROSS_CORRELATION)
     return fail(CUDNN_STATUS_BAD_PARAM, fn, "unknown convolution mode");
   convDesc->set = true;
@@ -705,25 +730,33 @@ inline cudnnStatus_t cudnnSetConvolution2dDescriptor(cudnnConvolutionDescriptor_
   return CUDNN_STATUS_SUCCESS;
 }
 
-inline cudnnStatus_t cudnnSetConvolutionGroupCount(cudnnConvolutionDescriptor_t convDesc, int groupCount) {
+inline cudnnStatus_t cudnnSetConvolutionGroupCount(cudnnConvolutionDescriptor_t convDesc,
+                                                   int groupCount) {
   using cudasim::cudnn_detail::fail;
-  if (!convDesc) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, "cudnnSetConvolutionGroupCount", "null descriptor");
-  if (groupCount < 1) return fail(CUDNN_STATUS_BAD_PARAM, "cudnnSetConvolutionGroupCount", "groupCount < 1");
+  if (!convDesc)
+    return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, "cudnnSetConvolutionGroupCount",
+                "null descriptor");
+  if (groupCount < 1)
+    return fail(CUDNN_STATUS_BAD_PARAM, "cudnnSetConvolutionGroupCount", "groupCount < 1");
   convDesc->groups = groupCount;
   return CUDNN_STATUS_SUCCESS;
 }
 
-inline cudnnStatus_t cudnnGetConvolutionGroupCount(cudnnConvolutionDescriptor_t convDesc, int* groupCount) {
+inline cudnnStatus_t cudnnGetConvolutionGroupCount(cudnnConvolutionDescriptor_t convDesc,
+                                                   int* groupCount) {
   if (!convDesc || !groupCount)
-    return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, "cudnnGetConvolutionGroupCount",
-                                       "null argument");
+    return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER,
+                                       "cudnnGetConvolutionGroupCount", "null argument");
   *groupCount = convDesc->groups;
   return CUDNN_STATUS_SUCCESS;
 }
 
-inline cudnnStatus_t cudnnSetConvolutionMathType(cudnnConvolutionDescriptor_t convDesc, cudnnMathType_t mathType) {
+inline cudnnStatus_t cudnnSetConvolutionMathType(cudnnConvolutionDescriptor_t convDesc,
+                                                 cudnnMathType_t mathType) {
   using cudasim::cudnn_detail::fail;
-  if (!convDesc) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, "cudnnSetConvolutionMathType", "null descriptor");
+  if (!convDesc)
+    return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, "cudnnSetConvolutionMathType",
+                "null descriptor");
   if (mathType != CUDNN_DEFAULT_MATH && mathType != CUDNN_TENSOR_OP_MATH &&
       mathType != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION && mathType != CUDNN_FMA_MATH)
     return fail(CUDNN_STATUS_BAD_PARAM, "cudnnSetConvolutionMathType", "unknown math type");
@@ -731,48 +764,54 @@ inline cudnnStatus_t cudnnSetConvolutionMathType(cudnnConvolutionDescriptor_t co
   return CUDNN_STATUS_SUCCESS;
 }
 
-inline cudnnStatus_t cudnnGetConvolutionMathType(cudnnConvolutionDescriptor_t convDesc, cudnnMathType_t* mathType) {
+inline cudnnStatus_t cudnnGetConvolutionMathType(cudnnConvolutionDescriptor_t convDesc,
+                                                 cudnnMathType_t* mathType) {
   if (!convDesc || !mathType)
-    return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, "cudnnGetConvolutionMathType",
-                                       "null argument");
+    return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER,
+                                       "cudnnGetConvolutionMathType", "null argument");
   *mathType = convDesc->math;
   return CUDNN_STATUS_SUCCESS;
 }
 
-inline cudnnStatus_t cudnnGetConvolution2dForwardOutputDim(const cudnnConvolutionDescriptor_t convDesc,
-                                                           const cudnnTensorDescriptor_t inputTensorDesc,
-                                                           const cudnnFilterDescriptor_t filterDesc, int* n,
-                                                           int* c, int* h, int* w) {
+inline cudnnStatus_t cudnnGetConvolution2dForwardOutputDim(
+    const cudnnConvolutionDescriptor_t convDesc, const cudnnTensorDescriptor_t inputTensorDesc,
+    const cudnnFilterDescriptor_t filterDesc, int* n, int* c, int* h, int* w) {
   using namespace cudasim::cudnn_detail;
   constexpr const char* fn = "cudnnGetConvolution2dForwardOutputDim";
-  if (!n || !c || !h || !w) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null output pointer");
+  if (!n || !c || !h || !w)
+    return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null output pointer");
   Conv g;
-  if (const cudnnStatus_t s = check_input(fn, inputTensorDesc, filterDesc, convDesc, &g); s != CUDNN_STATUS_SUCCESS)
+  if (const cudnnStatus_t s = check_input(fn, inputTensorDesc, filterDesc, convDesc, &g);
+      s != CUDNN_STATUS_SUCCESS)
     return s;
   *n = g.y.n, *c = g.y.c, *h = g.y.h, *w = g.y.w;
   return CUDNN_STATUS_SUCCESS;
 }
 
-// ---- algorithm heuristics and workspaces -------------------------------------------------------------
+// ---- algorithm heuristics and workspaces --------------------------------------------------------
 
 inline cudnnStatus_t cudnnGetConvolutionForwardAlgorithmMaxCount(cudnnHandle_t handle, int* count) {
   if (!handle || !count)
-    return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM, "cudnnGetConvolutionForwardAlgorithmMaxCount",
-                                       "null argument");
+    return cudasim::cudnn_detail::fail(
+        CUDNN_STATUS_BAD_PARAM, "cudnnGetConvolutionForwardAlgorithmMaxCount", "null argument");
   *count = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
   return CUDNN_STATUS_SUCCESS;
 }
-inline cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithmMaxCount(cudnnHandle_t handle, int* count) {
+inline cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithmMaxCount(cudnnHandle_t handle,
+                                                                      int* count) {
   if (!handle || !count)
     return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM,
-                                       "cudnnGetConvolutionBackwardDataAlgorithmMaxCount", "null argument");
+                                       "cudnnGetConvolutionBackwardDataAlgorithmMaxCount",
+                                       "null argument");
   *count = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
   return CUDNN_STATUS_SUCCESS;
 }
-inline cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(cudnnHandle_t handle, int* count) {
+inline cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(cudnnHandle_t handle,
+                                                                        int* count) {
   if (!handle || !count)
     return cudasim::cudnn_detail::fail(CUDNN_STATUS_BAD_PARAM,
-                                       "cudnnGetConvolutionBackwardFilterAlgorithmMaxCount", "null argument");
+                                       "cudnnGetConvolutionBackwardFilterAlgorithmMaxCount",
+                                       "null argument");
   *count = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
   return CUDNN_STATUS_SUCCESS;
 }
@@ -785,10 +824,12 @@ cudnnStatus_t heuristics(const char* fn, cudnnHandle_t handle, cudnnTensorDescri
                          cudnnFilterDescriptor_t w, cudnnConvolutionDescriptor_t conv,
                          cudnnTensorDescriptor_t y, int requested, int* returned, Perf* results) {
   if (!handle) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null handle");
-  if (!returned || !results) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null result pointer");
+  if (!returned || !results)
+    return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null result pointer");
   if (requested < 1) return fail(CUDNN_STATUS_BAD_PARAM, fn, "requestedAlgoCount < 1");
   Conv g;
-  if (const cudnnStatus_t s = check_conv(fn, x, w, conv, y, &g); s != CUDNN_STATUS_SUCCESS) return s;
+  if (const cudnnStatus_t s = check_conv(fn, x, w, conv, y, &g); s != CUDNN_STATUS_SUCCESS)
+    return s;
   Perf r{};
   r.algo = Algo(0);
   r.status = CUDNN_STATUS_SUCCESS;
@@ -808,87 +849,87 @@ inline cudnnStatus_t workspace(const char* fn, cudnnHandle_t handle, cudnnTensor
   if (!bytes) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null size pointer");
   if (algo < 0 || algo >= algo_count) return fail(CUDNN_STATUS_BAD_PARAM, fn, "unknown algorithm");
   Conv g;
-  if (const cudnnStatus_t s = check_conv(fn, x, w, conv, y, &g); s != CUDNN_STATUS_SUCCESS) return s;
+  if (const cudnnStatus_t s = check_conv(fn, x, w, conv, y, &g); s != CUDNN_STATUS_SUCCESS)
+    return s;
   *bytes = 0;
   return CUDNN_STATUS_SUCCESS;
 }
 }  // namespace cudasim::cudnn_detail
 
 inline cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(
-    cudnnHandle_t handle, const cudnnTensorDescriptor_t srcDesc, const cudnnFilterDescriptor_t filterDesc,
-    const cudnnConvolutionDescriptor_t convDesc, const cudnnTensorDescriptor_t destDesc,
-    const int requestedAlgoCount, int* returnedAlgoCount, cudnnConvolutionFwdAlgoPerf_t* perfResults) {
-  return cudasim::cudnn_detail::heuristics<cudnnConvolutionFwdAlgoPerf_t, cudnnConvolutionFwdAlgo_t>(
+    cudnnHandle_t handle, const cudnnTensorDescriptor_t srcDesc,
+    const cudnnFilterDescriptor_t filterDesc, const cudnnConvolutionDescriptor_t convDesc,
+    const cudnnTensorDescriptor_t destDesc, const int requestedAlgoCount, int* returnedAlgoCount,
+    cudnnConvolutionFwdAlgoPerf_t* perfResults) {
+  return cudasim::cudnn_detail::heuristics<cudnnConvolutionFwdAlgoPerf_t,
+                                           cudnnConvolutionFwdAlgo_t>(
       "cudnnGetConvolutionForwardAlgorithm_v7", handle, srcDesc, filterDesc, convDesc, destDesc,
       requestedAlgoCount, returnedAlgoCount, perfResults);
 }
 
 inline cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithm_v7(
-    cudnnHandle_t handle, const cudnnFilterDescriptor_t filterDesc, const cudnnTensorDescriptor_t diffDesc,
-    const cudnnConvolutionDescriptor_t convDesc, const cudnnTensorDescriptor_t gradDesc,
-    const int requestedAlgoCount, int* returnedAlgoCount, cudnnConvolutionBwdDataAlgoPerf_t* perfResults) {
-  return cudasim::cudnn_detail::heuristics<cudnnConvolutionBwdDataAlgoPerf_t, cudnnConvolutionBwdDataAlgo_t>(
-      "cudnnGetConvolutionBackwardDataAlgorithm_v7", handle, gradDesc, filterDesc, convDesc, diffDesc,
-      requestedAlgoCount, returnedAlgoCount, perfResults);
+    cudnnHandle_t handle, const cudnnFilterDescriptor_t filterDesc,
+    const cudnnTensorDescriptor_t diffDesc, const cudnnConvolutionDescriptor_t convDesc,
+    const cudnnTensorDescriptor_t gradDesc, const int requestedAlgoCount, int* returnedAlgoCount,
+    cudnnConvolutionBwdDataAlgoPerf_t* perfResults) {
+  return cudasim::cudnn_detail::heuristics<cudnnConvolutionBwdDataAlgoPerf_t,
+                                           cudnnConvolutionBwdDataAlgo_t>(
+      "cudnnGetConvolutionBackwardDataAlgorithm_v7", handle, gradDesc, filterDesc, convDesc,
+      diffDesc, requestedAlgoCount, returnedAlgoCount, perfResults);
 }
 
 inline cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-    cudnnHandle_t handle, const cudnnTensorDescriptor_t srcDesc, const cudnnTensorDescriptor_t diffDesc,
+    cudnnHandle_t handle, const cudnnTensorDescriptor_t srcDesc,
+    const cudnnTensorDescriptor_t diffDesc, const cudnnConvolutionDescriptor_t convDesc,
+    const cudnnFilterDescriptor_t gradDesc, const int requestedAlgoCount, int* returnedAlgoCount,
+    cudnnConvolutionBwdFilterAlgoPerf_t* perfResults) {
+  return cudasim::cudnn_detail::heuristics<cudnnConvolutionBwdFilterAlgoPerf_t,
+                                           cudnnConvolutionBwdFilterAlgo_t>(
+      "cudnnGetConvolutionBackwardFilterAlgorithm_v7", handle, srcDesc, gradDesc, convDesc,
+      diffDesc, requestedAlgoCount, returnedAlgoCount, perfResults);
+}
+
+inline cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(
+    cudnnHandle_t handle, const cudnnTensorDescriptor_t xDesc, const cudnnFilterDescriptor_t wDesc,
+    const cudnnConvolutionDescriptor_t convDesc, const cudnnTensorDescriptor_t yDesc,
+    cudnnConvolutionFwdAlgo_t algo, size_t* sizeInBytes) {
+  return cudasim::cudnn_detail::workspace("cudnnGetConvolutionForwardWorkspaceSize", handle, xDesc,
+                                          wDesc, convDesc, yDesc, int(algo),
+                                          CUDNN_CONVOLUTION_FWD_ALGO_COUNT, sizeInBytes);
+}
+
+inline cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(
+    cudnnHandle_t handle, const cudnnFilterDescriptor_t wDesc, const cudnnTensorDescriptor_t dyDesc,
+    const cudnnConvolutionDescriptor_t convDesc, const cudnnTensorDescriptor_t dxDesc,
+    cudnnConvolutionBwdDataAlgo_t algo, size_t* sizeInBytes) {
+  return cudasim::cudnn_detail::workspace("cudnnGetConvolutionBackwardDataWorkspaceSize", handle,
+                                          dxDesc, wDesc, convDesc, dyDesc, int(algo),
+                                          CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, sizeInBytes);
+}
+
+inline cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(
+    cudnnHandle_t handle, const cudnnTensorDescriptor_t xDesc, const cudnnTensorDescriptor_t dyDesc,
     const cudnnConvolutionDescriptor_t convDesc, const cudnnFilterDescriptor_t gradDesc,
-    const int requestedAlgoCount, int* returnedAlgoCount, cudnnConvolutionBwdFilterAlgoPerf_t* perfResults) {
-  return cudasim::cudnn_detail::heuristics<cudnnConvolutionBwdFilterAlgoPerf_t, cudnnConvolutionBwdFilterAlgo_t>(
-      "cudnnGetConvolutionBackwardFilterAlgorithm_v7", handle, srcDesc, gradDesc, convDesc, diffDesc,
-      requestedAlgoCount, returnedAlgoCount, perfResults);
-}
-
-inline cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t handle,
-                                                             const cudnnTensorDescriptor_t xDesc,
-                                                             const cudnnFilterDescriptor_t wDesc,
-                                                             const cudnnConvolutionDescriptor_t convDesc,
-                                                             const cudnnTensorDescriptor_t yDesc,
-                                                             cudnnConvolutionFwdAlgo_t algo, size_t* sizeInBytes) {
-  return cudasim::cudnn_detail::workspace("cudnnGetConvolutionForwardWorkspaceSize", handle, xDesc, wDesc,
-                                          convDesc, yDesc, int(algo), CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
-                                          sizeInBytes);
-}
-
-inline cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(cudnnHandle_t handle,
-                                                                  const cudnnFilterDescriptor_t wDesc,
-                                                                  const cudnnTensorDescriptor_t dyDesc,
-                                                                  const cudnnConvolutionDescriptor_t convDesc,
-                                                                  const cudnnTensorDescriptor_t dxDesc,
-                                                                  cudnnConvolutionBwdDataAlgo_t algo,
-                                                                  size_t* sizeInBytes) {
-  return cudasim::cudnn_detail::workspace("cudnnGetConvolutionBackwardDataWorkspaceSize", handle, dxDesc, wDesc,
-                                          convDesc, dyDesc, int(algo), CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
-                                          sizeInBytes);
-}
-
-inline cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHandle_t handle,
-                                                                    const cudnnTensorDescriptor_t xDesc,
-                                                                    const cudnnTensorDescriptor_t dyDesc,
-                                                                    const cudnnConvolutionDescriptor_t convDesc,
-                                                                    const cudnnFilterDescriptor_t gradDesc,
-                                                                    cudnnConvolutionBwdFilterAlgo_t algo,
-                                                                    size_t* sizeInBytes) {
-  return cudasim::cudnn_detail::workspace("cudnnGetConvolutionBackwardFilterWorkspaceSize", handle, xDesc,
-                                          gradDesc, convDesc, dyDesc, int(algo),
+    cudnnConvolutionBwdFilterAlgo_t algo, size_t* sizeInBytes) {
+  return cudasim::cudnn_detail::workspace("cudnnGetConvolutionBackwardFilterWorkspaceSize", handle,
+                                          xDesc, gradDesc, convDesc, dyDesc, int(algo),
                                           CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, sizeInBytes);
 }
 
-// ---- computation ---------------------------------------------------------------------------------------
+// ---- computation --------------------------------------------------------------------------------
 
 namespace cudasim::cudnn_detail {
 /// The checks every convolution call shares: handle, scaling factors, data pointers, algorithm
 /// and descriptors. Reads alpha and beta (host memory) into *a and *b.
-inline cudnnStatus_t check_call(const char* fn, cudnnHandle_t handle, const void* alpha, const void* beta,
-                                const void* in1, const void* in2, const void* out, int algo, int algo_count,
-                                cudnnTensorDescriptor_t x, cudnnFilterDescriptor_t w,
-                                cudnnConvolutionDescriptor_t conv, cudnnTensorDescriptor_t y, Conv* g,
-                                double* a, double* b) {
+inline cudnnStatus_t check_call(const char* fn, cudnnHandle_t handle, const void* alpha,
+                                const void* beta, const void* in1, const void* in2, const void* out,
+                                int algo, int algo_count, cudnnTensorDescriptor_t x,
+                                cudnnFilterDescriptor_t w, cudnnConvolutionDescriptor_t conv,
+                                cudnnTensorDescriptor_t y, Conv* g, double* a, double* b) {
   if (!handle) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null handle");
   if (!alpha || !beta) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null alpha or beta");
-  if (!in1 || !in2 || !out) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null data pointer");
+  if (!in1 || !in2 || !out)
+    return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null data pointer");
   if (algo < 0 || algo >= algo_count) return fail(CUDNN_STATUS_BAD_PARAM, fn, "unknown algorithm");
   if (const cudnnStatus_t s = check_conv(fn, x, w, conv, y, g); s != CUDNN_STATUS_SUCCESS) return s;
   *a = scale(alpha, g->type);
@@ -909,8 +950,9 @@ inline cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void* a
   (void)workSpace, (void)workSpaceSizeInBytes;  // every algorithm needs 0 bytes
   Conv g;
   double a = 0, b = 0;
-  if (const cudnnStatus_t s = check_call(fn, handle, alpha, beta, x, w, y, int(algo),
-                                         CUDNN_CONVOLUTION_FWD_ALGO_COUNT, xDesc, wDesc, convDesc, yDesc, &g, &a, &b);
+  if (const cudnnStatus_t s =
+          check_call(fn, handle, alpha, beta, x, w, y, int(algo), CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+                     xDesc, wDesc, convDesc, yDesc, &g, &a, &b);
       s != CUDNN_STATUS_SUCCESS)
     return s;
   if (g.type == CUDNN_DATA_DOUBLE)
@@ -919,25 +961,25 @@ inline cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void* a
                       static_cast<double*>(y));
     });
   return launch(fn, handle, [=] {
-    forward<float>(g, a, static_cast<const float*>(x), static_cast<const float*>(w), b, static_cast<float*>(y));
+    forward<float>(g, a, static_cast<const float*>(x), static_cast<const float*>(w), b,
+                   static_cast<float*>(y));
   });
 }
 
-inline cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void* alpha,
-                                                  const cudnnFilterDescriptor_t wDesc, const void* w,
-                                                  const cudnnTensorDescriptor_t dyDesc, const void* dy,
-                                                  const cudnnConvolutionDescriptor_t convDesc,
-                                                  cudnnConvolutionBwdDataAlgo_t algo, void* workSpace,
-                                                  size_t workSpaceSizeInBytes, const void* beta,
-                                                  const cudnnTensorDescriptor_t dxDesc, void* dx) {
+inline cudnnStatus_t cudnnConvolutionBackwardData(
+    cudnnHandle_t handle, const void* alpha, const cudnnFilterDescriptor_t wDesc, const void* w,
+    const cudnnTensorDescriptor_t dyDesc, const void* dy,
+    const cudnnConvolutionDescriptor_t convDesc, cudnnConvolutionBwdDataAlgo_t algo,
+    void* workSpace, size_t workSpaceSizeInBytes, const void* beta,
+    const cudnnTensorDescriptor_t dxDesc, void* dx) {
   using namespace cudasim::cudnn_detail;
   constexpr const char* fn = "cudnnConvolutionBackwardData";
   (void)workSpace, (void)workSpaceSizeInBytes;
   Conv g;
   double a = 0, b = 0;
   if (const cudnnStatus_t s = check_call(fn, handle, alpha, beta, w, dy, dx, int(algo),
-                                         CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, dxDesc, wDesc, convDesc, dyDesc, &g,
-                                         &a, &b);
+                                         CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, dxDesc, wDesc,
+                                         convDesc, dyDesc, &g, &a, &b);
       s != CUDNN_STATUS_SUCCESS)
     return s;
   if (g.type == CUDNN_DATA_DOUBLE)
@@ -951,27 +993,26 @@ inline cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const vo
   });
 }
 
-inline cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void* alpha,
-                                                    const cudnnTensorDescriptor_t xDesc, const void* x,
-                                                    const cudnnTensorDescriptor_t dyDesc, const void* dy,
-                                                    const cudnnConvolutionDescriptor_t convDesc,
-                                                    cudnnConvolutionBwdFilterAlgo_t algo, void* workSpace,
-                                                    size_t workSpaceSizeInBytes, const void* beta,
-                                                    const cudnnFilterDescriptor_t dwDesc, void* dw) {
+inline cudnnStatus_t cudnnConvolutionBackwardFilter(
+    cudnnHandle_t handle, const void* alpha, const cudnnTensorDescriptor_t xDesc, const void* x,
+    const cudnnTensorDescriptor_t dyDesc, const void* dy,
+    const cudnnConvolutionDescriptor_t convDesc, cudnnConvolutionBwdFilterAlgo_t algo,
+    void* workSpace, size_t workSpaceSizeInBytes, const void* beta,
+    const cudnnFilterDescriptor_t dwDesc, void* dw) {
   using namespace cudasim::cudnn_detail;
   constexpr const char* fn = "cudnnConvolutionBackwardFilter";
   (void)workSpace, (void)workSpaceSizeInBytes;
   Conv g;
   double a = 0, b = 0;
   if (const cudnnStatus_t s = check_call(fn, handle, alpha, beta, x, dy, dw, int(algo),
-                                         CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, xDesc, dwDesc, convDesc, dyDesc,
-                                         &g, &a, &b);
+                                         CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, xDesc, dwDesc,
+                                         convDesc, dyDesc, &g, &a, &b);
       s != CUDNN_STATUS_SUCCESS)
     return s;
   if (g.type == CUDNN_DATA_DOUBLE)
     return launch(fn, handle, [=] {
-      backward_filter<double>(g, a, static_cast<const double*>(x), static_cast<const double*>(dy), b,
-                              static_cast<double*>(dw));
+      backward_filter<double>(g, a, static_cast<const double*>(x), static_cast<const double*>(dy),
+                              b, static_cast<double*>(dw));
     });
   return launch(fn, handle, [=] {
     backward_filter<float>(g, a, static_cast<const float*>(x), static_cast<const float*>(dy), b,
@@ -980,44 +1021,56 @@ inline cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const 
 }
 
 inline cudnnStatus_t cudnnConvolutionBackwardBias(cudnnHandle_t handle, const void* alpha,
-                                                  const cudnnTensorDescriptor_t dyDesc, const void* dy,
-                                                  const void* beta, const cudnnTensorDescriptor_t dbDesc, void* db) {
+                                                  const cudnnTensorDescriptor_t dyDesc,
+                                                  const void* dy, const void* beta,
+                                                  const cudnnTensorDescriptor_t dbDesc, void* db) {
   using namespace cudasim::cudnn_detail;
   constexpr const char* fn = "cudnnConvolutionBackwardBias";
   if (!handle) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null handle");
-  if (!alpha || !beta || !dy || !db) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null pointer");
+  if (!alpha || !beta || !dy || !db)
+    return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null pointer");
   if (!dyDesc || !dbDesc) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null descriptor");
-  if (!dyDesc->set || !dbDesc->set) return fail(CUDNN_STATUS_BAD_PARAM, fn, "descriptor used before it was set");
+  if (!dyDesc->set || !dbDesc->set)
+    return fail(CUDNN_STATUS_BAD_PARAM, fn, "descriptor used before it was set");
   const Layout dyl = layout(*dyDesc), dbl = layout(*dbDesc);
   if (dyl.type != dbl.type) return fail(CUDNN_STATUS_BAD_PARAM, fn, "data types differ");
-  if (!supported_type(dyl.type)) return fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "only float and double data are simulated");
+  if (!supported_type(dyl.type))
+    return fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "only float and double data are simulated");
   if (dbl.n != 1 || dbl.c != dyl.c || dbl.h != 1 || dbl.w != 1)
-    return fail(CUDNN_STATUS_BAD_PARAM, fn, "bias gradient " + dbl.dims() + " for dy " + dyl.dims());
+    return fail(CUDNN_STATUS_BAD_PARAM, fn,
+                "bias gradient " + dbl.dims() + " for dy " + dyl.dims());
   const double a = scale(alpha, dyl.type), b = scale(beta, dyl.type);
   if (dyl.type == CUDNN_DATA_DOUBLE)
     return launch(fn, handle, [=] {
-      backward_bias<double>(dyl, dbl, a, static_cast<const double*>(dy), b, static_cast<double*>(db));
+      backward_bias<double>(dyl, dbl, a, static_cast<const double*>(dy), b,
+                            static_cast<double*>(db));
     });
   return launch(fn, handle, [=] {
     backward_bias<float>(dyl, dbl, a, static_cast<const float*>(dy), b, static_cast<float*>(db));
   });
 }
 
-inline cudnnStatus_t cudnnAddTensor(cudnnHandle_t handle, const void* alpha, const cudnnTensorDescriptor_t aDesc,
-                                    const void* A, const void* beta, const cudnnTensorDescriptor_t cDesc, void* C) {
+inline cudnnStatus_t cudnnAddTensor(cudnnHandle_t handle, const void* alpha,
+                                    const cudnnTensorDescriptor_t aDesc, const void* A,
+                                    const void* beta, const cudnnTensorDescriptor_t cDesc,
+                                    void* C) {
   using namespace cudasim::cudnn_detail;
   constexpr const char* fn = "cudnnAddTensor";
   if (!handle) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null handle");
-  if (!alpha || !beta || !A || !C) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null pointer");
+  if (!alpha || !beta || !A || !C)
+    return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null pointer");
   if (!aDesc || !cDesc) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null descriptor");
-  if (!aDesc->set || !cDesc->set) return fail(CUDNN_STATUS_BAD_PARAM, fn, "descriptor used before it was set");
+  if (!aDesc->set || !cDesc->set)
+    return fail(CUDNN_STATUS_BAD_PARAM, fn, "descriptor used before it was set");
   const Layout al = layout(*aDesc), cl = layout(*cDesc);
   if (al.type != cl.type) return fail(CUDNN_STATUS_BAD_PARAM, fn, "data types differ");
-  if (!supported_type(cl.type)) return fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "only float and double data are simulated");
+  if (!supported_type(cl.type))
+    return fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "only float and double data are simulated");
   const int ad[4] = {al.n, al.c, al.h, al.w}, cd[4] = {cl.n, cl.c, cl.h, cl.w};
   for (int i = 0; i < 4; ++i)
     if (ad[i] != cd[i] && ad[i] != 1)
-      return fail(CUDNN_STATUS_BAD_PARAM, fn, "A " + al.dims() + " does not broadcast to C " + cl.dims());
+      return fail(CUDNN_STATUS_BAD_PARAM, fn,
+                  "A " + al.dims() + " does not broadcast to C " + cl.dims());
   const double a = scale(alpha, cl.type), b = scale(beta, cl.type);
   if (cl.type == CUDNN_DATA_DOUBLE)
     return launch(fn, handle, [=] {

@@ -70,7 +70,7 @@
 // One copy per kernel function; blocks run one at a time, so in effect one per block.
 #define __shared__ static
 
-// ---- types ---------------------------------------------------------------------------------------
+// ---- types --------------------------------------------------------------------------------------
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
   constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
@@ -173,20 +173,21 @@ inline cudaError_t enqueue(cudaStream_t stream, std::function<void()> work) {
   return cudaSuccess;
 }
 
-// ---- the block scheduler -------------------------------------------------------------------------
+// ---- the block scheduler ------------------------------------------------------------------------
 
 /// Thrown (and reported by the launch) when a block cannot make progress.
 struct Deadlock : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// ---- coroutines ------------------------------------------------------------------------------
+// ---- coroutines ---------------------------------------------------------------------------------
 // A CUDA thread runs on its own stack and gives control back to the block scheduler at each
 // barrier. On x86-64 the switch is eight instructions (callee-saved registers, the FP control
 // words and the stack pointer), as in Boost.Context; elsewhere it is ucontext's swapcontext,
 // which also saves the signal mask with a system call on every switch (correct, but slow).
 #if defined(__x86_64__)
-extern "C" __attribute__((naked, noinline)) inline void cudasim_switch(void** /*save*/, void* /*load*/) {
+extern "C" __attribute__((naked, noinline)) inline void cudasim_switch(void** /*save*/,
+                                                                       void* /*load*/) {
   asm volatile(
       "pushq %rbp\n\tpushq %rbx\n\tpushq %r12\n\tpushq %r13\n\tpushq %r14\n\tpushq %r15\n\t"
       "subq $8, %rsp\n\tstmxcsr (%rsp)\n\tfnstcw 4(%rsp)\n\t"
@@ -310,7 +311,8 @@ inline void run_block(dim3 dims, const std::function<void()>& body) {
     SimThread& t = *b.threads[std::size_t(i)];
     if (!t.stack) t.stack.reset(new char[Block::kStackBytes]);  // not zeroed: untouched until used
     make_context(t.context, t.stack.get(), Block::kStackBytes, thread_entry);
-    t.index = dim3(unsigned(i) % dims.x, (unsigned(i) / dims.x) % dims.y, unsigned(i) / (dims.x * dims.y));
+    t.index = dim3(unsigned(i) % dims.x, (unsigned(i) / dims.x) % dims.y,
+                   unsigned(i) / (dims.x * dims.y));
     t.block_arrivals = t.warp_arrivals = 0;
     t.wait = Wait::kStart;
     t.done = false;
@@ -346,8 +348,9 @@ inline void run_block(dim3 dims, const std::function<void()>& body) {
     }
     if (!progress) {
       b.current = -1;
-      throw Deadlock("cudasim: deadlock: some threads of a block wait at __syncthreads or a warp "
-                     "shuffle that other live threads of the block never reach");
+      throw Deadlock(
+          "cudasim: deadlock: some threads of a block wait at __syncthreads or a warp "
+          "shuffle that other live threads of the block never reach");
     }
   }
   b.current = -1;
@@ -369,8 +372,8 @@ inline void run_grid(dim3 grid, dim3 block_dims, const std::function<void()>& bo
 inline bool valid_configuration(dim3 grid, dim3 block_dims) {
   const std::uint64_t threads = std::uint64_t(block_dims.x) * block_dims.y * block_dims.z;
   return threads >= 1 && threads <= 1024 && block_dims.x <= 1024 && block_dims.y <= 1024 &&
-         block_dims.z <= 64 && grid.x >= 1 && grid.y >= 1 && grid.z >= 1 &&
-         grid.x <= 2147483647u && grid.y <= 65535 && grid.z <= 65535;
+         block_dims.z <= 64 && grid.x >= 1 && grid.y >= 1 && grid.z >= 1 && grid.x <= 2147483647u &&
+         grid.y <= 65535 && grid.z <= 65535;
 }
 
 /// kernel<<<grid, block, 0, stream>>>(params...): the parameters are copied now (as the
@@ -409,14 +412,15 @@ T exchange(T v, F source) {
   const int from = source(lane);
   T r = v;
   const int count = int(blockDim.x * blockDim.y * blockDim.z);
-  if (from >= 0 && from < 32 && (i / 32) * 32 + from < count) std::memcpy(&r, &row[std::size_t(from)], sizeof(T));
+  if (from >= 0 && from < 32 && (i / 32) * 32 + from < count)
+    std::memcpy(&r, &row[std::size_t(from)], sizeof(T));
   arrive(Wait::kWarp);  // nobody overwrites the row before every lane has read it
   return r;
 }
 
 }  // namespace cudasim
 
-// ---- device intrinsics ---------------------------------------------------------------------------
+// ---- device intrinsics --------------------------------------------------------------------------
 inline void __syncthreads() { cudasim::arrive(cudasim::Wait::kBlock); }
 inline void __syncwarp(unsigned = 0xffffffffu) { cudasim::arrive(cudasim::Wait::kWarp); }
 
@@ -438,7 +442,8 @@ T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
 }
 template <class T>
 T __shfl_sync(unsigned, T v, int src, int width = 32) {
-  return cudasim::exchange(v, [src, width](int lane) { return (lane & ~(width - 1)) + src % width; });
+  return cudasim::exchange(v,
+                           [src, width](int lane) { return (lane & ~(width - 1)) + src % width; });
 }
 
 // One host thread runs all CUDA threads, so plain read-modify-writes are atomic.
@@ -454,23 +459,37 @@ inline int __float_as_int(float v) { return std::bit_cast<int>(v); }
 inline double __longlong_as_double(long long v) { return std::bit_cast<double>(v); }
 inline long long __double_as_longlong(double v) { return std::bit_cast<long long>(v); }
 
-// ---- runtime API ---------------------------------------------------------------------------------
+// ---- runtime API --------------------------------------------------------------------------------
 inline const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorInvalidDevicePointer: return "invalid device pointer";
-    case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
-    case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
-    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
-    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
-    case cudaErrorLaunchFailure: return "unspecified launch failure";
-    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
-    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
-    case cudaErrorStreamCaptureWrongThread: return "attempt to terminate a thread-local capture sequence from another thread";
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidDevicePointer:
+      return "invalid device pointer";
+    case cudaErrorInvalidMemcpyDirection:
+      return "invalid copy direction for memcpy";
+    case cudaErrorInsufficientDriver:
+      return "CUDA driver version is insufficient for CUDA runtime version";
+    case cudaErrorNoDevice:
+      return "no CUDA-capable device is detected";
+    case cudaErrorInvalidResourceHandle:
+      return "invalid resource handle";
+    case cudaErrorIllegalState:
+      return "the operation cannot be performed in the present state";
+    case cudaErrorLaunchFailure:
+      return "unspecified launch failure";
+    case cudaErrorStreamCaptureUnsupported:
+      return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+      return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureWrongThread:
+      return "attempt to terminate a thread-local capture sequence from another thread";
   }
   return "unrecognized error code";
 }
@@ -530,7 +549,8 @@ inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
 }
 inline cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  if (!s || !cudasim::state().streams.count(s)) return cudasim::fail(cudaErrorInvalidResourceHandle);
+  if (!s || !cudasim::state().streams.count(s))
+    return cudasim::fail(cudaErrorInvalidResourceHandle);
   if (s->capturing) return cudasim::invalidate(s);
   cudasim::state().streams.erase(s);
   delete s;
@@ -551,29 +571,32 @@ inline cudaError_t cudaDeviceSynchronize() {
 
 /// Host<->device copies of pageable memory cannot be captured (the runtime stages them
 /// synchronously); device-to-device copies are captured as graph nodes.
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
-                                   cudaStream_t s = nullptr) {
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes,
+                                   cudaMemcpyKind kind, cudaStream_t s = nullptr) {
   if (!cudasim::known_stream(s)) return cudasim::fail(cudaErrorInvalidResourceHandle);
   if (bytes == 0) return cudaSuccess;
   if (!dst || !src) return cudasim::fail(cudaErrorInvalidValue);
-  if (kind < cudaMemcpyHostToHost || kind > cudaMemcpyDefault) return cudasim::fail(cudaErrorInvalidMemcpyDirection);
+  if (kind < cudaMemcpyHostToHost || kind > cudaMemcpyDefault)
+    return cudasim::fail(cudaErrorInvalidMemcpyDirection);
   if (kind != cudaMemcpyDeviceToDevice && s && s->capturing) return cudasim::invalidate(s);
   return cudasim::fail(cudasim::enqueue(s, [dst, src, bytes] { std::memmove(dst, src, bytes); }));
 }
 inline cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
   return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
 }
-inline cudaError_t cudaMemsetAsync(void* dst, int value, std::size_t bytes, cudaStream_t s = nullptr) {
+inline cudaError_t cudaMemsetAsync(void* dst, int value, std::size_t bytes,
+                                   cudaStream_t s = nullptr) {
   if (!cudasim::known_stream(s)) return cudasim::fail(cudaErrorInvalidResourceHandle);
   if (bytes == 0) return cudaSuccess;
   if (!dst) return cudasim::fail(cudaErrorInvalidValue);
-  return cudasim::fail(cudasim::enqueue(s, [dst, value, bytes] { std::memset(dst, value, bytes); }));
+  return cudasim::fail(
+      cudasim::enqueue(s, [dst, value, bytes] { std::memset(dst, value, bytes); }));
 }
 inline cudaError_t cudaMemset(void* dst, int value, std::size_t bytes) {
   return cudaMemsetAsync(dst, value, bytes, nullptr);
 }
 
-// ---- graphs --------------------------------------------------------------------------------------
+// ---- graphs -------------------------------------------------------------------------------------
 inline cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
   if (!s) return cudasim::fail(cudaErrorStreamCaptureUnsupported);  // the legacy stream
   if (!cudasim::known_stream(s)) return cudasim::fail(cudaErrorInvalidResourceHandle);
@@ -606,7 +629,8 @@ inline cudaError_t cudaGraphGetNodes(cudaGraph_t g, cudaGraphNode_t* nodes, std:
   *count = g->nodes.size();
   return cudaSuccess;
 }
-inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t g, unsigned long long = 0) {
+inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t g,
+                                        unsigned long long = 0) {
   if (!exec || !g) return cudasim::fail(cudaErrorInvalidValue);
   *exec = new cudasim::Graph(*g);
   return cudaSuccess;

@@ -29,13 +29,21 @@ namespace cudasim_detail {
 template <std::size_t Bytes>
 struct UnsignedBits;
 template <>
-struct UnsignedBits<1> { using type = std::uint8_t; };
+struct UnsignedBits<1> {
+  using type = std::uint8_t;
+};
 template <>
-struct UnsignedBits<2> { using type = std::uint16_t; };
+struct UnsignedBits<2> {
+  using type = std::uint16_t;
+};
 template <>
-struct UnsignedBits<4> { using type = std::uint32_t; };
+struct UnsignedBits<4> {
+  using type = std::uint32_t;
+};
 template <>
-struct UnsignedBits<8> { using type = std::uint64_t; };
+struct UnsignedBits<8> {
+  using type = std::uint64_t;
+};
 
 /// The key's bits transformed so that unsigned comparison orders keys as CUB does.
 template <class Key>
@@ -62,10 +70,10 @@ std::uint64_t radix_bits(Key key) {
 struct DeviceRadixSort {
   /// Sorts (key, value) pairs by key: see the file comment.
   template <typename KeyT, typename ValueT, typename NumItemsT>
-  static cudaError_t SortPairs(void* d_temp_storage, std::size_t& temp_storage_bytes, const KeyT* d_keys_in,
-                               KeyT* d_keys_out, const ValueT* d_values_in, ValueT* d_values_out,
-                               NumItemsT num_items, int begin_bit = 0, int end_bit = sizeof(KeyT) * 8,
-                               cudaStream_t stream = 0) {
+  static cudaError_t SortPairs(void* d_temp_storage, std::size_t& temp_storage_bytes,
+                               const KeyT* d_keys_in, KeyT* d_keys_out, const ValueT* d_values_in,
+                               ValueT* d_values_out, NumItemsT num_items, int begin_bit = 0,
+                               int end_bit = sizeof(KeyT) * 8, cudaStream_t stream = 0) {
     constexpr std::size_t kTempBytes = 1;
     if (d_temp_storage == nullptr) {
       temp_storage_bytes = kTempBytes;
