@@ -508,6 +508,37 @@ inline cudnnStatus_t launch(const char* fn, cudnnHandle_t handle, std::function<
               "queueing the work on the stream failed with cudaError_t " + std::to_string(int(e)));
 }
 
+/// launch() of f(T{}) with T = double or float, as `type` says: f is a generic lambda that
+/// reads its element type from its argument's type.
+template <class F>
+cudnnStatus_t launch_as(const char* fn, cudnnHandle_t handle, cudnnDataType_t type, F f) {
+  if (type == CUDNN_DATA_DOUBLE) return launch(fn, handle, [f] { f(double{}); });
+  return launch(fn, handle, [f] { f(float{}); });
+}
+
+/// The checks cudnnConvolutionBackwardBias and cudnnAddTensor share: handle, pointers, both
+/// descriptors set, one supported data type. Their layouts go to *in_l and *out_l, the scaling
+/// factors to *a and *b.
+inline cudnnStatus_t check_pair(const char* fn, cudnnHandle_t handle, const void* alpha,
+                                const void* beta, const void* in, const void* out,
+                                cudnnTensorDescriptor_t in_d, cudnnTensorDescriptor_t out_d,
+                                Layout* in_l, Layout* out_l, double* a, double* b) {
+  if (!handle) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null handle");
+  if (!alpha || !beta || !in || !out)
+    return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null pointer");
+  if (!in_d || !out_d) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null descriptor");
+  if (!in_d->set || !out_d->set)
+    return fail(CUDNN_STATUS_BAD_PARAM, fn, "descriptor used before it was set");
+  *in_l = layout(*in_d);
+  *out_l = layout(*out_d);
+  if (in_l->type != out_l->type) return fail(CUDNN_STATUS_BAD_PARAM, fn, "data types differ");
+  if (!supported_type(out_l->type))
+    return fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "only float and double data are simulated");
+  *a = scale(alpha, out_l->type);
+  *b = scale(beta, out_l->type);
+  return CUDNN_STATUS_SUCCESS;
+}
+
 /// Sizes and strides of a 4-d tensor, checked as cuDNN checks them.
 inline cudnnStatus_t set_tensor(const char* fn, cudnnTensorDescriptor_t d, cudnnDataType_t type,
                                 int n, int c, int h, int w, std::int64_t ns, std::int64_t cs,
@@ -955,14 +986,9 @@ inline cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void* a
                      xDesc, wDesc, convDesc, yDesc, &g, &a, &b);
       s != CUDNN_STATUS_SUCCESS)
     return s;
-  if (g.type == CUDNN_DATA_DOUBLE)
-    return launch(fn, handle, [=] {
-      forward<double>(g, a, static_cast<const double*>(x), static_cast<const double*>(w), b,
-                      static_cast<double*>(y));
-    });
-  return launch(fn, handle, [=] {
-    forward<float>(g, a, static_cast<const float*>(x), static_cast<const float*>(w), b,
-                   static_cast<float*>(y));
+  return launch_as(fn, handle, g.type, [=](auto t) {
+    using T = decltype(t);
+    forward<T>(g, a, static_cast<const T*>(x), static_cast<const T*>(w), b, static_cast<T*>(y));
   });
 }
 
@@ -982,14 +1008,10 @@ inline cudnnStatus_t cudnnConvolutionBackwardData(
                                          convDesc, dyDesc, &g, &a, &b);
       s != CUDNN_STATUS_SUCCESS)
     return s;
-  if (g.type == CUDNN_DATA_DOUBLE)
-    return launch(fn, handle, [=] {
-      backward_data<double>(g, a, static_cast<const double*>(w), static_cast<const double*>(dy), b,
-                            static_cast<double*>(dx));
-    });
-  return launch(fn, handle, [=] {
-    backward_data<float>(g, a, static_cast<const float*>(w), static_cast<const float*>(dy), b,
-                         static_cast<float*>(dx));
+  return launch_as(fn, handle, g.type, [=](auto t) {
+    using T = decltype(t);
+    backward_data<T>(g, a, static_cast<const T*>(w), static_cast<const T*>(dy), b,
+                     static_cast<T*>(dx));
   });
 }
 
@@ -1009,14 +1031,10 @@ inline cudnnStatus_t cudnnConvolutionBackwardFilter(
                                          convDesc, dyDesc, &g, &a, &b);
       s != CUDNN_STATUS_SUCCESS)
     return s;
-  if (g.type == CUDNN_DATA_DOUBLE)
-    return launch(fn, handle, [=] {
-      backward_filter<double>(g, a, static_cast<const double*>(x), static_cast<const double*>(dy),
-                              b, static_cast<double*>(dw));
-    });
-  return launch(fn, handle, [=] {
-    backward_filter<float>(g, a, static_cast<const float*>(x), static_cast<const float*>(dy), b,
-                           static_cast<float*>(dw));
+  return launch_as(fn, handle, g.type, [=](auto t) {
+    using T = decltype(t);
+    backward_filter<T>(g, a, static_cast<const T*>(x), static_cast<const T*>(dy), b,
+                       static_cast<T*>(dw));
   });
 }
 
@@ -1026,27 +1044,18 @@ inline cudnnStatus_t cudnnConvolutionBackwardBias(cudnnHandle_t handle, const vo
                                                   const cudnnTensorDescriptor_t dbDesc, void* db) {
   using namespace cudasim::cudnn_detail;
   constexpr const char* fn = "cudnnConvolutionBackwardBias";
-  if (!handle) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null handle");
-  if (!alpha || !beta || !dy || !db)
-    return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null pointer");
-  if (!dyDesc || !dbDesc) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null descriptor");
-  if (!dyDesc->set || !dbDesc->set)
-    return fail(CUDNN_STATUS_BAD_PARAM, fn, "descriptor used before it was set");
-  const Layout dyl = layout(*dyDesc), dbl = layout(*dbDesc);
-  if (dyl.type != dbl.type) return fail(CUDNN_STATUS_BAD_PARAM, fn, "data types differ");
-  if (!supported_type(dyl.type))
-    return fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "only float and double data are simulated");
+  Layout dyl, dbl;
+  double a = 0, b = 0;
+  if (const cudnnStatus_t s =
+          check_pair(fn, handle, alpha, beta, dy, db, dyDesc, dbDesc, &dyl, &dbl, &a, &b);
+      s != CUDNN_STATUS_SUCCESS)
+    return s;
   if (dbl.n != 1 || dbl.c != dyl.c || dbl.h != 1 || dbl.w != 1)
     return fail(CUDNN_STATUS_BAD_PARAM, fn,
                 "bias gradient " + dbl.dims() + " for dy " + dyl.dims());
-  const double a = scale(alpha, dyl.type), b = scale(beta, dyl.type);
-  if (dyl.type == CUDNN_DATA_DOUBLE)
-    return launch(fn, handle, [=] {
-      backward_bias<double>(dyl, dbl, a, static_cast<const double*>(dy), b,
-                            static_cast<double*>(db));
-    });
-  return launch(fn, handle, [=] {
-    backward_bias<float>(dyl, dbl, a, static_cast<const float*>(dy), b, static_cast<float*>(db));
+  return launch_as(fn, handle, dyl.type, [=](auto t) {
+    using T = decltype(t);
+    backward_bias<T>(dyl, dbl, a, static_cast<const T*>(dy), b, static_cast<T*>(db));
   });
 }
 
@@ -1056,27 +1065,19 @@ inline cudnnStatus_t cudnnAddTensor(cudnnHandle_t handle, const void* alpha,
                                     void* C) {
   using namespace cudasim::cudnn_detail;
   constexpr const char* fn = "cudnnAddTensor";
-  if (!handle) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null handle");
-  if (!alpha || !beta || !A || !C)
-    return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null pointer");
-  if (!aDesc || !cDesc) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null descriptor");
-  if (!aDesc->set || !cDesc->set)
-    return fail(CUDNN_STATUS_BAD_PARAM, fn, "descriptor used before it was set");
-  const Layout al = layout(*aDesc), cl = layout(*cDesc);
-  if (al.type != cl.type) return fail(CUDNN_STATUS_BAD_PARAM, fn, "data types differ");
-  if (!supported_type(cl.type))
-    return fail(CUDNN_STATUS_NOT_SUPPORTED, fn, "only float and double data are simulated");
+  Layout al, cl;
+  double a = 0, b = 0;
+  if (const cudnnStatus_t s =
+          check_pair(fn, handle, alpha, beta, A, C, aDesc, cDesc, &al, &cl, &a, &b);
+      s != CUDNN_STATUS_SUCCESS)
+    return s;
   const int ad[4] = {al.n, al.c, al.h, al.w}, cd[4] = {cl.n, cl.c, cl.h, cl.w};
   for (int i = 0; i < 4; ++i)
     if (ad[i] != cd[i] && ad[i] != 1)
       return fail(CUDNN_STATUS_BAD_PARAM, fn,
                   "A " + al.dims() + " does not broadcast to C " + cl.dims());
-  const double a = scale(alpha, cl.type), b = scale(beta, cl.type);
-  if (cl.type == CUDNN_DATA_DOUBLE)
-    return launch(fn, handle, [=] {
-      add_tensor<double>(al, cl, a, static_cast<const double*>(A), b, static_cast<double*>(C));
-    });
-  return launch(fn, handle, [=] {
-    add_tensor<float>(al, cl, a, static_cast<const float*>(A), b, static_cast<float*>(C));
+  return launch_as(fn, handle, cl.type, [=](auto t) {
+    using T = decltype(t);
+    add_tensor<T>(al, cl, a, static_cast<const T*>(A), b, static_cast<T*>(C));
   });
 }
