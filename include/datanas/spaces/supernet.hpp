@@ -190,12 +190,19 @@ struct SupernetConfig {
   Normalize normalize = Normalize::kSoftmax;  ///< relu: alpha initialised at 1 + 1e-3 N(0, 1)
 };
 
-template <class T, SearchSpaceType S, class D = Cpu>
-class Supernet : public SearchNetwork<T, D> {
- public:
-  using Space = S;
+/// Everything of a supernet but its estimator: stem, cells, head and the two alphas. It depends
+/// on the op set and the cell shape only, so the estimators and granularities of one shape (the
+/// 22 estimator and granularity choices of datanas-search per node count) share one instantiation of the construction and forward code;
+/// Supernet adds the estimator on top. Not used on its own (mixing_weights is Supernet's).
+template <class T, OpSetType Ops, int Nodes, int Multiplier, class D = Cpu>
+class SupernetBody : public SearchNetwork<T, D> {
+  static constexpr int kOps = Ops::kSize;
+  static constexpr int kEdges = Nodes * (Nodes + 3) / 2;
 
-  Supernet(const SupernetConfig& cfg, PhiloxGenerator& gen)
+ public:
+  using Cell = SearchCell<T, Ops, Nodes, Multiplier, D>;
+
+  SupernetBody(const SupernetConfig& cfg, PhiloxGenerator& gen)
       : cfg_(cfg),
         stem_conv_(cfg.in_channels, cfg.stem_multiplier * cfg.init_channels, 3, {.padding = 1}, false, gen),
         stem_bn_(cfg.stem_multiplier * cfg.init_channels) {
@@ -212,14 +219,14 @@ class Supernet : public SearchNetwork<T, D> {
       this->register_module("cells." + std::to_string(i), *cells_.back());
       reduction_prev = reduction;
       c_pp = c_p;
-      c_p = S::kMultiplier * c;
+      c_p = Multiplier * c;
     }
     head_ = std::make_unique<nn::Linear<T, D>>(c_p, cfg.num_classes, true, gen);
     this->register_module("classifier", *head_);
     // alpha ~ 1e-3 N(0, 1) (DARTS), or 1 + 1e-3 N(0, 1) for relu normalisation (DATA code).
     const double shift = cfg.normalize == Normalize::kRelu ? 1.0 : 0.0;
     for (Var<T, D>* a : {&alpha_normal_, &alpha_reduce_}) {
-      Tensor<T> t = Tensor<T>::empty({S::kEdges, S::kOps});
+      Tensor<T> t = Tensor<T>::empty({kEdges, kOps});
       for (index_t i = 0; i < t.numel(); ++i) t[i] = T(shift + 1e-3 * gen.normal());
       *a = Var<T, D>(to_device_of<D>(t), true);
     }
@@ -247,6 +254,33 @@ class Supernet : public SearchNetwork<T, D> {
     return (*head_)(global_avg_pool(s1));
   }
 
+  [[nodiscard]] std::span<const std::string_view> op_names() const override { return Ops::kNames; }
+  [[nodiscard]] const Var<T, D>& alpha_normal() const override { return alpha_normal_; }
+  [[nodiscard]] const Var<T, D>& alpha_reduce() const override { return alpha_reduce_; }
+  [[nodiscard]] const SupernetConfig& config() const { return cfg_; }
+  [[nodiscard]] int num_cells() const { return int(cells_.size()); }
+  [[nodiscard]] const Cell& cell(int i) const { return *cells_[std::size_t(i)]; }
+
+ private:
+  SupernetConfig cfg_;
+  nn::Conv2d<T, D> stem_conv_;
+  nn::BatchNorm2d<T, D> stem_bn_;
+  std::vector<std::unique_ptr<Cell>> cells_;
+  std::unique_ptr<nn::Linear<T, D>> head_;
+  Var<T, D> alpha_normal_, alpha_reduce_;  // not registered: parameters() are the weights only
+};
+
+/// The supernet of space S: SupernetBody (stem, cells, head, alphas) plus S's estimator and
+/// granularity, which decide how alpha becomes each step's mixing weights.
+template <class T, SearchSpaceType S, class D = Cpu>
+class Supernet : public SupernetBody<T, typename S::OpSetT, S::kNodes, S::kMultiplier, D> {
+  using Body = SupernetBody<T, typename S::OpSetT, S::kNodes, S::kMultiplier, D>;
+
+ public:
+  using Space = S;
+
+  Supernet(const SupernetConfig& cfg, PhiloxGenerator& gen) : Body(cfg, gen) {}
+
   Var<T, D> mixing_weights(const Var<T, D>& alpha, const estimators::EstimatorConfig& ec,
                         PhiloxGenerator& gen) const override {
     return estimators::weights<typename S::EstimatorT>(alpha, S::layout(), ec, gen);
@@ -255,21 +289,6 @@ class Supernet : public SearchNetwork<T, D> {
   [[nodiscard]] bool hard_estimator() const override { return S::EstimatorT::kHard; }
   [[nodiscard]] estimators::Kind estimator_kind() const override { return S::EstimatorT::kKind; }
   [[nodiscard]] int ensemble_size() const override { return S::EstimatorT::kM; }
-  [[nodiscard]] std::span<const std::string_view> op_names() const override { return S::OpSetT::kNames; }
-  [[nodiscard]] const Var<T, D>& alpha_normal() const override { return alpha_normal_; }
-  [[nodiscard]] const Var<T, D>& alpha_reduce() const override { return alpha_reduce_; }
-  [[nodiscard]] const SupernetConfig& config() const { return cfg_; }
-  [[nodiscard]] int num_cells() const { return int(cells_.size()); }
-  [[nodiscard]] const auto& cell(int i) const { return *cells_[std::size_t(i)]; }
-
- private:
-  SupernetConfig cfg_;
-  nn::Conv2d<T, D> stem_conv_;
-  nn::BatchNorm2d<T, D> stem_bn_;
-  using Cell = SearchCell<T, typename S::OpSetT, S::kNodes, S::kMultiplier, D>;
-  std::vector<std::unique_ptr<Cell>> cells_;
-  std::unique_ptr<nn::Linear<T, D>> head_;
-  Var<T, D> alpha_normal_, alpha_reduce_;  // not registered: parameters() are the weights only
 };
 
 }  // namespace datanas::spaces
