@@ -213,3 +213,34 @@ TEST_CASE("errors are remembered until read, as the runtime does") {
   CHECK(std::string(cudaGetErrorString(cudaErrorNoDevice)).find("no CUDA-capable device") !=
         std::string::npos);
 }
+
+TEST_CASE(
+    "the counters see allocations, waits for the device and reads (step tests rely on them)") {
+  cudasim::counters() = {};
+  float* d = nullptr;
+  REQUIRE(cudaMalloc(&d, 64 * sizeof(float)) == cudaSuccess);
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreate(&s) == cudaSuccess);
+  std::vector<float> h(64, 1.0f);
+  REQUIRE(cudaMemcpyAsync(d, h.data(), 64 * sizeof(float), cudaMemcpyHostToDevice, s) ==
+          cudaSuccess);
+  REQUIRE(cudaMemsetAsync(d, 0, 8 * sizeof(float), s) == cudaSuccess);
+  CHECK(cudasim::counters().mallocs == 1);
+  CHECK(cudasim::counters().host_waits == 0);  // queued work makes the host wait for nothing
+  CHECK(cudasim::counters().reads == 0);
+  REQUIRE(cudaMemcpyAsync(h.data(), d, 4 * sizeof(float), cudaMemcpyDeviceToHost, s) ==
+          cudaSuccess);
+  REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+  REQUIRE(cudaMemcpy(h.data(), d, 64 * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess);
+  CHECK(h[0] == 0.0f);
+  CHECK(h[8] == 1.0f);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  REQUIRE(cudaFree(d) == cudaSuccess);
+  REQUIRE(cudaStreamDestroy(s) == cudaSuccess);
+  const cudasim::Counters c = cudasim::counters();
+  CHECK(c.mallocs == 1);
+  CHECK(c.host_waits == 4);  // stream sync, synchronous copy, device sync, free
+  CHECK(c.reads == 2);
+  CHECK(c.read_bytes == 68 * sizeof(float));
+  CHECK(c.largest_read == 64 * sizeof(float));
+}
