@@ -145,3 +145,126 @@ TEST_CASE("a search checkpoint written on the GPU restores on the CPU and back")
   const auto wb = gpu.net.weights();
   for (std::size_t i = 0; i < wa.size(); ++i) CHECK(rel_err(wa[i].value(), cuda::to_host(wb[i].value())) == 0.0);
 }
+
+// ---- a step's discipline on the device (issue 5: "no host synchronisation inside a training step
+// except where a value is logged"; the caching allocator serves every step after the first) -------
+
+namespace {
+
+/// What a steady-state epoch asked of the device: the allocator's new cudaMalloc calls always;
+/// on the simulator also every wait for the device and every device-to-host read (a GPU offers
+/// no such count, so there those checks are skipped).
+struct EpochDemand {
+  std::uint64_t system_allocations = 0, bytes_in_use_change = 0;
+#if DATANAS_CUDA_SIM
+  cudasim::Counters sim;
+#endif
+};
+
+template <class F>
+EpochDemand demand_of(F&& epoch) {
+  auto& alloc = CachingAllocator<Cuda>::instance();
+  const auto before = alloc.stats();
+#if DATANAS_CUDA_SIM
+  cudasim::counters() = {};
+#endif
+  epoch();
+  const auto after = alloc.stats();
+  EpochDemand d;
+  d.system_allocations = after.system_allocations - before.system_allocations;
+  d.bytes_in_use_change = after.bytes_in_use - before.bytes_in_use;
+#if DATANAS_CUDA_SIM
+  d.sim = cudasim::counters();
+#endif
+  return d;
+}
+
+/// One epoch to warm up (cuDNN plans, optimiser state, the allocator's cache), then one measured:
+/// no allocation, and, where it can be counted, `reads_per_step` scalar reads per step (the
+/// logged losses and correct counts) as the only waits, plus, in sparse mode, each forward's
+/// host copy of both cell types' sampled weights [E * K] (it decides which ops run).
+template <class E>
+void check_search_demand(const search::SearchConfig& cfg, std::uint64_t reads_per_step) {
+  CAPTURE(cfg.order);
+  CAPTURE(cfg.sparse);
+  CAPTURE(cfg.single_level);
+  const auto d = synthetic(96, 3);
+  SearchRun<E, Cuda> run(d, cfg);
+  run.searcher.run_epoch();
+  // Sparse steps give a weight its gradient and its SGD momentum buffer the first time its op is
+  // sampled: what the measured epoch may add to the memory in use (in the allocator's 256-byte
+  // blocks). Nothing else may stay behind.
+  const auto weights = run.net.weights();
+  std::vector<bool> had_grad;
+  for (const auto& w : weights) had_grad.push_back(w.out_grad().defined());
+  long steps = 0;
+  const EpochDemand m = demand_of([&] { steps = run.searcher.run_epoch().steps; });
+  std::uint64_t new_grad_bytes = 0;
+  for (std::size_t i = 0; i < weights.size(); ++i)
+    if (!had_grad[i] && weights[i].out_grad().defined())
+      new_grad_bytes += (sizeof(float) * std::uint64_t(weights[i].value().numel()) + 255) / 256 * 256;
+  if (!cfg.sparse) CHECK(new_grad_bytes == 0);
+  REQUIRE(steps >= 2);
+  CHECK(m.system_allocations == 0);
+  CHECK(m.bytes_in_use_change == 2 * new_grad_bytes);
+#if DATANAS_CUDA_SIM
+  const std::uint64_t forwards = cfg.single_level ? 1 : 2;  // architecture and weight steps
+  const std::uint64_t weight_reads = cfg.sparse ? 2 * forwards : 0;
+  const std::uint64_t weight_bytes = sizeof(float) * std::uint64_t(run.net.layout().edges() * run.net.layout().ops);
+  CHECK(m.sim.mallocs == 0);
+  CHECK(m.sim.reads == std::uint64_t(steps) * (reads_per_step + weight_reads));
+  CHECK(m.sim.host_waits == m.sim.reads);  // the host waits only to read
+  CHECK(m.sim.read_bytes <= std::uint64_t(steps) * (reads_per_step * sizeof(std::int64_t) + weight_reads * weight_bytes));
+  CHECK(m.sim.largest_read == (cfg.sparse ? weight_bytes : sizeof(float)));
+#else
+  (void)reads_per_step;
+#endif
+}
+
+}  // namespace
+
+TEST_CASE("a search epoch on the GPU allocates nothing after the first and waits only to read its log") {
+  auto cfg = small_search();
+  // First order: architecture (loss, correct count), weights (loss, correct count).
+  check_search_demand<estimators::Softmax>(cfg, 4);
+  // Second order also checks the unrolled and the two finite-difference training losses.
+  cfg.order = 2;
+  check_search_demand<estimators::Softmax>(cfg, 7);
+  cfg.order = 1;
+  cfg.tau = {5.0, 1.0};
+  cfg.l1 = 0.1;
+  check_search_demand<estimators::EGS<4>>(cfg, 4);
+  cfg.sparse = true;  // plus the host copies of the sampled weights
+  check_search_demand<estimators::EGS<4>>(cfg, 4);
+  cfg.sparse = false;
+  cfg.l1 = 0;
+  cfg.single_level = true;  // SNAS: one update per step, reported once
+  check_search_demand<estimators::SoftGumbel>(cfg, 2);
+}
+
+TEST_CASE("a training epoch on the GPU allocates nothing after the first and waits only to read its log") {
+  const auto d = synthetic(64, 4);
+  const spaces::EvalNetworkConfig nc{.init_channels = 4, .layers = 3, .in_channels = 1, .image_size = 8,
+                                     .num_classes = 3};
+  PhiloxGenerator init(9);
+  spaces::EvalNetwork<float, spaces::DartsOps, Cuda> net(search::load_genotype("DATA_M7"), nc, init);
+  train::TrainConfig tc;
+  tc.epochs = 3;
+  tc.batch_size = 16;
+  tc.cutout = 3;
+  tc.crop_pad = 1;
+  tc.drop_path = 0.3;
+  train::Trainer<float, Cuda> trainer(net, d, data::ChannelNorm{kMean, kStd}, tc);
+  trainer.run_epoch();  // drop path is off in epoch 1; the measured epoch 2 has it on
+  long steps = 0;
+  const EpochDemand m = demand_of([&] { steps = trainer.run_epoch().steps; });
+  REQUIRE(steps >= 2);
+  CHECK(m.system_allocations == 0);
+  CHECK(m.bytes_in_use_change == 0);
+#if DATANAS_CUDA_SIM
+  CHECK(m.sim.mallocs == 0);
+  CHECK(m.sim.reads == std::uint64_t(steps) * 2);  // the loss and the correct count
+  CHECK(m.sim.host_waits == m.sim.reads);
+  CHECK(m.sim.largest_read <= sizeof(std::int64_t));
+#endif
+}
