@@ -1,9 +1,12 @@
-// What the whole-step GPU tests share (test_steps_gpu.cpp: CPU parity; test_graph_gpu.cpp: CUDA
-// graph replay): a tiny DARTS search space and a search configuration that moves alpha visibly
-// within a few steps of tests/synthetic.hpp's data.
+// What the whole-step GPU tests share (test_steps_gpu.cpp: CPU parity and step discipline;
+// test_graph_gpu.cpp: CUDA graph replay): a tiny DARTS search space, a search configuration that
+// moves alpha visibly within a few steps of tests/synthetic.hpp's data, and a tiny evaluation
+// network with its training configuration.
 #pragma once
 
 #include "datanas/search/searcher.hpp"
+#include "datanas/spaces/eval_network.hpp"
+#include "datanas/train/trainer.hpp"
 
 namespace datanas::gpu_test {
 
@@ -19,6 +22,22 @@ inline search::SearchConfig small_search() {
   cfg.lr = 0.05;
   cfg.arch_lr = 3e-3;
   return cfg;
+}
+
+/// The evaluation network of the training tests (auxiliary head off: at 8x8 inputs cell 2L/3
+/// outputs 2x2 maps, for which it is not defined).
+inline const spaces::EvalNetworkConfig kSmallEval{
+    .init_channels = 4, .layers = 3, .in_channels = 1, .image_size = 8, .num_classes = 3};
+
+/// Batches of 16 with cutout 3, crop padding 1 and drop path 0.3 (0 in the first epoch).
+inline train::TrainConfig small_training(long epochs) {
+  train::TrainConfig tc;
+  tc.epochs = epochs;
+  tc.batch_size = 16;
+  tc.cutout = 3;
+  tc.crop_pad = 1;
+  tc.drop_path = 0.3;
+  return tc;
 }
 
 }  // namespace datanas::gpu_test

@@ -127,14 +127,8 @@ TEST_CASE("a captured SNAS (single-level) step replays the eager ones") {
 TEST_CASE("captured training steps of the evaluation network replay the eager ones, drop path included") {
   const auto d = testing::synthetic_thirds(64, 4);
   const search::Genotype geno = search::load_genotype("DATA_M7");
-  const spaces::EvalNetworkConfig nc{.init_channels = 4, .layers = 3, .in_channels = 1, .image_size = 8,
-                                     .num_classes = 3};
-  train::TrainConfig tc;
-  tc.epochs = 2;
-  tc.batch_size = 16;
-  tc.cutout = 3;
-  tc.crop_pad = 1;
-  tc.drop_path = 0.3;  // on in the second epoch
+  const spaces::EvalNetworkConfig& nc = gpu_test::kSmallEval;
+  train::TrainConfig tc = gpu_test::small_training(2);  // drop path on in the second epoch
   const data::ChannelNorm norm{testing::kThirdsMean, testing::kThirdsStd};
   struct Run {
     cuda::Stream stream;

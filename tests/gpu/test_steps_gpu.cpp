@@ -21,7 +21,9 @@ const auto& kStd = testing::kThirdsStd;
 
 template <class E>
 using Space = gpu_test::SmallSpace<E>;
+using gpu_test::kSmallEval;
 using gpu_test::small_search;
+using gpu_test::small_training;
 
 template <class E, class D>
 struct SearchRun {
@@ -94,17 +96,10 @@ TEST_CASE("SNAS (single level) and GDAS search epochs on the GPU match the CPU")
 TEST_CASE("a training epoch of the evaluation network on the GPU matches the CPU") {
   const auto d = synthetic(64, 4);
   const search::Genotype g = search::load_genotype("DATA_M7");
-  const spaces::EvalNetworkConfig nc{.init_channels = 4, .layers = 3, .in_channels = 1, .image_size = 8,
-                                     .num_classes = 3};
   PhiloxGenerator ic(9), ig(9);
-  spaces::EvalNetwork<float, spaces::DartsOps, Cpu> cpu_net(g, nc, ic);
-  spaces::EvalNetwork<float, spaces::DartsOps, Cuda> gpu_net(g, nc, ig);
-  train::TrainConfig tc;
-  tc.epochs = 2;
-  tc.batch_size = 16;
-  tc.cutout = 3;
-  tc.crop_pad = 1;
-  tc.drop_path = 0.3;
+  spaces::EvalNetwork<float, spaces::DartsOps, Cpu> cpu_net(g, kSmallEval, ic);
+  spaces::EvalNetwork<float, spaces::DartsOps, Cuda> gpu_net(g, kSmallEval, ig);
+  const train::TrainConfig tc = small_training(2);
   const data::ChannelNorm norm{kMean, kStd};
   train::Trainer<float, Cpu> tcpu(cpu_net, d, norm, tc);
   train::Trainer<float, Cuda> tgpu(gpu_net, d, norm, tc);
@@ -244,17 +239,9 @@ TEST_CASE("a search epoch on the GPU allocates nothing after the first and waits
 
 TEST_CASE("a training epoch on the GPU allocates nothing after the first and waits only to read its log") {
   const auto d = synthetic(64, 4);
-  const spaces::EvalNetworkConfig nc{.init_channels = 4, .layers = 3, .in_channels = 1, .image_size = 8,
-                                     .num_classes = 3};
   PhiloxGenerator init(9);
-  spaces::EvalNetwork<float, spaces::DartsOps, Cuda> net(search::load_genotype("DATA_M7"), nc, init);
-  train::TrainConfig tc;
-  tc.epochs = 3;
-  tc.batch_size = 16;
-  tc.cutout = 3;
-  tc.crop_pad = 1;
-  tc.drop_path = 0.3;
-  train::Trainer<float, Cuda> trainer(net, d, data::ChannelNorm{kMean, kStd}, tc);
+  spaces::EvalNetwork<float, spaces::DartsOps, Cuda> net(search::load_genotype("DATA_M7"), kSmallEval, init);
+  train::Trainer<float, Cuda> trainer(net, d, data::ChannelNorm{kMean, kStd}, small_training(3));
   trainer.run_epoch();  // drop path is off in epoch 1; the measured epoch 2 has it on
   long steps = 0;
   const EpochDemand m = demand_of([&] { steps = trainer.run_epoch().steps; });
