@@ -188,25 +188,26 @@ void check_search_demand(const search::SearchConfig& cfg, std::uint64_t reads_pe
   run.searcher.run_epoch();
   // Sparse steps give a weight its gradient and its SGD momentum buffer the first time its op is
   // sampled: what the measured epoch may add to the memory in use (in the allocator's 256-byte
-  // blocks). Nothing else may stay behind.
+  // blocks), and the only blocks it may have to ask the system for (whether a free block of the
+  // size is cached depends on what else the warm-up freed). Nothing else may stay behind.
   const auto weights = run.net.weights();
   std::vector<bool> had_grad;
   for (const auto& w : weights) had_grad.push_back(w.out_grad().defined());
   long steps = 0;
   const EpochDemand m = demand_of([&] { steps = run.searcher.run_epoch().steps; });
-  std::uint64_t new_grad_bytes = 0;
+  std::uint64_t new_grad_bytes = 0, new_grads = 0;
   for (std::size_t i = 0; i < weights.size(); ++i)
     if (!had_grad[i] && weights[i].out_grad().defined())
-      new_grad_bytes += (sizeof(float) * std::uint64_t(weights[i].value().numel()) + 255) / 256 * 256;
+      new_grad_bytes += (sizeof(float) * std::uint64_t(weights[i].value().numel()) + 255) / 256 * 256, ++new_grads;
   if (!cfg.sparse) CHECK(new_grad_bytes == 0);
   REQUIRE(steps >= 2);
-  CHECK(m.system_allocations == 0);
+  CHECK(m.system_allocations <= 2 * new_grads);
   CHECK(m.bytes_in_use_change == 2 * new_grad_bytes);
 #if DATANAS_CUDA_SIM
   const std::uint64_t forwards = cfg.single_level ? 1 : 2;  // architecture and weight steps
   const std::uint64_t weight_reads = cfg.sparse ? 2 * forwards : 0;
   const std::uint64_t weight_bytes = sizeof(float) * std::uint64_t(run.net.layout().edges() * run.net.layout().ops);
-  CHECK(m.sim.mallocs == 0);
+  CHECK(m.sim.mallocs == m.system_allocations);  // only the allocator calls cudaMalloc
   CHECK(m.sim.reads == std::uint64_t(steps) * (reads_per_step + weight_reads));
   CHECK(m.sim.host_waits == m.sim.reads);  // the host waits only to read
   CHECK(m.sim.read_bytes <= std::uint64_t(steps) * (reads_per_step * sizeof(std::int64_t) + weight_reads * weight_bytes));
