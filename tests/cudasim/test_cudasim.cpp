@@ -196,11 +196,12 @@ TEST_CASE("what a real capture refuses invalidates the simulated one") {
   refused([&] { return cudaMemcpyAsync(p.p, host, sizeof(host), cudaMemcpyHostToDevice, s); });
   refused([&] { return cudaMemcpyAsync(host, p.p, sizeof(host), cudaMemcpyDeviceToHost, s); });
   refused([&] { return cudaStreamSynchronize(s); });
+  int* q = nullptr;
   refused([&] {
-    int* q = nullptr;
     REQUIRE(cudaMalloc(&q, 16) == cudaSuccess);  // allowed in relaxed mode
     return cudaFree(q);                          // waits for the device: not allowed
   });
+  CHECK(cudaFree(q) == cudaSuccess);  // allowed again after the capture
   REQUIRE(cudaStreamDestroy(s) == cudaSuccess);
 }
 

@@ -34,6 +34,9 @@
 #pragma once
 
 #include <ucontext.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 // As under nvcc, device code's unqualified exp(float), log(float), ... are the float overloads:
 // libstdc++'s <math.h> brings std's overloads into the global namespace.
 #include <math.h>
@@ -260,6 +263,7 @@ struct Stack {
 struct SimThread {
   Context context;
   Stack stack;  // lent by the block from when the thread starts until it is done
+  void* asan_fake_stack = nullptr;  // AddressSanitizer's bookkeeping while suspended
   dim3 index;
   unsigned block_arrivals = 0;  // __syncthreads reached so far
   unsigned warp_arrivals = 0;   // warp rendezvous reached so far
@@ -272,6 +276,9 @@ struct Block {
   // Stable addresses: a ucontext_t points into itself (its saved FP state), so never moves.
   std::vector<std::unique_ptr<SimThread>> threads;
   Context scheduler;
+  void* asan_fake_stack = nullptr;  // the scheduler's, while a thread runs
+  const void* scheduler_stack = nullptr;
+  std::size_t scheduler_stack_bytes = 0;
   const std::function<void()>* body = nullptr;
   int current = -1;
   int live = 0;
@@ -312,12 +319,45 @@ inline Schedule& schedule() {
 }
 inline void set_schedule(Schedule s) { schedule() = s; }
 
+// AddressSanitizer (the simulator built with -fsanitize=address, device memory being host
+// memory, shows a kernel's out-of-bounds access) must be told of every switch between stacks,
+// or it mistakes the frames of one for the other's; these three are the only switches.
+
+/// Scheduler -> thread t, until t suspends or finishes.
+inline void resume(Block& b, SimThread& t) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(&b.asan_fake_stack, t.stack.base, t.stack.bytes);
+#endif
+  switch_context(b.scheduler, t.context);
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(b.asan_fake_stack, nullptr, nullptr);
+#endif
+}
+
+/// Thread t -> scheduler; returns when the scheduler resumes t (never if `finished`).
+inline void suspend(Block& b, SimThread& t, bool finished) {
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_start_switch_fiber(finished ? nullptr : &t.asan_fake_stack, b.scheduler_stack,
+                                 b.scheduler_stack_bytes);
+#endif
+  switch_context(t.context, b.scheduler);
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(t.asan_fake_stack, nullptr, nullptr);
+#else
+  (void)b;
+  (void)finished;
+#endif
+}
+
 inline void thread_entry() {
   Block& b = block();
+#if defined(__SANITIZE_ADDRESS__)
+  __sanitizer_finish_switch_fiber(nullptr, &b.scheduler_stack, &b.scheduler_stack_bytes);
+#endif
   SimThread& t = *b.threads[std::size_t(b.current)];
   (*b.body)();
   t.done = true;
-  switch_context(t.context, b.scheduler);  // never resumed
+  suspend(b, t, true);  // never resumed
 }
 
 /// Suspends the calling CUDA thread at a barrier of the given kind.
@@ -333,7 +373,7 @@ inline void arrive(Wait kind) {
   else
     ++t.warp_arrivals;
   t.wait = kind;
-  switch_context(t.context, b.scheduler);
+  suspend(b, t, false);
 }
 
 /// Runs one block of `count` threads to completion.
@@ -382,7 +422,7 @@ inline void run_block(dim3 dims, const std::function<void()>& body) {
       t.wait = Wait::kRunning;
       b.current = i;
       threadIdx = t.index;
-      switch_context(b.scheduler, t.context);
+      resume(b, t);
       progress = true;
       if (t.done) {
         --b.live;
@@ -564,8 +604,10 @@ inline cudaError_t cudaMalloc(void** p, std::size_t bytes) {
   *p = nullptr;
   ++cudasim::counters().mallocs;
   if (bytes == 0) return cudaSuccess;
-  void* q = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
-  if (!q) return cudasim::fail(cudaErrorMemoryAllocation);
+  // 256-aligned as cudaMalloc, and exactly `bytes` long, so that AddressSanitizer sees an
+  // access past the end of the block (aligned_alloc would want a multiple of the alignment).
+  void* q = nullptr;
+  if (posix_memalign(&q, 256, bytes) != 0) return cudasim::fail(cudaErrorMemoryAllocation);
   cudasim::state().allocations.insert(q);
   *p = q;
   return cudaSuccess;
