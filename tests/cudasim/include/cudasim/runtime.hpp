@@ -289,14 +289,21 @@ struct Block {
   // Each stack's top is shifted by a different multiple of 9 cache lines: page-aligned tops all
   // fall into the same cache sets, so the switches between the 256 threads of a block at each
   // barrier evicted each other's frames (simulated ops_dnn tests: 13.9 s unshifted, 11.2 s).
-  std::vector<std::unique_ptr<char[]>> memory;
-  std::vector<Stack> stacks, free_stacks;
+  std::vector<std::unique_ptr<char[]>> memory;  // every stack, not zeroed
+  std::vector<Stack> free_stacks;
+  /// Stack i of `memory`, its top shifted by its colour.
+  Stack stack(std::size_t i) const {
+    return {memory[i].get(), kStackBytes - ((i + 1) % 128) * 9 * 64};
+  }
+  /// Every stack free again (a new block; a failed launch may have left threads suspended).
+  void free_all_stacks() {
+    free_stacks.clear();
+    for (std::size_t i = 0; i < memory.size(); ++i) free_stacks.push_back(stack(i));
+  }
   Stack lend_stack() {
     if (free_stacks.empty()) {
-      memory.push_back(std::unique_ptr<char[]>(new char[kStackBytes]));  // not zeroed
-      const std::size_t colour = (memory.size() % 128) * 9 * 64;
-      stacks.push_back({memory.back().get(), kStackBytes - colour});
-      return stacks.back();
+      memory.push_back(std::unique_ptr<char[]>(new char[kStackBytes]));
+      return stack(memory.size() - 1);
     }
     const Stack s = free_stacks.back();
     free_stacks.pop_back();
@@ -383,7 +390,7 @@ inline void run_block(dim3 dims, const std::function<void()>& body) {
   while (b.threads.size() < std::size_t(count)) b.threads.push_back(std::make_unique<SimThread>());
   b.lanes.assign(std::size_t((count + 31) / 32), {});
   b.body = &body;
-  b.free_stacks = b.stacks;  // every stack, including any a failed launch left suspended
+  b.free_all_stacks();
   for (int i = 0; i < count; ++i) {
     SimThread& t = *b.threads[std::size_t(i)];
     t.stack = {};
