@@ -68,9 +68,9 @@ inline void tokenize(std::string_view text, std::string_view source, Vocabulary&
   for (std::size_t i = 0; i < text.size(); ++i) {
     const unsigned char c = static_cast<unsigned char>(text[i]);
     if (c < 0x20 && c != '\t' && c != '\n' && c != '\r' && c != '\v' && c != '\f')
-      throw error(detail::concat(source, ": line ", line, ", byte offset ", i, ": control byte 0x",
-                                 "0123456789abcdef"[c >> 4], "0123456789abcdef"[c & 15],
-                                 " - not a text corpus (corrupt or binary file?)"));
+      throw error(datanas::detail::concat(source, ": line ", line, ", byte offset ", i, ": control byte 0x",
+                                          "0123456789abcdef"[c >> 4], "0123456789abcdef"[c & 15],
+                                          " - not a text corpus (corrupt or binary file?)"));
     if (c == '\n') ++line;
   }
   std::size_t pos = 0;

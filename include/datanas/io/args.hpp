@@ -56,7 +56,7 @@ class ArgParser {
           *v = c;
           return;
         }
-      throw error(detail::concat("--", flag, ": '", s, "' is not one of {", list, "}"));
+      throw error(datanas::detail::concat("--", flag, ": '", s, "' is not one of {", list, "}"));
     });
   }
 
@@ -103,7 +103,7 @@ class ArgParser {
   [[nodiscard]] bool given(std::string_view name) const {
     for (const auto& f : flags_)
       if (f.name == name) return f.given;
-    throw error(detail::concat("ArgParser::given: no flag --", name));
+    throw error(datanas::detail::concat("ArgParser::given: no flag --", name));
   }
 
   void usage(std::ostream& out) const {
