@@ -18,6 +18,11 @@ void check_highway_terms(const HighwayTerms& terms) {
   template void highway_backward<T>(std::int64_t, std::int64_t, const HighwayTerms&, const T*,       \
                                     std::int64_t, const T*, const T*, const T*,                      \
                                     const HighwayGrads<T>&, T*, cudaStream_t);                       \
+  template void zero_if_all_none_forward<T>(std::int64_t, const HighwayTerms&, std::int64_t,         \
+                                            const T*, std::int64_t, const T*, T*, cudaStream_t);    \
+  template void zero_if_all_none_backward<T>(std::int64_t, const HighwayTerms&, std::int64_t,        \
+                                             const T*, std::int64_t, const T*, T*, bool,            \
+                                             cudaStream_t);                                         \
   template void mul_mask_forward<T>(std::int64_t, std::int64_t, const T*, const T*, T*, cudaStream_t); \
   template void mul_mask_backward<T>(std::int64_t, std::int64_t, const T*, const T*, T*, bool,       \
                                      cudaStream_t);                                                 \

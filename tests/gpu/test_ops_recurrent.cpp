@@ -1,8 +1,9 @@
 // The recurrent cell's ops on the GPU against the CPU (tests/gpu/parity.hpp): highway with
 // every activation, highway_mix (dense and sparse, a zero weight, a weight vector shared by two
-// calls), mul_mask, scale_rows, concat_cols, stack_rows, view, temporal_penalty and dropout
-// masks drawn for the device; forward, and gradients written then accumulated. Odd shapes:
-// batch 1 and 3, units 7 and 33, plus sizes that need several blocks in the reductions.
+// calls), zero_if_all_none (kept and all-none nodes), mul_mask, scale_rows, concat_cols,
+// stack_rows, view, temporal_penalty and dropout masks drawn for the device; forward, and
+// gradients written then accumulated. Odd shapes: batch 1 and 3, units 7 and 33, plus sizes that
+// need several blocks in the reductions.
 #include "parity.hpp"
 
 #include <array>
@@ -158,6 +159,33 @@ TEST_CASE("highway_mix's weight gradient on the GPU is deterministic") {
   }
 }
 
+TEST_CASE("zero_if_all_none on the GPU matches the CPU (kept and all-none nodes)") {
+  PhiloxGenerator gen(26);
+  // A node of 3 predecessors from offset 1: entries [1, 16), none at 1, 6 and 11. Kept by a
+  // single non-zero entry at either end of the node, all-none with non-zero entries only in
+  // the none columns and just outside the node.
+  Tensor<float> none_only = Tensor<float>::zeros({17});
+  none_only[0] = none_only[16] = 1.0f;
+  none_only[1] = none_only[6] = none_only[11] = 0.5f;
+  Tensor<float> first = none_only.clone(), last = none_only.clone();
+  first[2] = 0.25f;
+  last[15] = 1e-30f;
+  const Tensor<float> dense = weights(17, 4, gen);
+  const auto acts = std::span<const RecurrentActivation>(kActs);
+  for (const auto& shape : kShapes) {
+    const index_t b = shape[0], u = shape[1];
+    CAPTURE(b);
+    CAPTURE(u);
+    const Tensor<float> x = gpu_test::random_normal({b, u}, gen);
+    for (const Tensor<float>* w : std::array<const Tensor<float>*, 4>{&none_only, &first, &last, &dense}) {
+      CAPTURE(w == &none_only);
+      check_parity("zero_if_all_none", {{x}}, [&](auto xs, auto&) {
+        return zero_if_all_none(xs[0], gpu_test::on<DeviceOf<decltype(xs)>>(*w), 1, 3, acts);
+      });
+    }
+  }
+}
+
 TEST_CASE("mul_mask and scale_rows on the GPU match the CPU") {
   PhiloxGenerator gen(25);
   for (const auto& shape : kShapes) {
@@ -294,6 +322,8 @@ TEST_CASE("bad input to the recurrent ops on the GPU gives the CPU's errors") {
                        doctest::Contains("gates must be [2, 6]"), error);
   CHECK_THROWS_WITH_AS(highway_mix(s, ch, w, 2, std::span<const RecurrentActivation>(kActs)),
                        doctest::Contains("have no entries [2, 7)"), error);
+  CHECK_THROWS_WITH_AS(zero_if_all_none(s, TG::zeros({9}), 0, 2, std::span<const RecurrentActivation>(kActs)),
+                       doctest::Contains("have no entries [0, 10)"), error);
   CHECK_THROWS_WITH_AS(mul_mask(s, TG::zeros({4})), doctest::Contains("does not tile"), error);
   CHECK_THROWS_WITH_AS(scale_rows(s, TG::zeros({3})), doctest::Contains("needs a scale of [2]"), error);
   CHECK_THROWS_WITH_AS(concat_cols(s, VG(TG::zeros({3, 3}))), doctest::Contains("cannot put"), error);

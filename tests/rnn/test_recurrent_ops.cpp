@@ -1,6 +1,6 @@
 // The ops of the recurrent cell: forward values by hand and finite-difference gradients (double)
-// for highway, highway_mix (dense and sparse), mul_mask, scale_rows, concat_cols, stack_rows,
-// view and temporal_penalty; bernoulli_mask statistics.
+// for highway, highway_mix (dense and sparse), zero_if_all_none, mul_mask, scale_rows,
+// concat_cols, stack_rows, view and temporal_penalty; bernoulli_mask statistics.
 #include "../gradcheck.hpp"
 #include "datanas/ops/recurrent.hpp"
 
@@ -74,6 +74,42 @@ TEST_CASE("highway_mix gradients to state, gates and weights (dense and sparse)"
       for (int k : {2, 4, 5}) CHECK(w.grad()[k] == doctest::Approx(dense_grad[k]));
     }
   }
+}
+
+TEST_CASE("zero_if_all_none: the state while a non-none weight of the node is non-zero, else 0") {
+  // A node of 2 predecessors read from offset 2: entries [2, 12), none at 2 and 7. Non-zero
+  // entries outside the node (0, 12) and in its none columns must not keep it.
+  TensorD w = TensorD::zeros({13});
+  w[0] = w[12] = 1.0;
+  w[2] = 0.9, w[7] = 0.4;
+  w[9] = -0.0;  // a negative zero is a zero
+  const VarD x = param({3, 4}, 33);
+  VarD y = zero_if_all_none(x, w, 2, 2, kActs);
+  backward(sum(y));
+  for (index_t i = 0; i < x.value().numel(); ++i) {
+    CHECK(y.value()[i] == 0.0);
+    CHECK(x.grad()[i] == 0.0);
+  }
+  check_gradients([&](auto& in) { return zero_if_all_none(in[0], w, 2, 2, kActs); }, {param({3, 4}, 34)});
+  // One tiny weight at the node's last entry keeps it: y is x, bit for bit, and so is dL/dx.
+  for (index_t last : {index_t(3), index_t(11)}) {
+    CAPTURE(last);
+    TensorD wk = w.clone();
+    wk[last] = 1e-30;
+    clear_tape<double>();
+    const VarD xk = param({3, 4}, 35);
+    VarD yk = zero_if_all_none(xk, wk, 2, 2, kActs);
+    backward(sum(yk));
+    for (index_t i = 0; i < xk.value().numel(); ++i) {
+      CHECK(yk.value()[i] == xk.value()[i]);
+      CHECK(xk.grad()[i] == 1.0);
+    }
+    check_gradients([&](auto& in) { return zero_if_all_none(in[0], wk, 2, 2, kActs); }, {param({3, 4}, 36)});
+  }
+  CHECK_THROWS_WITH_AS(zero_if_all_none(x, w, 4, 2, kActs), doctest::Contains("have no entries [4, 14)"), error);
+  CHECK_THROWS_WITH_AS(zero_if_all_none(x, w, 2, 0, kActs), doctest::Contains("for 0 predecessors"), error);
+  CHECK_THROWS_WITH_AS(zero_if_all_none(x, TensorD::zeros({2, 5}), 0, 1, kActs),
+                       doctest::Contains("weights must be rank 1, got [2, 5]"), error);
 }
 
 TEST_CASE("mul_mask tiles the mask over leading rows (locked dropout)") {

@@ -321,6 +321,57 @@ Var<T, D> scale_rows(const Var<T, D>& x, const Tensor<T, D>& scale) {
   return y;
 }
 
+/// The state of a search-cell node whose sampled ops may all be `none` (ALGORITHMS.md §4 with a
+/// hard or sparse estimator):
+///   y = x  if w[offset + e K + k] != 0 for some e < edges and some k < K with acts[k] != none,
+///   y = 0  otherwise (the zero state: x gets gradient 0),
+/// K = acts.size(). w is the search cell's flat weights [E * K] (rank 1, no gradient), holding the
+/// node's `edges` predecessor groups one after the other from `offset`. Why not batch-normalise a
+/// zero node: the batch norm of a constant is 0 forward, but its backward divides by sqrt(eps)
+/// and would hand the all-zero weights of that node gradients about 300 times too large. On a
+/// device the kernel reads w itself, so the host never waits for the weights (a dense PTB search
+/// step stays free of host reads). x: any shape; y: x's shape.
+template <class T, class D>
+Var<T, D> zero_if_all_none(const Var<T, D>& x, const Tensor<T, D>& w, index_t offset, index_t edges,
+                           std::span<const RecurrentActivation> acts) {
+  const index_t k_ops = index_t(acts.size());
+  DATANAS_CHECK(k_ops >= 1 && k_ops <= detail::HighwayTerms<T>::kMax, "zero_if_all_none: 1 to ",
+                detail::HighwayTerms<T>::kMax, " activations, got ", k_ops);
+  DATANAS_CHECK(w.defined() && w.shape().rank() == 1, "zero_if_all_none: weights must be rank 1, got ",
+                w.defined() ? w.shape().str() : std::string("undefined"));
+  DATANAS_CHECK(edges >= 1 && offset >= 0 && offset + edges * k_ops <= w.shape()[0], "zero_if_all_none: weights ",
+                w.shape().str(), " have no entries [", offset, ", ", offset + edges * k_ops, ") for ", edges,
+                " predecessors of ", k_ops, " ops");
+  DATANAS_CHECK(x.value().defined(), "zero_if_all_none: the state has no storage");
+  Var<T, D> y(Tensor<T, D>::empty(x.shape()));
+  bool keep = false;  // Cpu only: on a device the kernels decide
+  if constexpr (is_cpu<D>) {
+    for (index_t e = 0; e < edges; ++e)
+      for (index_t k = 0; k < k_ops; ++k)
+        keep = keep || (acts[std::size_t(k)] != RecurrentActivation::kNone && w[offset + e * k_ops + k] != T(0));
+    if (keep)
+      y.value().copy_from(x.value());
+    else
+      y.value().fill(T(0));
+  } else {
+    DeviceOps<D>::zero_if_all_none_forward(acts, edges, w, offset, x.value(), y.value());
+  }
+  if (needs_grad(x))
+    record(y, [x, y, w, offset, edges, acts, keep] {
+      auto [g, acc] = x.grad_slot();
+      if constexpr (is_cpu<D>) {
+        if (keep)
+          cpu::store(cpu::ArrayMap<T>(g.data(), g.numel()), cpu::ConstArrayMap<T>(y.out_grad().data(), g.numel()),
+                     acc);
+        else if (!acc)
+          g.fill(T(0));
+      } else {
+        DeviceOps<D>::zero_if_all_none_backward(acts, edges, w, offset, y.out_grad(), g, acc);
+      }
+    });
+  return y;
+}
+
 /// [a | b] column-wise: a [N, A], b [N, B] -> [N, A + B] (the [x_t ; h_{t-1}] of node 0).
 template <class T, class D>
 Var<T, D> concat_cols(const Var<T, D>& a, const Var<T, D>& b) {

@@ -1,8 +1,9 @@
 // datanas/cuda/recurrent.cuh - the kernels of the DARTS recurrent cell's ops
 // (datanas/ops/recurrent.hpp): the fused highway update y = s + sig(c) (f(h) - s) and its mixed
-// form, the time-shared dropout mask, row scaling, column concatenation, row slices and the
-// temporal activation penalty, forward and backward. Declarations and the parameter structs are
-// in recurrent.hpp; kernels/src/recurrent.cu instantiates the launchers for float and double.
+// form, an all-none node's zero state, the time-shared dropout mask, row scaling, column
+// concatenation, row slices and the temporal activation penalty, forward and backward.
+// Declarations and the parameter structs are in recurrent.hpp; kernels/src/recurrent.cu
+// instantiates the launchers for float and double.
 //
 // Every launch takes its stream; none synchronises. Reductions are deterministic: each block
 // sums its share in a fixed tree, and a second kernel adds the block partials in order (no
@@ -184,6 +185,26 @@ __global__ void __launch_bounds__(kRecurrentThreads)
   gw[offset + k] += acc;
 }
 
+/// zero_if_all_none: x[i], or 0 when every non-none weight of the node's `edges` groups is 0.
+template <class T>
+struct ZeroIfAllNoneOp {
+  HighwayTerms terms;
+  std::int64_t edges, offset;
+  const T* w;
+  const T* x;
+  T* y;
+  bool store;  // false: y = v; true: y (+)= v with `accumulate`
+  bool accumulate;
+  __device__ void operator()(std::int64_t i) const {
+    bool keep = false;
+    for (std::int64_t e = 0; e < edges && !keep; ++e)
+      for (int k = 0; k < terms.count; ++k)
+        keep = keep || (terms.act[k] != kRecurrentNone && w[offset + e * terms.count + k] != T(0));
+    const T v = keep ? x[i] : T(0);
+    if (store) put(y, i, v, accumulate); else y[i] = v;
+  }
+};
+
 template <class T>
 struct MulMaskOp {
   std::int64_t p;
@@ -322,6 +343,21 @@ void highway_backward(std::int64_t rows, std::int64_t hid, const HighwayTerms& t
                rows, hid, terms, w, offset, s, ch, dy, grads, workspace);
   cuda::launch(recurrent_detail::highway_dw_finish_kernel<T>, 1, kRecurrentThreads, stream,
                terms.count, int(blocks), workspace, offset, grads.gw, grads.m, grads.acc_w);
+}
+
+template <class T>
+void zero_if_all_none_forward(std::int64_t n, const HighwayTerms& terms, std::int64_t edges, const T* w,
+                              std::int64_t offset, const T* x, T* y, cudaStream_t stream) {
+  check_highway_terms(terms);
+  recurrent_detail::launch_map(
+      n, recurrent_detail::ZeroIfAllNoneOp<T>{terms, edges, offset, w, x, y, false, false}, stream);
+}
+template <class T>
+void zero_if_all_none_backward(std::int64_t n, const HighwayTerms& terms, std::int64_t edges, const T* w,
+                               std::int64_t offset, const T* dy, T* g, bool accumulate, cudaStream_t stream) {
+  check_highway_terms(terms);
+  recurrent_detail::launch_map(
+      n, recurrent_detail::ZeroIfAllNoneOp<T>{terms, edges, offset, w, dy, g, true, accumulate}, stream);
 }
 
 template <class T>

@@ -1,6 +1,6 @@
 // datanas/cuda/recurrent.hpp - declarations of the recurrent-cell launchers (recurrent.cuh), for
 // host code compiled by the C++ compiler: the fused highway update and its mixed form, the
-// time-shared mask, row scaling, column concatenation, row slices (stack_rows, view) and the
+// all-none node's zero state, the time-shared mask, row scaling, column concatenation, row slices (stack_rows, view) and the
 // temporal activation penalty (datanas/ops/recurrent.hpp is the specification).
 //
 // As for every family: the launchers are templates defined in recurrent.cuh, instantiated for
@@ -88,6 +88,17 @@ template <class T>
 void highway_backward(std::int64_t rows, std::int64_t hid, const HighwayTerms& terms, const T* w,
                       std::int64_t offset, const T* s, const T* ch, const T* dy,
                       const HighwayGrads<T>& grads, T* workspace, cudaStream_t stream);
+
+/// y[i] = x[i] over n elements, or 0 when the node is all-none: w[offset + e terms.count + k] == 0
+/// for every e < edges and every k whose act[k] is not none. Each thread reads the node's
+/// weights itself (at most 16 x 16 values, cached), so nothing is read on the host.
+template <class T>
+void zero_if_all_none_forward(std::int64_t n, const HighwayTerms& terms, std::int64_t edges, const T* w,
+                              std::int64_t offset, const T* x, T* y, cudaStream_t stream);
+/// g[i] (+)= dy[i], or (+)= 0 for an all-none node.
+template <class T>
+void zero_if_all_none_backward(std::int64_t n, const HighwayTerms& terms, std::int64_t edges, const T* w,
+                               std::int64_t offset, const T* dy, T* g, bool accumulate, cudaStream_t stream);
 
 /// y[i] = x[i] * m[i mod p] over n elements (p divides n): the time-shared mask.
 template <class T>

@@ -1,5 +1,5 @@
 // datanas/ops/cuda/recurrent.hpp - the Cuda side of the recurrent cell's ops (ops/recurrent.hpp):
-// highway and highway_mix, mul_mask, scale_rows, concat_cols, stack_rows, view,
+// highway and highway_mix, zero_if_all_none, mul_mask, scale_rows, concat_cols, stack_rows, view,
 // temporal_penalty and the locked-dropout masks (bernoulli_mask). Host code that checks nothing
 // the generic op has not checked already, takes device pointers from the tensors and queues the
 // launchers of kernels/datanas/cuda/recurrent.hpp on the current stream.
@@ -67,6 +67,24 @@ struct RecurrentOps {
     if (g.gw) work = Tensor<T, Cuda>::empty({index_t(highway_dw_workspace(rows * hid, t.count))});
     cuda::highway_backward<T>(rows, hid, t, w.defined() ? w.data() : nullptr, offset, s.data(), ch.data(),
                               dy.data(), g, g.gw ? work.data() : nullptr, current_stream().handle);
+  }
+
+  /// y = x, or 0 when every non-none weight of the node's `edges` groups of acts.size()
+  /// weights from `offset` is 0 (decided by the kernel: the host does not read w).
+  template <class T>
+  static void zero_if_all_none_forward(std::span<const RecurrentActivation> acts, index_t edges,
+                                       const Tensor<T, Cuda>& w, index_t offset, const Tensor<T, Cuda>& x,
+                                       const Tensor<T, Cuda>& y) {
+    cuda::zero_if_all_none_forward<T>(x.numel(), highway_terms(acts, false), edges, w.data(), offset, x.data(),
+                                      y.data(), current_stream().handle);
+  }
+  /// g (+)= dy, or 0 for an all-none node (g is then left alone when accumulating).
+  template <class T>
+  static void zero_if_all_none_backward(std::span<const RecurrentActivation> acts, index_t edges,
+                                        const Tensor<T, Cuda>& w, index_t offset, const Tensor<T, Cuda>& dy,
+                                        const Tensor<T, Cuda>& g, bool accumulate) {
+    cuda::zero_if_all_none_backward<T>(g.numel(), highway_terms(acts, false), edges, w.data(), offset, dy.data(),
+                                       g.data(), accumulate, current_stream().handle);
   }
 
   /// y[i] = x[i] m[i mod m.numel()].
