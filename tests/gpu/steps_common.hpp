@@ -1,9 +1,13 @@
 // What the whole-step GPU tests share (test_steps_gpu.cpp: CPU parity and step discipline;
-// test_graph_gpu.cpp: CUDA graph replay): a tiny DARTS search space, a search configuration that
-// moves alpha visibly within a few steps of tests/synthetic.hpp's data, and a tiny evaluation
-// network with its training configuration.
+// test_graph_gpu.cpp: CUDA graph replay; test_rnn_steps_gpu.cpp: the PTB loops): a tiny DARTS
+// search space, a search configuration that moves alpha visibly within a few steps of
+// tests/synthetic.hpp's data, a tiny evaluation network with its training configuration, and
+// what an epoch asks of the device.
 #pragma once
 
+#include <cstdint>
+
+#include "datanas/cuda.hpp"
 #include "datanas/search/searcher.hpp"
 #include "datanas/spaces/eval_network.hpp"
 #include "datanas/train/trainer.hpp"
@@ -38,6 +42,34 @@ inline train::TrainConfig small_training(long epochs) {
   tc.crop_pad = 1;
   tc.drop_path = 0.3;
   return tc;
+}
+
+/// What an epoch asked of the device: the allocator's new cudaMalloc calls always; on the
+/// simulator also every wait for the device and every device-to-host read (a GPU offers no such
+/// count, so there those checks are skipped).
+struct EpochDemand {
+  std::uint64_t system_allocations = 0, bytes_in_use_change = 0;
+#if DATANAS_CUDA_SIM
+  cudasim::Counters sim;
+#endif
+};
+
+template <class F>
+EpochDemand demand_of(F&& epoch) {
+  auto& alloc = CachingAllocator<Cuda>::instance();
+  const auto before = alloc.stats();
+#if DATANAS_CUDA_SIM
+  cudasim::counters() = {};
+#endif
+  epoch();
+  const auto after = alloc.stats();
+  EpochDemand d;
+  d.system_allocations = after.system_allocations - before.system_allocations;
+  d.bytes_in_use_change = after.bytes_in_use - before.bytes_in_use;
+#if DATANAS_CUDA_SIM
+  d.sim = cudasim::counters();
+#endif
+  return d;
 }
 
 }  // namespace datanas::gpu_test

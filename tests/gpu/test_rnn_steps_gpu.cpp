@@ -9,7 +9,9 @@
 // they agree to 1e-11. Float runs one epoch, where its rounding is still far from a flip. A checkpoint written on the GPU
 // restores on the CPU. Compiled into the steps_gpu binary (test_steps_gpu.cpp).
 #include "parity.hpp"
+#include "steps_common.hpp"
 
+#include <cstdint>
 #include <vector>
 
 #include "datanas/data/ptb.hpp"
@@ -123,6 +125,34 @@ void check_rnn_search(search::RnnSearchConfig cfg, long epochs, double tol) {
         search::to_text(search::derive_rnn_data(ac, m, cfg.normalize, search::Granularity::kNode, ops)));
 }
 
+/// One search epoch on the device; on the simulator, its reads of device values are exactly the
+/// log's: per step the architecture loss, the training loss and the correct count, and one loss
+/// per validation window. Sparse mode adds one host copy of the weights [E * K] per forward
+/// (it decides there which terms run); a dense cell finds its all-none nodes on the device.
+template <class E>
+void check_rnn_search_reads(const search::RnnSearchConfig& cfg) {
+  CAPTURE(cfg.sparse);
+  const Streams s(cfg.batch_size, cfg.eval_batch_size);
+  RnnSearchRun<E, Cuda> run(s, cfg);
+  long steps = 0;
+  const gpu_test::EpochDemand m = gpu_test::demand_of([&] { steps = run.searcher.run_epoch().steps; });
+  REQUIRE(steps >= 2);
+#if DATANAS_CUDA_SIM
+  const auto windows = std::uint64_t((s.valid.dim(0) - 1 + cfg.bptt - 1) / cfg.bptt);
+  const auto n = std::uint64_t(steps);
+  const std::uint64_t weight_reads = cfg.sparse ? 2 * n + windows : 0;
+  const auto weight_bytes = std::uint64_t(sizeof(float) * std::size_t(run.net.layout().edges() * run.net.layout().ops));
+  CHECK(m.sim.reads == 3 * n + windows + weight_reads);
+  CHECK(m.sim.host_waits == m.sim.reads);  // the host waits only to read
+  if (cfg.sparse)
+    CHECK(m.sim.largest_read == weight_bytes);
+  else
+    CHECK(m.sim.largest_read <= sizeof(std::int64_t));
+#else
+  (void)m;
+#endif
+}
+
 }  // namespace
 
 TEST_CASE("a PTB-style EGS search (per node) on the GPU samples the same codes as the CPU, dense and sparse") {
@@ -221,4 +251,14 @@ TEST_CASE("PTB-style training on the GPU matches the CPU through the switch to a
   tcpu.load_best();
   tgpu.load_best();
   CHECK(agrees(tgpu.valid_loss(), tcpu.valid_loss(), 1e-3));
+}
+
+TEST_CASE("a PTB search epoch on the GPU waits only to read its log; dense cells never read their weights") {
+  auto cfg = small_rnn_search();
+  cfg.tau = {5.0, 1.0};
+  check_rnn_search_reads<estimators::Softmax>(cfg);
+  check_rnn_search_reads<estimators::EGS<2>>(cfg);
+  check_rnn_search_reads<estimators::SoftGumbel>(cfg);
+  cfg.sparse = true;  // plus the host copy of each forward's weights
+  check_rnn_search_reads<estimators::EGS<2>>(cfg);
 }

@@ -146,33 +146,8 @@ TEST_CASE("a search checkpoint written on the GPU restores on the CPU and back")
 
 namespace {
 
-/// What a steady-state epoch asked of the device: the allocator's new cudaMalloc calls always;
-/// on the simulator also every wait for the device and every device-to-host read (a GPU offers
-/// no such count, so there those checks are skipped).
-struct EpochDemand {
-  std::uint64_t system_allocations = 0, bytes_in_use_change = 0;
-#if DATANAS_CUDA_SIM
-  cudasim::Counters sim;
-#endif
-};
-
-template <class F>
-EpochDemand demand_of(F&& epoch) {
-  auto& alloc = CachingAllocator<Cuda>::instance();
-  const auto before = alloc.stats();
-#if DATANAS_CUDA_SIM
-  cudasim::counters() = {};
-#endif
-  epoch();
-  const auto after = alloc.stats();
-  EpochDemand d;
-  d.system_allocations = after.system_allocations - before.system_allocations;
-  d.bytes_in_use_change = after.bytes_in_use - before.bytes_in_use;
-#if DATANAS_CUDA_SIM
-  d.sim = cudasim::counters();
-#endif
-  return d;
-}
+using gpu_test::demand_of;
+using gpu_test::EpochDemand;
 
 /// One epoch to warm up (cuDNN plans, optimiser state, the allocator's cache), then one measured:
 /// no allocation, and, where it can be counted, `reads_per_step` scalar reads per step (the

@@ -178,6 +178,61 @@ TEST_CASE("EGS per node: codes have 1..M pairs per node, sparse == dense, alpha 
       {params[1], params[9]}, 1e-5);
 }
 
+TEST_CASE("search cell, dense: a node whose kept ops are all none is the zero state, as in sparse mode") {
+  // Hand-set weights [36 * 5]: node 3 (edges 6..9) keeps only none entries; elsewhere some
+  // entries are 0. The dense cell must find node 3 by itself (no host copy of the weights) and
+  // give the sparse cell's function and gradients; a batch norm of node 3's zero sum would
+  // instead hand its zero weights gradients of order 1/sqrt(eps).
+  PhiloxGenerator init(8);
+  RnnSupernet<double, EgsSpace> net(tiny_config(0.2), init);
+  const auto ids = tokens(3, 3, 16);
+  TensorD wt = random_tensor({180}, 17, 0.1, 0.9);
+  for (index_t i = 0; i < 180; i += 7) wt[i] = 0.0;
+  const index_t first = index_t(search::rnn_edge_offset(3)) * 5, last = first + 4 * 5;
+  for (index_t i = first; i < last; ++i)
+    if (i % 5 != 0) wt[i] = 0.0;
+  VarD w(wt.clone(), true);
+  const auto params = net.parameters();
+  std::vector<TensorD> dense_grads;
+  TensorD dense_logits, dense_w_grad;
+  for (bool sparse : {false, true}) {
+    CAPTURE(sparse);
+    clear_tape<double>();
+    for (auto& p : params) p.zero_grad();
+    w.zero_grad();
+    const VarD logits = window_logits(net, ids, w, sparse);
+    backward(sum(logits));
+    for (index_t i = first; i < last; ++i) CHECK(w.grad()[i] == 0.0);
+    const TensorD g_w3 = params[2 + 3].grad();  // W_3 serves node 3 alone
+    for (index_t i = 0; i < g_w3.numel(); ++i) CHECK(g_w3[i] == 0.0);
+    if (!sparse) {
+      dense_logits = logits.value().clone();
+      dense_w_grad = w.grad().clone();
+      for (const auto& p : params) dense_grads.push_back(p.grad().clone());
+      continue;
+    }
+    for (index_t i = 0; i < dense_logits.numel(); ++i)
+      CHECK(logits.value()[i] == doctest::Approx(dense_logits[i]).epsilon(1e-12));
+    for (std::size_t p = 0; p < params.size(); ++p) {
+      CAPTURE(p);
+      for (index_t i = 0; i < dense_grads[p].numel(); ++i)
+        CHECK(params[p].grad()[i] == doctest::Approx(dense_grads[p][i]).epsilon(1e-10));
+    }
+    // Sparse mode leaves zero weights undifferentiated; the others agree.
+    for (index_t i = 0; i < 180; ++i)
+      if (wt[i] != 0.0) CHECK(w.grad()[i] == doctest::Approx(dense_w_grad[i]).epsilon(1e-10));
+  }
+  // The dense cell's gradient is exact: finite differences in the weights (node 3's non-none
+  // entries held at 0 by a mask, since any non-zero one would switch the node on) and in W_3, W_4.
+  TensorD hold = TensorD::full({180}, 1.0);
+  for (index_t i = first; i < last; ++i)
+    if (i % 5 != 0) hold[i] = 0.0;
+  check_gradients([&](auto& in) { return window_logits(net, ids, mul_mask(in[0], hold), false); },
+                  {VarD(wt.clone(), true)}, 1e-5);
+  check_gradients([&](auto&) { return window_logits(net, ids, VarD(wt), false); }, {params[2 + 3], params[2 + 4]},
+                  1e-5);
+}
+
 TEST_CASE("perplexity is exp(mean cross-entropy) over every predicted token (toy corpus by hand)") {
   // With zero embeddings the tied decoder gives logits = bias at every position, so each token's
   // cross-entropy is logsumexp(bias) - bias[target], whatever the cell.

@@ -15,10 +15,10 @@
 //
 // The loop is a template on the device D (Cpu by default). The token streams stay on the host
 // (windows are cut there; each forward copies its ids to D). On a device a search step waits for
-// the GPU only to read the two losses and the predictions for the log, after both the
-// architecture and the weight step are queued, and where the search cell needs a host copy of
-// the mixing weights (RnnSearchNetwork::forward_sampled: sparse mode, and estimators whose
-// weights can be 0). A checkpoint holds host tensors: it resumes on either device.
+// the GPU only to read the two losses and the correct count for the log, after both the
+// architecture and the weight step are queued, and, in sparse mode, where the search cell reads
+// a host copy of the mixing weights (RnnSearchNetwork::forward_sampled). A checkpoint holds host
+// tensors: it resumes on either device.
 #pragma once
 
 #include <chrono>

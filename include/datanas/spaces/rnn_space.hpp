@@ -20,10 +20,11 @@
 // the host and copied to D; dropout masks are drawn on D from the same Philox words (the
 // embedding-dropout word scales on the host), so a model has the same values on every device. Token
 // ids stay on the host (the window's inputs): each time step's ids (and, with embedding dropout,
-// their row scales) are copied to D. The search cell decides on the host which predecessors run
-// (sparse mode) and which nodes are all-none: on a device it reads a host copy of the window's
-// mixing weights (one copy per forward), except for DARTS' softmax, whose weights are never 0
-// (RnnSearchNetwork::forward_sampled).
+// their row scales) are copied to D. In sparse mode the search cell decides on the host which
+// predecessors run and which nodes are all-none, from a host copy of the window's mixing weights
+// (one copy per forward); a dense cell leaves the all-none decision to the device
+// (zero_if_all_none), so it never reads the weights on the host (RnnSearchNetwork::
+// forward_sampled).
 #pragma once
 
 #include <array>
@@ -140,10 +141,13 @@ struct CellContext {
   Tensor<T, D> x_mask, h_mask;  // undefined when not applied
   Var<T, D> weights;            // search: the estimator's weights [E * K]
   /// A host copy of `weights` (the same tensor on the Cpu), read by the search cell's host
-  /// decisions; undefined on a device when the weights cannot hold zeros (dense softmax): then
-  /// every predecessor runs and no node is all-none.
+  /// decisions in sparse mode; undefined in dense mode.
   Tensor<T> host_weights;
   bool sparse = false;
+  /// Dense mode: whether a node's non-none weights can all be 0 (hard estimators, SNAS at low
+  /// temperature, relu normalisation), so that every node goes through zero_if_all_none.
+  /// False only for weights that are never 0 (DARTS' softmax), saving those launches.
+  bool all_none_possible = true;
 };
 
 /// What a forward pass over a window returns.
@@ -188,11 +192,12 @@ class RnnModel : public nn::Module<T, D> {
   /// Runs the window inputs [T, B] (host token ids) from `hidden` [B, H]. In training mode the
   /// dropout masks are drawn from `gen` (a fixed number of counters per call); `weights` and
   /// `sparse` are for search cells (the estimator's sample, shared by every time step of the
-  /// window). On a device the search cell reads a host copy of `weights` (RnnSearchNetwork::
-  /// forward_sampled copies only when the weights can hold zeros).
+  /// window). In sparse mode the search cell reads a host copy of `weights` (on a device: a wait
+  /// for the stream); a dense one does not.
   RnnOutput<T, D> forward(const Tensor<std::int32_t>& inputs, const Tensor<T, D>& hidden, PhiloxGenerator& gen,
                           const Var<T, D>& weights = {}, bool sparse = false) const {
-    return run(inputs, hidden, gen, weights, sparse, weights.defined() ? to_cpu(weights.value()) : Tensor<T>());
+    const bool host = sparse && weights.defined();
+    return run(inputs, hidden, gen, weights, sparse, host ? to_cpu(weights.value()) : Tensor<T>(), true);
   }
 
   /// The cell for one time step: h_t from x_t [B, E] and h_{t-1} [B, H].
@@ -200,9 +205,10 @@ class RnnModel : public nn::Module<T, D> {
   [[nodiscard]] int steps() const { return int(ws_.size()); }
 
  protected:
-  /// forward() with the host copy of the weights given (undefined: see CellContext).
+  /// forward() with the host copy of the weights given (see CellContext for it and for
+  /// `all_none_possible`).
   RnnOutput<T, D> run(const Tensor<std::int32_t>& inputs, const Tensor<T, D>& hidden, PhiloxGenerator& gen,
-                      const Var<T, D>& weights, bool sparse, Tensor<T> host_weights) const {
+                      const Var<T, D>& weights, bool sparse, Tensor<T> host_weights, bool all_none_possible) const {
     DATANAS_CHECK(inputs.rank() == 2 && inputs.dim(0) >= 1 && inputs.dim(1) >= 1,
                   "RNN forward: inputs must be [T, B] token ids, got ", inputs.shape().str());
     const index_t steps = inputs.dim(0), batch = inputs.dim(1);
@@ -212,6 +218,7 @@ class RnnModel : public nn::Module<T, D> {
     ctx.weights = weights;
     ctx.host_weights = std::move(host_weights);
     ctx.sparse = sparse;
+    ctx.all_none_possible = all_none_possible;
     Tensor<T, D> in_mask, out_mask;
     Tensor<T> word_scale;  // on the host: it scales host-side token rows
     if (ctx.training) {
@@ -346,17 +353,15 @@ class RnnSearchNetwork : public RnnModel<T, D> {
   [[nodiscard]] virtual std::span<const RecurrentActivation> op_activations() const = 0;
   [[nodiscard]] const Var<T, D>& alpha() const { return alpha_; }
 
-  /// Samples the weights and runs the window (sparse only for hard estimators). On a device the
-  /// cell's host decisions need a host copy of the weights (a wait for the stream): taken in
-  /// sparse mode and whenever the weights can be exactly 0 (hard estimators, SNAS, relu
-  /// normalisation); DARTS' softmax (all weights > 0) runs without it.
+  /// Samples the weights and runs the window (sparse only for hard estimators). Only sparse mode
+  /// reads the weights on the host (on a device, a wait for the stream); a dense cell finds its
+  /// all-none nodes on the device, and skips even that for DARTS' softmax (all weights > 0).
   RnnOutput<T, D> forward_sampled(const Tensor<std::int32_t>& inputs, const Tensor<T, D>& hidden,
                                   const estimators::EstimatorConfig& ec, PhiloxGenerator& noise_gen,
                                   PhiloxGenerator& dropout_gen, bool sparse) const {
     const Var<T, D> w = mixing_weights(ec, noise_gen);
     const bool sp = sparse && hard_estimator();
-    const bool host = is_cpu<D> || sp || !positive_weights(ec);
-    return this->run(inputs, hidden, dropout_gen, w, sp, host ? to_cpu(w.value()) : Tensor<T>());
+    return this->run(inputs, hidden, dropout_gen, w, sp, sp ? to_cpu(w.value()) : Tensor<T>(), !positive_weights(ec));
   }
 
   /// The search cell (file comment). Needs ctx.weights [E * K].
@@ -366,8 +371,7 @@ class RnnSearchNetwork : public RnnModel<T, D> {
     DATANAS_CHECK(ctx.weights.defined() && ctx.weights.shape() == Shape{index_t(lay.edges()) * lay.ops},
                   "RNN search cell: mixing weights must be [", lay.edges() * lay.ops, "], got ",
                   ctx.weights.defined() ? ctx.weights.shape().str() : std::string("undefined"));
-    // Host decisions need the host copy; without it (dense softmax on a device) every
-    // predecessor runs and no node is all-none.
+    // Sparse mode decides on the host; a dense cell runs every predecessor.
     const T* wp = ctx.host_weights.defined() ? ctx.host_weights.data() : nullptr;
     DATANAS_CHECK(wp || !ctx.sparse, "RNN search cell: sparse mode needs a host copy of the weights");
     std::array<Var<T, D>, 17> states;
@@ -386,12 +390,18 @@ class RnnSearchNetwork : public RnnModel<T, D> {
         node = node.defined() ? add(node, term) : term;
       }
       // Every op the sample kept for this node is none (possible with hard estimators, dense or
-      // sparse): the node is the zero state; the batch norm of a constant would be 0 as well.
-      if (!node.defined() || (wp && all_none(wp, i, lay, acts))) {
-        states[std::size_t(i + 1)] = Var<T, D>(Tensor<T, D>::zeros({x.shape()[0], this->cfg_.nhid}));
-        continue;
+      // sparse): the node is the zero state, without gradient (zero_if_all_none says why). In
+      // sparse mode the host knows it; a dense node leaves it to the weights' device.
+      if (ctx.sparse) {
+        states[std::size_t(i + 1)] = !node.defined() || all_none(wp, i, lay, acts)
+                                         ? Var<T, D>(Tensor<T, D>::zeros({x.shape()[0], this->cfg_.nhid}))
+                                         : bn(node);
+      } else if (ctx.all_none_possible) {
+        const index_t first = index_t(search::rnn_edge_offset(i)) * lay.ops;
+        states[std::size_t(i + 1)] = zero_if_all_none(bn(node), ctx.weights.value(), first, index_t(i + 1), acts);
+      } else {
+        states[std::size_t(i + 1)] = bn(node);
       }
-      states[std::size_t(i + 1)] = bn(node);
     }
     std::array<int, 16> which{};
     for (int i = 0; i < lay.nodes; ++i) which[std::size_t(i)] = i + 1;
