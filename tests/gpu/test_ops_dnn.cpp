@@ -3,8 +3,9 @@
 // FactorizedReduce's 1x1 stride 2, the stem and reduction convolutions, groups), batch norm in
 // training and evaluation, affine or not, with frozen parameters, its running statistics, and
 // max / average / global average pooling; forward, and gradients written then accumulated.
-// Also: the cuDNN plan cache plans a shape once, the backward passes are deterministic, and bad
-// shapes are rejected on the Cuda device as on the CPU.
+// Also: the cuDNN plan cache plans a shape once, the algorithm choice prefers what the file
+// comment of ops/cuda/dnn.hpp promises (synthetic heuristics lists), the backward passes are
+// deterministic, and bad shapes are rejected on the Cuda device as on the CPU.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -263,6 +264,61 @@ TEST_CASE("conv2d plans a shape once and reuses it") {
   CHECK(cuda::DnnOps::conv_plan_count() == before + 2);
   // The algorithms cuDNN's heuristics gave each shape seen so far (logged for the GPU record).
   MESSAGE("cuDNN plans:\n" << cuda::DnnOps::conv_plan_report());
+}
+
+TEST_CASE("the convolution algorithm: deterministic, within the workspace cap, FMA math for float") {
+  // Synthetic heuristics lists (the choice is host code; on the simulator cuDNN offers one
+  // algorithm only, so only these lists reach the fallbacks).
+  using Perf = cudnnConvolutionBwdFilterAlgoPerf_t;
+  using cuda::dnn_host::choose_algorithm;
+  constexpr std::size_t cap = cuda::dnn_host::kConvWorkspaceCap;
+  auto perf = [](int algo, cudnnMathType_t math, bool deterministic, std::size_t bytes,
+                 cudnnStatus_t status = CUDNN_STATUS_SUCCESS) {
+    Perf r{};
+    r.algo = cudnnConvolutionBwdFilterAlgo_t(algo);
+    r.status = status;
+    r.memory = bytes;
+    r.determinism = deterministic ? CUDNN_DETERMINISTIC : CUDNN_NON_DETERMINISTIC;
+    r.mathType = math;
+    return r;
+  };
+  auto chosen = [&](const std::vector<Perf>& ranked, bool is_float) {
+    const Perf* r = choose_algorithm(ranked, is_float);
+    return r ? int(r->algo) : -1;
+  };
+  const auto fma = CUDNN_FMA_MATH, dflt = CUDNN_DEFAULT_MATH;
+  // In rank order: unusable, default math (TF32 for float), non-deterministic, over the cap,
+  // then the first acceptable one.
+  const std::vector<Perf> ranked = {perf(0, fma, true, 0, CUDNN_STATUS_NOT_SUPPORTED), perf(1, dflt, true, 0),
+                                    perf(2, fma, false, 0), perf(3, fma, true, cap + 1), perf(4, fma, true, 1024),
+                                    perf(5, fma, true, 0)};
+  CHECK(chosen(ranked, true) == 4);   // float: the first deterministic FMA algorithm within the cap
+  CHECK(chosen(ranked, false) == 1);  // double: any math type
+  // No deterministic algorithm fits: the first that fits; none fits: the first that succeeds.
+  CHECK(chosen({perf(3, fma, true, cap + 1), perf(2, fma, false, 64), perf(6, fma, false, 0)}, true) == 2);
+  CHECK(chosen({perf(0, fma, true, 0, CUDNN_STATUS_NOT_SUPPORTED), perf(3, fma, true, cap + 1),
+                perf(7, fma, false, 2 * cap)},
+               true) == 3);
+  // Float when the heuristics label nothing FMA: the others, in the same order of preference.
+  CHECK(chosen({perf(2, dflt, false, 0), perf(5, dflt, true, 0)}, true) == 5);
+  // Nothing usable: null, and pick() names the direction, the shape and every candidate.
+  CHECK(chosen({perf(0, fma, true, 0, CUDNN_STATUS_NOT_SUPPORTED)}, true) == -1);
+  CHECK(chosen({}, true) == -1);
+  auto query = [&](std::vector<Perf> list) {
+    return [list](int count, int* returned, Perf* out) {
+      *returned = std::min(count, int(list.size()));
+      std::copy_n(list.begin(), *returned, out);
+    };
+  };
+  CHECK(cuda::dnn_host::pick<Perf>("backward filter", "x [1, 2, 3, 3]", true, 4, query({perf(4, fma, true, 1024)}))
+            .algo == cudnnConvolutionBwdFilterAlgo_t(4));
+  CHECK_THROWS_WITH_AS(
+      cuda::dnn_host::pick<Perf>("backward filter", "x [1, 2, 3, 3]", true, 4,
+                                 query({perf(3, fma, true, 0, CUDNN_STATUS_NOT_SUPPORTED)})),
+      doctest::Contains("no usable backward filter algorithm for x [1, 2, 3, 3]; candidates; algo 3 (math"),
+      error);
+  CHECK_THROWS_WITH_AS(cuda::dnn_host::pick<Perf>("forward", "x [1]", false, 4, query({})),
+                       doctest::Contains("candidates: none"), error);
 }
 
 TEST_CASE("conv2d gradients on the GPU are deterministic") {
