@@ -216,7 +216,8 @@ TEST_CASE("errors are remembered until read, as the runtime does") {
 }
 
 TEST_CASE(
-    "the counters see allocations, waits for the device and reads (step tests rely on them)") {
+    "the counters see allocations, waits for the device, reads and uploads (step tests rely on "
+    "them)") {
   cudasim::counters() = {};
   float* d = nullptr;
   REQUIRE(cudaMalloc(&d, 64 * sizeof(float)) == cudaSuccess);
@@ -229,6 +230,7 @@ TEST_CASE(
   CHECK(cudasim::counters().mallocs == 1);
   CHECK(cudasim::counters().host_waits == 0);  // queued work makes the host wait for nothing
   CHECK(cudasim::counters().reads == 0);
+  CHECK(cudasim::counters().uploads == 1);
   REQUIRE(cudaMemcpyAsync(h.data(), d, 4 * sizeof(float), cudaMemcpyDeviceToHost, s) ==
           cudaSuccess);
   REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
@@ -244,4 +246,5 @@ TEST_CASE(
   CHECK(c.reads == 2);
   CHECK(c.read_bytes == 68 * sizeof(float));
   CHECK(c.largest_read == 64 * sizeof(float));
+  CHECK(c.uploads == 1);
 }

@@ -149,6 +149,8 @@ struct Counters {
   std::uint64_t reads = 0;       // device-to-host copies
   std::uint64_t read_bytes = 0;  // their bytes, and the largest
   std::uint64_t largest_read = 0;
+  std::uint64_t uploads = 0;     // host-to-device copies (from pageable memory a GPU's runtime
+                                 // stages them on the host, and may block it)
 };
 
 struct State {
@@ -682,6 +684,7 @@ inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes
     c.read_bytes += bytes;
     c.largest_read = std::max<std::uint64_t>(c.largest_read, bytes);
   }
+  if (kind == cudaMemcpyHostToDevice) ++cudasim::counters().uploads;
   return cudasim::fail(cudasim::enqueue(s, [dst, src, bytes] { std::memmove(dst, src, bytes); }));
 }
 inline cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
