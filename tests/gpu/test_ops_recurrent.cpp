@@ -1,7 +1,7 @@
 // The recurrent cell's ops on the GPU against the CPU (tests/gpu/parity.hpp): highway with
 // every activation, highway_mix (dense and sparse, a zero weight, a weight vector shared by two
 // calls), zero_if_all_none (kept and all-none nodes), mul_mask, scale_rows, concat_cols,
-// stack_rows, view, temporal_penalty and dropout masks drawn for the device; forward, and
+// stack_rows, slice_rows, view, temporal_penalty and dropout masks drawn for the device; forward, and
 // gradients written then accumulated. Odd shapes: batch 1 and 3, units 7 and 33, plus sizes that
 // need several blocks in the reductions.
 #include "parity.hpp"
@@ -160,7 +160,7 @@ TEST_CASE("highway_mix's weight gradient on the GPU is deterministic") {
 }
 
 TEST_CASE("zero_if_all_none on the GPU matches the CPU (kept and all-none nodes)") {
-  PhiloxGenerator gen(26);
+  PhiloxGenerator gen(29);
   // A node of 3 predecessors from offset 1: entries [1, 16), none at 1, 6 and 11. Kept by a
   // single non-zero entry at either end of the node, all-none with non-zero entries only in
   // the none columns and just outside the node.
@@ -248,7 +248,7 @@ TEST_CASE("a dropout mask drawn for the GPU equals the CPU's and consumes the sa
   }
 }
 
-TEST_CASE("concat_cols, stack_rows and view on the GPU match the CPU") {
+TEST_CASE("concat_cols, stack_rows, slice_rows and view on the GPU match the CPU") {
   PhiloxGenerator gen(26);
   for (const auto& shape : kShapes) {
     const index_t b = shape[0], u = shape[1];
@@ -275,6 +275,18 @@ TEST_CASE("concat_cols, stack_rows and view on the GPU match the CPU") {
     });
     check_parity("stack_rows, one input", {{a}}, [](auto xs, auto&) {
       return stack_rows<float, DeviceOf<decltype(xs)>>(xs.subspan(0, 1));
+    });
+    // slice_rows as the language model uses it (a window cut into its time steps, stacked
+    // again), one slice alone (the other rows' gradient is 0) and overlapping slices.
+    const Tensor<float> window = gpu_test::random_normal({3 * b, u}, gen);
+    check_parity("slice_rows, time steps", {{window}}, [b](auto xs, auto&) {
+      using V = std::remove_cvref_t<decltype(xs[0])>;
+      const V steps[] = {slice_rows(xs[0], 0, b), slice_rows(xs[0], b, b), slice_rows(xs[0], 2 * b, b)};
+      return stack_rows<float, DeviceOf<decltype(xs)>>(std::span<const V>(steps));
+    });
+    check_parity("slice_rows, one slice", {{window}}, [b](auto xs, auto&) { return slice_rows(xs[0], b, b); });
+    check_parity("slice_rows, overlapping", {{window}}, [b](auto xs, auto&) {
+      return add(slice_rows(xs[0], 0, 2 * b), slice_rows(xs[0], b, 2 * b));
     });
 
     check_parity("view", {{a}}, [u, b](auto xs, auto&) { return view(xs[0], Shape{u, b, 1, 1}); });
@@ -330,6 +342,7 @@ TEST_CASE("bad input to the recurrent ops on the GPU gives the CPU's errors") {
   const VG parts[] = {s, VG(TG::zeros({2, 4}))};
   CHECK_THROWS_WITH_AS((stack_rows<float, Cuda>(std::span<const VG>(parts))),
                        doctest::Contains("input 1 has shape"), error);
+  CHECK_THROWS_WITH_AS(slice_rows(s, 1, 2), doctest::Contains("rows [1, 3) are outside x [2, 3]"), error);
   CHECK_THROWS_WITH_AS(temporal_penalty(s, 2), doctest::Contains("at least 2 time steps"), error);
   CHECK_THROWS_WITH_AS(view(s, Shape{4}), doctest::Contains("cannot view"), error);
   PhiloxGenerator gen(1);

@@ -1,7 +1,8 @@
 // The ops of the recurrent cell: forward values by hand and finite-difference gradients (double)
 // for highway, highway_mix (dense and sparse), zero_if_all_none, mul_mask, scale_rows,
-// concat_cols, stack_rows, view and temporal_penalty; bernoulli_mask statistics.
+// concat_cols, stack_rows, slice_rows, view and temporal_penalty; bernoulli_mask statistics.
 #include "../gradcheck.hpp"
+#include "datanas/ops/arithmetic.hpp"
 #include "datanas/ops/recurrent.hpp"
 
 using namespace datanas;
@@ -147,6 +148,27 @@ TEST_CASE("stack_rows and view gradients") {
   CHECK_THROWS_WITH_AS(stack_rows<double>(std::vector<VarD>{param({2, 3}, 1), param({2, 4}, 2)}),
                        doctest::Contains("input 1 has shape [2, 4]"), error);
   check_gradients([](auto& in) { return tanh(view(in[0], Shape{3, 2, 1, 1})); }, {param({3, 2}, 63)});
+}
+
+TEST_CASE("slice_rows: rows of x, by hand and by finite differences; stack_rows undoes it") {
+  VarD x(TensorD::from({3, 2}, {1, 2, 3, 4, 5, 6}));
+  const auto y = slice_rows(x, 1, 2).value();
+  CHECK(y.shape() == Shape{2, 2});
+  CHECK(y[0] == 3.0);
+  CHECK(y[3] == 6.0);
+  // A window cut into its time steps and stacked again (each later slice adds to the gradient
+  // the first one zeroed), overlapping slices, and one slice alone (other rows get 0).
+  check_gradients(
+      [](auto& in) {
+        const VarD steps[] = {slice_rows(in[0], 0, 2), slice_rows(in[0], 2, 2), slice_rows(in[0], 4, 2)};
+        return stack_rows<double>(steps);
+      },
+      {param({6, 3}, 64)});
+  check_gradients([](auto& in) { return add(slice_rows(in[0], 1, 3), slice_rows(in[0], 0, 3)); }, {param({5, 2}, 65)});
+  check_gradients([](auto& in) { return slice_rows(in[0], 2, 1); }, {param({4, 3}, 66)});
+  CHECK_THROWS_WITH_AS(slice_rows(x, 2, 2), doctest::Contains("rows [2, 4) are outside x [3, 2]"), error);
+  CHECK_THROWS_WITH_AS(slice_rows(x, 0, 0), doctest::Contains("rows [0, 0) are outside"), error);
+  CHECK_THROWS_WITH_AS(slice_rows(VarD(TensorD::zeros({6})), 0, 1), doctest::Contains("must be [rows, C]"), error);
 }
 
 TEST_CASE("temporal_penalty: mean squared step, by hand and by finite differences") {

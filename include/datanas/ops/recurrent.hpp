@@ -1,8 +1,8 @@
 // datanas/ops/recurrent.hpp - the ops of the DARTS recurrent cell (ALGORITHMS.md §4) and of the
 // language model around it: the fused highway update s + sigmoid(c) * (f(h) - s) and its mixed
 // (search) form, time-shared dropout masks, row scaling (embedding dropout), column
-// concatenation, row stacking (time steps -> one decoder batch), a shape view and the temporal
-// activation penalty of AWD-LSTM.
+// concatenation, row stacking (time steps -> one decoder batch) and slicing (one embedded
+// window -> time steps), a shape view and the temporal activation penalty of AWD-LSTM.
 //
 // Every op here takes rank-2 row-major tensors [rows, cols]; rows are batch elements (or
 // time-major (t, b) pairs), which is how the recurrent model lays out its activations.
@@ -454,6 +454,35 @@ Var<T, D> stack_rows(std::type_identity_t<std::span<const Var<T, D>>> xs) {
       }
     });
   }
+  return y;
+}
+
+/// Rows [first, first + count) of x [R, C] -> [count, C]: stack_rows' inverse. The language
+/// model embeds a whole window [T*B] at once (one copy of its ids to the device, one embedding,
+/// dropout and mask op) and hands time step t its rows [tB, (t+1)B). Backward: the first
+/// gradient writer into x zeroes x's other rows; later slices add their rows only, so T slices
+/// cost O(R C) in all.
+template <class T, class D>
+Var<T, D> slice_rows(const Var<T, D>& x, index_t first, index_t count) {
+  DATANAS_CHECK(x.shape().rank() == 2 && x.value().defined(), "slice_rows: x must be [rows, C], got ",
+                x.shape().str());
+  DATANAS_CHECK(first >= 0 && count >= 1 && first + count <= x.shape()[0], "slice_rows: rows [", first, ", ",
+                first + count, ") are outside x ", x.shape().str());
+  const index_t cols = x.shape()[1], off = first * cols, n = count * cols;
+  Var<T, D> y(Tensor<T, D>::empty({count, cols}));
+  if constexpr (is_cpu<D>)
+    std::copy_n(x.value().data() + off, n, y.value().data());
+  else
+    DeviceOps<D>::slice_rows_forward(x.value(), off, y.value());
+  if (needs_grad(x))
+    record(y, [x, y, off, n] {
+      auto [g, acc] = x.grad_slot();
+      if (!acc) g.fill(T(0));
+      if constexpr (is_cpu<D>)
+        cpu::ArrayMap<T>(g.data() + off, n) += cpu::ConstArrayMap<T>(y.out_grad().data(), n);
+      else
+        DeviceOps<D>::slice_rows_backward(y.out_grad(), off, g);
+    });
   return y;
 }
 

@@ -1,8 +1,8 @@
 // datanas/ops/cuda/recurrent.hpp - the Cuda side of the recurrent cell's ops (ops/recurrent.hpp):
-// highway and highway_mix, zero_if_all_none, mul_mask, scale_rows, concat_cols, stack_rows, view,
-// temporal_penalty and the locked-dropout masks (bernoulli_mask). Host code that checks nothing
-// the generic op has not checked already, takes device pointers from the tensors and queues the
-// launchers of kernels/datanas/cuda/recurrent.hpp on the current stream.
+// highway and highway_mix, zero_if_all_none, mul_mask, scale_rows, concat_cols, stack_rows,
+// slice_rows, view, temporal_penalty and the locked-dropout masks (bernoulli_mask). Host code
+// that checks nothing the generic op has not checked already, takes device pointers from the
+// tensors and queues the launchers of kernels/datanas/cuda/recurrent.hpp on the current stream.
 //
 // Part of DeviceOps<Cuda> (datanas/cuda.hpp). Every function is asynchronous: nothing here
 // reads a device value on the host (highway's weights, temporal_penalty's sum and its output
@@ -141,6 +141,18 @@ struct RecurrentOps {
   static void stack_rows_backward(const Tensor<T, Cuda>& dy, index_t off, const Tensor<T, Cuda>& g,
                                   bool accumulate) {
     cuda::recurrent_store<T>(g.numel(), dy.data() + off, g.data(), accumulate, current_stream().handle);
+  }
+  /// y = x[off, off + y.numel()) (flat elements): slice_rows.
+  template <class T>
+  static void slice_rows_forward(const Tensor<T, Cuda>& x, index_t off, const Tensor<T, Cuda>& y) {
+    DATANAS_CUDA_CHECK(cudaMemcpyAsync(y.data(), x.data() + off, sizeof(T) * std::size_t(y.numel()),
+                                       cudaMemcpyDeviceToDevice, current_stream().handle));
+  }
+  /// g[off, off + dy.numel()) += dy (flat elements): slice_rows' backward, after the generic op
+  /// has zeroed g if it is the first writer.
+  template <class T>
+  static void slice_rows_backward(const Tensor<T, Cuda>& dy, index_t off, const Tensor<T, Cuda>& g) {
+    cuda::recurrent_store<T>(dy.numel(), dy.data(), g.data() + off, true, current_stream().handle);
   }
   /// g (+)= dy, element by element (view's backward; the shapes differ, the sizes do not).
   template <class T>
