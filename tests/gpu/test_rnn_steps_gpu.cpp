@@ -128,7 +128,9 @@ void check_rnn_search(search::RnnSearchConfig cfg, long epochs, double tol) {
 /// One search epoch on the device; on the simulator, its reads of device values are exactly the
 /// log's: per step the architecture loss, the training loss and the correct count, and one loss
 /// per validation window. Sparse mode adds one host copy of the weights [E * K] per forward
-/// (it decides there which terms run); a dense cell finds its all-none nodes on the device.
+/// (it decides there which terms run); a dense cell finds its all-none nodes on the device. Its
+/// copies to the device are few too: per forward the window's ids, its targets and, in
+/// training, its embedding-dropout row scales (not one copy per time step).
 template <class E>
 void check_rnn_search_reads(const search::RnnSearchConfig& cfg) {
   CAPTURE(cfg.sparse);
@@ -144,6 +146,8 @@ void check_rnn_search_reads(const search::RnnSearchConfig& cfg) {
   const auto weight_bytes = std::uint64_t(sizeof(float) * std::size_t(run.net.layout().edges() * run.net.layout().ops));
   CHECK(m.sim.reads == 3 * n + windows + weight_reads);
   CHECK(m.sim.host_waits == m.sim.reads);  // the host waits only to read
+  REQUIRE(tiny_model().dropoute > 0);
+  CHECK(m.sim.uploads == 2 * 3 * n + 2 * windows);
   if (cfg.sparse)
     CHECK(m.sim.largest_read == weight_bytes);
   else

@@ -18,12 +18,12 @@
 //
 // Every class is a template on the device D (Cpu by default). Weights and alpha are drawn on
 // the host and copied to D; dropout masks are drawn on D from the same Philox words (the
-// embedding-dropout word scales on the host), so a model has the same values on every device. Token
-// ids stay on the host (the window's inputs): each time step's ids (and, with embedding dropout,
-// their row scales) are copied to D. In sparse mode the search cell decides on the host which
-// predecessors run and which nodes are all-none, from a host copy of the window's mixing weights
-// (one copy per forward); a dense cell leaves the all-none decision to the device
-// (zero_if_all_none), so it never reads the weights on the host (RnnSearchNetwork::
+// embedding-dropout word scales on the host), so a model has the same values on every device.
+// Token ids stay on the host (the window's inputs): a forward copies the window's ids (and, with
+// embedding dropout, their row scales) to D once. In sparse mode the search cell decides on the
+// host which predecessors run and which nodes are all-none, from a host copy of the window's
+// mixing weights (one copy per forward); a dense cell leaves the all-none decision to the
+// device (zero_if_all_none), so it never reads the weights on the host (RnnSearchNetwork::
 // forward_sampled).
 #pragma once
 
@@ -229,20 +229,22 @@ class RnnModel : public nn::Module<T, D> {
       out_mask = mask<D>({batch, cfg_.nhid}, cfg_.dropout, gen);
       if (cfg_.dropoute > 0) word_scale = mask<Cpu>({cfg_.vocab}, cfg_.dropoute, gen);
     }
+    // The whole window at once: one copy of its ids (and token scales) to D, one embedding,
+    // embedding dropout and input mask (time-shared: it tiles over the T row blocks); time step
+    // t reads rows [tB, (t+1)B). A copy of the ids: on the Cpu the embedding's backward keeps
+    // them, and the caller may reuse `inputs`.
+    const Tensor<std::int32_t> ids = inputs.reshape({steps * batch}).clone();
+    Var<T, D> xs = embedding(encoder_, to_device_of<D>(ids));
+    if (word_scale.defined()) {
+      Tensor<T> token_scale = Tensor<T>::empty({steps * batch});
+      for (index_t i = 0; i < steps * batch; ++i) token_scale[i] = word_scale[ids[i]];
+      xs = scale_rows(xs, to_device_of<D>(token_scale));
+    }
+    if (in_mask.defined()) xs = mul_mask(xs, in_mask);
     Var<T, D> h(hidden);
     std::vector<Var<T, D>> outs(static_cast<std::size_t>(steps));
     for (index_t t = 0; t < steps; ++t) {
-      // Fresh tensors each step: the backward closures keep these handles.
-      Tensor<std::int32_t> ids = Tensor<std::int32_t>::empty({batch});
-      std::copy_n(inputs.data() + t * batch, batch, ids.data());
-      Var<T, D> x = embedding(encoder_, to_device_of<D>(ids));
-      if (word_scale.defined()) {
-        Tensor<T> token_scale = Tensor<T>::empty({batch});
-        for (index_t b = 0; b < batch; ++b) token_scale[b] = word_scale[ids[b]];
-        x = scale_rows(x, to_device_of<D>(token_scale));
-      }
-      if (in_mask.defined()) x = mul_mask(x, in_mask);
-      h = cell(x, h, ctx);
+      h = cell(steps == 1 ? xs : slice_rows(xs, t * batch, batch), h, ctx);
       outs[std::size_t(t)] = h;
     }
     RnnOutput<T, D> out;
