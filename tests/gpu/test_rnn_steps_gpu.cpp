@@ -266,3 +266,39 @@ TEST_CASE("a PTB search epoch on the GPU waits only to read its log; dense cells
   cfg.sparse = true;  // plus the host copy of each forward's weights
   check_rnn_search_reads<estimators::EGS<2>>(cfg);
 }
+
+TEST_CASE("a PTB training epoch on the GPU waits only to read its log, with SGD and averaged SGD") {
+  train::RnnTrainConfig tc;
+  tc.epochs = 4;
+  tc.batch_size = 4;
+  tc.eval_batch_size = 2;
+  tc.bptt = 6;
+  tc.max_seq_len_delta = 4;
+  tc.lr = 10;
+  tc.nonmono = 0;  // switches to averaged SGD early (as in the parity test above)
+  const Streams s(tc.batch_size, tc.eval_batch_size, 5);
+  PhiloxGenerator init(31);
+  spaces::rnn::RnnEvalModel<float, spaces::rnn::DartsRnnOps, Cuda> model(tiny_model(), search::RNN_DARTS_V2, init);
+  train::RnnTrainer<float, Cuda> trainer(model, s.train, s.valid, tc);
+  bool averaged = false;
+  for (long e = 0; e < tc.epochs; ++e) {
+    CAPTURE(e);
+    train::RnnTrainEpoch st;
+    const gpu_test::EpochDemand m = gpu_test::demand_of([&] { st = trainer.run_epoch(); });
+    averaged = averaged || st.averaged;
+    REQUIRE(st.steps >= 2);
+#if DATANAS_CUDA_SIM
+    // Per step the loss and the correct count, per validation window its loss; uploads: per
+    // training forward the ids, row scales and targets, per validation window ids and targets.
+    const auto windows = std::uint64_t((s.valid.dim(0) - 1 + tc.bptt - 1) / tc.bptt);
+    const auto n = std::uint64_t(st.steps);
+    CHECK(m.sim.reads == 2 * n + windows);
+    CHECK(m.sim.host_waits == m.sim.reads);
+    CHECK(m.sim.uploads == 3 * n + 2 * windows);
+    CHECK(m.sim.largest_read <= sizeof(std::int64_t));
+#else
+    (void)m;
+#endif
+  }
+  CHECK(averaged);
+}
