@@ -1,12 +1,8 @@
 // Proves the memory claim: once the first training step has run, a step makes no heap
 // allocation at all. Every malloc-family call of the process (ours, Eigen's, libstdc++'s,
-// OpenMP's) is counted by interposing the C allocator in this executable, and the caching
-// allocator's own counters must show only cache hits.
-#include <dlfcn.h>
-#include <malloc.h>
-
-#include <atomic>
-#include <cstdlib>
+// OpenMP's) is counted by interposing the C allocator in this executable (malloc_counter.hpp),
+// and the caching allocator's own counters must show only cache hits.
+#include "malloc_counter.hpp"
 
 #include "gradcheck.hpp"
 #include "datanas/nn/layers.hpp"
@@ -15,53 +11,11 @@
 #include "datanas/ops/pool.hpp"
 #include "datanas/data/augment.hpp"
 #include "datanas/spaces/eval_network.hpp"
-
-extern "C" {
-void* __libc_malloc(std::size_t);
-void* __libc_calloc(std::size_t, std::size_t);
-void* __libc_realloc(void*, std::size_t);
-void* __libc_memalign(std::size_t, std::size_t);
-void __libc_free(void*);
-}
-
-namespace {
-std::atomic<bool> g_counting{false};
-std::atomic<long> g_allocs{0};
-inline void count() {
-  if (g_counting.load(std::memory_order_relaxed)) g_allocs.fetch_add(1, std::memory_order_relaxed);
-}
-}  // namespace
-
-extern "C" {
-void* malloc(std::size_t n) {
-  count();
-  return __libc_malloc(n);
-}
-void* calloc(std::size_t a, std::size_t b) {
-  count();
-  return __libc_calloc(a, b);
-}
-void* realloc(void* p, std::size_t n) {
-  count();
-  return __libc_realloc(p, n);
-}
-void* aligned_alloc(std::size_t al, std::size_t n) {
-  count();
-  return __libc_memalign(al, n);
-}
-void* memalign(std::size_t al, std::size_t n) {
-  count();
-  return __libc_memalign(al, n);
-}
-int posix_memalign(void** out, std::size_t al, std::size_t n) {
-  count();
-  *out = __libc_memalign(al, n);
-  return *out ? 0 : ENOMEM;
-}
-void free(void* p) { __libc_free(p); }
-}
+#include "datanas/spaces/rnn_space.hpp"
+#include "datanas/train/language_model.hpp"
 
 using namespace datanas;
+using testing::MallocCount;
 using V = Var<float>;
 
 namespace {
@@ -105,7 +59,7 @@ struct Net : nn::Module<float> {
 }  // namespace
 
 TEST_SUITE("cpu") {
-TEST_CASE("a training step makes no heap allocation after the first") {
+TEST_CASE("a training step makes no heap allocation after the first" * doctest::skip(!testing::kMallocCounting)) {
   PhiloxGenerator gen(3);
   Net net(gen);
   auto params = net.parameters();
@@ -125,20 +79,20 @@ TEST_CASE("a training step makes no heap allocation after the first") {
   step();
   auto& alloc = CachingAllocator<Cpu>::instance();
   const auto before = alloc.stats();
-  g_allocs = 0;
-  g_counting = true;
+  MallocCount allocs;
   float last = 0;
   for (int i = 0; i < 3; ++i) last = step();
-  g_counting = false;
+  const long n = allocs.stop();  // before CHECK, which may allocate
+  CHECK(n == 0);
   const auto after = alloc.stats();
-  CHECK(g_allocs.load() == 0);
   CHECK(after.system_allocations == before.system_allocations);
   CHECK(after.cache_hits > before.cache_hits);  // the steps did allocate tensors, from the cache
   CHECK(after.bytes_in_use == before.bytes_in_use);  // and gave every block back
   CHECK(last < first);  // and they trained
 }
 
-TEST_CASE("a training step of the evaluation network makes no heap allocation after the first") {
+TEST_CASE("a training step of the evaluation network makes no heap allocation after the first" *
+          doctest::skip(!testing::kMallocCounting)) {
   // DATA_M7 cells (several ops per input, shared ReLUs), drop path, the auxiliary head, and the
   // trainer's augmentation into preallocated batch tensors.
   PhiloxGenerator gen(3), aug(4), drop(5);
@@ -169,22 +123,62 @@ TEST_CASE("a training step of the evaluation network makes no heap allocation af
   step();
   auto& alloc = CachingAllocator<Cpu>::instance();
   const auto before = alloc.stats();
-  g_allocs = 0;
-  g_counting = true;
+  MallocCount allocs;
   for (int i = 0; i < 3; ++i) step();
-  g_counting = false;
+  const long n = allocs.stop();
+  CHECK(n == 0);
   const auto after = alloc.stats();
-  CHECK(g_allocs.load() == 0);
   CHECK(after.system_allocations == before.system_allocations);
   CHECK(after.bytes_in_use == before.bytes_in_use);
 }
 
-TEST_CASE("the counter sees allocations (the test above can fail)") {
-  g_allocs = 0;
-  g_counting = true;
+TEST_CASE("a PTB weight step (search and evaluation cells) makes no heap allocation after the first" *
+          doctest::skip(!testing::kMallocCounting)) {
+  // Every dropout on, the temporal penalty, clipping; the search cell with EGS per node (the
+  // all-none decision through zero_if_all_none) and the DARTS_V2 evaluation cell.
+  spaces::rnn::RnnConfig c;
+  c.vocab = 11;
+  c.emsize = c.nhid = 8;
+  c.dropout = c.dropouth = c.dropoutx = c.dropouti = c.dropoute = 0.2;
+  std::vector<std::int32_t> ids(240);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = std::int32_t((i * 7 + i / 5) % 11);
+  const Tensor<std::int32_t> stream = data::batchify(ids, 4);
+  std::vector<data::Window> windows;
+  for (index_t i = 0; i < 8; ++i) windows.push_back(data::get_window(stream, i * 6, 6));
+  PhiloxGenerator init(31), noise(3), dropout(4);
+  using Space = spaces::rnn::RecurrentSearchSpace<spaces::rnn::DartsRnnOps, 4, estimators::EGS<2>>;
+  spaces::rnn::RnnSupernet<float, Space> search_net(c, init);
+  spaces::rnn::RnnEvalModel<float> eval_net(c, search::RNN_DARTS_V2, init);
+  const estimators::EstimatorConfig ec{1.0, search::Normalize::kSoftmax};
+  for (int model = 0; model < 2; ++model) {
+    CAPTURE(model);
+    auto params = model == 0 ? search_net.parameters() : eval_net.parameters();
+    optim::SGD<float> sgd(params, 1.0, 0.0, 5e-7);
+    Tensor<float> hidden = search_net.init_hidden(4);
+    std::size_t next = 0;
+    const auto step = [&] {
+      const data::Window& w = windows[next++];
+      (void)train::weight_step<float>(
+          w, hidden,
+          [&](const Tensor<std::int32_t>& in, const Tensor<float>& h) {
+            return model == 0 ? search_net.forward_sampled(in, h, ec, noise, dropout, false)
+                              : eval_net.forward(in, h, dropout);
+          },
+          params, sgd, 0.25, 1e-3, 1, long(next));
+    };
+    for (int i = 0; i < 3; ++i) step();
+    MallocCount allocs;
+    for (int i = 0; i < 3; ++i) step();
+    const long n = allocs.stop();
+    CHECK(n == 0);
+  }
+}
+
+TEST_CASE("the counter sees allocations (the test above can fail)" * doctest::skip(!testing::kMallocCounting)) {
+  MallocCount allocs;
   void* volatile p = std::malloc(1000);  // volatile: GCC may elide a malloc/free pair
-  g_counting = false;
+  const long n = allocs.stop();
   std::free(p);
-  CHECK(g_allocs.load() == 1);
+  CHECK(n == 1);
 }
 }

@@ -242,13 +242,15 @@ class RnnModel : public nn::Module<T, D> {
     }
     if (in_mask.defined()) xs = mul_mask(xs, in_mask);
     Var<T, D> h(hidden);
-    std::vector<Var<T, D>> outs(static_cast<std::size_t>(steps));
+    std::vector<Var<T, D>>& outs = outs_;
+    outs.resize(std::size_t(steps));
     for (index_t t = 0; t < steps; ++t) {
       h = cell(steps == 1 ? xs : slice_rows(xs, t * batch, batch), h, ctx);
       outs[std::size_t(t)] = h;
     }
     RnnOutput<T, D> out;
     out.raw = stack_rows<T, D>(outs);
+    outs.clear();  // the handles go (stack_rows' tape entry keeps what backward needs)
     const Var<T, D> dropped = out_mask.defined() ? mul_mask(out.raw, out_mask) : out.raw;
     out.logits = linear(dropped, encoder_, decoder_bias_);
     out.hidden = h.value();
@@ -291,6 +293,11 @@ class RnnModel : public nn::Module<T, D> {
   RnnConfig cfg_;
   Var<T, D> encoder_, decoder_bias_, w0_;
   std::vector<Var<T, D>> ws_;  // sized once in the constructor: registered addresses stay valid
+  // Scratch kept between forwards so that a steady-state step allocates nothing on the heap
+  // (tests/test_allocation.cpp, tests/gpu/test_host_allocation_gpu.cpp). A forward is not
+  // reentrant on one model (as the batch norms' running statistics already make it). Empty
+  // between forwards.
+  mutable std::vector<Var<T, D>> outs_;
 };
 
 /// The evaluation (train-from-scratch) model of a recurrent genotype. A node with several
@@ -310,10 +317,11 @@ class RnnEvalModel : public RnnModel<T, D> {
   [[nodiscard]] const search::RecurrentGenotype& genotype() const { return genotype_; }
 
   Var<T, D> cell(const Var<T, D>& x, const Var<T, D>& h, const CellContext<T, D>& ctx) const override {
-    std::vector<Var<T, D>> states;
-    states.reserve(genotype_.nodes.size() + 1);
+    std::vector<Var<T, D>>& states = states_;  // scratch (RnnModel::outs_ says why)
+    std::vector<Var<T, D>>& ch = ch_;
+    states.clear();
     states.push_back(this->init_state(x, h, ctx));
-    std::vector<Var<T, D>> ch(genotype_.nodes.size() + 1);
+    ch.resize(genotype_.nodes.size() + 1);
     for (std::size_t i = 0; i < genotype_.nodes.size(); ++i) {
       const auto& node = genotype_.nodes[i];
       std::fill(ch.begin(), ch.end(), Var<T, D>());
@@ -327,7 +335,10 @@ class RnnEvalModel : public RnnModel<T, D> {
       if (node.size() > 1) s = scale(s, T(1) / T(node.size()));
       states.push_back(s);
     }
-    return RnnModel<T, D>::average(states, genotype_.concat);
+    Var<T, D> out = RnnModel<T, D>::average(states, genotype_.concat);
+    states.clear();
+    ch.clear();
+    return out;
   }
 
  private:
@@ -337,6 +348,7 @@ class RnnEvalModel : public RnnModel<T, D> {
   }
   search::RecurrentGenotype genotype_;
   std::vector<std::vector<RecurrentActivation>> acts_;
+  mutable std::vector<Var<T, D>> states_, ch_;  // one time step's scratch, empty between steps
 };
 
 /// What the recurrent search loop needs of a search model, independent of its compile-time
