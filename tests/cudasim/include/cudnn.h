@@ -502,6 +502,7 @@ void add_tensor(const Layout& a_l, const Layout& c_l, double alpha, const T* a, 
 
 /// Queues `work` on the handle's stream; a CUDA error becomes a cuDNN execution failure.
 inline cudnnStatus_t launch(const char* fn, cudnnHandle_t handle, std::function<void()> work) {
+  const cudasim::SimScope scope;
   const cudaError_t e = cudasim::enqueue(handle->stream, std::move(work));
   if (e == cudaSuccess) return CUDNN_STATUS_SUCCESS;
   return fail(CUDNN_STATUS_EXECUTION_FAILED_CUDART, fn,
@@ -512,6 +513,7 @@ inline cudnnStatus_t launch(const char* fn, cudnnHandle_t handle, std::function<
 /// reads its element type from its argument's type.
 template <class F>
 cudnnStatus_t launch_as(const char* fn, cudnnHandle_t handle, cudnnDataType_t type, F f) {
+  const cudasim::SimScope scope;
   if (type == CUDNN_DATA_DOUBLE) return launch(fn, handle, [f] { f(double{}); });
   return launch(fn, handle, [f] { f(float{}); });
 }

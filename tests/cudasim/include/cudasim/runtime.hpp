@@ -181,8 +181,24 @@ inline cudaError_t invalidate(Stream* s) {
 
 inline bool known_stream(Stream* s) { return s == nullptr || state().streams.count(s) != 0; }
 
+/// How deep this thread is in simulator code that runs device work or queues it: host heap
+/// allocations made meanwhile are the simulator's (kernels run on the host, queued work is held
+/// in std::function), not the library's, which a GPU would not make. Tests that count the
+/// library's host allocations on the device path skip them (tests/gpu/test_host_allocation.cpp).
+inline thread_local int sim_depth = 0;
+struct SimScope {
+  SimScope() { ++sim_depth; }
+  ~SimScope() { --sim_depth; }
+  SimScope(const SimScope&) = delete;
+  SimScope& operator=(const SimScope&) = delete;
+};
+inline bool in_simulator() { return sim_depth > 0; }
+
 /// Runs `work` in stream order: now, or recorded into the graph `stream` is capturing.
-inline cudaError_t enqueue(cudaStream_t stream, std::function<void()> work) {
+template <class F>
+cudaError_t enqueue(cudaStream_t stream, F&& f) {
+  const SimScope scope;
+  std::function<void()> work(std::forward<F>(f));
   if (!known_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
   if (stream && stream->capturing) {
     if (stream->invalidated) return fail(cudaErrorStreamCaptureInvalidated);
@@ -473,6 +489,7 @@ inline bool valid_configuration(dim3 grid, dim3 block_dims) {
 /// runtime copies them at launch or capture), each thread gets its own copy of them.
 template <class... P>
 void launch(void (*kernel)(P...), dim3 grid, dim3 block_dims, cudaStream_t stream, P... params) {
+  const SimScope scope;
   if (!valid_configuration(grid, block_dims)) {
     fail(cudaErrorInvalidConfiguration);
     return;
@@ -609,6 +626,7 @@ inline cudaError_t cudaSetDevice(int device) {
 }
 
 inline cudaError_t cudaMalloc(void** p, std::size_t bytes) {
+  const cudasim::SimScope scope;  // device memory is host memory here: not the library's
   if (!p) return cudasim::fail(cudaErrorInvalidValue);
   *p = nullptr;
   ++cudasim::counters().mallocs;
@@ -627,6 +645,7 @@ cudaError_t cudaMalloc(T** p, std::size_t bytes) {
 }
 
 inline cudaError_t cudaFree(void* p) {
+  const cudasim::SimScope scope;
   // cudaFree waits for the device: illegal while a stream captures.
   if (cudasim::state().capturing) {
     for (cudasim::Stream* s : cudasim::state().streams) cudasim::invalidate(s);
@@ -746,6 +765,7 @@ inline cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
   if (!exec) return cudasim::fail(cudaErrorInvalidValue);
   if (!cudasim::known_stream(s)) return cudasim::fail(cudaErrorInvalidResourceHandle);
   if (s && s->capturing) return cudasim::invalidate(s);
+  const cudasim::SimScope scope;
   const cudaError_t before = std::exchange(cudasim::state().last, cudaSuccess);
   for (const auto& node : exec->nodes) node();
   const cudaError_t during = cudasim::state().last;
