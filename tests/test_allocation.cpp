@@ -11,8 +11,8 @@
 #include "datanas/ops/pool.hpp"
 #include "datanas/data/augment.hpp"
 #include "datanas/spaces/eval_network.hpp"
-#include "datanas/spaces/rnn_space.hpp"
 #include "datanas/train/language_model.hpp"
+#include "synthetic_ptb.hpp"
 
 using namespace datanas;
 using testing::MallocCount;
@@ -136,15 +136,8 @@ TEST_CASE("a PTB weight step (search and evaluation cells) makes no heap allocat
           doctest::skip(!testing::kMallocCounting)) {
   // Every dropout on, the temporal penalty, clipping; the search cell with EGS per node (the
   // all-none decision through zero_if_all_none) and the DARTS_V2 evaluation cell.
-  spaces::rnn::RnnConfig c;
-  c.vocab = 11;
-  c.emsize = c.nhid = 8;
-  c.dropout = c.dropouth = c.dropoutx = c.dropouti = c.dropoute = 0.2;
-  std::vector<std::int32_t> ids(240);
-  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = std::int32_t((i * 7 + i / 5) % 11);
-  const Tensor<std::int32_t> stream = data::batchify(ids, 4);
-  std::vector<data::Window> windows;
-  for (index_t i = 0; i < 8; ++i) windows.push_back(data::get_window(stream, i * 6, 6));
+  const spaces::rnn::RnnConfig c = testing::tiny_rnn_config();
+  const std::vector<data::Window> windows = testing::tiny_windows();
   PhiloxGenerator init(31), noise(3), dropout(4);
   using Space = spaces::rnn::RecurrentSearchSpace<spaces::rnn::DartsRnnOps, 4, estimators::EGS<2>>;
   spaces::rnn::RnnSupernet<float, Space> search_net(c, init);

@@ -16,9 +16,8 @@
 #include <vector>
 
 #include "../synthetic.hpp"
+#include "../synthetic_ptb.hpp"
 #include "datanas/data/augment.hpp"
-#include "datanas/data/ptb.hpp"
-#include "datanas/spaces/rnn_space.hpp"
 #include "datanas/train/language_model.hpp"
 #include "parity.hpp"
 #include "steps_common.hpp"
@@ -155,13 +154,8 @@ TEST_CASE("a PTB weight step on the GPU makes no host heap allocation after the 
           doctest::skip(!testing::kMallocCounting)) {
   // The search cell (EGS per node, dense: the all-none decision on the device) on windows of
   // the same length, every dropout on, the temporal penalty, clipping, SGD.
-  spaces::rnn::RnnConfig c;
-  c.vocab = 11;
-  c.emsize = c.nhid = 8;
-  c.dropout = c.dropouth = c.dropoutx = c.dropouti = c.dropoute = 0.2;
-  std::vector<std::int32_t> ids(240);
-  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = std::int32_t((i * 7 + i / 5) % 11);
-  const Tensor<std::int32_t> stream = data::batchify(ids, 4);
+  const spaces::rnn::RnnConfig c = testing::tiny_rnn_config();
+  const std::vector<data::Window> windows = testing::tiny_windows();
   using Space = spaces::rnn::RecurrentSearchSpace<spaces::rnn::DartsRnnOps, 4, estimators::EGS<2>>;
   PhiloxGenerator init(31), noise(3), dropout(4);
   spaces::rnn::RnnSupernet<float, Space, Cuda> net(c, init);
@@ -169,8 +163,6 @@ TEST_CASE("a PTB weight step on the GPU makes no host heap allocation after the 
   optim::SGD<float, Cuda> sgd(params, 1.0, 0.0, 5e-7);
   Tensor<float, Cuda> hidden = net.init_hidden(4);
   const estimators::EstimatorConfig ec{1.0, search::Normalize::kSoftmax};
-  std::vector<data::Window> windows;
-  for (index_t i = 0; i < 8; ++i) windows.push_back(data::get_window(stream, i * 6, 6));
   std::size_t next = 0;
   const auto step = [&] {
     const data::Window& w = windows[next++];

@@ -85,6 +85,20 @@ search::RnnSearchConfig small_rnn_search() {
   return cfg;
 }
 
+/// Batches of 4, bptt 6, lr 10, and nonmono 0: the switch to averaged SGD comes after the first
+/// SGD epoch that does not improve on the best.
+train::RnnTrainConfig small_rnn_training(long epochs) {
+  train::RnnTrainConfig tc;
+  tc.epochs = epochs;
+  tc.batch_size = 4;
+  tc.eval_batch_size = 2;
+  tc.bptt = 6;
+  tc.max_seq_len_delta = 4;
+  tc.lr = 10;
+  tc.nonmono = 0;
+  return tc;
+}
+
 bool agrees(double got, double want, double tol) { return std::abs(got - want) <= tol * std::max(1.0, std::abs(want)); }
 
 /// Runs the same search on both devices, epoch by epoch, and compares everything it leaves.
@@ -198,14 +212,7 @@ TEST_CASE("a PTB search checkpoint written on the GPU restores on the CPU") {
 }
 
 TEST_CASE("PTB-style training on the GPU matches the CPU through the switch to averaged SGD") {
-  train::RnnTrainConfig tc;
-  tc.epochs = 6;
-  tc.batch_size = 4;
-  tc.eval_batch_size = 2;
-  tc.bptt = 6;
-  tc.max_seq_len_delta = 4;
-  tc.lr = 10;
-  tc.nonmono = 0;  // switch after the first SGD epoch that does not improve on the best
+  const train::RnnTrainConfig tc = small_rnn_training(6);
   // The validation stream follows another rule, so that learning the training rule soon makes
   // the validation loss rise: the trigger fires early and averaged SGD runs.
   const Streams s(tc.batch_size, tc.eval_batch_size, 5);
@@ -268,14 +275,7 @@ TEST_CASE("a PTB search epoch on the GPU waits only to read its log; dense cells
 }
 
 TEST_CASE("a PTB training epoch on the GPU waits only to read its log, with SGD and averaged SGD") {
-  train::RnnTrainConfig tc;
-  tc.epochs = 4;
-  tc.batch_size = 4;
-  tc.eval_batch_size = 2;
-  tc.bptt = 6;
-  tc.max_seq_len_delta = 4;
-  tc.lr = 10;
-  tc.nonmono = 0;  // switches to averaged SGD early (as in the parity test above)
+  const train::RnnTrainConfig tc = small_rnn_training(4);
   const Streams s(tc.batch_size, tc.eval_batch_size, 5);
   PhiloxGenerator init(31);
   spaces::rnn::RnnEvalModel<float, spaces::rnn::DartsRnnOps, Cuda> model(tiny_model(), search::RNN_DARTS_V2, init);
