@@ -328,9 +328,10 @@ Var<T, D> scale_rows(const Var<T, D>& x, const Tensor<T, D>& scale) {
 /// K = acts.size(). w is the search cell's flat weights [E * K] (rank 1, no gradient), holding the
 /// node's `edges` predecessor groups one after the other from `offset`. Why not batch-normalise a
 /// zero node: the batch norm of a constant is 0 forward, but its backward divides by sqrt(eps)
-/// and would hand the all-zero weights of that node gradients about 300 times too large. On a
-/// device the kernel reads w itself, so the host never waits for the weights (a dense PTB search
-/// step stays free of host reads). x: any shape; y: x's shape.
+/// (about 300x the output gradient) and would hand the node's zero weights gradients where the
+/// zero state gives them none. On a device the kernel reads w itself, so the host never waits
+/// for the weights (a dense PTB search step stays free of host reads). x: any shape; y: x's
+/// shape. `acts` must outlive backward (an op set's static table).
 template <class T, class D>
 Var<T, D> zero_if_all_none(const Var<T, D>& x, const Tensor<T, D>& w, index_t offset, index_t edges,
                            std::span<const RecurrentActivation> acts) {
