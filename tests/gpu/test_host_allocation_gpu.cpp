@@ -1,9 +1,9 @@
 // The host side of the device path makes no heap allocation in a steady-state step, as the CPU
 // path makes none (tests/test_allocation.cpp): the searcher's step (DARTS first and second
 // order, EGS dense with the L1 term, SNAS, a replayed CUDA graph; EGS sparse only for the
-// device blocks the caching allocator has to create), the evaluation
-// network's training step with augmentation, drop path and clipping, and the PTB model's weight
-// step. Every malloc-family call of the process is counted (../malloc_counter.hpp).
+// device blocks the caching allocator has to create), the evaluation network's training step
+// with augmentation, drop path and clipping, and the PTB model's weight step. Every
+// malloc-family call of the process is counted (../malloc_counter.hpp).
 //
 // On the CUDA simulator its own allocations (kernels run on the host, queued work is held in
 // std::function) are left out (cudasim::in_simulator), so the count is the library's alone and
@@ -187,5 +187,9 @@ TEST_CASE("the simulator's allocations are left out, the library's are counted" 
         std::free(p);
       },
       2);
+#if DATANAS_CUDA_SIM
   CHECK(n == 2);
+#else
+  CHECK(n >= 2);  // the CUDA runtime may add its own
+#endif
 }
