@@ -3,6 +3,11 @@
 #include <cuda_runtime.h>
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
 #include <cstdint>
 #include <numeric>
 #include <string>
@@ -62,11 +67,50 @@ __global__ void count_odd(const int* in, int* count) {
   if (in[blockIdx.x * blockDim.x + threadIdx.x] % 2) atomicAdd(count, 1);
 }
 
-/// A device buffer of n ints, freed at scope exit.
+__global__ void write_at(float* p, int i) { p[i] = 1.0f; }
+
+/// Runs `touch` in a child process (output discarded, default SIGSEGV action) and returns the
+/// signal that ended it, or 0 when it exited normally.
+template <class F>
+int signal_of(F&& touch) {
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1);
+    dup2(null, 2);
+    std::signal(SIGSEGV, SIG_DFL);
+    touch();
+    _exit(0);
+  }
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  return WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+}
+
+/// A device buffer of n values, freed at scope exit. The test reads and writes it as the
+/// simulator does (SimScope): host code elsewhere may not touch device memory, as on a GPU.
+template <class T = int>
 struct Buffer {
-  int* p = nullptr;
-  explicit Buffer(std::size_t n) { REQUIRE(cudaMalloc(&p, n * sizeof(int)) == cudaSuccess); }
+  T* p = nullptr;
+  explicit Buffer(std::size_t n) { REQUIRE(cudaMalloc(&p, n * sizeof(T)) == cudaSuccess); }
   ~Buffer() { (void)cudaFree(p); }
+  [[nodiscard]] T get(std::size_t i) const {
+    const cudasim::SimScope device;
+    return p[i];
+  }
+  [[nodiscard]] std::vector<T> get_all(std::size_t n) const {
+    const cudasim::SimScope device;
+    return std::vector<T>(p, p + n);
+  }
+  void set(std::size_t i, T v) const {
+    const cudasim::SimScope device;
+    p[i] = v;
+  }
+  void set_all(const std::vector<T>& v) const {
+    const cudasim::SimScope device;
+    std::copy(v.begin(), v.end(), p);
+  }
 };
 
 std::vector<int> run_racy(cudasim::Schedule order) {
@@ -74,7 +118,7 @@ std::vector<int> run_racy(cudasim::Schedule order) {
   Buffer out(32);
   datanas::cuda::launch(racy_rotate, 1, 32, nullptr, out.p);
   cudasim::set_schedule(cudasim::Schedule::kForward);
-  return std::vector<int>(out.p, out.p + 32);
+  return out.get_all(32);
 }
 
 }  // namespace
@@ -87,11 +131,11 @@ TEST_CASE("block barriers order shared memory for every block shape, in both sch
       std::vector<int> in(blocks * threads);
       std::iota(in.begin(), in.end(), 1);
       Buffer d_in(in.size()), d_out(blocks);
-      std::copy(in.begin(), in.end(), d_in.p);
+      d_in.set_all(in);
       datanas::cuda::launch(tree_sum, blocks, threads, nullptr, d_in.p, d_out.p);
       for (unsigned b = 0; b < blocks; ++b) {
         const long first = long(b) * threads + 1, last = first + threads - 1;
-        CHECK(d_out.p[b] == (first + last) * long(threads) / 2);
+        CHECK(d_out.get(b) == (first + last) * long(threads) / 2);
       }
     }
   }
@@ -101,15 +145,10 @@ TEST_CASE("block barriers order shared memory for every block shape, in both sch
 TEST_CASE("warp shuffles exchange values between the lanes of each warp only") {
   std::vector<double> in(64);
   std::iota(in.begin(), in.end(), 0.0);
-  double* d_in = nullptr;
-  double* d_out = nullptr;
-  REQUIRE(cudaMalloc(&d_in, 64 * sizeof(double)) == cudaSuccess);
-  REQUIRE(cudaMalloc(&d_out, 64 * sizeof(double)) == cudaSuccess);
-  std::copy(in.begin(), in.end(), d_in);
-  datanas::cuda::launch(warp_sum, 1, 64, nullptr, d_in, d_out);
-  for (int i = 0; i < 64; ++i) CHECK(d_out[i] == (i < 32 ? 496.0 : 1520.0));
-  (void)cudaFree(d_in);
-  (void)cudaFree(d_out);
+  Buffer<double> d_in(64), d_out(64);
+  d_in.set_all(in);
+  datanas::cuda::launch(warp_sum, 1, 64, nullptr, d_in.p, d_out.p);
+  for (std::size_t i = 0; i < 64; ++i) CHECK(d_out.get(i) == (i < 32 ? 496.0 : 1520.0));
 }
 
 TEST_CASE("a missing barrier shows up as a difference between the two schedules") {
@@ -136,28 +175,52 @@ TEST_CASE("launch limits are those of a real GPU") {
                   datanas::error);
 }
 
+TEST_CASE("host code cannot touch device memory, as on a GPU; a kernel past its block's end faults") {
+#if CUDASIM_PAGED_DEVICE_MEMORY
+  Buffer<float> b(100);  // 400 bytes; the caching allocator's rounding (256) makes it 512
+  b.set_all(std::vector<float>(100, 3.0f));
+  // The simulator's own accesses: a copy, a kernel, a test's peek (SimScope).
+  CHECK(signal_of([&] {
+          float h[100];
+          if (cudaMemcpy(h, b.p, sizeof h, cudaMemcpyDeviceToHost) != cudaSuccess || h[99] != 3.0f)
+            _exit(1);
+          datanas::cuda::launch(write_at, 1, 1, nullptr, b.p, 127);  // inside the rounded span
+          if (b.get(99) != 3.0f) _exit(1);
+        }) == 0);
+  CHECK(signal_of([&] { datanas::cuda::launch(write_at, 1, 1, nullptr, b.p, 128); }) == SIGSEGV);
+  if (!cudasim::device_memory_protected()) {
+    MESSAGE("no memory protection keys on this machine: host access to device memory not checked");
+    return;
+  }
+  CHECK(signal_of([&] { (void)static_cast<volatile float*>(b.p)[0]; }) == SIGSEGV);
+  CHECK(signal_of([&] { static_cast<volatile float*>(b.p)[3] = 2.0f; }) == SIGSEGV);
+#else
+  MESSAGE("device memory is heap memory in this build (AddressSanitizer checks its bounds)");
+#endif
+}
+
 TEST_CASE("atomicAdd counts every hit") {
   std::vector<int> in(10 * 64);
   std::iota(in.begin(), in.end(), 0);
   Buffer d_in(in.size()), count(1);
-  std::copy(in.begin(), in.end(), d_in.p);
-  count.p[0] = 0;
+  d_in.set_all(in);
+  count.set(0, 0);
   datanas::cuda::launch(count_odd, 10, 64, nullptr, d_in.p, count.p);
-  CHECK(count.p[0] == 320);
+  CHECK(count.get(0) == 320);
 }
 
 TEST_CASE("stream capture records work with its arguments and replays it") {
   cudaStream_t s = nullptr;
   REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
   Buffer p(4);
-  std::fill(p.p, p.p + 4, 0);
+  p.set_all({0, 0, 0, 0});
   int v = 5;
   REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) == cudaSuccess);
   REQUIRE(cudaMemsetAsync(p.p, 0, 4 * sizeof(int), s) == cudaSuccess);
   datanas::cuda::launch(add_value, 1, 4, s, p.p, v);
   v = 100;  // the kernel argument was copied at capture
   datanas::cuda::launch(add_value, 1, 4, s, p.p, 1);
-  CHECK(p.p[0] == 0);  // nothing ran while capturing
+  CHECK(p.get(0) == 0);  // nothing ran while capturing
   cudaGraph_t g = nullptr;
   REQUIRE(cudaStreamEndCapture(s, &g) == cudaSuccess);
   std::size_t nodes = 0;
@@ -167,10 +230,10 @@ TEST_CASE("stream capture records work with its arguments and replays it") {
   REQUIRE(cudaGraphInstantiate(&exec, g, 0) == cudaSuccess);
   REQUIRE(cudaGraphDestroy(g) == cudaSuccess);
   for (int replay = 0; replay < 3; ++replay) {
-    p.p[1] = 1000;  // the memset node clears it again
+    p.set(1, 1000);  // the memset node clears it again
     REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
-    CHECK(p.p[0] == 6);
-    CHECK(p.p[1] == 6);
+    CHECK(p.get(0) == 6);
+    CHECK(p.get(1) == 6);
   }
   REQUIRE(cudaGraphExecDestroy(exec) == cudaSuccess);
   REQUIRE(cudaStreamDestroy(s) == cudaSuccess);

@@ -10,9 +10,14 @@
 // of device math functions, and anything about a real GPU's limits beyond launch configuration.
 //
 // Execution model:
-//   - Device memory is host memory (cudaMalloc is an aligned allocation). Device pointers are
-//     therefore dereferenceable on the host; a real GPU would fault, so tests still go through
-//     the copy functions.
+//   - Device memory is host memory, but host code cannot touch it, as on a GPU: each cudaMalloc
+//     block gets pages of its own, tagged with a memory protection key (Linux pkeys) whose access
+//     is open only while this thread runs simulator code (a kernel, a copy, a memset, a library
+//     stand-in; SimScope). Host code that reads or writes device memory directly, which a real GPU
+//     would fault on, dies here with SIGSEGV (si_code SEGV_PKUERR). Each block ends 256-aligned
+//     against a guard page, so a kernel that runs past its block's 256-byte-rounded end faults
+//     too. Without pkeys (an older CPU or kernel) the guard pages remain; under AddressSanitizer
+//     blocks are exact-size heap allocations instead, which it checks to the byte.
 //   - Streams execute eagerly, in issue order: work queued on a stream runs before the call that
 //     queued it returns. Stream order is respected trivially; missing host synchronisation is not
 //     detected (a real GPU may show a race the simulator cannot).
@@ -36,6 +41,13 @@
 #include <ucontext.h>
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/common_interface_defs.h>
+#define CUDASIM_PAGED_DEVICE_MEMORY 0
+#elif defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#define CUDASIM_PAGED_DEVICE_MEMORY 1
+#else
+#define CUDASIM_PAGED_DEVICE_MEMORY 0
 #endif
 // As under nvcc, device code's unqualified exp(float), log(float), ... are the float overloads:
 // libstdc++'s <math.h> brings std's overloads into the global namespace.
@@ -56,6 +68,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -153,10 +166,17 @@ struct Counters {
                                  // stages them on the host, and may block it)
 };
 
+/// A cudaMalloc block's mapping: the pages it was given (its own pages and the guard page after
+/// them), or none when it is a heap allocation (AddressSanitizer builds).
+struct Mapping {
+  void* base = nullptr;
+  std::size_t length = 0;
+};
+
 struct State {
   Counters counters;
   cudaError_t last = cudaSuccess;
-  std::unordered_set<void*> allocations;
+  std::unordered_map<void*, Mapping> allocations;
   std::unordered_set<Stream*> streams;
   int capturing = 0;  // streams now capturing
 };
@@ -184,15 +204,80 @@ inline bool known_stream(Stream* s) { return s == nullptr || state().streams.cou
 /// How deep this thread is in simulator code that runs device work or queues it: host heap
 /// allocations made meanwhile are the simulator's (kernels run on the host, queued work is held
 /// in std::function), not the library's, which a GPU would not make. Tests that count the
-/// library's host allocations on the device path skip them (tests/gpu/test_host_allocation.cpp).
+/// library's host allocations on the device path skip them (tests/gpu/test_host_allocation_gpu.cpp).
+/// Device memory is closed to host code outside it (file comment).
 inline thread_local int sim_depth = 0;
+
+/// The protection key of device memory's pages, or -1 without pkeys. Every thread starts with
+/// access to it denied: the kernel's initial PKRU denies all keys but 0, new threads inherit
+/// their creator's, and pkey_alloc denies it to the calling thread.
+inline int device_key() {
+#if CUDASIM_PAGED_DEVICE_MEMORY
+  static const int key = pkey_alloc(0, PKEY_DISABLE_ACCESS);
+  return key;
+#else
+  return -1;
+#endif
+}
+/// Whether host code outside the simulator faults on device memory here.
+inline bool device_memory_protected() { return device_key() >= 0; }
+
+/// Opens device memory to this thread while simulator code runs (a user-space register write).
+inline void open_device_memory(bool open) {
+#if CUDASIM_PAGED_DEVICE_MEMORY
+  if (const int key = device_key(); key >= 0) pkey_set(key, open ? 0 : PKEY_DISABLE_ACCESS);
+#else
+  (void)open;
+#endif
+}
+
 struct SimScope {
-  SimScope() { ++sim_depth; }
-  ~SimScope() { --sim_depth; }
+  SimScope() {
+    if (sim_depth++ == 0) open_device_memory(true);
+  }
+  ~SimScope() {
+    if (--sim_depth == 0) open_device_memory(false);
+  }
   SimScope(const SimScope&) = delete;
   SimScope& operator=(const SimScope&) = delete;
 };
 inline bool in_simulator() { return sim_depth > 0; }
+
+/// A device block of `bytes` (> 0) bytes, 256-aligned; nullptr when out of memory.
+inline void* allocate_device(std::size_t bytes, Mapping& m) {
+#if CUDASIM_PAGED_DEVICE_MEMORY
+  const std::size_t page = std::size_t(sysconf(_SC_PAGESIZE));
+  if (bytes > (std::size_t(1) << 48)) return nullptr;  // no such device; avoids overflow below
+  const std::size_t span = (bytes + 255) / 256 * 256;
+  const std::size_t open = (span + page - 1) / page * page;
+  void* base = mmap(nullptr, open + page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) return nullptr;
+  const int key = device_key();
+  const int rc = key >= 0 ? pkey_mprotect(base, open, PROT_READ | PROT_WRITE, key)
+                          : mprotect(base, open, PROT_READ | PROT_WRITE);
+  if (rc != 0) {
+    munmap(base, open + page);
+    return nullptr;
+  }
+  m = {base, open + page};
+  return static_cast<char*>(base) + (open - span);  // ends against the guard page
+#else
+  // 256-aligned as cudaMalloc, and exactly `bytes` long, so that AddressSanitizer sees an
+  // access past the end of the block (aligned_alloc would want a multiple of the alignment).
+  void* q = nullptr;
+  m = {};
+  return posix_memalign(&q, 256, bytes) == 0 ? q : nullptr;
+#endif
+}
+inline void free_device(void* p, const Mapping& m) {
+#if CUDASIM_PAGED_DEVICE_MEMORY
+  (void)p;
+  munmap(m.base, m.length);
+#else
+  (void)m;
+  std::free(p);
+#endif
+}
 
 /// Runs `work` in stream order: now, or recorded into the graph `stream` is capturing.
 template <class F>
@@ -631,11 +716,10 @@ inline cudaError_t cudaMalloc(void** p, std::size_t bytes) {
   *p = nullptr;
   ++cudasim::counters().mallocs;
   if (bytes == 0) return cudaSuccess;
-  // 256-aligned as cudaMalloc, and exactly `bytes` long, so that AddressSanitizer sees an
-  // access past the end of the block (aligned_alloc would want a multiple of the alignment).
-  void* q = nullptr;
-  if (posix_memalign(&q, 256, bytes) != 0) return cudasim::fail(cudaErrorMemoryAllocation);
-  cudasim::state().allocations.insert(q);
+  cudasim::Mapping m;
+  void* q = cudasim::allocate_device(bytes, m);
+  if (!q) return cudasim::fail(cudaErrorMemoryAllocation);
+  cudasim::state().allocations.emplace(q, m);
   *p = q;
   return cudaSuccess;
 }
@@ -653,8 +737,10 @@ inline cudaError_t cudaFree(void* p) {
   }
   if (!p) return cudaSuccess;
   ++cudasim::counters().host_waits;
-  if (!cudasim::state().allocations.erase(p)) return cudasim::fail(cudaErrorInvalidDevicePointer);
-  std::free(p);
+  const auto it = cudasim::state().allocations.find(p);
+  if (it == cudasim::state().allocations.end()) return cudasim::fail(cudaErrorInvalidDevicePointer);
+  cudasim::free_device(p, it->second);
+  cudasim::state().allocations.erase(it);
   return cudaSuccess;
 }
 
