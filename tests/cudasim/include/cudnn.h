@@ -1,10 +1,9 @@
 // cudnn.h (cudasim) - the part of cuDNN 9's legacy API that datanas uses, computed on the host.
 //
 // The simulator's stand-in for NVIDIA's cudnn.h: a handle that remembers a stream; 4-d tensor,
-// filter and convolution descriptors; the heuristics queries (which offer one algorithm: number
-// 0, deterministic, no workspace, the descriptor's math type); workspace-size queries (0); and
-// 2-d convolution forward, backward data, backward filter, backward bias and cudnnAddTensor for
-// float and double data, with cuDNN's semantics:
+// filter and convolution descriptors; the heuristics queries and workspace-size queries (below,
+// "Algorithms"); and 2-d convolution forward, backward data, backward filter, backward bias and
+// cudnnAddTensor for float and double data, with cuDNN's semantics:
 //   - x [N, C, H, W], w [K, C / groups, R, S], y [N, K, P, Q] with
 //     P = 1 + (H + 2 pad_h - ((R - 1) dil_h + 1)) / stride_h (likewise Q); element addresses come
 //     from the descriptors' strides (NCHW, NHWC or explicit strides);
@@ -15,6 +14,15 @@
 //   - blending: dst = alpha * result + beta * dst, with alpha and beta read from host memory
 //     when the call is made (double for double data, float otherwise); beta == 0 means the
 //     destination is only written (it may hold NaN), as in cuDNN.
+// Algorithms: every algorithm computes the same reference sums, but the heuristics rank several
+// per direction, as cuDNN does, so that the library's choice and its workspaces run as on a GPU:
+// for float a tensor-op (TF32) entry first, an FFT entry that is not supported, in the backward
+// directions non-deterministic entries ahead of the deterministic one, and the deterministic
+// FMA/default-math algorithm that needs a workspace (an im2col-sized buffer), then algorithm 0
+// (forward only, no workspace). A call checks its workspace as cuDNN needs it (present, at
+// least the algorithm's size, overlapping no operand) and overwrites it before computing, so a
+// workspace that is too small or shared shows as a fault or a wrong result; an algorithm that
+// is not offered for the direction is CUDNN_STATUS_NOT_SUPPORTED.
 // Sums accumulate in double. Each computation is one work item queued with cudasim::enqueue on
 // the handle's stream (so it runs in stream order and is recorded when the stream is captured),
 // capturing the descriptors' contents and the scaling factors by value. Inconsistent
@@ -23,6 +31,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cstddef>
 #include <cstdint>
@@ -30,6 +39,7 @@
 #include <functional>
 #include <new>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda_runtime.h"
@@ -850,12 +860,74 @@ inline cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(cudnnHan
 }
 
 namespace cudasim::cudnn_detail {
-/// The heuristics' answer: one deterministic algorithm (number 0) with no workspace, labelled
-/// with the descriptor's math type, after the same checks as the computation.
+enum class Direction { kForward, kBackwardData, kBackwardFilter };
+
+/// One entry of the simulated heuristics (file comment, "Algorithms").
+struct Offer {
+  int algo;
+  bool tensor_op;      // labelled CUDNN_TENSOR_OP_MATH (float only)
+  bool deterministic;
+  bool supported;      // false: listed with CUDNN_STATUS_NOT_SUPPORTED
+  int columns;         // workspace: this many 1/4ths of an im2col buffer of one image
+};
+
+/// A direction's offers in rank order (fixed capacity: a convolution call looks its algorithm
+/// up here, and a steady-state step must make no host allocation, test_host_allocation_gpu.cpp).
+struct Offers {
+  std::array<Offer, 5> list{};
+  int size = 0;
+  void push_back(const Offer& o) { list[std::size_t(size++)] = o; }
+  const Offer* begin() const { return list.data(); }
+  const Offer* end() const { return list.data() + size; }
+};
+
+/// The ranked offers of a direction for data of `type`.
+inline Offers offers(Direction d, cudnnDataType_t type) {
+  Offers r;
+  if (type == CUDNN_DATA_FLOAT) r.push_back({1, true, true, true, 4});
+  switch (d) {
+    case Direction::kForward:
+      r.push_back({CUDNN_CONVOLUTION_FWD_ALGO_FFT, false, true, false, 0});
+      r.push_back({1, false, true, true, 4});
+      r.push_back({0, false, true, true, 0});
+      break;
+    case Direction::kBackwardData:
+      r.push_back({0, false, false, true, 0});
+      r.push_back({CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT, false, true, false, 0});
+      r.push_back({1, false, true, true, 4});
+      break;
+    case Direction::kBackwardFilter:
+      r.push_back({0, false, false, true, 0});
+      r.push_back({3, false, false, true, 2});
+      r.push_back({CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT, false, true, false, 0});
+      r.push_back({1, false, true, true, 4});
+      break;
+  }
+  return r;
+}
+
+/// The offer of `algo` for the direction (the first, math types aside), or null.
+inline const Offer* find_offer(const Offers& list, int algo) {
+  for (const Offer& o : list)
+    if (o.algo == algo && !o.tensor_op) return &o;
+  return nullptr;
+}
+
+/// Workspace bytes of an offer: `columns` quarters of one image's im2col matrix
+/// ((C / groups) R S x P Q elements).
+inline std::size_t workspace_bytes(const Offer& o, const Conv& g) {
+  const std::size_t elem = g.type == CUDNN_DATA_DOUBLE ? sizeof(double) : sizeof(float);
+  const std::size_t im2col = std::size_t(g.w.c) * std::size_t(g.w.h) * std::size_t(g.w.w) *
+                             std::size_t(g.y.h) * std::size_t(g.y.w) * elem;
+  return (im2col * std::size_t(o.columns) + 3) / 4;
+}
+
+/// The heuristics' answer (file comment, "Algorithms"), after the same checks as the computation.
 template <class Perf, class Algo>
-cudnnStatus_t heuristics(const char* fn, cudnnHandle_t handle, cudnnTensorDescriptor_t x,
-                         cudnnFilterDescriptor_t w, cudnnConvolutionDescriptor_t conv,
-                         cudnnTensorDescriptor_t y, int requested, int* returned, Perf* results) {
+cudnnStatus_t heuristics(const char* fn, Direction d, cudnnHandle_t handle,
+                         cudnnTensorDescriptor_t x, cudnnFilterDescriptor_t w,
+                         cudnnConvolutionDescriptor_t conv, cudnnTensorDescriptor_t y,
+                         int requested, int* returned, Perf* results) {
   if (!handle) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null handle");
   if (!returned || !results)
     return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null result pointer");
@@ -863,28 +935,39 @@ cudnnStatus_t heuristics(const char* fn, cudnnHandle_t handle, cudnnTensorDescri
   Conv g;
   if (const cudnnStatus_t s = check_conv(fn, x, w, conv, y, &g); s != CUDNN_STATUS_SUCCESS)
     return s;
-  Perf r{};
-  r.algo = Algo(0);
-  r.status = CUDNN_STATUS_SUCCESS;
-  r.time = 0.0f;
-  r.memory = 0;
-  r.determinism = CUDNN_DETERMINISTIC;
-  r.mathType = conv->math;
-  results[0] = r;
-  *returned = 1;
+  const Offers list = offers(d, g.type);
+  const int n = std::min(requested, list.size);
+  for (int i = 0; i < n; ++i) {
+    const Offer& o = list.list[std::size_t(i)];
+    Perf r{};
+    r.algo = Algo(o.algo);
+    r.status = o.supported ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_NOT_SUPPORTED;
+    r.time = -1.0f;  // heuristics do not time
+    r.memory = o.supported ? workspace_bytes(o, g) : ~std::size_t(0);  // unset when unsupported
+    r.determinism = o.deterministic ? CUDNN_DETERMINISTIC : CUDNN_NON_DETERMINISTIC;
+    r.mathType = o.tensor_op ? CUDNN_TENSOR_OP_MATH : conv->math;
+    results[i] = r;
+  }
+  *returned = n;
   return CUDNN_STATUS_SUCCESS;
 }
-/// A workspace-size query: 0 bytes for every valid algorithm.
-inline cudnnStatus_t workspace(const char* fn, cudnnHandle_t handle, cudnnTensorDescriptor_t x,
-                               cudnnFilterDescriptor_t w, cudnnConvolutionDescriptor_t conv,
-                               cudnnTensorDescriptor_t y, int algo, int algo_count, size_t* bytes) {
+/// A workspace-size query: the offer's size; NOT_SUPPORTED for an algorithm not offered.
+inline cudnnStatus_t workspace(const char* fn, Direction d, cudnnHandle_t handle,
+                               cudnnTensorDescriptor_t x, cudnnFilterDescriptor_t w,
+                               cudnnConvolutionDescriptor_t conv, cudnnTensorDescriptor_t y,
+                               int algo, int algo_count, size_t* bytes) {
   if (!handle) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null handle");
   if (!bytes) return fail(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, fn, "null size pointer");
   if (algo < 0 || algo >= algo_count) return fail(CUDNN_STATUS_BAD_PARAM, fn, "unknown algorithm");
   Conv g;
   if (const cudnnStatus_t s = check_conv(fn, x, w, conv, y, &g); s != CUDNN_STATUS_SUCCESS)
     return s;
-  *bytes = 0;
+  const Offers list = offers(d, g.type);
+  const Offer* o = find_offer(list, algo);
+  if (!o || !o->supported)
+    return fail(CUDNN_STATUS_NOT_SUPPORTED, fn,
+                "algorithm " + std::to_string(algo) + " is not offered for this direction");
+  *bytes = workspace_bytes(*o, g);
   return CUDNN_STATUS_SUCCESS;
 }
 }  // namespace cudasim::cudnn_detail
@@ -896,7 +979,7 @@ inline cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(
     cudnnConvolutionFwdAlgoPerf_t* perfResults) {
   return cudasim::cudnn_detail::heuristics<cudnnConvolutionFwdAlgoPerf_t,
                                            cudnnConvolutionFwdAlgo_t>(
-      "cudnnGetConvolutionForwardAlgorithm_v7", handle, srcDesc, filterDesc, convDesc, destDesc,
+      "cudnnGetConvolutionForwardAlgorithm_v7", cudasim::cudnn_detail::Direction::kForward, handle, srcDesc, filterDesc, convDesc, destDesc,
       requestedAlgoCount, returnedAlgoCount, perfResults);
 }
 
@@ -907,7 +990,7 @@ inline cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithm_v7(
     cudnnConvolutionBwdDataAlgoPerf_t* perfResults) {
   return cudasim::cudnn_detail::heuristics<cudnnConvolutionBwdDataAlgoPerf_t,
                                            cudnnConvolutionBwdDataAlgo_t>(
-      "cudnnGetConvolutionBackwardDataAlgorithm_v7", handle, gradDesc, filterDesc, convDesc,
+      "cudnnGetConvolutionBackwardDataAlgorithm_v7", cudasim::cudnn_detail::Direction::kBackwardData, handle, gradDesc, filterDesc, convDesc,
       diffDesc, requestedAlgoCount, returnedAlgoCount, perfResults);
 }
 
@@ -918,7 +1001,7 @@ inline cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(
     cudnnConvolutionBwdFilterAlgoPerf_t* perfResults) {
   return cudasim::cudnn_detail::heuristics<cudnnConvolutionBwdFilterAlgoPerf_t,
                                            cudnnConvolutionBwdFilterAlgo_t>(
-      "cudnnGetConvolutionBackwardFilterAlgorithm_v7", handle, srcDesc, gradDesc, convDesc,
+      "cudnnGetConvolutionBackwardFilterAlgorithm_v7", cudasim::cudnn_detail::Direction::kBackwardFilter, handle, srcDesc, gradDesc, convDesc,
       diffDesc, requestedAlgoCount, returnedAlgoCount, perfResults);
 }
 
@@ -926,7 +1009,8 @@ inline cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(
     cudnnHandle_t handle, const cudnnTensorDescriptor_t xDesc, const cudnnFilterDescriptor_t wDesc,
     const cudnnConvolutionDescriptor_t convDesc, const cudnnTensorDescriptor_t yDesc,
     cudnnConvolutionFwdAlgo_t algo, size_t* sizeInBytes) {
-  return cudasim::cudnn_detail::workspace("cudnnGetConvolutionForwardWorkspaceSize", handle, xDesc,
+  return cudasim::cudnn_detail::workspace("cudnnGetConvolutionForwardWorkspaceSize",
+                                          cudasim::cudnn_detail::Direction::kForward, handle, xDesc,
                                           wDesc, convDesc, yDesc, int(algo),
                                           CUDNN_CONVOLUTION_FWD_ALGO_COUNT, sizeInBytes);
 }
@@ -935,7 +1019,8 @@ inline cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(
     cudnnHandle_t handle, const cudnnFilterDescriptor_t wDesc, const cudnnTensorDescriptor_t dyDesc,
     const cudnnConvolutionDescriptor_t convDesc, const cudnnTensorDescriptor_t dxDesc,
     cudnnConvolutionBwdDataAlgo_t algo, size_t* sizeInBytes) {
-  return cudasim::cudnn_detail::workspace("cudnnGetConvolutionBackwardDataWorkspaceSize", handle,
+  return cudasim::cudnn_detail::workspace("cudnnGetConvolutionBackwardDataWorkspaceSize",
+                                          cudasim::cudnn_detail::Direction::kBackwardData, handle,
                                           dxDesc, wDesc, convDesc, dyDesc, int(algo),
                                           CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, sizeInBytes);
 }
@@ -944,7 +1029,8 @@ inline cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(
     cudnnHandle_t handle, const cudnnTensorDescriptor_t xDesc, const cudnnTensorDescriptor_t dyDesc,
     const cudnnConvolutionDescriptor_t convDesc, const cudnnFilterDescriptor_t gradDesc,
     cudnnConvolutionBwdFilterAlgo_t algo, size_t* sizeInBytes) {
-  return cudasim::cudnn_detail::workspace("cudnnGetConvolutionBackwardFilterWorkspaceSize", handle,
+  return cudasim::cudnn_detail::workspace("cudnnGetConvolutionBackwardFilterWorkspaceSize",
+                                          cudasim::cudnn_detail::Direction::kBackwardFilter, handle,
                                           xDesc, gradDesc, convDesc, dyDesc, int(algo),
                                           CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, sizeInBytes);
 }
@@ -969,6 +1055,43 @@ inline cudnnStatus_t check_call(const char* fn, cudnnHandle_t handle, const void
   *b = scale(beta, g->type);
   return CUDNN_STATUS_SUCCESS;
 }
+
+/// Bytes from an operand's first element to one past its last (positive strides).
+inline std::size_t extent_bytes(const Layout& l) {
+  const std::int64_t last = std::int64_t(l.n - 1) * l.ns + std::int64_t(l.c - 1) * l.cs +
+                            std::int64_t(l.h - 1) * l.hs + std::int64_t(l.w - 1) * l.ws;
+  const std::size_t elem = l.type == CUDNN_DATA_DOUBLE ? sizeof(double) : sizeof(float);
+  return std::size_t(last + 1) * elem;
+}
+
+/// The algorithm a call names must be offered for its direction, and its workspace must be
+/// present, large enough and apart from the operands (as cuDNN needs it). The bytes the
+/// algorithm uses go to *bytes.
+inline cudnnStatus_t check_workspace(const char* fn, Direction d, int algo, const Conv& g,
+                                     const void* ws, std::size_t ws_size, const void* x,
+                                     const void* w, const void* y, std::size_t* bytes) {
+  const Offers list = offers(d, g.type);
+  const Offer* o = find_offer(list, algo);
+  if (!o || !o->supported)
+    return fail(CUDNN_STATUS_NOT_SUPPORTED, fn,
+                "algorithm " + std::to_string(algo) + " is not offered for this direction");
+  *bytes = workspace_bytes(*o, g);
+  if (*bytes == 0) return CUDNN_STATUS_SUCCESS;
+  if (!ws) return fail(CUDNN_STATUS_BAD_PARAM, fn, "null workspace for an algorithm that needs one");
+  if (ws_size < *bytes)
+    return fail(CUDNN_STATUS_BAD_PARAM, fn,
+                "workspace of " + std::to_string(ws_size) + " bytes; the algorithm needs " +
+                    std::to_string(*bytes));
+  const auto* lo = static_cast<const char*>(ws);
+  const auto* hi = lo + *bytes;
+  const std::pair<const void*, const Layout*> operands[] = {{x, &g.x}, {w, &g.w}, {y, &g.y}};
+  for (const auto& [p, l] : operands) {
+    const auto* b = static_cast<const char*>(p);
+    if (b < hi && lo < b + extent_bytes(*l))
+      return fail(CUDNN_STATUS_BAD_PARAM, fn, "the workspace overlaps an operand");
+  }
+  return CUDNN_STATUS_SUCCESS;
+}
 }  // namespace cudasim::cudnn_detail
 
 inline cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void* alpha,
@@ -980,16 +1103,21 @@ inline cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void* a
                                              const cudnnTensorDescriptor_t yDesc, void* y) {
   using namespace cudasim::cudnn_detail;
   constexpr const char* fn = "cudnnConvolutionForward";
-  (void)workSpace, (void)workSpaceSizeInBytes;  // every algorithm needs 0 bytes
   Conv g;
   double a = 0, b = 0;
+  std::size_t used = 0;
   if (const cudnnStatus_t s =
           check_call(fn, handle, alpha, beta, x, w, y, int(algo), CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
                      xDesc, wDesc, convDesc, yDesc, &g, &a, &b);
       s != CUDNN_STATUS_SUCCESS)
     return s;
+  if (const cudnnStatus_t s = check_workspace(fn, Direction::kForward, int(algo), g, workSpace,
+                                              workSpaceSizeInBytes, x, w, y, &used);
+      s != CUDNN_STATUS_SUCCESS)
+    return s;
   return launch_as(fn, handle, g.type, [=](auto t) {
     using T = decltype(t);
+    if (used) std::memset(workSpace, 0x5a, used);  // the algorithm's scratch
     forward<T>(g, a, static_cast<const T*>(x), static_cast<const T*>(w), b, static_cast<T*>(y));
   });
 }
@@ -1002,16 +1130,21 @@ inline cudnnStatus_t cudnnConvolutionBackwardData(
     const cudnnTensorDescriptor_t dxDesc, void* dx) {
   using namespace cudasim::cudnn_detail;
   constexpr const char* fn = "cudnnConvolutionBackwardData";
-  (void)workSpace, (void)workSpaceSizeInBytes;
   Conv g;
   double a = 0, b = 0;
+  std::size_t used = 0;
   if (const cudnnStatus_t s = check_call(fn, handle, alpha, beta, w, dy, dx, int(algo),
                                          CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, dxDesc, wDesc,
                                          convDesc, dyDesc, &g, &a, &b);
       s != CUDNN_STATUS_SUCCESS)
     return s;
+  if (const cudnnStatus_t s = check_workspace(fn, Direction::kBackwardData, int(algo), g,
+                                              workSpace, workSpaceSizeInBytes, dx, w, dy, &used);
+      s != CUDNN_STATUS_SUCCESS)
+    return s;
   return launch_as(fn, handle, g.type, [=](auto t) {
     using T = decltype(t);
+    if (used) std::memset(workSpace, 0x5a, used);
     backward_data<T>(g, a, static_cast<const T*>(w), static_cast<const T*>(dy), b,
                      static_cast<T*>(dx));
   });
@@ -1025,16 +1158,21 @@ inline cudnnStatus_t cudnnConvolutionBackwardFilter(
     const cudnnFilterDescriptor_t dwDesc, void* dw) {
   using namespace cudasim::cudnn_detail;
   constexpr const char* fn = "cudnnConvolutionBackwardFilter";
-  (void)workSpace, (void)workSpaceSizeInBytes;
   Conv g;
   double a = 0, b = 0;
+  std::size_t used = 0;
   if (const cudnnStatus_t s = check_call(fn, handle, alpha, beta, x, dy, dw, int(algo),
                                          CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, xDesc, dwDesc,
                                          convDesc, dyDesc, &g, &a, &b);
       s != CUDNN_STATUS_SUCCESS)
     return s;
+  if (const cudnnStatus_t s = check_workspace(fn, Direction::kBackwardFilter, int(algo), g,
+                                              workSpace, workSpaceSizeInBytes, x, dw, dy, &used);
+      s != CUDNN_STATUS_SUCCESS)
+    return s;
   return launch_as(fn, handle, g.type, [=](auto t) {
     using T = decltype(t);
+    if (used) std::memset(workSpace, 0x5a, used);
     backward_filter<T>(g, a, static_cast<const T*>(x), static_cast<const T*>(dy), b,
                        static_cast<T*>(dw));
   });
