@@ -30,7 +30,7 @@ struct Options {
   long train_limit = 0, eval_limit = 0, stop_after = 0;
   double lr = 20, arch_lr = 3e-3, wdecay = 5e-7, arch_wdecay = 1e-3, clip = 0.25, beta = 1e-3;
   double dropout = 0.75, dropouth = 0.25, dropoutx = 0.75, dropouti = 0.2, dropoute = 0.0;
-  bool sparse = false, seq_jitter = false, resume = false, dry_run = false;
+  bool sparse = false, seq_jitter = false, resume = false, dry_run = false, cuda_graph = false;
   std::uint64_t seed = 2;
 
   /// The flags that fix the network, the data and the schedules: a checkpoint only resumes
@@ -105,6 +105,7 @@ int search_with(spaces::rnn::RnnSearchNetwork<float, D>& net, const Options& o, 
   sc.arch_lr = o.arch_lr;
   sc.arch_weight_decay = o.arch_wdecay;
   sc.sparse = o.sparse;
+  sc.cuda_graph = o.cuda_graph;
   sc.tau = estimators::default_schedule(net.estimator_kind());
   sc.normalize = normalize;
   sc.seed = o.seed;
@@ -267,6 +268,7 @@ int main(int argc, char** argv) try {
       .add("resume", &o.resume, "continue from OUT/checkpoint")
       .add("stop-after", &o.stop_after, "stop cleanly after N epochs of this run (0 = never)")
       .add_choice("device", &o.device, {"cpu", "cuda"}, "where the search runs (a checkpoint resumes on either)")
+      .add("cuda-graph", &o.cuda_graph, "replay each search step as a CUDA graph (--device cuda, dense steps)")
       .add("dry-run", &o.dry_run, "build the supernet, print its parameter size, exit");
   if (!args.parse(argc, argv, std::cout)) return 0;
   DATANAS_CHECK(o.epochs >= 1, "--epochs must be >= 1, got ", o.epochs);
@@ -282,6 +284,9 @@ int main(int argc, char** argv) try {
   DATANAS_CHECK(o.wdecay >= 0 && o.arch_wdecay >= 0 && o.beta >= 0, "--wdecay, --arch-wdecay and --beta must be >= 0");
   DATANAS_CHECK(!o.sparse || o.estimator == "gdas" || o.estimator == "egs",
                 "--sparse needs a hard estimator (gdas or egs); ", o.estimator, " mixes every op");
+  DATANAS_CHECK(!o.cuda_graph || o.device == "cuda", "--cuda-graph needs --device cuda");
+  DATANAS_CHECK(!o.cuda_graph || !o.sparse, "--cuda-graph needs a dense step: a sparse step reads the sampled "
+                "architecture on the host; drop --sparse or --cuda-graph");
   DATANAS_CHECK(!o.resume || fs::exists(o.out + "/checkpoint"), "--resume: no checkpoint at '", o.out, "/checkpoint'");
   return with_space(o, [&]<class Space>() { return run<Space>(o); });
 } catch (const std::exception& e) {

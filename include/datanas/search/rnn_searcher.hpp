@@ -14,16 +14,28 @@
 // each epoch end, so a resumed run is bit-identical.
 //
 // The loop is a template on the device D (Cpu by default). The token streams stay on the host
-// (windows are cut there; each forward copies its ids to D). On a device a search step waits for
-// the GPU only to read the two losses and the correct count for the log, after both the
-// architecture and the weight step are queued, and, in sparse mode, where the search cell reads
-// a host copy of the mixing weights (RnnSearchNetwork::forward_sampled). A checkpoint holds host
-// tensors: it resumes on either device.
+// (windows are cut there; each step copies its windows' ids and targets to D). On a device a
+// search step waits for the GPU only to read the two losses and the correct count for the log,
+// after both the architecture and the weight step are queued, and, in sparse mode, where the
+// search cell reads a host copy of the mixing weights (RnnSearchNetwork::forward_sampled).
+// With cfg.cuda_graph (dense steps on a device) each search step is captured once per epoch and
+// pair of window lengths, and replayed: the windows are copied into that graph's fixed buffers
+// before each replay, the hidden states are carried in fixed buffers, and the dropout masks and
+// estimator noise are drawn on the device from counters reserved before each replay, so the
+// replays compute exactly what eager steps compute. A checkpoint holds host tensors: it resumes
+// on either device.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cmath>
+#include <map>
+#include <memory>
+#include <optional>
 #include <string>
+#include <type_traits>
+#include <utility>
+#include <variant>
 #include <vector>
 
 #include "datanas/data/ptb.hpp"
@@ -49,6 +61,7 @@ struct RnnSearchConfig {
   // Architecture: Adam lr 3e-3, torch's default betas (DARTS rnn/architect.py), wd 1e-3.
   double arch_lr = 3e-3, arch_beta1 = 0.9, arch_beta2 = 0.999, arch_weight_decay = 1e-3;
   bool sparse = false;  ///< run only the sampled (predecessor, op) terms (hard estimators)
+  bool cuda_graph = false;  ///< replay captured steps (dense, on a device; file comment)
   estimators::TemperatureSchedule tau;
   Normalize normalize = Normalize::kSoftmax;
   std::uint64_t seed = 1;
@@ -84,11 +97,18 @@ class RnnSearcher {
     DATANAS_CHECK(train.dim(0) >= 3 && search.dim(0) >= 2, "search: streams too short (", train.dim(0), " and ",
                   search.dim(0), " rows)");
     DATANAS_CHECK(cfg.batch_size >= 2, "search: the batch norm of the search cell needs a batch of >= 2");
+    DATANAS_CHECK(!cfg.cuda_graph || !is_cpu<D>, "search: --cuda-graph needs --device cuda");
+    DATANAS_CHECK(!cfg.cuda_graph || !cfg.sparse, "search: --cuda-graph needs a dense step (a sparse step reads "
+                  "the sampled architecture on the host to choose its terms); drop --sparse or --cuda-graph");
+    if constexpr (!is_cpu<D>)
+      if (cfg.cuda_graph) DeviceOps<D>::check_capturable("search");
     ec_ = {cfg.tau.at(0, cfg.epochs), cfg.normalize};
   }
 
   [[nodiscard]] long epoch() const { return epoch_; }
   [[nodiscard]] const RnnSearchConfig& config() const { return cfg_; }
+  /// Search steps replayed from captured graphs so far (cfg.cuda_graph; 0 otherwise).
+  [[nodiscard]] long replayed_steps() const { return replayed_; }
   /// About how many windows an epoch has (the exact count depends on the sampled lengths).
   [[nodiscard]] long estimated_steps() const { return long((train_.dim(0) - 2) / cfg_.bptt) + 1; }
 
@@ -102,6 +122,7 @@ class RnnSearcher {
     ec_ = {st.tau, cfg_.normalize};
     const data::BpttSampler sampler{cfg_.bptt, cfg_.max_seq_len_delta, cfg_.seq_jitter};
     const index_t rows = train_.dim(0), search_rows = search_.dim(0), batch = cfg_.batch_size;
+    reset_graphs();  // an epoch that threw may have left some
     Tensor<T, D> hidden = net_.init_hidden(batch), hidden_valid = net_.init_hidden(batch);
     net_.train();
     double loss_w = 0, loss_a = 0;
@@ -110,32 +131,11 @@ class RnnSearcher {
     for (index_t i = 0; i < rows - 2;) {
       const index_t seq_len = sampler(data_gen_);
       w_opt_.set_lr(cfg_.lr * double(seq_len) / double(cfg_.bptt));
-      // Architecture step (weights frozen: only dL/dalpha is computed).
+      // The architecture step's window of the validation stream, then the weight step's.
       const data::Window wa = data::get_window(search_, i % (search_rows - 1), cfg_.bptt);
-      Tensor<T, D> arch_loss;  // read for the log once the weight step is queued too
-      {
-        set_requires_grad(weights_, false);
-        spaces::rnn::RnnOutput<T, D> o =
-            net_.forward_sampled(wa.inputs, hidden_valid, ec_, noise_gen_, dropout_gen_, cfg_.sparse);
-        const Var<T, D> loss = cross_entropy(o.logits, to_device_of<D>(wa.targets));
-        a_opt_.zero_grad();
-        backward(loss);
-        a_opt_.step();
-        arch_loss = loss.value();
-        hidden_valid = o.hidden;
-        set_requires_grad(weights_, true);
-      }
-      // Weight step (alpha frozen).
       const data::Window ww = data::get_window(train_, i, seq_len);
-      set_requires_grad(alphas_, false);
-      const auto r = train::weight_step<T>(
-          ww, hidden,
-          [&](const Tensor<std::int32_t>& in, const Tensor<T, D>& h) {
-            return net_.forward_sampled(in, h, ec_, noise_gen_, dropout_gen_, cfg_.sparse);
-          },
-          weights_, w_opt_, cfg_.clip, cfg_.beta, st.epoch, steps);
-      set_requires_grad(alphas_, true);
-      loss_a += train::checked_loss(double(to_cpu(arch_loss)[0]), "architecture", st.epoch, steps);
+      const auto [arch, r] = search_step(wa, ww, seq_len, hidden, hidden_valid, st.epoch, steps);
+      loss_a += arch;
       loss_w += r.loss * double(r.tokens);
       correct += r.correct;
       tokens += r.tokens;
@@ -145,6 +145,7 @@ class RnnSearcher {
         bar->update(std::min(steps, estimate - (i < rows - 2 ? 1 : 0)), loss_w / double(tokens),
                     double(correct) / double(tokens), tokens + steps * long(cfg_.bptt * batch));
     }
+    reset_graphs();  // their buffers and hidden states are this epoch's
     w_opt_.set_lr(cfg_.lr);
     st.steps = steps;
     st.tokens = tokens;
@@ -207,6 +208,96 @@ class RnnSearcher {
     for (const auto& v : vs) v.set_requires_grad(on);
   }
 
+  /// A search step queued on D: the architecture loss [1] and the weight step's results.
+  struct QueuedStep {
+    Tensor<T, D> arch_loss;
+    train::QueuedWindow<T, D> weight;
+  };
+
+  /// Queues the architecture step (weights frozen: only dL/dalpha is computed) on the window
+  /// (a_in [T, B], a_tgt [T * B], on D) from hidden_valid, then the weight step (alpha frozen) on
+  /// (w_in, w_tgt) from hidden; both hidden states take the windows' last states. Reads nothing.
+  QueuedStep queue_step(const Tensor<std::int32_t, D>& a_in, const Tensor<std::int32_t, D>& a_tgt,
+                        const Tensor<std::int32_t, D>& w_in, const Tensor<std::int32_t, D>& w_tgt,
+                        Tensor<T, D>& hidden, Tensor<T, D>& hidden_valid) {
+    QueuedStep q;
+    set_requires_grad(weights_, false);
+    {
+      const spaces::rnn::RnnOutput<T, D> o =
+          net_.forward_sampled_ids(a_in, hidden_valid, ec_, noise_gen_, dropout_gen_, cfg_.sparse);
+      const Var<T, D> loss = cross_entropy(o.logits, a_tgt);
+      a_opt_.zero_grad();
+      backward(loss);
+      a_opt_.step();
+      q.arch_loss = loss.value();
+      hidden_valid.copy_from(o.hidden);
+    }
+    set_requires_grad(weights_, true);
+    set_requires_grad(alphas_, false);
+    q.weight = train::queue_weight_step<T>(
+        w_tgt, w_in.dim(1), hidden,
+        [&](const Tensor<T, D>& h) {
+          return net_.forward_sampled_ids(w_in, h, ec_, noise_gen_, dropout_gen_, cfg_.sparse);
+        },
+        weights_, w_opt_, cfg_.clip, cfg_.beta);
+    set_requires_grad(alphas_, true);
+    return q;
+  }
+  /// Reads a queued step for the log (the weight step's results first, as they were queued last
+  /// and the loss checks name the first non-finite one in that order).
+  std::pair<double, train::WindowResult> finish(const QueuedStep& q, long epoch, long step) const {
+    const train::WindowResult r = train::finish_window(q.weight, epoch, step);
+    return {train::checked_loss(double(to_cpu(q.arch_loss)[0]), "architecture", epoch, step), r};
+  }
+
+  /// One search step on the windows wa (architecture) and ww (weights, sampled length seq_len):
+  /// eagerly, or with cfg.cuda_graph from the graph of its lengths, which the first step of those
+  /// lengths runs eagerly (first-use work: optimiser state, the plans) and then captures.
+  std::pair<double, train::WindowResult> search_step(const data::Window& wa, const data::Window& ww, index_t seq_len,
+                                                     Tensor<T, D>& hidden, Tensor<T, D>& hidden_valid, long epoch,
+                                                     long step) {
+    if constexpr (!is_cpu<D>) {
+      if (cfg_.cuda_graph) {
+        std::unique_ptr<Captured>& c = graphs_[{seq_len, ww.length(), wa.length()}];
+        if (!c) c = std::make_unique<Captured>(wa, ww);
+        c->upload(wa, ww);  // before the replay's kernels, in stream order
+        if (c->out) {
+          c->graph.replay();
+          ++replayed_;
+          return finish(*c->out, epoch, step);
+        }
+        const auto r = finish(queue_step(c->a_in, c->a_tgt, c->w_in, c->w_tgt, hidden, hidden_valid), epoch, step);
+        c->out.emplace(
+            c->graph.capture([&] { return queue_step(c->a_in, c->a_tgt, c->w_in, c->w_tgt, hidden, hidden_valid); }));
+        return r;
+      }
+    }
+    return finish(queue_step(to_device_of<D>(wa.inputs), to_device_of<D>(wa.targets), to_device_of<D>(ww.inputs),
+                             to_device_of<D>(ww.targets), hidden, hidden_valid),
+                  epoch, step);
+  }
+
+  /// The captured search step of one (seq_len, weight window length, architecture window length):
+  /// the windows' buffers on D, refilled before each replay, the graph, and what it leaves to read.
+  struct Captured {
+    Tensor<std::int32_t, D> a_in, a_tgt, w_in, w_tgt;
+    std::conditional_t<is_cpu<D>, std::monostate, StepGraph<D>> graph;
+    std::optional<QueuedStep> out;
+    Captured(const data::Window& wa, const data::Window& ww)
+        : a_in(Tensor<std::int32_t, D>::empty(wa.inputs.shape())),
+          a_tgt(Tensor<std::int32_t, D>::empty(wa.targets.shape())),
+          w_in(Tensor<std::int32_t, D>::empty(ww.inputs.shape())),
+          w_tgt(Tensor<std::int32_t, D>::empty(ww.targets.shape())) {}
+    void upload(const data::Window& wa, const data::Window& ww) const {
+      upload_into(a_in, wa.inputs);
+      upload_into(a_tgt, wa.targets);
+      upload_into(w_in, ww.inputs);
+      upload_into(w_tgt, ww.targets);
+    }
+  };
+  /// Drops the captured steps (each waits for its last replay) and their memory.
+  void reset_graphs() { graphs_.clear(); }
+
   Net& net_;
   const Tensor<std::int32_t>& train_;
   const Tensor<std::int32_t>& search_;
@@ -218,6 +309,9 @@ class RnnSearcher {
   PhiloxGenerator data_gen_, noise_gen_, dropout_gen_;
   estimators::EstimatorConfig ec_;
   long epoch_ = 0;
+  // cfg.cuda_graph: this epoch's captured steps, by (seq_len, weight and architecture lengths).
+  std::map<std::array<index_t, 3>, std::unique_ptr<Captured>> graphs_;
+  long replayed_ = 0;
 };
 
 }  // namespace datanas::search

@@ -17,10 +17,11 @@
 // outputs, the decoder (tied weight, zero-initialised bias). Weights uniform in +-0.04.
 //
 // Every class is a template on the device D (Cpu by default). Weights and alpha are drawn on
-// the host and copied to D; dropout masks are drawn on D from the same Philox words (the
-// embedding-dropout word scales on the host), so a model has the same values on every device.
-// Token ids stay on the host (the window's inputs): a forward copies the window's ids (and, with
-// embedding dropout, their row scales) to D once. In sparse mode the search cell decides on the
+// the host and copied to D; dropout masks (embedding dropout's word scales too) are drawn on D
+// from the same Philox words, so a model has the same values on every device. A forward takes
+// the window's token ids on the host and copies them to D once, or takes them already on D
+// (forward_ids / forward_sampled_ids: a captured step reads them from a fixed buffer). In
+// sparse mode the search cell decides on the
 // host which predecessors run and which nodes are all-none, from a host copy of the window's
 // mixing weights (one copy per forward); a dense cell leaves the all-none decision to the
 // device (zero_if_all_none), so it never reads the weights on the host (RnnSearchNetwork::
@@ -196,8 +197,14 @@ class RnnModel : public nn::Module<T, D> {
   /// for the stream); a dense one does not.
   RnnOutput<T, D> forward(const Tensor<std::int32_t>& inputs, const Tensor<T, D>& hidden, PhiloxGenerator& gen,
                           const Var<T, D>& weights = {}, bool sparse = false) const {
+    return forward_ids(ids_on_device(inputs), hidden, gen, weights, sparse);
+  }
+  /// forward() with the ids [T, B] already on D. The model keeps a reference to them until the
+  /// backward pass (the embedding's gradient reads them): do not overwrite them before.
+  RnnOutput<T, D> forward_ids(const Tensor<std::int32_t, D>& ids, const Tensor<T, D>& hidden, PhiloxGenerator& gen,
+                              const Var<T, D>& weights = {}, bool sparse = false) const {
     const bool host = sparse && weights.defined();
-    return run(inputs, hidden, gen, weights, sparse, host ? to_cpu(weights.value()) : Tensor<T>(), true);
+    return run(ids, hidden, gen, weights, sparse, host ? to_cpu(weights.value()) : Tensor<T>(), true);
   }
 
   /// The cell for one time step: h_t from x_t [B, E] and h_{t-1} [B, H].
@@ -205,9 +212,18 @@ class RnnModel : public nn::Module<T, D> {
   [[nodiscard]] int steps() const { return int(ws_.size()); }
 
  protected:
-  /// forward() with the host copy of the weights given (see CellContext for it and for
+  /// The window's ids on D: one copy to a device; on the Cpu a copy too, since the embedding's
+  /// backward keeps them and the caller may reuse `inputs`.
+  static Tensor<std::int32_t, D> ids_on_device(const Tensor<std::int32_t>& inputs) {
+    if constexpr (is_cpu<D>)
+      return inputs.clone();
+    else
+      return to_device_of<D>(inputs);
+  }
+
+  /// forward_ids() with the host copy of the weights given (see CellContext for it and for
   /// `all_none_possible`).
-  RnnOutput<T, D> run(const Tensor<std::int32_t>& inputs, const Tensor<T, D>& hidden, PhiloxGenerator& gen,
+  RnnOutput<T, D> run(const Tensor<std::int32_t, D>& inputs, const Tensor<T, D>& hidden, PhiloxGenerator& gen,
                       const Var<T, D>& weights, bool sparse, Tensor<T> host_weights, bool all_none_possible) const {
     DATANAS_CHECK(inputs.rank() == 2 && inputs.dim(0) >= 1 && inputs.dim(1) >= 1,
                   "RNN forward: inputs must be [T, B] token ids, got ", inputs.shape().str());
@@ -219,27 +235,22 @@ class RnnModel : public nn::Module<T, D> {
     ctx.host_weights = std::move(host_weights);
     ctx.sparse = sparse;
     ctx.all_none_possible = all_none_possible;
-    Tensor<T, D> in_mask, out_mask;
-    Tensor<T> word_scale;  // on the host: it scales host-side token rows
+    Tensor<T, D> in_mask, out_mask, word_scale;
     if (ctx.training) {
       // Always the same draws, in this order, so that a window costs a fixed count of counters.
       ctx.x_mask = mask<D>({batch, cfg_.emsize}, cfg_.dropoutx, gen);
       ctx.h_mask = mask<D>({batch, cfg_.nhid}, cfg_.dropouth, gen);
       in_mask = mask<D>({batch, cfg_.emsize}, cfg_.dropouti, gen);
       out_mask = mask<D>({batch, cfg_.nhid}, cfg_.dropout, gen);
-      if (cfg_.dropoute > 0) word_scale = mask<Cpu>({cfg_.vocab}, cfg_.dropoute, gen);
+      word_scale = mask<D>({cfg_.vocab, 1}, cfg_.dropoute, gen);  // one scale per vocabulary word
     }
-    // The whole window at once: one copy of its ids (and token scales) to D, one embedding,
-    // embedding dropout and input mask (time-shared: it tiles over the T row blocks); time step
-    // t reads rows [tB, (t+1)B). A copy of the ids: on the Cpu the embedding's backward keeps
-    // them, and the caller may reuse `inputs`.
-    const Tensor<std::int32_t> ids = inputs.reshape({steps * batch}).clone();
-    Var<T, D> xs = embedding(encoder_, to_device_of<D>(ids));
-    if (word_scale.defined()) {
-      Tensor<T> token_scale = Tensor<T>::empty({steps * batch});
-      for (index_t i = 0; i < steps * batch; ++i) token_scale[i] = word_scale[ids[i]];
-      xs = scale_rows(xs, to_device_of<D>(token_scale));
-    }
+    // The whole window at once: one embedding, embedding dropout (each token's row scaled by its
+    // word's scale, gathered on D like an embedding row) and input mask (time-shared: it tiles
+    // over the T row blocks); time step t reads rows [tB, (t+1)B).
+    const Tensor<std::int32_t, D> ids = inputs.reshape({steps * batch});
+    Var<T, D> xs = embedding(encoder_, ids);
+    if (word_scale.defined())
+      xs = scale_rows(xs, embedding(Var<T, D>(word_scale), ids).value().reshape({steps * batch}));
     if (in_mask.defined()) xs = mul_mask(xs, in_mask);
     Var<T, D> h(hidden);
     std::vector<Var<T, D>>& outs = outs_;
@@ -373,9 +384,15 @@ class RnnSearchNetwork : public RnnModel<T, D> {
   RnnOutput<T, D> forward_sampled(const Tensor<std::int32_t>& inputs, const Tensor<T, D>& hidden,
                                   const estimators::EstimatorConfig& ec, PhiloxGenerator& noise_gen,
                                   PhiloxGenerator& dropout_gen, bool sparse) const {
+    return forward_sampled_ids(this->ids_on_device(inputs), hidden, ec, noise_gen, dropout_gen, sparse);
+  }
+  /// forward_sampled() with the ids [T, B] already on D (see RnnModel::forward_ids).
+  RnnOutput<T, D> forward_sampled_ids(const Tensor<std::int32_t, D>& ids, const Tensor<T, D>& hidden,
+                                      const estimators::EstimatorConfig& ec, PhiloxGenerator& noise_gen,
+                                      PhiloxGenerator& dropout_gen, bool sparse) const {
     const Var<T, D> w = mixing_weights(ec, noise_gen);
     const bool sp = sparse && hard_estimator();
-    return this->run(inputs, hidden, dropout_gen, w, sp, sp ? to_cpu(w.value()) : Tensor<T>(), !positive_weights(ec));
+    return this->run(ids, hidden, dropout_gen, w, sp, sp ? to_cpu(w.value()) : Tensor<T>(), !positive_weights(ec));
   }
 
   /// The search cell (file comment). Needs ctx.weights [E * K].

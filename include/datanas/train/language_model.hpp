@@ -72,32 +72,59 @@ struct WindowResult {
   long tokens = 0;
 };
 
-/// One weight step on a window (DARTS' train loop body): loss = CE + beta * TAR(raw outputs),
-/// backward, clip the joint gradient norm of `params` to `clip`, opt.step(). `forward(inputs,
-/// hidden)` runs the model in training mode; `hidden` becomes the window's last state. The loss
-/// and the predictions are read (on a device: copied to the host) after the step is queued; a
-/// non-finite loss throws then.
+/// A weight step queued on D, not yet read: the window's mean cross-entropy [1] and its count of
+/// correct next-word predictions [1] (in a captured step both live in the graph, and every
+/// replay rewrites them).
+template <class T, class D>
+struct QueuedWindow {
+  Tensor<T, D> loss;
+  Tensor<std::int32_t, D> correct;
+  long tokens = 0;
+};
+
+/// Queues one weight step (DARTS' train loop body): loss = CE + beta * TAR(raw outputs),
+/// backward, clip the joint gradient norm of `params` to `clip`, opt.step(). `forward(hidden)`
+/// runs the model on the window in training mode; `targets` [T * B] are the window's next words
+/// on D; the window's last state is copied into `hidden` (so a captured step keeps carrying it
+/// in the same buffer). Reads nothing back.
 template <class T, class D, class Opt, class Forward>
-WindowResult weight_step(const data::Window& w, Tensor<T, D>& hidden, Forward&& forward,
-                         const std::vector<Var<T, D>>& params, Opt& opt, double clip, double beta, long epoch,
-                         long step) {
-  spaces::rnn::RnnOutput<T, D> o = forward(w.inputs, hidden);
-  const Tensor<std::int32_t, D> targets = to_device_of<D>(w.targets);
+QueuedWindow<T, D> queue_weight_step(const Tensor<std::int32_t, D>& targets, index_t batch, Tensor<T, D>& hidden,
+                                     Forward&& forward, const std::vector<Var<T, D>>& params, Opt& opt, double clip,
+                                     double beta) {
+  spaces::rnn::RnnOutput<T, D> o = forward(hidden);
   const Var<T, D> ce = cross_entropy(o.logits, targets);
   Var<T, D> loss = ce;
-  if (beta > 0 && w.length() >= 2) loss = add(loss, scale(temporal_penalty(o.raw, w.inputs.dim(1)), T(beta)));
+  if (beta > 0 && targets.numel() >= 2 * batch) loss = add(loss, scale(temporal_penalty(o.raw, batch), T(beta)));
   opt.zero_grad();
   backward(loss);
   optim::clip_grad_norm<T, D>(params, clip);  // on a device: no synchronisation
   opt.step();
-  hidden = o.hidden;
-  // Read for the log only now: on a device the whole step is queued before the host waits.
+  hidden.copy_from(o.hidden);
+  // Next-word accuracy counted on D (argmax, first on ties): 4 bytes to read, not the T B x V logits.
+  return {ce.value(), count_correct(o.logits.value(), targets), long(targets.numel())};
+}
+
+/// Reads a queued weight step (on a device: waits for it); a non-finite loss throws.
+template <class T, class D>
+WindowResult finish_window(const QueuedWindow<T, D>& q, long epoch, long step) {
   WindowResult r;
-  r.loss = checked_loss(double(to_cpu(ce.value())[0]), "training", epoch, step);
-  // Next-word accuracy counted on D (argmax, first on ties): 4 bytes read, not the T B x V logits.
-  r.correct = long(to_cpu(count_correct(o.logits.value(), targets))[0]);
-  r.tokens = long(w.targets.numel());
+  r.loss = checked_loss(double(to_cpu(q.loss)[0]), "training", epoch, step);
+  r.correct = long(to_cpu(q.correct)[0]);
+  r.tokens = q.tokens;
   return r;
+}
+
+/// One weight step on a host window: queue_weight_step with `forward(inputs, hidden)`, then
+/// finish_window (the loss and the predictions are read only after the whole step is queued).
+template <class T, class D, class Opt, class Forward>
+WindowResult weight_step(const data::Window& w, Tensor<T, D>& hidden, Forward&& forward,
+                         const std::vector<Var<T, D>>& params, Opt& opt, double clip, double beta, long epoch,
+                         long step) {
+  const Tensor<std::int32_t, D> targets = to_device_of<D>(w.targets);
+  return finish_window(queue_weight_step<T>(targets, w.inputs.dim(1), hidden,
+                                            [&](const Tensor<T, D>& h) { return forward(w.inputs, h); }, params,
+                                            opt, clip, beta),
+                       epoch, step);
 }
 
 }  // namespace datanas::train
