@@ -21,11 +21,10 @@
 // from the same Philox words, so a model has the same values on every device. A forward takes
 // the window's token ids on the host and copies them to D once, or takes them already on D
 // (forward_ids / forward_sampled_ids: a captured step reads them from a fixed buffer). In
-// sparse mode the search cell decides on the
-// host which predecessors run and which nodes are all-none, from a host copy of the window's
-// mixing weights (one copy per forward); a dense cell leaves the all-none decision to the
-// device (zero_if_all_none), so it never reads the weights on the host (RnnSearchNetwork::
-// forward_sampled).
+// sparse mode the search cell decides on the host which predecessors run and which nodes are
+// all-none, from a host copy of the window's mixing weights (one copy per forward); a dense cell
+// leaves the all-none decision to the device (zero_if_all_none), so it never reads the weights
+// on the host (RnnSearchNetwork::forward_sampled).
 #pragma once
 
 #include <array>
