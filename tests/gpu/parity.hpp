@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <span>
 #include <string>
@@ -98,6 +99,15 @@ void check_parity(const std::string& name, const std::vector<Input>& inputs, Op&
       CHECK(eg <= tol);
     }
   }
+}
+
+/// Bitwise equality of two tensors of the same shape (what a replay, a reuse or a repeat must
+/// reproduce exactly; -0.0 differs from 0.0, and a NaN equals only the same NaN).
+inline bool same_bits(const Tensor<float>& a, const Tensor<float>& b) {
+  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), sizeof(float) * std::size_t(a.numel())) == 0;
+}
+inline bool same_bits(const Tensor<float, Cuda>& a, const Tensor<float, Cuda>& b) {
+  return same_bits(cuda::to_host(a), cuda::to_host(b));
 }
 
 }  // namespace datanas::gpu_test

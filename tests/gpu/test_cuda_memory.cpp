@@ -2,14 +2,15 @@
 // blocks per stream without synchronising, and streams are guarded and retired correctly.
 #include <doctest/doctest.h>
 
-#include <cstring>
 #include <random>
 #include <string>
 
 #include "datanas/core/cuda.hpp"
 #include "datanas/core/random.hpp"
+#include "parity.hpp"
 
 using namespace datanas;
+using gpu_test::same_bits;
 
 namespace {
 /// Fresh random values for every run; the seed is reported when a check fails.
@@ -18,10 +19,6 @@ Tensor<float> random_tensor(const Shape& s, std::uint64_t seed) {
   Tensor<float> t = Tensor<float>::empty(s);
   for (index_t i = 0; i < t.numel(); ++i) t[i] = float(gen.normal());
   return t;
-}
-bool same_bits(const Tensor<float>& a, const Tensor<float>& b) {
-  return a.numel() == b.numel() &&
-         std::memcmp(a.data(), b.data(), sizeof(float) * std::size_t(a.numel())) == 0;
 }
 AllocatorStats cuda_stats() { return CachingAllocator<Cuda>::instance().stats(); }
 }  // namespace

@@ -17,14 +17,9 @@
 
 using namespace datanas;
 using gpu_test::rel_err;
+using gpu_test::same_bits;
 
 namespace {
-
-/// Bitwise equality of two device tensors.
-bool same_bits(const Tensor<float, Cuda>& a, const Tensor<float, Cuda>& b) {
-  const Tensor<float> ha = cuda::to_host(a), hb = cuda::to_host(b);
-  return ha.numel() == hb.numel() && std::memcmp(ha.data(), hb.data(), sizeof(float) * std::size_t(ha.numel())) == 0;
-}
 
 /// Every parameter of the graph run equals the eager run's, bit for bit.
 void check_same_values(const std::vector<Var<float, Cuda>>& graph, const std::vector<Var<float, Cuda>>& eager) {

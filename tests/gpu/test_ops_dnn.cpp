@@ -8,7 +8,6 @@
 // deterministic, and bad shapes are rejected on the Cuda device as on the CPU.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <map>
 #include <string>
 #include <type_traits>
@@ -25,6 +24,7 @@ using namespace datanas;
 using gpu_test::check_parity;
 using gpu_test::Input;
 using gpu_test::random_normal;
+using gpu_test::same_bits;
 
 namespace {
 
@@ -100,11 +100,6 @@ class DepthwiseChoice {
  private:
   cuda::DepthwiseConv old_;
 };
-
-bool same_bits(const Tensor<float>& a, const Tensor<float>& b) {
-  return a.numel() == b.numel() &&
-         std::memcmp(a.data(), b.data(), sizeof(float) * std::size_t(a.numel())) == 0;
-}
 
 }  // namespace
 

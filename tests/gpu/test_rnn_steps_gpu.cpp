@@ -12,7 +12,6 @@
 #include "steps_common.hpp"
 
 #include <cstdint>
-#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -23,6 +22,7 @@
 
 using namespace datanas;
 using gpu_test::rel_err;
+using gpu_test::same_bits;
 
 namespace {
 
@@ -171,13 +171,6 @@ void check_rnn_search_reads(const search::RnnSearchConfig& cfg) {
 #else
   (void)m;
 #endif
-}
-
-/// Bitwise equality of two device tensors.
-bool same_bits(const Tensor<float, Cuda>& a, const Tensor<float, Cuda>& b) {
-  const Tensor<float> ha = cuda::to_host(a), hb = cuda::to_host(b);
-  return ha.shape() == hb.shape() &&
-         std::memcmp(ha.data(), hb.data(), sizeof(float) * std::size_t(ha.numel())) == 0;
 }
 
 /// Two epochs of eager steps and two with cfg.cuda_graph (each pair of window lengths runs once
