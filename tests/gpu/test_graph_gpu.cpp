@@ -1,8 +1,11 @@
 // CUDA graph capture (StepGraph<Cuda>): a captured step replays exactly what the same eager steps
 // compute: the same Gumbel noise (the Philox base of every estimator launch is reserved before
 // each replay), the same Adam bias corrections (t advances before each replay), the same memory
-// discipline (the graph's blocks are never handed to eager work while it lives); and what cannot
-// be captured (host reads, host copies) is refused with the reason.
+// discipline (the graph's blocks are never handed to eager work while it lives; graphs sharing a
+// GraphPool reuse each other's temporaries); and what cannot be captured (host reads, host copies)
+// is refused with the reason.
+#include <optional>
+
 #include "parity.hpp"
 #include "steps_common.hpp"
 #include "../synthetic.hpp"
@@ -307,4 +310,63 @@ TEST_CASE("a graph's memory stays its own while it lives and returns to the stre
   const Tensor<float, Cuda> a = Tensor<float, Cuda>::empty({1000});
   const Tensor<float, Cuda> b = Tensor<float, Cuda>::empty({1000});
   CHECK(alloc.stats().system_allocations == misses);
+}
+
+TEST_CASE("graphs sharing a GraphPool hold a temporary once and replay correctly one after another") {
+  cuda::Stream stream;
+  cuda::StreamGuard on(stream);
+  auto& alloc = CachingAllocator<Cuda>::instance();
+  const Tensor<float, Cuda> xa = random_device({1000}, 5), xb = random_device({1000}, 6);
+  // Each step copies its input through a temporary (freed inside the capture) into its output.
+  // 1000 floats take one 4096-byte block.
+  const float* tmp_at[2] = {};
+  auto step = [&](const Tensor<float, Cuda>& x, int k) {
+    return [&x, &tmp_at, k] {
+      Tensor<float, Cuda> tmp = Tensor<float, Cuda>::empty({1000});
+      tmp_at[k] = tmp.data();
+      tmp.copy_from(x);
+      Tensor<float, Cuda> out = Tensor<float, Cuda>::empty({1000});
+      out.copy_from(tmp);
+      return out;
+    };
+  };
+  const std::size_t base = alloc.stats().graph_pool_bytes;
+  alloc.reset_peak();
+  {
+    std::optional<GraphPool> pool(std::in_place);
+    StepGraph<Cuda> ga, gb;
+    const Tensor<float, Cuda> ya = ga.capture(step(xa, 0), *pool);
+    CHECK(alloc.stats().graph_pool_bytes == base + 2 * 4096);
+    const Tensor<float, Cuda> yb = gb.capture(step(xb, 1), *pool);
+    // b's temporary is a's (a's replay is over before b's starts); the outputs stay apart.
+    CHECK(tmp_at[1] == tmp_at[0]);
+    CHECK(yb.data() != ya.data());
+    CHECK(alloc.stats().graph_pool_bytes == base + 3 * 4096);  // 4 blocks with a pool each
+    CHECK(alloc.stats().peak_graph_pool_bytes == base + 3 * 4096);
+    for (int round = 0; round < 2; ++round) {
+      cuda::fill_bytes(ya, 0xff);
+      cuda::fill_bytes(yb, 0xff);
+      ga.replay();
+      CHECK(same_bits(ya, xa));
+      gb.replay();
+      CHECK(same_bits(yb, xb));
+    }
+    // A pool belongs to one stream.
+    {
+      cuda::Stream other;
+      cuda::StreamGuard on_other(other);
+      StepGraph<Cuda> gc;
+      CHECK_THROWS_WITH_AS(gc.capture(step(xa, 0), *pool), doctest::Contains("captured on another stream"), error);
+    }
+    // The pool lives while a graph or the handle holds it.
+    ga.reset();
+    pool.reset();
+    CHECK(alloc.stats().graph_pool_bytes == base + 3 * 4096);
+    gb.replay();
+    CHECK(same_bits(yb, xb));
+    gb.reset();
+    // Gone: the idle temporary went back to the stream; the outputs follow when released.
+    CHECK(alloc.stats().graph_pool_bytes == base + 2 * 4096);
+  }
+  CHECK(alloc.stats().graph_pool_bytes == base);
 }

@@ -26,7 +26,8 @@ struct AllocatorStats {
   std::size_t bytes_cached = 0;      ///< free blocks kept for reuse
   std::size_t system_allocations = 0;///< cache misses that went to the system
   std::size_t cache_hits = 0;
-  std::size_t graph_pool_bytes = 0;  ///< Cuda: blocks owned by live CUDA graphs, held or idle
+  std::size_t graph_pool_bytes = 0;  ///< Cuda: blocks owned by live CUDA graph pools, held or idle
+  std::size_t peak_graph_pool_bytes = 0;  ///< Cuda: high-water mark of graph_pool_bytes since reset_peak()
 };
 
 namespace detail {

@@ -17,17 +17,20 @@
 //     (order the streams with an event, as with PyTorch's record_stream); nothing here does it.
 //   - The only host synchronisation points are to_host(), Stream::synchronize(), a Stream's
 //     destruction, and empty_cache() (cudaFree waits for the device).
-//   - A captured step (StepGraph, below) allocates from a private pool: its blocks are the
-//     graph's until it is destroyed, since every replay writes them again.
+//   - A captured step (StepGraph, below) allocates from a graph pool: its blocks are the
+//     graph's until it is destroyed, since every replay writes them again. By default each
+//     graph has its own pool; graphs replayed one at a time can share one (GraphPool).
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <type_traits>
 #include <unordered_map>
@@ -130,7 +133,10 @@ class CachingAllocator<Cuda> {
     Block* b = pop_free(pool, bytes);
     const bool joins_graph = !b && pool != stream.id;  // from outside into a graph's pool
     if (joins_graph) b = pop_free(stream.id, bytes);   // idle on the same stream
-    if (joins_graph) stats_.graph_pool_bytes += bytes;
+    if (joins_graph) {
+      stats_.graph_pool_bytes += bytes;
+      stats_.peak_graph_pool_bytes = std::max(stats_.peak_graph_pool_bytes, stats_.graph_pool_bytes);
+    }
     if (b) {
       stats_.bytes_cached -= bytes;
       ++stats_.cache_hits;
@@ -193,9 +199,11 @@ class CachingAllocator<Cuda> {
     std::lock_guard lock(mutex_);
     return stats_;
   }
+  /// Restarts both high-water marks (bytes in use, graph pool bytes) at their current values.
   void reset_peak() {
     std::lock_guard lock(mutex_);
     stats_.peak_bytes_in_use = stats_.bytes_in_use;
+    stats_.peak_graph_pool_bytes = stats_.graph_pool_bytes;
   }
 
   ~CachingAllocator() {
@@ -205,7 +213,7 @@ class CachingAllocator<Cuda> {
 
  private:
   friend class cuda::Stream;
-  friend class StepGraph<Cuda>;
+  friend class GraphPool;
 
   struct Block : detail::Storage {
     std::uint64_t stream = 0;  // StreamRef::id of the stream that allocated it (orders its uses)
@@ -240,14 +248,14 @@ class CachingAllocator<Cuda> {
     head = b;
   }
 
-  /// A graph's private pool on its stream (StepGraph::capture).
+  /// A graph pool (GraphPool): free lists of its own on the stream of its graphs.
   void register_graph_pool(std::uint64_t pool) {
     std::lock_guard lock(mutex_);
     graph_pools_.insert(pool);
   }
-  /// Called when a graph is destroyed, after its stream finished the last replay: the pool's
-  /// idle blocks return to the stream's free lists (or the system, if the stream is gone); its
-  /// blocks still held by tensors follow when they are released.
+  /// Called when a pool and every graph captured into it are gone (each graph waited for its
+  /// last replay): the pool's idle blocks return to the stream's free lists (or the system, if
+  /// the stream is gone); its blocks still held by tensors follow when they are released.
   void retire_graph_pool(std::uint64_t pool) {
     std::lock_guard lock(mutex_);
     graph_pools_.erase(pool);
@@ -447,6 +455,46 @@ void fill_bytes(const Tensor<T, Cuda>& t, unsigned char byte) {
 
 namespace datanas {
 
+/// The memory that StepGraphs capture into (PyTorch's graph pool handle). A graph holds every
+/// block its captured step allocates for as long as it lives, since each replay writes them
+/// again; by default each capture gets a pool of its own. Graphs that replay one at a time on one
+/// stream can share a pool instead: a block the first capture allocated and freed (a temporary
+/// of its step) then serves the later captures too, so a set of graphs holds about the memory of
+/// its largest step, not the sum of all of them.
+///
+/// The price, and the rule that makes sharing safe: a graph's replay writes all its temporaries,
+/// and another graph's outputs (the tensors its capture returned) may now occupy some of them.
+/// Read or copy out a graph's outputs before another graph of the pool replays. Tensors made
+/// before the captures (parameters, and the gradients and optimiser state of the eager first
+/// step) are in no pool, so steps may keep state in them.
+///
+///   GraphPool pool;
+///   Out a = ga.capture([&] { return step_a(); }, pool);
+///   Out b = gb.capture([&] { return step_b(); }, pool);  // reuses a's temporaries
+///   ga.replay(); read(a); gb.replay(); read(b);
+///
+/// A pool belongs to the stream of its first capture (later captures on another stream are
+/// refused); its blocks return to that stream's cache when the pool and all its graphs are gone.
+class GraphPool {
+ public:
+  GraphPool() : state_(std::make_shared<State>()) {}
+
+ private:
+  friend class StepGraph<Cuda>;
+  struct State {
+    std::uint64_t id = cuda::detail::next_stream_id();  // a pool id is never a stream's
+    std::uint64_t stream = 0;                           // stream id of its first capture
+    State() { GraphPool::open(id); }
+    State(const State&) = delete;
+    State& operator=(const State&) = delete;
+    ~State() { GraphPool::close(id); }
+  };
+  static void open(std::uint64_t id) { CachingAllocator<Cuda>::instance().register_graph_pool(id); }
+  static void close(std::uint64_t id) { CachingAllocator<Cuda>::instance().retire_graph_pool(id); }
+
+  std::shared_ptr<State> state_;
+};
+
 /// A training step captured once as a CUDA graph and replayed as one launch per step (the issue's
 /// "whole step on the GPU without per-kernel launch cost"; ALGORITHMS.md does not change).
 ///
@@ -478,19 +526,30 @@ class StepGraph<Cuda> {
   ~StepGraph() { reset(); }
 
   /// Records f() on the current stream into a graph, without running it, and returns what f
-  /// returns: tensors allocated during the capture live in the graph's pool, and every replay
-  /// rewrites them. If f throws, the capture is abandoned and the exception propagates.
+  /// returns: tensors allocated during the capture live in the graph's pool, a new one of its
+  /// own, and every replay rewrites them. If f throws, the capture is abandoned and the
+  /// exception propagates.
   template <class F>
   auto capture(F&& f) -> std::invoke_result_t<F&> {
+    return capture(std::forward<F>(f), GraphPool());
+  }
+
+  /// As capture(f), into `pool`, which other graphs of this stream may share (GraphPool: read
+  /// this graph's outputs after its replay, before another graph of the pool replays).
+  template <class F>
+  auto capture(F&& f, const GraphPool& pool) -> std::invoke_result_t<F&> {
     DATANAS_CHECK(!exec_, "StepGraph::capture: a graph is already captured (reset() first)");
     DATANAS_CHECK(!cuda::capturing_graph(), "StepGraph::capture: captures do not nest");
     const cuda::StreamRef s = cuda::current_stream();
     DATANAS_CHECK(s.handle != nullptr, "StepGraph::capture: needs a cuda::Stream made current with "
                   "cuda::StreamGuard (the legacy default stream cannot be captured)");
+    GraphPool::State& p = *pool.state_;
+    DATANAS_CHECK(p.stream == 0 || p.stream == s.id, "StepGraph::capture: the GraphPool's graphs were "
+                  "captured on another stream (a pool's graphs must replay one at a time, on one stream)");
+    p.stream = s.id;
     stream_ = s;
     words_ = Tensor<std::int32_t, Cuda>::empty({2 * index_t(kMaxWords)});  // before: not in the pool
-    pool_ = cuda::detail::next_stream_id();
-    CachingAllocator<Cuda>::instance().register_graph_pool(pool_);
+    pool_ = pool.state_;
     fills_.clear();
     used_ = 0;
     Capturing scope(*this);
@@ -527,7 +586,8 @@ class StepGraph<Cuda> {
     DATANAS_CUDA_CHECK(cudaGraphLaunch(exec_, stream_.handle));
   }
 
-  /// Drops the graph (waiting for its last replay) and returns its pool's blocks to the stream.
+  /// Drops the graph (waiting for its last replay) and its share of the pool: the pool's blocks
+  /// return to the stream when no other graph or GraphPool handle holds it.
   void reset() {
     if (!pool_) return;
     if (stream_.handle && cudaStreamSynchronize(stream_.handle) != cudaSuccess) (void)cudaGetLastError();
@@ -537,7 +597,7 @@ class StepGraph<Cuda> {
     fills_.clear();
     used_ = 0;
     nodes_ = 0;
-    CachingAllocator<Cuda>::instance().retire_graph_pool(std::exchange(pool_, 0));
+    pool_.reset();
   }
 
   [[nodiscard]] bool ready() const { return exec_ != nullptr; }
@@ -573,7 +633,7 @@ class StepGraph<Cuda> {
   class Capturing {
    public:
     explicit Capturing(StepGraph& g) : previous_(cuda::detail::current_stream_slot()) {
-      cuda::detail::current_stream_slot().pool = g.pool_;
+      cuda::detail::current_stream_slot().pool = g.pool_->id;
       cuda::detail::capturing_slot() = &g;
     }
     ~Capturing() { end(); }
@@ -604,7 +664,7 @@ class StepGraph<Cuda> {
   }
 
   cuda::StreamRef stream_;
-  std::uint64_t pool_ = 0;
+  std::shared_ptr<GraphPool::State> pool_;
   Tensor<std::int32_t, Cuda> words_;
   std::vector<Fill> fills_;
   std::vector<std::uint64_t> host_words_;

@@ -37,6 +37,8 @@ struct DeviceOps;
 /// <datanas/cuda.hpp> defines StepGraph<Cuda>; the Cpu has nothing to capture.
 template <class D>
 class StepGraph;
+/// Memory shared by several StepGraph<Cuda> (defined in <datanas/cuda.hpp>).
+class GraphPool;
 
 /// Floating-point types of values and gradients.
 template <class T>
