@@ -19,8 +19,9 @@
 // after both the architecture and the weight step are queued, and, in sparse mode, where the
 // search cell reads a host copy of the mixing weights (RnnSearchNetwork::forward_sampled).
 // With cfg.cuda_graph (dense steps on a device) each search step is captured once per epoch and
-// pair of window lengths, and replayed: the windows are copied into that graph's fixed buffers
-// before each replay, the hidden states are carried in fixed buffers, and the dropout masks and
+// pair of window lengths, and replayed: the epoch's graphs share one memory pool (they replay
+// one at a time, and each step's results are read before the next replays), the windows are
+// copied into that graph's fixed buffers before each replay, the hidden states are carried in fixed buffers, and the dropout masks and
 // estimator noise are drawn on the device from counters reserved before each replay, so the
 // replays compute exactly what eager steps compute. A checkpoint holds host tensors: it resumes
 // on either device.
@@ -267,8 +268,8 @@ class RnnSearcher {
           return finish(*c->out, epoch, step);
         }
         const auto r = finish(queue_step(c->a_in, c->a_tgt, c->w_in, c->w_tgt, hidden, hidden_valid), epoch, step);
-        c->out.emplace(
-            c->graph.capture([&] { return queue_step(c->a_in, c->a_tgt, c->w_in, c->w_tgt, hidden, hidden_valid); }));
+        c->out.emplace(c->graph.capture(
+            [&] { return queue_step(c->a_in, c->a_tgt, c->w_in, c->w_tgt, hidden, hidden_valid); }, pool_));
         return r;
       }
     }
@@ -296,7 +297,10 @@ class RnnSearcher {
     }
   };
   /// Drops the captured steps (each waits for its last replay) and their memory.
-  void reset_graphs() { graphs_.clear(); }
+  void reset_graphs() {
+    graphs_.clear();
+    pool_ = {};
+  }
 
   Net& net_;
   const Tensor<std::int32_t>& train_;
@@ -309,8 +313,10 @@ class RnnSearcher {
   PhiloxGenerator data_gen_, noise_gen_, dropout_gen_;
   estimators::EstimatorConfig ec_;
   long epoch_ = 0;
-  // cfg.cuda_graph: this epoch's captured steps, by (seq_len, weight and architecture lengths).
+  // cfg.cuda_graph: this epoch's captured steps, by (seq_len, weight and architecture lengths),
+  // and the memory pool they share: search_step reads each replay's results before the next.
   std::map<std::array<index_t, 3>, std::unique_ptr<Captured>> graphs_;
+  std::conditional_t<is_cpu<D>, std::monostate, GraphPool> pool_;
   long replayed_ = 0;
 };
 
