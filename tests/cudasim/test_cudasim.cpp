@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <numeric>
@@ -237,6 +238,52 @@ TEST_CASE("stream capture records work with its arguments and replays it") {
   }
   REQUIRE(cudaGraphExecDestroy(exec) == cudaSuccess);
   REQUIRE(cudaStreamDestroy(s) == cudaSuccess);
+}
+
+TEST_CASE("events time the work between them on the host, captured ones at each replay") {
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  REQUIRE(cudaEventCreate(&e0) == cudaSuccess);
+  REQUIRE(cudaEventCreate(&e1) == cudaSuccess);
+  float ms = -1;
+  // Never recorded: an invalid handle, as the runtime says.
+  CHECK(cudaEventElapsedTime(&ms, e0, e1) == cudaErrorInvalidResourceHandle);
+  CHECK(cudaGetLastError() == cudaErrorInvalidResourceHandle);
+  Buffer p(4);
+  p.set_all({0, 0, 0, 0});
+  REQUIRE(cudaEventRecord(e0, s) == cudaSuccess);
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(20)) {
+  }
+  datanas::cuda::launch(add_value, 1, 4, s, p.p, 1);
+  REQUIRE(cudaEventRecord(e1, s) == cudaSuccess);
+  REQUIRE(cudaEventSynchronize(e1) == cudaSuccess);
+  REQUIRE(cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess);
+  CHECK(ms >= 20.0f);
+  CHECK(ms < 10000.0f);
+  // Recorded inside a capture, the stamp happens at each replay.
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) == cudaSuccess);
+  REQUIRE(cudaEventRecord(e1, s) == cudaSuccess);
+  cudaGraph_t g = nullptr;
+  REQUIRE(cudaStreamEndCapture(s, &g) == cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  REQUIRE(cudaGraphInstantiate(&exec, g, 0) == cudaSuccess);
+  REQUIRE(cudaGraphDestroy(g) == cudaSuccess);
+  REQUIRE(cudaEventRecord(e0, s) == cudaSuccess);
+  REQUIRE(cudaGraphLaunch(exec, s) == cudaSuccess);
+  REQUIRE(cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess);
+  CHECK(ms >= 0.0f);
+  CHECK(ms < 20.0f);  // stamped at the replay, not at the capture before e0
+  REQUIRE(cudaGraphExecDestroy(exec) == cudaSuccess);
+  REQUIRE(cudaEventDestroy(e0) == cudaSuccess);
+  REQUIRE(cudaEventDestroy(e1) == cudaSuccess);
+  REQUIRE(cudaStreamDestroy(s) == cudaSuccess);
+  cudaDeviceProp prop{};
+  REQUIRE(cudaGetDeviceProperties(&prop, 0) == cudaSuccess);
+  CHECK(std::string(prop.name).find("cudasim") != std::string::npos);
+  CHECK(cudaGetDeviceProperties(&prop, 1) == cudaErrorInvalidValue);
+  (void)cudaGetLastError();
 }
 
 TEST_CASE("what a real capture refuses invalidates the simulated one") {

@@ -56,6 +56,7 @@
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -130,8 +131,10 @@ inline constexpr unsigned cudaStreamNonBlocking = 0x01;
 namespace cudasim {
 struct Graph;
 struct Stream;
+struct Event;
 }  // namespace cudasim
 using cudaStream_t = cudasim::Stream*;
+using cudaEvent_t = cudasim::Event*;
 using cudaGraph_t = cudasim::Graph*;
 using cudaGraphExec_t = cudasim::Graph*;
 using cudaGraphNode_t = void*;
@@ -145,6 +148,12 @@ namespace cudasim {
 /// The runtime's state: one simulated device, used from one host thread at a time.
 struct Graph {
   std::vector<std::function<void()>> nodes;
+};
+/// An event: the host time at which its stream reached it (the work queued before it has run by
+/// then, since streams run eagerly). Timings are the host's: they order, they do not predict a GPU.
+struct Event {
+  bool recorded = false;
+  std::chrono::steady_clock::time_point at{};
 };
 struct Stream {
   bool capturing = false;
@@ -702,6 +711,28 @@ inline cudaError_t cudaGetDeviceCount(int* count) {
   *count = 1;
   return cudaSuccess;
 }
+/// The fields of cudaDeviceProp that datanas reads, describing the simulator itself.
+struct cudaDeviceProp {
+  char name[256];
+  int major;
+  int minor;
+  std::size_t totalGlobalMem;
+  int multiProcessorCount;
+  int warpSize;
+};
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) return cudaErrorNoDevice;
+  if (!prop || device < 0 || device >= n) return cudasim::fail(cudaErrorInvalidValue);
+  *prop = {};
+  std::snprintf(prop->name, sizeof(prop->name), "%s", "cudasim (host CUDA simulator)");
+  prop->major = 9;  // what the kernels are compiled for by default (sm_90)
+  prop->minor = 0;
+  prop->totalGlobalMem = std::size_t(1) << 34;
+  prop->multiProcessorCount = 1;
+  prop->warpSize = 32;
+  return cudaSuccess;
+}
 inline cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
@@ -806,6 +837,40 @@ inline cudaError_t cudaMemsetAsync(void* dst, int value, std::size_t bytes,
 }
 inline cudaError_t cudaMemset(void* dst, int value, std::size_t bytes) {
   return cudaMemsetAsync(dst, value, bytes, nullptr);
+}
+
+// ---- events -------------------------------------------------------------------------------------
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  if (!e) return cudasim::fail(cudaErrorInvalidValue);
+  *e = new cudasim::Event;
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  if (!e) return cudasim::fail(cudaErrorInvalidResourceHandle);
+  delete e;
+  return cudaSuccess;
+}
+/// Captured, it becomes a node that stamps the event at each replay, as on a GPU.
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr) {
+  if (!e) return cudasim::fail(cudaErrorInvalidResourceHandle);
+  return cudasim::fail(cudasim::enqueue(s, [e] {
+    e->recorded = true;
+    e->at = std::chrono::steady_clock::now();
+  }));
+}
+inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  if (!e) return cudasim::fail(cudaErrorInvalidResourceHandle);
+  ++cudasim::counters().host_waits;
+  return cudaSuccess;  // its work ran when it was queued
+}
+/// Milliseconds between two recorded events; an event never recorded is an invalid handle, as
+/// the runtime reports it.
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  if (!ms) return cudasim::fail(cudaErrorInvalidValue);
+  if (!start || !end || !start->recorded || !end->recorded)
+    return cudasim::fail(cudaErrorInvalidResourceHandle);
+  *ms = std::chrono::duration<float, std::milli>(end->at - start->at).count();
+  return cudaSuccess;
 }
 
 // ---- graphs -------------------------------------------------------------------------------------
