@@ -19,13 +19,14 @@ inline constexpr float kMean[] = {0.5f, 0.5f, 0.5f}, kStd[] = {0.29f, 0.29f, 0.2
 template <class E, search::Granularity G>
 using DartsSpace = spaces::SearchSpace<spaces::DartsOps, 4, 4, E, G>;
 
-/// Uniform random images in [0, 1) and labels in [0, 10), fixed seed.
-inline data::LabelledImages synthetic_cifar() {
+/// Uniform random images [images, 3, side, side] in [0, 1) and labels in [0, 10), fixed seed
+/// (the defaults: the benchmark's CIFAR-10 sizes).
+inline data::LabelledImages synthetic_cifar(index_t images = kImages, index_t side = 32) {
   PhiloxGenerator g(20261128);
-  auto x = Tensor<float>::empty({kImages, 3, 32, 32});
-  auto y = Tensor<std::int32_t>::empty({kImages});
+  auto x = Tensor<float>::empty({images, 3, side, side});
+  auto y = Tensor<std::int32_t>::empty({images});
   for (index_t i = 0; i < x.numel(); ++i) x[i] = float(g.uniform());
-  for (index_t i = 0; i < kImages; ++i) y[i] = std::int32_t(std::min(9.0, g.uniform() * 10.0));
+  for (index_t i = 0; i < images; ++i) y[i] = std::int32_t(std::min(9.0, g.uniform() * 10.0));
   return {x, y};
 }
 

@@ -24,7 +24,11 @@
 // with peak_MB = the device allocator's high-water mark of bytes held by tensors during the
 // timed steps (comparable with torch.cuda.max_memory_allocated).
 //
-//   bench_gpu_step [--steps N] [--warmup N] [--only search|ops]
+// --smoke runs everything at tiny sizes (C = 4, 3 cells, batch 4, 8 x 8 images): every code path
+// in seconds, for the CUDA simulator (tests/cudasim builds this file as bench_gpu_step_sim), so a
+// GPU session does not find a broken benchmark. Its numbers mean nothing.
+//
+//   bench_gpu_step [--steps N] [--warmup N] [--only search|ops] [--smoke]
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -89,15 +93,24 @@ void report(const std::string& what, const Timing& t, const std::string& extra =
   std::fflush(stdout);
 }
 
+/// The sizes: the benchmark's, or --smoke's tiny ones (file comment).
+struct Sizes {
+  index_t batch = kBatch, images = kImages, channels = 16, layers = 8, side = 32;
+  bool smoke = false;
+  static Sizes tiny() { return {4, 16, 4, 3, 8, true}; }
+};
+
 template <class E, search::Granularity G>
-void search_mode(const char* name, bool sparse, bool graph, const data::LabelledImages& d, int warmup, int steps) {
-  spaces::SupernetConfig nc{.init_channels = 16, .layers = 8, .in_channels = 3, .num_classes = 10};
+void search_mode(const char* name, bool sparse, bool graph, const data::LabelledImages& d, const Sizes& z, int warmup,
+                 int steps) {
+  spaces::SupernetConfig nc{.init_channels = z.channels, .layers = int(z.layers), .in_channels = 3, .num_classes = 10};
   PhiloxGenerator init(1);
   spaces::Supernet<F32, DartsSpace<E, G>, Cuda> net(nc, init);
-  DATANAS_CHECK(net.parameter_count() == kDartsParams, "DARTS supernet: ", net.parameter_count(), " parameters");
+  DATANAS_CHECK(z.smoke || net.parameter_count() == kDartsParams, "DARTS supernet: ", net.parameter_count(),
+                " parameters");
   search::SearchConfig c;
   c.epochs = 1;
-  c.batch_size = kBatch;
+  c.batch_size = z.batch;
   c.sparse = sparse;
   c.cuda_graph = graph;
   c.tau = estimators::default_schedule(E::kKind);
@@ -106,11 +119,11 @@ void search_mode(const char* name, bool sparse, bool graph, const data::Labelled
   s.set_estimator_config({c.tau.start, search::Normalize::kSoftmax});
   long step_no = 0;
   auto step = [&] {
-    const index_t half = kImages / 2, nb = half / kBatch;
+    const index_t half = z.images / 2, nb = half / z.batch;
     const index_t b = index_t(step_no++ % nb);
-    std::vector<index_t> wrows(kBatch), arows(kBatch);
-    std::iota(wrows.begin(), wrows.end(), b * kBatch);
-    std::iota(arows.begin(), arows.end(), half + b * kBatch);
+    std::vector<index_t> wrows(std::size_t(z.batch)), arows(std::size_t(z.batch));
+    std::iota(wrows.begin(), wrows.end(), b * z.batch);
+    std::iota(arows.begin(), arows.end(), half + b * z.batch);
     s.load_batches(wrows, arows);
     s.search_step(c.lr);  // architecture + weight step; replays the captured step with graph
   };
@@ -120,7 +133,7 @@ void search_mode(const char* name, bool sparse, bool graph, const data::Labelled
   const double pool_mb = double(CachingAllocator<Cuda>::instance().stats().graph_pool_bytes) / (1024.0 * 1024.0);
   const bool own_dw = cuda::depthwise_conv() == cuda::DepthwiseConv::kOwn;
   report(std::string("search_step/") + name + (graph ? "+graph" : "") + (own_dw ? "+own_dw" : ""), t,
-         ", \"images_per_s\": " + std::to_string(2.0 * double(kBatch) / (t.median_ms / 1e3)) +
+         ", \"images_per_s\": " + std::to_string(2.0 * double(z.batch) / (t.median_ms / 1e3)) +
              (graph ? ", \"graph_pool_MB\": " + std::to_string(pool_mb) : std::string()));
 }
 
@@ -143,8 +156,8 @@ void op_case(const std::string& name, std::vector<Shape> shapes,
   report("op/" + name, time_it(f, warmup, reps));
 }
 
-void ops(int warmup, int reps) {
-  const Shape x{kBatch, 16, 32, 32};
+void ops(const Sizes& z, int warmup, int reps) {
+  const Shape x{z.batch, 16, z.side, z.side};
   PhiloxGenerator g(4);
   auto p = [](Conv2dParams c) { return c; };
   op_case("relu", {x}, [](auto v) { return relu(v[0]); }, warmup, reps);
@@ -188,13 +201,15 @@ void ops(int warmup, int reps) {
 int main(int argc, char** argv) try {
   int steps = 20, warmup = 3;
   std::string only;
+  Sizes z;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--steps" && i + 1 < argc) steps = std::atoi(argv[++i]);
     else if (a == "--warmup" && i + 1 < argc) warmup = std::atoi(argv[++i]);
     else if (a == "--only" && i + 1 < argc) only = argv[++i];
+    else if (a == "--smoke") z = Sizes::tiny();
     else {
-      std::fprintf(stderr, "usage: bench_gpu_step [--steps N] [--warmup N] [--only search|ops]\n");
+      std::fprintf(stderr, "usage: bench_gpu_step [--steps N] [--warmup N] [--only search|ops] [--smoke]\n");
       return 2;
     }
   }
@@ -202,25 +217,25 @@ int main(int argc, char** argv) try {
   cuda::require_device("bench_gpu_step");
   cudaDeviceProp prop{};
   DATANAS_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("{\"device\": \"%s\"}\n", prop.name);
+  std::printf("{\"device\": \"%s\"%s}\n", prop.name, z.smoke ? ", \"smoke\": true" : "");
   cuda::Stream stream;
   cuda::StreamGuard guard(stream);
   if (only.empty() || only == "search") {
-    const auto d = synthetic_cifar();
+    const auto d = synthetic_cifar(z.images, z.side);
     using search::Granularity;
-    search_mode<estimators::Softmax, Granularity::kEdge>("softmax_edge_dense", false, false, d, warmup, steps);
-    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_dense", false, false, d, warmup, steps);
-    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_sparse", true, false, d, warmup, steps);
-    search_mode<estimators::Softmax, Granularity::kEdge>("softmax_edge_dense", false, true, d, warmup, steps);
-    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_dense", false, true, d, warmup, steps);
+    search_mode<estimators::Softmax, Granularity::kEdge>("softmax_edge_dense", false, false, d, z, warmup, steps);
+    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_dense", false, false, d, z, warmup, steps);
+    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_sparse", true, false, d, z, warmup, steps);
+    search_mode<estimators::Softmax, Granularity::kEdge>("softmax_edge_dense", false, true, d, z, warmup, steps);
+    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_dense", false, true, d, z, warmup, steps);
     // The same dense steps with the depthwise convolutions on our kernels (suffix "+own_dw").
     cuda::set_depthwise_conv(cuda::DepthwiseConv::kOwn);
-    search_mode<estimators::Softmax, Granularity::kEdge>("softmax_edge_dense", false, false, d, warmup, steps);
-    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_dense", false, false, d, warmup, steps);
-    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_dense", false, true, d, warmup, steps);
+    search_mode<estimators::Softmax, Granularity::kEdge>("softmax_edge_dense", false, false, d, z, warmup, steps);
+    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_dense", false, false, d, z, warmup, steps);
+    search_mode<estimators::EGS<4>, Granularity::kNode>("egs4_node_dense", false, true, d, z, warmup, steps);
     cuda::set_depthwise_conv(cuda::DepthwiseConv::kCudnn);
   }
-  if (only.empty() || only == "ops") ops(warmup, steps);
+  if (only.empty() || only == "ops") ops(z, warmup, steps);
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "bench_gpu_step: error: %s\n", e.what());
