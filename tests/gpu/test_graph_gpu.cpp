@@ -13,6 +13,7 @@
 #include "datanas/estimators/estimators.hpp"
 #include "datanas/ops/dropout.hpp"
 #include "datanas/ops/recurrent.hpp"
+#include "datanas/optim/asgd.hpp"
 #include "datanas/optim/optimizers.hpp"
 #include "datanas/search/searcher.hpp"
 #include "datanas/spaces/eval_network.hpp"
@@ -218,6 +219,44 @@ TEST_CASE("a captured Adam step advances t at each replay as eager steps do") {
   }
   CHECK(same_bits(pg.value(), pe.value()));
   CHECK(same_bits(og.exp_avg()[0], oe.exp_avg()[0]));
+}
+
+TEST_CASE("a captured ASGD step takes each replay's eta and mu, lagging lr included, as eager steps do") {
+  cuda::Stream stream;
+  cuda::StreamGuard on(stream);
+  Var<float, Cuda> pe(random_device({37}, 1), true), pg(random_device({37}, 1), true);
+  const Tensor<float, Cuda> grad = random_device({37}, 2);
+  // lambd > 0 (the shrink factor changes with eta), t0 = 0 (mu = 1 for two steps, then 1 / n).
+  optim::ASGD<float, Cuda> oe({pe}, 0.5, 1e-2, 0.75, 0.0, 1e-3), og({pg}, 0.5, 1e-2, 0.75, 0.0, 1e-3);
+  const auto set_grad = [&](const Var<float, Cuda>& p) {
+    p.zero_grad();
+    p.grad_slot().g.copy_from(grad);
+  };
+  for (auto* o : {&oe, &og}) {  // eager first: the averages exist before the capture
+    set_grad(o == &oe ? pe : pg);
+    o->step();
+  }
+  StepGraph<Cuda> g;
+  g.capture([&] {
+    set_grad(pg);
+    og.step();
+  });
+  CHECK(og.step_count() == 1);
+  for (int r = 0; r < 5; ++r) {
+    CAPTURE(r);
+    const double lr = 0.5 / (1 + r);  // as DARTS rescales it per window; eta lags one step
+    og.set_lr(lr);
+    oe.set_lr(lr);
+    g.replay();
+    set_grad(pe);
+    oe.step();
+    CHECK(og.step_count() == oe.step_count());
+    CHECK(og.eta() == oe.eta());
+    CHECK(og.mu() == oe.mu());
+    CHECK(same_bits(pg.value(), pe.value()));
+    CHECK(same_bits(og.averages()[0], oe.averages()[0]));
+  }
+  CHECK(oe.mu() < 1.0);  // the averaging branch ran
 }
 
 TEST_CASE("each replay of captured dropout, drop path and recurrent masks draws the next eager masks") {

@@ -12,9 +12,11 @@
 // average starts at the second iterate (mu is still 1 at step 2). Evaluation uses ax.
 //
 // On Cuda each parameter's update is one fused kernel (ops/cuda/optim.hpp) with the same
-// operations; eta and mu stay host scalars (they depend on the step count only).
+// operations; eta and mu stay host scalars (they depend on the step count and the lr only),
+// computed before each replay when the step is captured (StepGraph), as Adam's corrections.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -31,10 +33,17 @@ class ASGD {
     DATANAS_CHECK(lr >= 0 && lambd >= 0 && weight_decay >= 0, "ASGD: lr, lambd and weight decay must be >= 0");
     ax_.resize(params_.size());
   }
+  /// One step. The averages are created by the first step: run it eagerly before capturing one.
   void step() {
     NoGradGuard ng;
-    if (step_ == 0) eta_ = lr_;
-    ++step_;
+    // This step's {1 - lambd eta, eta, mu, mu != 1}: on the host now, or on a device inside a
+    // captured step, before each replay (the step count advances then).
+    T s[4] = {};
+    const T* per_step = nullptr;
+    if constexpr (is_cpu<D>)
+      advance(s);
+    else
+      per_step = DeviceOps<D>::step_values(s, 4, [this](T* out) { advance(out); });
     for (std::size_t i = 0; i < params_.size(); ++i) {
       const Var<T, D>& p = params_[i];
       if (!ax_[i].defined()) ax_[i] = p.value().clone();
@@ -43,21 +52,18 @@ class ASGD {
         auto w = p.value().eigen();
         auto g = p.grad().eigen();
         if (wd_ != 0) g += T(wd_) * w;
-        if (lambd_ != 0) w *= T(1 - lambd_ * eta_);
-        w -= T(eta_) * g;
-        if (mu_ != 1)
-          ax_[i].eigen() += T(mu_) * (w - ax_[i].eigen());
+        if (lambd_ != 0) w *= s[0];
+        w -= s[1] * g;
+        if (s[3] != T(0))
+          ax_[i].eigen() += s[2] * (w - ax_[i].eigen());
         else
           ax_[i].copy_from(p.value());
       } else {
         // One fused kernel, the same operations (and the CPU's scalars rounded to T).
         DeviceOps<D>::asgd_step(p.value(), p.grad(), ax_[i],
-                                {wd_ != 0, T(wd_), lambd_ != 0, T(1 - lambd_ * eta_), T(eta_), mu_ != 1,
-                                 T(mu_)});
+                                {wd_ != 0, T(wd_), lambd_ != 0, s[0], s[1], s[3] != T(0), s[2], per_step});
       }
     }
-    eta_ = lr_ / std::pow(1 + lambd_ * lr_ * double(step_), alpha_);
-    mu_ = 1 / std::max(1.0, double(step_) - t0_);
   }
   void zero_grad() {
     for (auto& p : params_) p.zero_grad();
@@ -78,6 +84,19 @@ class ASGD {
   }
 
  private:
+  /// Counts the step and writes its scalars {1 - lambd eta, eta, mu, mu != 1 ? 1 : 0} rounded to
+  /// T; then computes the next step's eta and mu (from this step's lr: torch's lag).
+  void advance(T* s) {
+    if (step_ == 0) eta_ = lr_;
+    ++step_;
+    s[0] = T(1 - lambd_ * eta_);
+    s[1] = T(eta_);
+    s[2] = T(mu_);
+    s[3] = mu_ != 1 ? T(1) : T(0);
+    eta_ = lr_ / std::pow(1 + lambd_ * lr_ * double(step_), alpha_);
+    mu_ = 1 / std::max(1.0, double(step_) - t0_);
+  }
+
   std::vector<Var<T, D>> params_;
   std::vector<Tensor<T, D>> ax_;
   double lr_, lambd_, alpha_, t0_, wd_;

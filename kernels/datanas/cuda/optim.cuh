@@ -181,11 +181,13 @@ struct AsgdOp {
       gi = gi + s.wd * w[i];
       g[i] = gi;
     }
+    const T* p = s.per_step;
     T wi = w[i];
-    if (s.shrink) wi = wi * s.shrink_factor;
-    wi = wi - s.eta * gi;
+    if (s.shrink) wi = wi * (p ? p[0] : s.shrink_factor);
+    wi = wi - (p ? p[1] : s.eta) * gi;
     w[i] = wi;
-    ax[i] = s.average ? ax[i] + s.mu * (wi - ax[i]) : wi;
+    const bool average = p ? p[3] != T(0) : s.average;
+    ax[i] = average ? ax[i] + (p ? p[2] : s.mu) * (wi - ax[i]) : wi;
   }
 };
 

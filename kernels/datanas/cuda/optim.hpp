@@ -109,6 +109,10 @@ struct AsgdScalars {
   T eta;
   bool average;  ///< mu != 1 (else ax = w)
   T mu;
+  /// In a captured step (StepGraph): the device values {shrink_factor, eta, mu, average (1 or
+  /// 0)}, written before each replay because they change with the step count (and eta with the
+  /// previous step's lr); nullptr when the update runs eagerly.
+  const T* per_step = nullptr;
 };
 /// ASGD (torch semantics), elementwise: g = g + wd w (written back, only when decay);
 /// w = w * shrink_factor (when shrink); w = w - eta g; ax = average ? ax + mu (w - ax) : w.
