@@ -1,6 +1,7 @@
 // datanas-train-rnn: trains a recurrent cell from scratch on Penn Treebank as DARTS' rnn/train.py
 // does (850 units, SGD lr 20 then averaged SGD on the non-monotone trigger) and reports the valid
-// and test perplexity of the best validation weights. --device {cpu,cuda} picks the device.
+// and test perplexity of the best validation weights. --device {cpu,cuda} picks the device;
+// --cuda-graph replays the training steps as CUDA graphs (the same results).
 #include <cmath>
 #include <cstdio>
 #include <iostream>
@@ -27,7 +28,7 @@ struct Options {
   long nonmono = 5, train_limit = 0, eval_limit = 0, stop_after = 0;
   double lr = 20, wdecay = 8e-7, clip = 0.25, beta = 1e-3;
   double dropout = 0.75, dropouth = 0.25, dropoutx = 0.75, dropouti = 0.2, dropoute = 0.1;
-  bool resume = false, dry_run = false;
+  bool resume = false, dry_run = false, cuda_graph = false;
   std::uint64_t seed = 1267;
 
   [[nodiscard]] std::string identity(const search::RecurrentGenotype& g) const {
@@ -81,6 +82,7 @@ int run_on(const Options& o) {
   tc.beta = o.beta;
   tc.nonmono = o.nonmono;
   tc.seed = o.seed;
+  tc.cuda_graph = o.cuda_graph;
   train::RnnTrainer<T, D> trainer(model, train, valid, tc);
 
   const std::string ckpt_path = o.out + "/checkpoint", log_path = o.out + "/log.csv";
@@ -186,6 +188,7 @@ int main(int argc, char** argv) try {
       .add("resume", &o.resume, "continue from OUT/checkpoint")
       .add("stop-after", &o.stop_after, "stop cleanly after N epochs of this run (0 = never)")
       .add_choice("device", &o.device, {"cpu", "cuda"}, "where the training runs (a checkpoint resumes on either)")
+      .add("cuda-graph", &o.cuda_graph, "replay each training step as a CUDA graph (--device cuda)")
       .add("dry-run", &o.dry_run, "build the model, print its parameter size, exit");
   if (!args.parse(argc, argv, std::cout)) return 0;
   DATANAS_CHECK(o.epochs >= 1, "--epochs must be >= 1, got ", o.epochs);
@@ -199,6 +202,7 @@ int main(int argc, char** argv) try {
   DATANAS_CHECK(o.stop_after >= 0, "--stop-after must be >= 0, got ", o.stop_after);
   DATANAS_CHECK(o.lr > 0 && o.clip > 0, "--lr and --clip must be > 0");
   DATANAS_CHECK(o.wdecay >= 0 && o.beta >= 0, "--wdecay and --beta must be >= 0");
+  DATANAS_CHECK(!o.cuda_graph || o.device == "cuda", "--cuda-graph needs --device cuda");
   DATANAS_CHECK(!o.resume || fs::exists(o.out + "/checkpoint"), "--resume: no checkpoint at '", o.out, "/checkpoint'");
   return run(o);
 } catch (const std::exception& e) {

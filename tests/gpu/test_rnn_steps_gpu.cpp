@@ -344,6 +344,78 @@ TEST_CASE("PTB-style training on the GPU matches the CPU through the switch to a
   CHECK(agrees(tgpu.valid_loss(), tcpu.valid_loss(), 1e-3));
 }
 
+TEST_CASE("PTB training replayed from CUDA graphs computes exactly what eager epochs compute, through ASGD") {
+  const train::RnnTrainConfig tc = small_rnn_training(6);
+  const Streams s(tc.batch_size, tc.eval_batch_size, 5);  // the switch to ASGD comes early
+  using Model = spaces::rnn::RnnEvalModel<float, spaces::rnn::DartsRnnOps, Cuda>;
+  cuda::Stream eager_stream, graph_stream;
+  PhiloxGenerator ie(31), ig(31);
+  std::optional<Model> me, mg;
+  std::optional<train::RnnTrainer<float, Cuda>> te, tg;
+  {
+    const cuda::StreamGuard on(eager_stream);
+    me.emplace(tiny_model(), search::RNN_DARTS_V2, ie);
+    te.emplace(*me, s.train, s.valid, tc);
+  }
+  {
+    const cuda::StreamGuard on(graph_stream);
+    train::RnnTrainConfig gc = tc;
+    gc.cuda_graph = true;
+    mg.emplace(tiny_model(), search::RNN_DARTS_V2, ig);
+    tg.emplace(*mg, s.train, s.valid, gc);
+  }
+  auto& alloc = CachingAllocator<Cuda>::instance();
+  long steps = 0;
+  bool switched = false;
+  for (long e = 0; e < tc.epochs; ++e) {
+    CAPTURE(e);
+    train::RnnTrainEpoch a, b;
+    std::size_t eager_transient = 0, pool_peak = 0;
+    {
+      const cuda::StreamGuard on(eager_stream);
+      alloc.reset_peak();
+      const std::size_t before = alloc.stats().bytes_in_use;
+      a = te->run_epoch();
+      eager_transient = alloc.stats().peak_bytes_in_use - before;
+    }
+    {
+      const cuda::StreamGuard on(graph_stream);
+      alloc.reset_peak();
+      b = tg->run_epoch();
+      pool_peak = alloc.stats().peak_graph_pool_bytes;
+    }
+    CHECK(b.steps == a.steps);
+    CHECK(b.train_loss == a.train_loss);
+    CHECK(b.train_acc == a.train_acc);
+    CHECK(b.valid_loss == a.valid_loss);
+    CHECK(b.averaged == a.averaged);
+    CHECK(b.switched == a.switched);
+    CHECK(b.best == a.best);
+    // One pool for the epoch's graphs (one per window length): about one eager epoch's peak.
+    CHECK(double(pool_peak) < 1.5 * double(eager_transient));
+    steps += a.steps;
+    switched = switched || a.switched;
+  }
+  CHECK(switched);  // epochs under averaged SGD were replayed too
+  CHECK(tg->replayed_steps() >= steps / 3);
+  CHECK(tg->replayed_steps() < steps);
+  CHECK(te->replayed_steps() == 0);
+  CHECK(tg->best_valid_loss() == te->best_valid_loss());
+  const auto pe = me->parameters(), pg = mg->parameters();
+  REQUIRE(pe.size() == pg.size());
+  for (std::size_t i = 0; i < pe.size(); ++i) {
+    CAPTURE(i);
+    CHECK(same_bits(pg[i].value(), pe[i].value()));
+  }
+  // Refused where it cannot work, before any step.
+  PhiloxGenerator ic(31);
+  spaces::rnn::RnnEvalModel<float, spaces::rnn::DartsRnnOps, Cpu> cpu_model(tiny_model(), search::RNN_DARTS_V2, ic);
+  train::RnnTrainConfig gc = tc;
+  gc.cuda_graph = true;
+  CHECK_THROWS_WITH_AS(train::RnnTrainer<float>(cpu_model, s.train, s.valid, gc), "train: --cuda-graph needs --device cuda",
+                       error);
+}
+
 TEST_CASE("a PTB search epoch on the GPU waits only to read its log; dense cells never read their weights") {
   auto cfg = small_rnn_search();
   cfg.tau = {5.0, 1.0};

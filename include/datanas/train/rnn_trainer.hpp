@@ -17,13 +17,25 @@
 // waits for the GPU only to read the loss and the predictions for the log, after the step is
 // queued (weight_step). The best and averaged weights stay on D; a checkpoint holds host copies
 // and resumes on either device.
+// With cfg.cuda_graph (on a device) each step is captured once per epoch and window length (the
+// lr scales with it; the sampled lengths are a few dozen at bptt 35) and replayed, as the PTB
+// search does: the first step of each length runs eagerly and captures, later ones copy their
+// window into that graph's fixed buffers and replay. The graphs share one memory pool (a step's
+// results are read before the next replays), the hidden state is carried in a fixed buffer, and
+// dropout masks and ASGD's step scalars come from per-replay values, so the replays compute
+// exactly what eager steps compute.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <type_traits>
+#include <variant>
 #include <vector>
 
 #include "datanas/data/ptb.hpp"
@@ -45,6 +57,7 @@ struct RnnTrainConfig {
   double lr = 20, weight_decay = 8e-7, clip = 0.25, beta = 1e-3;
   long nonmono = 5;
   std::uint64_t seed = 1267;
+  bool cuda_graph = false;  ///< replay captured steps (on a device; file comment)
 };
 
 struct RnnTrainEpoch {
@@ -72,6 +85,10 @@ class RnnTrainer {
     DATANAS_CHECK(cfg.nonmono >= 0, "train: --nonmono must be >= 0, got ", cfg.nonmono);
     DATANAS_CHECK(train.dim(1) == cfg.batch_size, "train: the training stream must be batchified with the batch size");
     DATANAS_CHECK(train.dim(0) >= 3, "train: the training stream has only ", train.dim(0), " rows");
+    DATANAS_CHECK(!cfg.cuda_graph || !is_cpu<D>, "train: --cuda-graph needs --device cuda");
+    if constexpr (!is_cpu<D>) {
+      if (cfg.cuda_graph) DeviceOps<D>::check_capturable("train");
+    }
     for (const auto& p : params_) best_.push_back(p.value().clone());
   }
 
@@ -80,6 +97,8 @@ class RnnTrainer {
   [[nodiscard]] double best_valid_loss() const { return stored_loss_; }
   [[nodiscard]] long best_epoch() const { return best_epoch_; }
   [[nodiscard]] long estimated_steps() const { return long((train_.dim(0) - 2) / cfg_.bptt) + 1; }
+  /// Training steps replayed from captured graphs so far (cfg.cuda_graph; 0 otherwise).
+  [[nodiscard]] long replayed_steps() const { return replayed_; }
 
   RnnTrainEpoch run_epoch(io::ProgressBar* bar = nullptr) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -87,26 +106,20 @@ class RnnTrainer {
     st.epoch = epoch_ + 1;
     const data::BpttSampler sampler{cfg_.bptt, cfg_.max_seq_len_delta, true};
     const index_t rows = train_.dim(0);
+    reset_graphs();  // an epoch that threw may have left some
     Tensor<T, D> hidden = model_.init_hidden(cfg_.batch_size);
     model_.train();
     double loss = 0;
     long correct = 0, tokens = 0, steps = 0;
     const long estimate = estimated_steps();
-    auto forward = [&](const Tensor<std::int32_t>& in, const Tensor<T, D>& h) {
-      return model_.forward(in, h, dropout_gen_);
-    };
     for (index_t i = 0; i < rows - 2;) {
       const index_t seq_len = sampler(data_gen_);
       const double lr = cfg_.lr * double(seq_len) / double(cfg_.bptt);
-      const data::Window w = data::get_window(train_, i, seq_len);
-      WindowResult r;
-      if (asgd_) {
+      if (asgd_)
         asgd_->set_lr(lr);
-        r = weight_step<T>(w, hidden, forward, params_, *asgd_, cfg_.clip, cfg_.beta, st.epoch, steps);
-      } else {
+      else
         sgd_.set_lr(lr);
-        r = weight_step<T>(w, hidden, forward, params_, sgd_, cfg_.clip, cfg_.beta, st.epoch, steps);
-      }
+      const WindowResult r = train_step(data::get_window(train_, i, seq_len), seq_len, hidden, st.epoch, steps);
       loss += r.loss * double(r.tokens);
       correct += r.correct;
       tokens += r.tokens;
@@ -116,6 +129,7 @@ class RnnTrainer {
         bar->update(std::min(steps, estimate - (i < rows - 2 ? 1 : 0)), loss / double(tokens),
                     double(correct) / double(tokens), tokens);
     }
+    reset_graphs();  // their buffers and the hidden state are this epoch's
     st.steps = steps;
     st.tokens = tokens;
     st.train_loss = loss / double(tokens);
@@ -211,6 +225,53 @@ class RnnTrainer {
   }
 
  private:
+  /// Queues a step on the window (inputs [T, B] and targets [T * B], on D) from `hidden`, which
+  /// takes the window's last state, with the optimiser in use (SGD, or ASGD after the switch).
+  QueuedWindow<T, D> queue_step(const Tensor<std::int32_t, D>& in, const Tensor<std::int32_t, D>& tgt,
+                                Tensor<T, D>& hidden) {
+    const auto forward = [&](const Tensor<T, D>& h) { return model_.forward_ids(in, h, dropout_gen_); };
+    if (asgd_) return queue_weight_step<T>(tgt, in.dim(1), hidden, forward, params_, *asgd_, cfg_.clip, cfg_.beta);
+    return queue_weight_step<T>(tgt, in.dim(1), hidden, forward, params_, sgd_, cfg_.clip, cfg_.beta);
+  }
+
+  /// One training step on window w (sampled length seq_len, which sets the lr): eagerly, or with
+  /// cfg.cuda_graph from the graph of its lengths, which the first step of those lengths runs
+  /// eagerly (first-use work: ASGD's averages, gradients) and then captures.
+  WindowResult train_step(const data::Window& w, index_t seq_len, Tensor<T, D>& hidden, long epoch, long step) {
+    if constexpr (!is_cpu<D>) {
+      if (cfg_.cuda_graph) {
+        std::unique_ptr<Captured>& c = graphs_[{seq_len, w.length()}];
+        if (!c) c = std::make_unique<Captured>(w);
+        upload_into(c->in, w.inputs);  // before the replay's kernels, in stream order
+        upload_into(c->tgt, w.targets);
+        if (c->out) {
+          c->graph.replay();
+          ++replayed_;
+          return finish_window(*c->out, epoch, step);
+        }
+        const WindowResult r = finish_window(queue_step(c->in, c->tgt, hidden), epoch, step);
+        c->out.emplace(c->graph.capture([&] { return queue_step(c->in, c->tgt, hidden); }, pool_));
+        return r;
+      }
+    }
+    return finish_window(queue_step(to_device_of<D>(w.inputs), to_device_of<D>(w.targets), hidden), epoch, step);
+  }
+
+  /// The captured step of one (seq_len, window length): the window's buffers on D, refilled
+  /// before each replay, the graph, and what it leaves to read.
+  struct Captured {
+    Tensor<std::int32_t, D> in, tgt;
+    std::conditional_t<is_cpu<D>, std::monostate, StepGraph<D>> graph;
+    std::optional<QueuedWindow<T, D>> out;
+    explicit Captured(const data::Window& w)
+        : in(Tensor<std::int32_t, D>::empty(w.inputs.shape())), tgt(Tensor<std::int32_t, D>::empty(w.targets.shape())) {}
+  };
+  /// Drops the captured steps (each waits for its last replay) and their memory.
+  void reset_graphs() {
+    graphs_.clear();
+    pool_ = {};
+  }
+
   std::unique_ptr<optim::ASGD<T, D>> make_asgd() const {
     return std::make_unique<optim::ASGD<T, D>>(params_, cfg_.lr, 0.0, 0.75, 0.0, cfg_.weight_decay);
   }
@@ -246,6 +307,11 @@ class RnnTrainer {
   double stored_loss_ = std::numeric_limits<double>::infinity();
   long best_epoch_ = 0;
   long epoch_ = 0;
+  // cfg.cuda_graph: this epoch's captured steps, by (seq_len, window length), and the memory
+  // pool they share: train_step reads each replay's results before the next.
+  std::map<std::array<index_t, 2>, std::unique_ptr<Captured>> graphs_;
+  std::conditional_t<is_cpu<D>, std::monostate, GraphPool> pool_;
+  long replayed_ = 0;
 };
 
 }  // namespace datanas::train

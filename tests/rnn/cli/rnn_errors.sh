@@ -34,6 +34,7 @@ expect "'gpu' is not one of {cpu, cuda}" "$search" --device gpu --dry-run
 expect "'gpu' is not one of {cpu, cuda}" "$train" --device gpu --dry-run
 expect "--cuda-graph needs --device cuda" "$search" --cuda-graph --dry-run
 expect "--cuda-graph needs a dense step" "$search" --device cuda --cuda-graph --sparse --dry-run
+expect "--cuda-graph needs --device cuda" "$train" --cuda-graph --dry-run
 # --device cuda: without a usable GPU (or without the CUDA backend) a clear error, not a crash.
 if ! command -v nvidia-smi > /dev/null || ! nvidia-smi > /dev/null 2>&1; then
   for prog in "$search" "$train"; do
