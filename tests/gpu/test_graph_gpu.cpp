@@ -4,6 +4,7 @@
 // discipline (the graph's blocks are never handed to eager work while it lives; graphs sharing a
 // GraphPool reuse each other's temporaries); and what cannot be captured (host reads, host copies)
 // is refused with the reason.
+#include <functional>
 #include <optional>
 
 #include "parity.hpp"
@@ -190,17 +191,17 @@ TEST_CASE("each replay of a captured estimator call draws the next eager call's 
   }
 }
 
-TEST_CASE("a captured Adam step advances t at each replay as eager steps do") {
-  cuda::Stream stream;
-  cuda::StreamGuard on(stream);
-  Var<float, Cuda> pe(random_device({37}, 1), true), pg(random_device({37}, 1), true);
+/// Twin optimisers on twin parameters given the same gradient: one eager step on both (their
+/// state exists before the capture), then og's step captured; for each replay r: before(r),
+/// og's replay, oe's eager step, after(r).
+template <class Opt>
+void replay_against_eager(Opt& oe, Opt& og, const Var<float, Cuda>& pe, const Var<float, Cuda>& pg, int replays,
+                          const std::function<void(int)>& before, const std::function<void(int)>& after) {
   const Tensor<float, Cuda> grad = random_device({37}, 2);
-  optim::Adam<float, Cuda> oe({pe}, 0.01, 0.5, 0.999, 1e-3), og({pg}, 0.01, 0.5, 0.999, 1e-3);
   const auto set_grad = [&](const Var<float, Cuda>& p) {
     p.zero_grad();
     p.grad_slot().g.copy_from(grad);
   };
-  // One eager step on both (the graph's state buffers exist before the capture), then a capture.
   for (auto* o : {&oe, &og}) {
     set_grad(o == &oe ? pe : pg);
     o->step();
@@ -211,12 +212,23 @@ TEST_CASE("a captured Adam step advances t at each replay as eager steps do") {
     og.step();
   });
   CHECK(og.step_count() == 1);
-  for (int r = 0; r < 4; ++r) {
+  for (int r = 0; r < replays; ++r) {
+    CAPTURE(r);
+    before(r);
     g.replay();
     set_grad(pe);
     oe.step();
     CHECK(og.step_count() == oe.step_count());
+    after(r);
   }
+}
+
+TEST_CASE("a captured Adam step advances t at each replay as eager steps do") {
+  cuda::Stream stream;
+  cuda::StreamGuard on(stream);
+  Var<float, Cuda> pe(random_device({37}, 1), true), pg(random_device({37}, 1), true);
+  optim::Adam<float, Cuda> oe({pe}, 0.01, 0.5, 0.999, 1e-3), og({pg}, 0.01, 0.5, 0.999, 1e-3);
+  replay_against_eager(oe, og, pe, pg, 4, [](int) {}, [](int) {});
   CHECK(same_bits(pg.value(), pe.value()));
   CHECK(same_bits(og.exp_avg()[0], oe.exp_avg()[0]));
 }
@@ -225,37 +237,21 @@ TEST_CASE("a captured ASGD step takes each replay's eta and mu, lagging lr inclu
   cuda::Stream stream;
   cuda::StreamGuard on(stream);
   Var<float, Cuda> pe(random_device({37}, 1), true), pg(random_device({37}, 1), true);
-  const Tensor<float, Cuda> grad = random_device({37}, 2);
   // lambd > 0 (the shrink factor changes with eta), t0 = 0 (mu = 1 for two steps, then 1 / n).
   optim::ASGD<float, Cuda> oe({pe}, 0.5, 1e-2, 0.75, 0.0, 1e-3), og({pg}, 0.5, 1e-2, 0.75, 0.0, 1e-3);
-  const auto set_grad = [&](const Var<float, Cuda>& p) {
-    p.zero_grad();
-    p.grad_slot().g.copy_from(grad);
-  };
-  for (auto* o : {&oe, &og}) {  // eager first: the averages exist before the capture
-    set_grad(o == &oe ? pe : pg);
-    o->step();
-  }
-  StepGraph<Cuda> g;
-  g.capture([&] {
-    set_grad(pg);
-    og.step();
-  });
-  CHECK(og.step_count() == 1);
-  for (int r = 0; r < 5; ++r) {
-    CAPTURE(r);
-    const double lr = 0.5 / (1 + r);  // as DARTS rescales it per window; eta lags one step
-    og.set_lr(lr);
-    oe.set_lr(lr);
-    g.replay();
-    set_grad(pe);
-    oe.step();
-    CHECK(og.step_count() == oe.step_count());
-    CHECK(og.eta() == oe.eta());
-    CHECK(og.mu() == oe.mu());
-    CHECK(same_bits(pg.value(), pe.value()));
-    CHECK(same_bits(og.averages()[0], oe.averages()[0]));
-  }
+  replay_against_eager(
+      oe, og, pe, pg, 5,
+      [&](int r) {
+        const double lr = 0.5 / (1 + r);  // as DARTS rescales it per window; eta lags one step
+        og.set_lr(lr);
+        oe.set_lr(lr);
+      },
+      [&](int) {
+        CHECK(og.eta() == oe.eta());
+        CHECK(og.mu() == oe.mu());
+        CHECK(same_bits(pg.value(), pe.value()));
+        CHECK(same_bits(og.averages()[0], oe.averages()[0]));
+      });
   CHECK(oe.mu() < 1.0);  // the averaging branch ran
 }
 
