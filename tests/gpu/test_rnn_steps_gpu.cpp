@@ -412,8 +412,8 @@ TEST_CASE("PTB training replayed from CUDA graphs computes exactly what eager ep
   spaces::rnn::RnnEvalModel<float, spaces::rnn::DartsRnnOps, Cpu> cpu_model(tiny_model(), search::RNN_DARTS_V2, ic);
   train::RnnTrainConfig gc = tc;
   gc.cuda_graph = true;
-  CHECK_THROWS_WITH_AS(train::RnnTrainer<float>(cpu_model, s.train, s.valid, gc), "train: --cuda-graph needs --device cuda",
-                       error);
+  CHECK_THROWS_WITH_AS(train::RnnTrainer<float>(cpu_model, s.train, s.valid, gc),
+                       "train: --cuda-graph needs --device cuda", error);
 }
 
 TEST_CASE("a PTB search epoch on the GPU waits only to read its log; dense cells never read their weights") {

@@ -21,10 +21,10 @@
 // With cfg.cuda_graph (dense steps on a device) each search step is captured once per epoch and
 // pair of window lengths, and replayed: the epoch's graphs share one memory pool (they replay
 // one at a time, and each step's results are read before the next replays), the windows are
-// copied into that graph's fixed buffers before each replay, the hidden states are carried in fixed buffers, and the dropout masks and
-// estimator noise are drawn on the device from counters reserved before each replay, so the
-// replays compute exactly what eager steps compute. A checkpoint holds host tensors: it resumes
-// on either device.
+// copied into that graph's fixed buffers before each replay, the hidden states are carried in
+// fixed buffers, and the dropout masks and estimator noise are drawn on the device from counters
+// reserved before each replay, so the replays compute exactly what eager steps compute. A
+// checkpoint holds host tensors: it resumes on either device.
 #pragma once
 
 #include <array>

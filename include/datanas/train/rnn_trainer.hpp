@@ -15,8 +15,8 @@
 //
 // The trainer is a template on the device D of the model (Cpu by default): on a device a step
 // waits for the GPU only to read the loss and the predictions for the log, after the step is
-// queued (weight_step). The best and averaged weights stay on D; a checkpoint holds host copies
-// and resumes on either device.
+// queued (queue_weight_step, then finish_window). The best and averaged weights stay on D; a
+// checkpoint holds host copies and resumes on either device.
 // With cfg.cuda_graph (on a device) each step is captured once per epoch and window length (the
 // lr scales with it; the sampled lengths are a few dozen at bptt 35) and replayed, as the PTB
 // search does: the first step of each length runs eagerly and captures, later ones copy their
@@ -264,7 +264,8 @@ class RnnTrainer {
     std::conditional_t<is_cpu<D>, std::monostate, StepGraph<D>> graph;
     std::optional<QueuedWindow<T, D>> out;
     explicit Captured(const data::Window& w)
-        : in(Tensor<std::int32_t, D>::empty(w.inputs.shape())), tgt(Tensor<std::int32_t, D>::empty(w.targets.shape())) {}
+        : in(Tensor<std::int32_t, D>::empty(w.inputs.shape())),
+          tgt(Tensor<std::int32_t, D>::empty(w.targets.shape())) {}
   };
   /// Drops the captured steps (each waits for its last replay) and their memory.
   void reset_graphs() {
