@@ -167,7 +167,7 @@ struct Counters {
   std::uint64_t mallocs = 0;     // cudaMalloc calls
   std::uint64_t host_waits = 0;  // calls that block the host until the device has finished:
                                  // cudaStreamSynchronize, cudaDeviceSynchronize, cudaMemcpy,
-                                 // cudaFree
+                                 // cudaFree, cudaEventSynchronize
   std::uint64_t reads = 0;       // device-to-host copies
   std::uint64_t read_bytes = 0;  // their bytes, and the largest
   std::uint64_t largest_read = 0;
