@@ -214,6 +214,7 @@ void check_rnn_graph_search(search::RnnSearchConfig cfg) {
     // The epoch's graphs (three or more here) share one pool: together they hold about what one
     // eager step allocates at its peak, not that once per graph (a pool each: 2.8x to 3.4x).
     CHECK(double(pool_peak) < 1.5 * double(eager_transient));
+    MESSAGE("graph pool peak ", pool_peak, " B, eager peak ", eager_transient, " B");  // docs/benchmarks.md
     CHECK(b.steps == a.steps);
     CHECK(b.train_loss == a.train_loss);
     CHECK(b.train_acc == a.train_acc);
@@ -393,6 +394,7 @@ TEST_CASE("PTB training replayed from CUDA graphs computes exactly what eager ep
     CHECK(b.best == a.best);
     // One pool for the epoch's graphs (one per window length): about one eager epoch's peak.
     CHECK(double(pool_peak) < 1.5 * double(eager_transient));
+    MESSAGE("graph pool peak ", pool_peak, " B, eager peak ", eager_transient, " B");  // docs/benchmarks.md
     steps += a.steps;
     switched = switched || a.switched;
   }
