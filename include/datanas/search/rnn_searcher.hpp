@@ -30,9 +30,6 @@
 #include <array>
 #include <chrono>
 #include <cmath>
-#include <map>
-#include <memory>
-#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -109,7 +106,12 @@ class RnnSearcher {
   [[nodiscard]] long epoch() const { return epoch_; }
   [[nodiscard]] const RnnSearchConfig& config() const { return cfg_; }
   /// Search steps replayed from captured graphs so far (cfg.cuda_graph; 0 otherwise).
-  [[nodiscard]] long replayed_steps() const { return replayed_; }
+  [[nodiscard]] long replayed_steps() const {
+    if constexpr (is_cpu<D>)
+      return 0;
+    else
+      return graphs_.replayed();
+  }
   /// About how many windows an epoch has (the exact count depends on the sampled lengths).
   [[nodiscard]] long estimated_steps() const { return long((train_.dim(0) - 2) / cfg_.bptt) + 1; }
 
@@ -252,54 +254,25 @@ class RnnSearcher {
   }
 
   /// One search step on the windows wa (architecture) and ww (weights, sampled length seq_len):
-  /// eagerly, or with cfg.cuda_graph from the graph of its lengths, which the first step of those
-  /// lengths runs eagerly (first-use work: optimiser state, the plans) and then captures.
+  /// eagerly, or with cfg.cuda_graph from the graph of its lengths (train::WindowGraphs).
   std::pair<double, train::WindowResult> search_step(const data::Window& wa, const data::Window& ww, index_t seq_len,
                                                      Tensor<T, D>& hidden, Tensor<T, D>& hidden_valid, long epoch,
                                                      long step) {
+    const auto done = [&](const QueuedStep& q) { return finish(q, epoch, step); };
     if constexpr (!is_cpu<D>) {
-      if (cfg_.cuda_graph) {
-        std::unique_ptr<Captured>& c = graphs_[{seq_len, ww.length(), wa.length()}];
-        if (!c) c = std::make_unique<Captured>(wa, ww);
-        c->upload(wa, ww);  // before the replay's kernels, in stream order
-        if (c->out) {
-          c->graph.replay();
-          ++replayed_;
-          return finish(*c->out, epoch, step);
-        }
-        const auto r = finish(queue_step(c->a_in, c->a_tgt, c->w_in, c->w_tgt, hidden, hidden_valid), epoch, step);
-        c->out.emplace(c->graph.capture(
-            [&] { return queue_step(c->a_in, c->a_tgt, c->w_in, c->w_tgt, hidden, hidden_valid); }, pool_));
-        return r;
-      }
+      if (cfg_.cuda_graph)
+        return graphs_.step({seq_len, ww.length(), wa.length()}, std::array{&wa, &ww},
+                            [&](const std::vector<Tensor<std::int32_t, D>>& ids) {
+                              return queue_step(ids[0], ids[1], ids[2], ids[3], hidden, hidden_valid);
+                            },
+                            done);
     }
-    return finish(queue_step(to_device_of<D>(wa.inputs), to_device_of<D>(wa.targets), to_device_of<D>(ww.inputs),
-                             to_device_of<D>(ww.targets), hidden, hidden_valid),
-                  epoch, step);
+    return done(queue_step(to_device_of<D>(wa.inputs), to_device_of<D>(wa.targets), to_device_of<D>(ww.inputs),
+                           to_device_of<D>(ww.targets), hidden, hidden_valid));
   }
-
-  /// The captured search step of one (seq_len, weight window length, architecture window length):
-  /// the windows' buffers on D, refilled before each replay, the graph, and what it leaves to read.
-  struct Captured {
-    Tensor<std::int32_t, D> a_in, a_tgt, w_in, w_tgt;
-    std::conditional_t<is_cpu<D>, std::monostate, StepGraph<D>> graph;
-    std::optional<QueuedStep> out;
-    Captured(const data::Window& wa, const data::Window& ww)
-        : a_in(Tensor<std::int32_t, D>::empty(wa.inputs.shape())),
-          a_tgt(Tensor<std::int32_t, D>::empty(wa.targets.shape())),
-          w_in(Tensor<std::int32_t, D>::empty(ww.inputs.shape())),
-          w_tgt(Tensor<std::int32_t, D>::empty(ww.targets.shape())) {}
-    void upload(const data::Window& wa, const data::Window& ww) const {
-      upload_into(a_in, wa.inputs);
-      upload_into(a_tgt, wa.targets);
-      upload_into(w_in, ww.inputs);
-      upload_into(w_tgt, ww.targets);
-    }
-  };
-  /// Drops the captured steps (each waits for its last replay) and their memory.
+  /// Drops the captured steps and their memory.
   void reset_graphs() {
-    graphs_.clear();
-    pool_ = {};
+    if constexpr (!is_cpu<D>) graphs_.clear();
   }
 
   Net& net_;
@@ -313,11 +286,8 @@ class RnnSearcher {
   PhiloxGenerator data_gen_, noise_gen_, dropout_gen_;
   estimators::EstimatorConfig ec_;
   long epoch_ = 0;
-  // cfg.cuda_graph: this epoch's captured steps, by (seq_len, weight and architecture lengths),
-  // and the memory pool they share: search_step reads each replay's results before the next.
-  std::map<std::array<index_t, 3>, std::unique_ptr<Captured>> graphs_;
-  std::conditional_t<is_cpu<D>, std::monostate, GraphPool> pool_;
-  long replayed_ = 0;
+  // cfg.cuda_graph: this epoch's captured steps, by (seq_len, weight and architecture lengths).
+  std::conditional_t<is_cpu<D>, std::monostate, train::WindowGraphs<D, QueuedStep>> graphs_;
 };
 
 }  // namespace datanas::search

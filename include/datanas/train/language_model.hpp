@@ -8,10 +8,16 @@
 // work is queued (weight_step), or after every window of a stream is queued (evaluate_stream).
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
 #include <span>
+#include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "datanas/data/ptb.hpp"
@@ -126,5 +132,62 @@ WindowResult weight_step(const data::Window& w, Tensor<T, D>& hidden, Forward&& 
                                             opt, clip, beta),
                        epoch, step);
 }
+
+/// The captured steps of one epoch of a PTB loop with cuda_graph (RnnSearcher, RnnTrainer), on a
+/// device D: one CUDA graph per key (the window lengths that fix a step's shapes and its lr), with
+/// the windows' ids and targets in fixed buffers on D, every graph in one GraphPool. The loops
+/// read each step's results (finish) before the next step replays, which the shared pool needs.
+template <class D, class Out>
+class WindowGraphs {
+ public:
+  using Key = std::array<index_t, 3>;
+  using Ids = Tensor<std::int32_t, D>;
+
+  /// One step on `windows`: their inputs and targets are copied into the key's buffers (in
+  /// order: inputs, targets of each window), then the key's graph replays; the first step of a
+  /// key runs queue(buffers) eagerly (first-use work: optimiser state, gradients, plans) and then
+  /// captures it. Returns finish(what queue returned).
+  template <std::size_t N, class Queue, class Finish>
+  auto step(const Key& key, const std::array<const data::Window*, N>& windows, Queue&& queue, Finish&& finish) {
+    std::unique_ptr<Entry>& e = entries_[key];
+    if (!e) {
+      e = std::make_unique<Entry>();
+      for (const data::Window* w : windows) {
+        e->ids.push_back(Ids::empty(w->inputs.shape()));
+        e->ids.push_back(Ids::empty(w->targets.shape()));
+      }
+    }
+    for (std::size_t i = 0; i < N; ++i) {  // before the replay's kernels, in stream order
+      upload_into(e->ids[2 * i], windows[i]->inputs);
+      upload_into(e->ids[2 * i + 1], windows[i]->targets);
+    }
+    if (e->out) {
+      e->graph.replay();
+      ++replayed_;
+      return finish(*e->out);
+    }
+    auto r = finish(queue(std::as_const(e->ids)));
+    e->out.emplace(e->graph.capture([&] { return queue(std::as_const(e->ids)); }, pool_));
+    return r;
+  }
+
+  /// Drops the graphs (each waits for its last replay), their buffers and their memory.
+  void clear() {
+    entries_.clear();
+    pool_ = {};
+  }
+  /// Steps replayed so far (not reset by clear()).
+  [[nodiscard]] long replayed() const { return replayed_; }
+
+ private:
+  struct Entry {
+    std::vector<Ids> ids;
+    StepGraph<D> graph;
+    std::optional<Out> out;
+  };
+  std::map<Key, std::unique_ptr<Entry>> entries_;
+  std::conditional_t<is_cpu<D>, std::monostate, GraphPool> pool_;
+  long replayed_ = 0;
+};
 
 }  // namespace datanas::train

@@ -30,9 +30,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
-#include <map>
 #include <memory>
-#include <optional>
 #include <string>
 #include <type_traits>
 #include <variant>
@@ -98,7 +96,12 @@ class RnnTrainer {
   [[nodiscard]] long best_epoch() const { return best_epoch_; }
   [[nodiscard]] long estimated_steps() const { return long((train_.dim(0) - 2) / cfg_.bptt) + 1; }
   /// Training steps replayed from captured graphs so far (cfg.cuda_graph; 0 otherwise).
-  [[nodiscard]] long replayed_steps() const { return replayed_; }
+  [[nodiscard]] long replayed_steps() const {
+    if constexpr (is_cpu<D>)
+      return 0;
+    else
+      return graphs_.replayed();
+  }
 
   RnnTrainEpoch run_epoch(io::ProgressBar* bar = nullptr) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -235,42 +238,21 @@ class RnnTrainer {
   }
 
   /// One training step on window w (sampled length seq_len, which sets the lr): eagerly, or with
-  /// cfg.cuda_graph from the graph of its lengths, which the first step of those lengths runs
-  /// eagerly (first-use work: ASGD's averages, gradients) and then captures.
+  /// cfg.cuda_graph from the graph of its lengths (WindowGraphs).
   WindowResult train_step(const data::Window& w, index_t seq_len, Tensor<T, D>& hidden, long epoch, long step) {
+    const auto finish = [&](const QueuedWindow<T, D>& q) { return finish_window(q, epoch, step); };
     if constexpr (!is_cpu<D>) {
-      if (cfg_.cuda_graph) {
-        std::unique_ptr<Captured>& c = graphs_[{seq_len, w.length()}];
-        if (!c) c = std::make_unique<Captured>(w);
-        upload_into(c->in, w.inputs);  // before the replay's kernels, in stream order
-        upload_into(c->tgt, w.targets);
-        if (c->out) {
-          c->graph.replay();
-          ++replayed_;
-          return finish_window(*c->out, epoch, step);
-        }
-        const WindowResult r = finish_window(queue_step(c->in, c->tgt, hidden), epoch, step);
-        c->out.emplace(c->graph.capture([&] { return queue_step(c->in, c->tgt, hidden); }, pool_));
-        return r;
-      }
+      if (cfg_.cuda_graph)
+        return graphs_.step(
+            {seq_len, w.length(), 0}, std::array{&w},
+            [&](const std::vector<Tensor<std::int32_t, D>>& ids) { return queue_step(ids[0], ids[1], hidden); },
+            finish);
     }
-    return finish_window(queue_step(to_device_of<D>(w.inputs), to_device_of<D>(w.targets), hidden), epoch, step);
+    return finish(queue_step(to_device_of<D>(w.inputs), to_device_of<D>(w.targets), hidden));
   }
-
-  /// The captured step of one (seq_len, window length): the window's buffers on D, refilled
-  /// before each replay, the graph, and what it leaves to read.
-  struct Captured {
-    Tensor<std::int32_t, D> in, tgt;
-    std::conditional_t<is_cpu<D>, std::monostate, StepGraph<D>> graph;
-    std::optional<QueuedWindow<T, D>> out;
-    explicit Captured(const data::Window& w)
-        : in(Tensor<std::int32_t, D>::empty(w.inputs.shape())),
-          tgt(Tensor<std::int32_t, D>::empty(w.targets.shape())) {}
-  };
-  /// Drops the captured steps (each waits for its last replay) and their memory.
+  /// Drops the captured steps and their memory.
   void reset_graphs() {
-    graphs_.clear();
-    pool_ = {};
+    if constexpr (!is_cpu<D>) graphs_.clear();
   }
 
   std::unique_ptr<optim::ASGD<T, D>> make_asgd() const {
@@ -308,11 +290,8 @@ class RnnTrainer {
   double stored_loss_ = std::numeric_limits<double>::infinity();
   long best_epoch_ = 0;
   long epoch_ = 0;
-  // cfg.cuda_graph: this epoch's captured steps, by (seq_len, window length), and the memory
-  // pool they share: train_step reads each replay's results before the next.
-  std::map<std::array<index_t, 2>, std::unique_ptr<Captured>> graphs_;
-  std::conditional_t<is_cpu<D>, std::monostate, GraphPool> pool_;
-  long replayed_ = 0;
+  // cfg.cuda_graph: this epoch's captured steps, by (seq_len, window length).
+  std::conditional_t<is_cpu<D>, std::monostate, WindowGraphs<D, QueuedWindow<T, D>>> graphs_;
 };
 
 }  // namespace datanas::train
