@@ -1,6 +1,9 @@
 // Core layer: Shape, Tensor, the caching allocator and the Philox generator.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "datanas/datanas.hpp"
 
 using namespace datanas;
@@ -52,6 +55,144 @@ TEST_CASE("caching allocator reuses freed blocks of the same size") {
   CHECK(after.system_allocations == before.system_allocations);
   CHECK(after.cache_hits == before.cache_hits + 2);
   CHECK(after.bytes_in_use == before.bytes_in_use);
+}
+
+namespace {
+/// The system behind a BlockCache under test: records what is given back and poisoned.
+struct FakeSystem {
+  static inline std::vector<void*> given_back;
+  static inline std::size_t poisoned = 0;
+  static void deallocate(void* p) { given_back.push_back(p); }
+  static void poison(void*, std::size_t n) { poisoned += n; }
+  static void unpoison(void*, std::size_t n) { poisoned -= std::min(poisoned, n); }
+};
+constexpr std::size_t kMiB = std::size_t(1) << 20;
+}  // namespace
+
+TEST_CASE("BlockCache: large blocks are split by best fit and merged back; small ones are exact") {
+  FakeSystem::given_back.clear();
+  std::vector<char> seg(8 * kMiB), seg2(2 * kMiB), seg3(4 * kMiB), small(4096);
+  char* const base = seg.data();
+  detail::BlockCache<FakeSystem> cache;
+  cache.put(cache.adopt(base, 8 * kMiB, 1, 0));
+  CHECK(cache.cached_bytes() == 8 * kMiB);
+  CHECK(cache.take(2, kMiB) == nullptr);  // another pool's memory is not used
+
+  detail::Block* a = cache.take(1, 3 * kMiB);  // split: 3 taken, 5 left free
+  REQUIRE(a);
+  CHECK(a->data == base);
+  CHECK(a->bytes == 3 * kMiB);
+  CHECK(cache.cached_bytes() == 5 * kMiB);
+  detail::Block* b = cache.take(1, 2 * kMiB);
+  REQUIRE(b);
+  CHECK(b->data == base + 3 * kMiB);
+  detail::Block* c = cache.take(1, 3 * kMiB - kMiB / 2);  // 0.5 MiB would be left: not split
+  REQUIRE(c);
+  CHECK(c->data == base + 5 * kMiB);
+  CHECK(c->bytes == 3 * kMiB);
+  CHECK(cache.cached_bytes() == 0);
+  CHECK(cache.take(1, kMiB) == nullptr);
+
+  CHECK(!detail::BlockCache<FakeSystem>::whole(cache.put(a)));
+  CHECK(!detail::BlockCache<FakeSystem>::whole(cache.put(c)));  // its neighbour b is in use
+  detail::Block* merged = cache.put(b);                          // a + b + c: the segment again
+  CHECK(merged->data == base);
+  CHECK(merged->bytes == 8 * kMiB);
+  CHECK(detail::BlockCache<FakeSystem>::whole(merged));
+  CHECK(cache.cached_bytes() == 8 * kMiB);
+  CHECK(FakeSystem::poisoned == 8 * kMiB);  // free memory is marked for the sanitizer
+
+  // Best fit: the smallest free block that holds the request.
+  cache.put(cache.adopt(seg3.data(), 4 * kMiB, 1, 0));
+  cache.put(cache.adopt(seg2.data(), 2 * kMiB, 1, 0));
+  detail::Block* d = cache.take(1, kMiB + kMiB / 2);
+  REQUIRE(d);
+  CHECK(d->data == seg2.data());
+  CHECK(d->bytes == 2 * kMiB);
+
+  // Small blocks: exact sizes only, and each one whole.
+  cache.put(cache.adopt(small.data(), 4096, 1, 0));
+  CHECK(cache.take(1, 4160) == nullptr);
+  CHECK(cache.take(1, 2048) == nullptr);
+  detail::Block* s = cache.take(1, 4096);
+  REQUIRE(s);
+  CHECK(s->data == small.data());
+  CHECK(detail::BlockCache<FakeSystem>::whole(cache.put(s)));
+
+  // A request that missed gives back only the whole free segments smaller than itself.
+  CHECK(cache.discard_smaller(1, 6 * kMiB) == 4 * kMiB);  // seg3 (4 MiB), not seg (8 MiB)
+  REQUIRE(FakeSystem::given_back.size() == 1);
+  CHECK(FakeSystem::given_back[0] == seg3.data());
+  CHECK(cache.cached_bytes() == 8 * kMiB + 4096);
+
+  // A segment with a block in use stays; the rest goes back.
+  detail::Block* e = cache.take(1, 2 * kMiB);
+  REQUIRE(e);
+  cache.discard_whole([](std::uint64_t) { return true; });
+  CHECK(FakeSystem::given_back.size() == 2);  // the small block; seg is split
+  CHECK(cache.cached_bytes() == 6 * kMiB);
+  CHECK(detail::BlockCache<FakeSystem>::whole(cache.put(e)));
+  cache.put(d);
+  cache.discard_whole([](std::uint64_t pool) { return pool == 1; });
+  CHECK(cache.cached_bytes() == 0);
+  CHECK(FakeSystem::given_back.size() == 4);
+}
+
+TEST_CASE("BlockCache: pools never share a free block; take_all hands a pool's blocks over") {
+  FakeSystem::given_back.clear();
+  std::vector<char> seg(6 * kMiB);
+  detail::BlockCache<FakeSystem> cache;
+  cache.put(cache.adopt(seg.data(), 6 * kMiB, 1, 7));
+  detail::Block* g = cache.take(1, 2 * kMiB);  // e.g. a CUDA graph's pool takes it from stream 1
+  REQUIRE(g);
+  CHECK(g->stream == 7);
+  g->pool = 9;
+  detail::Block* rest = cache.put(g);  // free in pool 9, beside pool 1's free 4 MiB: not merged
+  CHECK(rest == g);
+  CHECK(!detail::BlockCache<FakeSystem>::whole(rest));
+  CHECK(cache.take(1, 5 * kMiB) == nullptr);
+  CHECK(cache.take(9, 3 * kMiB) == nullptr);
+  const std::vector<detail::Block*> moved = cache.take_all(9);  // pool 9 retires
+  REQUIRE(moved.size() == 1);
+  CHECK(cache.cached_bytes() == 4 * kMiB);
+  moved[0]->pool = 1;
+  detail::Block* whole = cache.put(moved[0]);
+  CHECK(whole->data == seg.data());
+  CHECK(whole->bytes == 6 * kMiB);
+  cache.discard(whole);
+  CHECK(FakeSystem::given_back.size() == 1);
+  CHECK(cache.cached_bytes() == 0);
+}
+
+TEST_CASE("varying step sizes reuse large blocks: memory held stays near the largest step") {
+  // A PTB-like loop: every "step" holds three tensors whose size follows its window length, as
+  // the logits and their gradients do. Exact-size caching kept one set of blocks per length
+  // (here 11.6x the largest step, 429 MB for 37 MB); split-and-merge blocks plus giving back segments that a
+  // longer window outgrew keep what is held near one step of the longest window seen.
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  const auto before = alloc.stats();
+  const index_t lengths[] = {35, 31, 38, 22, 41, 35, 29, 44, 17, 36, 40, 33, 47, 30, 35, 38, 25, 45, 35, 32};
+  std::size_t largest_step = 0, held = 0;
+  const index_t per_token = 64 * 1024;  // floats: 256 KiB a token
+  for (const index_t len : lengths) {
+    alloc.reset_peak();
+    const std::size_t base = alloc.stats().bytes_in_use;
+    {
+      auto logits = Tensor<float>::empty({len, per_token});
+      auto probs = Tensor<float>::empty({len, per_token});
+      auto grad = Tensor<float>::empty({len, per_token});
+      logits.fill(1.0f);  // touched, as a step would
+      probs.fill(2.0f);
+      grad.fill(3.0f);
+      CHECK(logits[0] + probs[per_token * len - 1] + grad[7] == 6.0f);
+    }
+    largest_step = std::max(largest_step, alloc.stats().peak_bytes_in_use - base);
+    const auto now = alloc.stats();
+    held = std::max(held, now.bytes_in_use + now.bytes_cached - before.bytes_in_use - before.bytes_cached);
+  }
+  CHECK(largest_step == 3 * 47 * std::size_t(per_token) * sizeof(float));
+  CHECK(double(held) <= 1.5 * double(largest_step));
+  MESSAGE("memory held ", held, " B for a largest step of ", largest_step, " B");
 }
 
 TEST_CASE("Philox4x32-10 matches the Random123 known-answer vectors") {

@@ -146,6 +146,28 @@ TEST_CASE("a destroyed stream's blocks go back to the system") {
   CHECK(after_survivor.bytes_in_use == after_stream.bytes_in_use - 24064);
 }
 
+TEST_CASE("a destroyed stream's split segment goes back to the system when its last piece does") {
+  constexpr index_t kFloatsPerMiB = index_t(1) << 18;  // blocks of 1 MiB and more are split and merged
+  constexpr std::size_t kMiBBytes = std::size_t(1) << 20;
+  Tensor<float, Cuda> survivor;
+  AllocatorStats with_stream;
+  {
+    cuda::Stream stream;
+    cuda::StreamGuard guard(stream);
+    const float* base = nullptr;
+    { base = Tensor<float, Cuda>::empty({6 * kFloatsPerMiB}).data(); }
+    survivor = Tensor<float, Cuda>::empty({2 * kFloatsPerMiB});  // cut from the free 6 MiB segment
+    CHECK(survivor.data() == base);
+    with_stream = cuda_stats();
+  }
+  // The segment is not whole: its free 4 MiB stays until the survivor is released.
+  CHECK(cuda_stats().bytes_cached == with_stream.bytes_cached);
+  survivor = {};
+  const AllocatorStats after = cuda_stats();
+  CHECK(after.bytes_cached == with_stream.bytes_cached - 4 * kMiBBytes);
+  CHECK(after.bytes_in_use == with_stream.bytes_in_use - 2 * kMiBBytes);
+}
+
 TEST_CASE("empty_cache frees every cached block; live tensors stay valid") {
   cuda::Stream stream;
   cuda::StreamGuard guard(stream);

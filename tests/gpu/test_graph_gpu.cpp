@@ -405,3 +405,48 @@ TEST_CASE("graphs sharing a GraphPool hold a temporary once and replay correctly
   }
   CHECK(alloc.stats().graph_pool_bytes == base);
 }
+
+TEST_CASE("a graph carves large temporaries out of its stream's free segment; they merge back after it") {
+  cuda::Stream stream;
+  cuda::StreamGuard on(stream);
+  auto& alloc = CachingAllocator<Cuda>::instance();
+  constexpr index_t kFloatsPerMiB = index_t(1) << 18;  // blocks of 1 MiB and more are split and merged
+  constexpr std::size_t kMiBBytes = std::size_t(1) << 20;
+  const Tensor<float, Cuda> x = random_device({2 * kFloatsPerMiB}, 7);
+  const float* base = nullptr;
+  { base = Tensor<float, Cuda>::empty({8 * kFloatsPerMiB}).data(); }  // one free 8 MiB segment on `stream`
+  // Device memory the allocator holds (in use or cached): a large cudaMalloc shows here. (The
+  // capture itself may take a small block or two for its own bookkeeping.)
+  const auto reserved = [&] { return alloc.stats().bytes_in_use + alloc.stats().bytes_cached; };
+  const std::size_t before = reserved();
+  const float* tmp_at = nullptr;
+  std::optional<StepGraph<Cuda>> g(std::in_place);
+  std::optional<Tensor<float, Cuda>> y = g->capture([&] {
+    Tensor<float, Cuda> tmp = Tensor<float, Cuda>::empty({4 * kFloatsPerMiB});  // freed inside the capture
+    tmp_at = tmp.data();
+    tmp.fill(0.0f);
+    Tensor<float, Cuda> out = Tensor<float, Cuda>::empty({2 * kFloatsPerMiB});
+    out.copy_from(x);
+    return out;
+  });
+  // Both came out of the free segment: [tmp 4 | out 2 | free 2] MiB, no large cudaMalloc.
+  CHECK(reserved() - before < kMiBBytes);
+  CHECK(tmp_at == base);
+  CHECK(y->data() == base + 4 * kFloatsPerMiB);
+  {
+    // Eager work gets the stream's 2 MiB that is left, never the graph's idle temporary.
+    const Tensor<float, Cuda> eager = Tensor<float, Cuda>::empty({2 * kFloatsPerMiB});
+    CHECK(eager.data() == base + 6 * kFloatsPerMiB);
+    const Tensor<float, Cuda> more = Tensor<float, Cuda>::empty({4 * kFloatsPerMiB});
+    CHECK(more.data() != tmp_at);
+    CHECK(reserved() - before >= 4 * kMiBBytes);  // a new 4 MiB segment
+  }
+  cuda::fill_bytes(*y, 0xff);
+  g->replay();
+  CHECK(same_bits(*y, x));
+  // The graph goes, then its output: the segment is one free block of the stream again.
+  g.reset();
+  y.reset();
+  const Tensor<float, Cuda> whole = Tensor<float, Cuda>::empty({8 * kFloatsPerMiB});
+  CHECK(whole.data() == base);
+}

@@ -1,10 +1,12 @@
 // datanas/core/allocator.hpp - the caching allocator behind every tensor.
 //
 // Why: a search step creates and drops thousands of same-shaped temporaries. Returning their
-// blocks to a per-size free list instead of the system means that, once the first step has run,
-// a training step makes no fresh heap allocation at all (tests/test_allocation.cpp proves it).
-// Blocks are cached by exact byte size rounded up to 64 bytes; training steps repeat the same
-// shapes, so exact-size reuse hits every time without the 2x waste of power-of-two classes.
+// blocks to the allocator's free lists instead of the system means that, once the first step has
+// run, a training step makes no fresh heap allocation at all (tests/test_allocation.cpp proves
+// it). Small blocks are cached by exact size rounded up to 64 bytes (steps repeat their shapes,
+// so exact reuse hits every time, without the 2x waste of power-of-two classes); large ones
+// (1 MiB and up) are split and merged, so that steps of varying shapes (PTB's window lengths)
+// share them (detail::BlockCache, core/block_cache.hpp).
 #pragma once
 
 #include <cstddef>
@@ -14,8 +16,18 @@
 #include <new>
 #include <unordered_map>
 
+#include "datanas/core/block_cache.hpp"
 #include "datanas/core/device.hpp"
 #include "datanas/core/error.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define DATANAS_ASAN_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define DATANAS_ASAN_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define DATANAS_ASAN_POISON(p, n) ((void)(p), (void)(n))
+#define DATANAS_ASAN_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 namespace datanas {
 
@@ -32,15 +44,6 @@ struct AllocatorStats {
 
 namespace detail {
 
-/// Header of one memory block. Intrusively reference counted by Tensor handles; headers are
-/// recycled with their blocks so that reuse costs no allocation either.
-struct Storage {
-  void* data = nullptr;
-  std::size_t bytes = 0;
-  int refs = 0;  // not atomic: tensor handles are owned by one thread (see docs/design.md)
-  Storage* next_free = nullptr;
-};
-
 /// Raw memory of a device. (The Cuda device has its own CachingAllocator specialisation, with
 /// per-stream free lists, in datanas/core/cuda.hpp.)
 template <class D>
@@ -55,6 +58,10 @@ struct RawMemory<Cpu> {
     return p;
   }
   static void deallocate(void* p) { std::free(p); }
+  // Under AddressSanitizer a cached free block is poisoned: a raw pointer used after its tensor
+  // released the block is reported, although the memory stays allocated.
+  static void poison(void* p, std::size_t n) { DATANAS_ASAN_POISON(p, n); }
+  static void unpoison(void* p, std::size_t n) { DATANAS_ASAN_UNPOISON(p, n); }
 };
 
 }  // namespace detail
@@ -76,67 +83,55 @@ class CachingAllocator {
   detail::Storage* acquire(std::size_t bytes) {
     bytes = round_up(bytes);
     std::lock_guard lock(mutex_);
-    detail::Storage* s = nullptr;
-    if (auto it = free_.find(bytes); it != free_.end() && it->second) {
-      s = it->second;
-      it->second = s->next_free;
-      stats_.bytes_cached -= bytes;
+    detail::Block* b = cache_.take(0, bytes);
+    if (b) {
       ++stats_.cache_hits;
     } else {
-      s = new detail::Storage;
-      s->data = detail::RawMemory<D>::allocate(bytes);
-      s->bytes = bytes;
+      // A large request that found no block: the whole free segments smaller than it could not
+      // serve it, and a longer PTB window would otherwise leave them behind for good (a free()
+      // costs the host nothing, unlike cudaFree, so the Cpu can afford this; core/block_cache.hpp).
+      if (bytes >= detail::BlockCache<detail::RawMemory<D>>::kLargeBlock) cache_.discard_smaller(0, bytes);
+      b = cache_.adopt(detail::RawMemory<D>::allocate(bytes), bytes, 0, 0);
       ++stats_.system_allocations;
     }
-    s->refs = 1;
-    s->next_free = nullptr;
-    stats_.bytes_in_use += bytes;
-    if (stats_.bytes_in_use > stats_.peak_bytes_in_use)
-      stats_.peak_bytes_in_use = stats_.bytes_in_use;
-    return s;
+    b->refs = 1;
+    b->next_free = nullptr;
+    stats_.bytes_in_use += b->bytes;
+    if (stats_.bytes_in_use > stats_.peak_bytes_in_use) stats_.peak_bytes_in_use = stats_.bytes_in_use;
+    return b;
   }
 
-  /// Returns a block to its size's free list.
+  /// Returns a block to the cache (merged with its free neighbours if it is large).
   void release(detail::Storage* s) {
     std::lock_guard lock(mutex_);
     stats_.bytes_in_use -= s->bytes;
-    stats_.bytes_cached += s->bytes;
-    detail::Storage*& head = free_[s->bytes];
-    s->next_free = head;
-    head = s;
+    cache_.put(static_cast<detail::Block*>(s));
   }
 
-  /// Gives every cached block back to the system (live tensors are untouched).
+  /// Gives every cached block back to the system (live tensors, and the segments they are cut
+  /// from, are untouched).
   void empty_cache() {
     std::lock_guard lock(mutex_);
-    for (auto& [bytes, head] : free_) {
-      while (head) {
-        detail::Storage* next = head->next_free;
-        detail::RawMemory<D>::deallocate(head->data);
-        delete head;
-        head = next;
-      }
-    }
-    stats_.bytes_cached = 0;
+    cache_.discard_whole([](std::uint64_t) { return true; });
   }
 
   [[nodiscard]] AllocatorStats stats() const {
     std::lock_guard lock(mutex_);
-    return stats_;
+    AllocatorStats s = stats_;
+    s.bytes_cached = cache_.cached_bytes();
+    return s;
   }
   void reset_peak() {
     std::lock_guard lock(mutex_);
     stats_.peak_bytes_in_use = stats_.bytes_in_use;
   }
 
-  ~CachingAllocator() { empty_cache(); }
-
  private:
   CachingAllocator() = default;
   static std::size_t round_up(std::size_t b) { return b == 0 ? 64 : (b + 63) / 64 * 64; }
 
   mutable std::mutex mutex_;
-  std::unordered_map<std::size_t, detail::Storage*> free_;
+  detail::BlockCache<detail::RawMemory<D>> cache_;  // destroyed at exit: gives its blocks back
   AllocatorStats stats_;
 };
 

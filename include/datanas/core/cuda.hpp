@@ -107,13 +107,27 @@ class Stream;
 
 namespace datanas {
 
-/// The Cuda caching allocator: exact-size free lists (sizes rounded up to 256 bytes, the
-/// alignment cudaMalloc gives) kept per stream, so that reuse is ordered by the stream and never
-/// waits for the device (see the file comment). A StepGraph's private pool is one more set of
-/// free lists on its stream: while it captures, blocks come from the pool, else from the
-/// stream's idle blocks (same stream, so already ordered), else cudaMalloc; they stay in the
-/// pool until the graph is destroyed, since each replay writes them again. Process-wide
-/// singleton, thread-safe.
+namespace detail {
+/// Device memory as the Cuda allocator's BlockCache sees it.
+struct CudaMemory {
+  static void deallocate(void* p) {
+    // At exit the CUDA runtime may already be unloading; cudaFree then fails harmlessly.
+    if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
+  }
+  static void poison(void*, std::size_t) {}  // device memory: no host sanitizer sees it
+  static void unpoison(void*, std::size_t) {}
+};
+}  // namespace detail
+
+/// The Cuda caching allocator: free blocks kept per stream (detail::BlockCache: small blocks by
+/// exact size rounded up to 256 bytes, the alignment cudaMalloc gives; large ones split and
+/// merged), so that reuse is ordered by the stream and never waits for the device (see the file
+/// comment). A StepGraph's pool is one more set of free blocks on its stream: while it captures,
+/// blocks come from the pool, else from the stream's idle blocks (same stream, so already
+/// ordered), else cudaMalloc; they stay in the pool until the graph is destroyed, since each
+/// replay writes them again. Whole free segments go back to the system only in empty_cache(),
+/// when a stream is destroyed, and when cudaMalloc runs out of memory (cudaFree waits for the
+/// device, so a step never calls it). Process-wide singleton, thread-safe.
 template <>
 class CachingAllocator<Cuda> {
  public:
@@ -130,34 +144,25 @@ class CachingAllocator<Cuda> {
     bytes = round_up(bytes);
     const std::uint64_t pool = stream.pool ? stream.pool : stream.id;
     std::lock_guard lock(mutex_);
-    Block* b = pop_free(pool, bytes);
+    Block* b = cache_.take(pool, bytes);
     const bool joins_graph = !b && pool != stream.id;  // from outside into a graph's pool
-    if (joins_graph) b = pop_free(stream.id, bytes);   // idle on the same stream
-    if (joins_graph) {
-      stats_.graph_pool_bytes += bytes;
-      stats_.peak_graph_pool_bytes = std::max(stats_.peak_graph_pool_bytes, stats_.graph_pool_bytes);
-    }
+    if (joins_graph) b = cache_.take(stream.id, bytes);  // idle on the same stream
     if (b) {
-      stats_.bytes_cached -= bytes;
       ++stats_.cache_hits;
     } else {
-      b = new Block;
-      try {
-        b->data = system_allocate(bytes);
-      } catch (...) {
-        delete b;
-        throw;
-      }
-      b->bytes = bytes;
+      b = cache_.adopt(system_allocate(bytes), bytes, pool, stream.id);
       ++stats_.system_allocations;
     }
-    b->stream = stream.id;
+    if (joins_graph) {
+      stats_.graph_pool_bytes += b->bytes;
+      stats_.peak_graph_pool_bytes = std::max(stats_.peak_graph_pool_bytes, stats_.graph_pool_bytes);
+    }
     b->pool = pool;
     b->refs = 1;
     b->next_free = nullptr;
-    stats_.bytes_in_use += bytes;
+    stats_.bytes_in_use += b->bytes;
     if (stats_.bytes_in_use > stats_.peak_bytes_in_use) stats_.peak_bytes_in_use = stats_.bytes_in_use;
-    if (poison_) DATANAS_CUDA_CHECK(cudaMemsetAsync(b->data, 0xff, bytes, stream.handle));
+    if (poison_) DATANAS_CUDA_CHECK(cudaMemsetAsync(b->data, 0xff, b->bytes, stream.handle));
     return b;
   }
 
@@ -169,8 +174,9 @@ class CachingAllocator<Cuda> {
     poison_ = on;
   }
 
-  /// Returns a block to the free list of its pool (no synchronisation): its graph's pool while
-  /// that graph lives, else its stream's; a block of a destroyed stream goes back to the system.
+  /// Returns a block to the free blocks of its pool (no synchronisation): its graph's pool while
+  /// that graph lives, else its stream's; memory of a destroyed stream goes back to the system
+  /// once its segment is whole again.
   void release(detail::Storage* s) {
     Block* b = static_cast<Block*>(s);
     std::lock_guard lock(mutex_);
@@ -179,25 +185,22 @@ class CachingAllocator<Cuda> {
       b->pool = b->stream;
       stats_.graph_pool_bytes -= b->bytes;
     }
-    if (b->stream != 0 && !live_streams_.contains(b->stream)) {
-      // Its stream was synchronised when it was destroyed, and no other stream may use the block
-      // without ordering itself (file comment), so the memory is idle.
-      free_quietly(b);
-      return;
-    }
-    push_free(b);
+    give_back(b);
   }
 
-  /// Gives every cached block back to the system (live tensors and the pools of live graphs are
-  /// untouched). cudaFree waits for the device, so this synchronises: call it outside steps.
+  /// Gives every cached whole block back to the system (live tensors, the segments they are cut
+  /// from, and the pools of live graphs are untouched). cudaFree waits for the device, so this
+  /// synchronises: call it outside steps.
   void empty_cache() {
     std::lock_guard lock(mutex_);
-    drop_free_lists([this](std::uint64_t pool) { return !graph_pools_.contains(pool); });
+    cache_.discard_whole([this](std::uint64_t pool) { return !graph_pools_.contains(pool); });
   }
 
   [[nodiscard]] AllocatorStats stats() const {
     std::lock_guard lock(mutex_);
-    return stats_;
+    AllocatorStats s = stats_;
+    s.bytes_cached = cache_.cached_bytes();
+    return s;
   }
   /// Restarts both high-water marks (bytes in use, graph pool bytes) at their current values.
   void reset_peak() {
@@ -206,72 +209,38 @@ class CachingAllocator<Cuda> {
     stats_.peak_graph_pool_bytes = stats_.graph_pool_bytes;
   }
 
-  ~CachingAllocator() {
-    // At exit the CUDA runtime may already be unloading; cudaFree then fails harmlessly.
-    drop_free_lists([](std::uint64_t) { return true; });
-  }
-
  private:
   friend class cuda::Stream;
   friend class GraphPool;
-
-  struct Block : detail::Storage {
-    std::uint64_t stream = 0;  // StreamRef::id of the stream that allocated it (orders its uses)
-    std::uint64_t pool = 0;    // whose free list it returns to: `stream`, or a graph's pool
-  };
-  struct Key {
-    std::uint64_t pool;
-    std::size_t bytes;
-    bool operator==(const Key&) const = default;
-  };
-  struct KeyHash {
-    std::size_t operator()(const Key& k) const {
-      return std::hash<std::uint64_t>()(k.pool * 0x9E3779B97F4A7C15ull ^ std::uint64_t(k.bytes));
-    }
-  };
+  using Block = detail::Block;
 
   CachingAllocator() = default;
   static std::size_t round_up(std::size_t b) { return b == 0 ? 256 : (b + 255) / 256 * 256; }
 
-  // Caller holds mutex_.
-  Block* pop_free(std::uint64_t pool, std::size_t bytes) {
-    auto it = free_.find(Key{pool, bytes});
-    if (it == free_.end() || !it->second) return nullptr;
-    Block* b = static_cast<Block*>(it->second);
-    it->second = b->next_free;
-    return b;
-  }
-  void push_free(Block* b) {
-    stats_.bytes_cached += b->bytes;
-    detail::Storage*& head = free_[Key{b->pool, b->bytes}];
-    b->next_free = head;
-    head = b;
+  // Caller holds mutex_. A freed block of a destroyed stream leaves for the system as soon as
+  // its segment is whole: that stream was synchronised when it was destroyed, and no other
+  // stream may use the block without ordering itself (file comment), so the memory is idle.
+  void give_back(Block* b) {
+    Block* merged = cache_.put(b);
+    if (merged->stream != 0 && !live_streams_.contains(merged->stream) && cache_.whole(merged))
+      cache_.discard(merged);
   }
 
-  /// A graph pool (GraphPool): free lists of its own on the stream of its graphs.
+  /// A graph pool (GraphPool): free blocks of its own on the stream of its graphs.
   void register_graph_pool(std::uint64_t pool) {
     std::lock_guard lock(mutex_);
     graph_pools_.insert(pool);
   }
   /// Called when a pool and every graph captured into it are gone (each graph waited for its
-  /// last replay): the pool's idle blocks return to the stream's free lists (or the system, if
+  /// last replay): the pool's idle blocks return to the stream's free blocks (or the system, if
   /// the stream is gone); its blocks still held by tensors follow when they are released.
   void retire_graph_pool(std::uint64_t pool) {
     std::lock_guard lock(mutex_);
     graph_pools_.erase(pool);
-    std::vector<Block*> idle;  // collected first: push_free may rehash free_
-    for (auto& [key, head] : free_) {
-      if (key.pool != pool) continue;
-      for (; head; head = head->next_free) idle.push_back(static_cast<Block*>(head));
-    }
-    for (Block* b : idle) {
-      stats_.bytes_cached -= b->bytes;
+    for (Block* b : cache_.take_all(pool)) {
       stats_.graph_pool_bytes -= b->bytes;
       b->pool = b->stream;
-      if (b->stream != 0 && !live_streams_.contains(b->stream))
-        free_quietly(b);
-      else
-        push_free(b);
+      give_back(b);
     }
   }
 
@@ -279,39 +248,21 @@ class CachingAllocator<Cuda> {
     std::lock_guard lock(mutex_);
     live_streams_.insert(id);
   }
-  /// Called by ~Stream after it synchronised the stream: its cached blocks go back to the system
-  /// and blocks of it still held by tensors will when they are released.
+  /// Called by ~Stream after it synchronised the stream: its cached whole blocks go back to the
+  /// system, and the rest of its memory will when it is released and whole again.
   void retire_stream(std::uint64_t id) {
     std::lock_guard lock(mutex_);
     live_streams_.erase(id);
-    drop_free_lists([id](std::uint64_t s) { return s == id; });
-  }
-
-  // Caller holds mutex_ (or is the destructor).
-  template <class Pred>
-  void drop_free_lists(Pred of_pool) {
-    for (auto& [key, head] : free_) {
-      if (!of_pool(key.pool)) continue;
-      while (head) {
-        detail::Storage* next = head->next_free;
-        stats_.bytes_cached -= head->bytes;
-        free_quietly(static_cast<Block*>(head));
-        head = next;
-      }
-    }
-  }
-  static void free_quietly(Block* b) {
-    if (cudaFree(b->data) != cudaSuccess) (void)cudaGetLastError();
-    delete b;
+    cache_.discard_whole([id](std::uint64_t pool) { return pool == id; });
   }
 
   // Caller holds mutex_. On out-of-memory, frees this allocator's cache and tries once more.
   void* system_allocate(std::size_t bytes) {
     void* p = nullptr;
     cudaError_t e = cudaMalloc(&p, bytes);
-    if (e == cudaErrorMemoryAllocation && stats_.bytes_cached > 0) {
+    if (e == cudaErrorMemoryAllocation && cache_.cached_bytes() > 0) {
       (void)cudaGetLastError();
-      drop_free_lists([this](std::uint64_t pool) { return !graph_pools_.contains(pool); });
+      cache_.discard_whole([this](std::uint64_t pool) { return !graph_pools_.contains(pool); });
       e = cudaMalloc(&p, bytes);
     }
     if (e == cudaSuccess) return p;
@@ -320,15 +271,15 @@ class CachingAllocator<Cuda> {
       cuda::require_device("cuda allocator");  // throws the "no CUDA device" message
     throw error(datanas::detail::concat("cuda allocator: cudaMalloc of ", bytes, " bytes failed: ",
                                         cudaGetErrorString(e), " (", stats_.bytes_in_use,
-                                        " bytes held by tensors, ", stats_.bytes_cached, " cached)"));
+                                        " bytes held by tensors, ", cache_.cached_bytes(), " cached)"));
   }
 
   mutable std::mutex mutex_;
   bool poison_ = false;
-  std::unordered_map<Key, detail::Storage*, KeyHash> free_;
   std::unordered_set<std::uint64_t> live_streams_;
   std::unordered_set<std::uint64_t> graph_pools_;
   AllocatorStats stats_;
+  detail::BlockCache<detail::CudaMemory> cache_;  // last: destroyed first, at exit
 };
 
 }  // namespace datanas
