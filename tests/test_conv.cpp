@@ -1,6 +1,7 @@
 // conv2d: forward values by hand, finite-difference gradients on every kernel path, fast paths
 // against the im2col path, and the error messages.
 #include <cmath>
+#include <cstring>
 
 #include "gradcheck.hpp"
 
@@ -203,6 +204,67 @@ TEST_SUITE("cpu") {
         [](const std::vector<VarD>& v) { return conv2d(v[0], v[1], no_bias(), {.stride = 2}); },
         {param({2, 3, 7, 7}, 63), w2});
     CHECK_FALSE(w2.has_grad());
+  }
+
+  TEST_CASE("conv2d_pair: gradients, accumulation, and only to the inputs that require it") {
+    // The pairs of sep_conv (depthwise, stride 1 or 2, then 1x1) and dil_conv (dilation 2), and
+    // a general first convolution.
+    const Conv2dParams dw3{.stride = 2, .padding = 1, .groups = 4}, dil5{.padding = 4, .dilation = 2, .groups = 4};
+    std::uint64_t seed = 70;
+    for (const Conv2dParams& p1 : {dw3, dil5}) {
+      CAPTURE(p1.stride);
+      const Shape w1s{4, 1, p1.dilation == 2 ? 5 : 3, p1.dilation == 2 ? 5 : 3};
+      check_gradients([p1](const std::vector<VarD>& v) { return conv2d_pair(v[0], v[1], p1, v[2]); },
+                      {param({2, 4, 7, 6}, seed), param(w1s, seed + 1), param({3, 4, 1, 1}, seed + 2)});
+      check_gradients(
+          [p1](const std::vector<VarD>& v) {
+            return add(conv2d_pair(v[0], v[1], p1, v[2]), conv2d_pair(v[0], v[1], p1, v[2]));
+          },
+          {param({1, 4, 6, 6}, seed + 3), param(w1s, seed + 4), param({4, 4, 1, 1}, seed + 5)});
+      seed += 10;
+    }
+    check_gradients(
+        [](const std::vector<VarD>& v) { return conv2d_pair(v[0], v[1], {.padding = 1}, v[2], {.stride = 2}); },
+        {param({2, 3, 6, 5}, 90), param({5, 3, 3, 3}, 91), param({2, 5, 1, 1}, 92)});
+    VarD x(random_tensor({2, 4, 5, 5}, 93), false), w2(random_tensor({3, 4, 1, 1}, 94), false);
+    check_gradients([](const std::vector<VarD>& v) { return conv2d_pair(v[0], v[1], {.padding = 1, .groups = 4}, v[2]); },
+                    {x, param({4, 1, 3, 3}, 95), w2});
+    CHECK_FALSE(x.has_grad());
+    CHECK_FALSE(w2.has_grad());
+    VarD w1(random_tensor({4, 1, 3, 3}, 96), false);
+    check_gradients([](const std::vector<VarD>& v) { return conv2d_pair(v[0], v[1], {.padding = 1, .groups = 4}, v[2]); },
+                    {x, w1, param({3, 4, 1, 1}, 97)});
+    CHECK_FALSE(w1.has_grad());
+  }
+
+  TEST_CASE("conv2d_pair computes two conv2d calls' bits and holds only its output until backward") {
+    using VarF = Var<float, Cpu>;
+    auto& alloc = CachingAllocator<Cpu>::instance();
+    const Conv2dParams p1{.stride = 1, .padding = 2, .groups = 8};
+    const auto xv = random_float({2, 8, 8, 8}, 110), w1v = random_float({8, 1, 5, 5}, 111);
+    const auto w2v = random_float({8, 8, 1, 1}, 112), r = random_float({2, 8, 8, 8}, 113);
+    const std::size_t tensor_bytes = 2 * 8 * 8 * 8 * sizeof(float);  // the middle tensor and y alike
+    Tensor<float, Cpu> out[2][4];
+    std::size_t held[2] = {};
+    for (int k = 0; k < 2; ++k) {
+      VarF x(xv.clone(), true), w1(w1v.clone(), true), w2(w2v.clone(), true);
+      const std::size_t before = alloc.stats().bytes_in_use;
+      VarF y = k == 0 ? conv2d_pair(x, w1, p1, w2) : conv2d(conv2d(x, w1, VarF(), p1), w2, VarF());
+      held[k] = alloc.stats().bytes_in_use - before;
+      backward_with(y, r);
+      out[k][0] = y.value();
+      out[k][1] = x.grad();
+      out[k][2] = w1.grad();
+      out[k][3] = w2.grad();
+    }
+    const char* names[] = {"y", "dx", "dw1", "dw2"};
+    for (int i = 0; i < 4; ++i) {
+      CAPTURE(names[i]);
+      REQUIRE(out[0][i].shape() == out[1][i].shape());
+      CHECK(std::memcmp(out[0][i].data(), out[1][i].data(), std::size_t(out[0][i].numel()) * sizeof(float)) == 0);
+    }
+    CHECK(held[0] == tensor_bytes);      // y
+    CHECK(held[1] == 2 * tensor_bytes);  // the middle tensor and y
   }
 
   TEST_CASE("conv2d fast paths agree with im2col + GEMM (float)") {

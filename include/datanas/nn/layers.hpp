@@ -29,11 +29,22 @@ class Conv2d : public Module<T, D> {
   }
   Var<T, D> operator()(const Var<T, D>& x) const { return conv2d(x, weight_, bias_, params_); }
   [[nodiscard]] const Var<T, D>& weight() const { return weight_; }
+  [[nodiscard]] const Var<T, D>& bias() const { return bias_; }  ///< undefined without bias
+  [[nodiscard]] const Conv2dParams& params() const { return params_; }
 
  private:
   Conv2dParams params_;
   Var<T, D> weight_, bias_;
 };
+
+/// second(first(x)) for two bias-free Conv2d layers, first's output recomputed in backward
+/// instead of kept until then (conv2d_pair: the same values and gradients, one tensor less held
+/// between forward and backward).
+template <class T, class D>
+Var<T, D> conv_pair(const Conv2d<T, D>& first, const Conv2d<T, D>& second, const Var<T, D>& x) {
+  DATANAS_CHECK(!first.bias().defined() && !second.bias().defined(), "conv_pair: both convolutions must be bias-free");
+  return conv2d_pair(x, first.weight(), first.params(), second.weight(), second.params());
+}
 
 /// Batch norm over [N, C, H, W]: affine (gamma = 1, beta = 0 at init) or not; running
 /// statistics (mean 0, var 1 at init) updated in training mode with momentum 0.1, eps 1e-5.

@@ -7,6 +7,29 @@
 namespace datanas {
 
 namespace detail {
+/// [N, Cout, Ho, Wo] of a convolution geometry.
+inline Shape conv_output_shape(const cpu::ConvGeom& g) { return Shape{g.n, g.cout, g.ho, g.wo}; }
+
+/// One bias-free convolution on the device's kernels (out is written, not accumulated).
+template <class T, class D>
+void conv_forward(const cpu::ConvGeom& g, cpu::ConvPath path, const Tensor<T, D>& x, const Tensor<T, D>& w,
+                  const Tensor<T, D>& out) {
+  if constexpr (is_cpu<D>)
+    cpu::conv2d_forward(g, path, x, w, static_cast<const T*>(nullptr), out);
+  else
+    DeviceOps<D>::conv2d_forward(g, x, w, static_cast<const T*>(nullptr), out);
+}
+
+/// Its backward: dx and dw where defined (written, or added to when acc_*).
+template <class T, class D>
+void conv_backward(const cpu::ConvGeom& g, cpu::ConvPath path, const Tensor<T, D>& x, const Tensor<T, D>& w,
+                   const Tensor<T, D>& dy, const Tensor<T, D>& dx, bool acc_x, const Tensor<T, D>& dw, bool acc_w) {
+  if constexpr (is_cpu<D>)
+    cpu::conv2d_backward(g, path, x, w, dy, dx, acc_x, dw, acc_w, Tensor<T, D>(), false);
+  else
+    DeviceOps<D>::conv2d_backward(g, x, w, dy, dx, acc_x, dw, acc_w, Tensor<T, D>(), false);
+}
+
 /// conv2d with a choice of kernel family (tests force cpu::ConvAlgo::kGeneral to compare).
 template <class T, class D>
 Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias, Conv2dParams p,
@@ -61,6 +84,51 @@ template <class T, class D>
 Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias,
                  Conv2dParams p = {}) {
   return detail::conv2d(x, w, bias, p, cpu::ConvAlgo::kAuto);
+}
+
+/// conv2d(conv2d(x, w1, {}, p1), w2, {}, p2): two bias-free convolutions in a row whose middle
+/// tensor is not kept for backward but recomputed there from x. x: [N, C, H, W]; w1, p1 and w2, p2
+/// as conv2d's w and p; returns the second convolution's output. Values and gradients are those
+/// of the two conv2d calls bit for bit (the same kernels, run once more for the middle tensor).
+/// Why: in DARTS' sep_conv and dil_conv the middle tensor is a depthwise convolution's output at
+/// full resolution, one per op per edge of the supernet, held from forward to backward only so
+/// that the pointwise convolution can form its weight gradient; recomputing it costs one
+/// depthwise convolution (about C k^2 multiply-adds per output, a fraction of the pointwise
+/// convolution's C^2) and frees that tensor. x itself is kept by the caller anyway (it is the
+/// ReLU output the ops of an edge share, which ReLU's backward needs).
+template <class T, class D>
+Var<T, D> conv2d_pair(const Var<T, D>& x, const Var<T, D>& w1, Conv2dParams p1, const Var<T, D>& w2,
+                      Conv2dParams p2 = {}) {
+  DATANAS_CHECK(x.defined() && w1.defined() && w2.defined(), "conv2d_pair: input and weights must be defined");
+  DATANAS_CHECK(x.value().defined(), "conv2d_pair: the input has no storage (a symbolic zero), shape ",
+                x.shape().str());
+  const cpu::ConvGeom g1 = cpu::conv_geometry(x.shape(), w1.shape(), nullptr, p1);
+  const cpu::ConvGeom g2 = cpu::conv_geometry(detail::conv_output_shape(g1), w2.shape(), nullptr, p2);
+  const cpu::ConvPath path1 = cpu::conv_path(g1, cpu::ConvAlgo::kAuto);
+  const cpu::ConvPath path2 = cpu::conv_path(g2, cpu::ConvAlgo::kAuto);
+  Var<T, D> y(Tensor<T, D>::empty(detail::conv_output_shape(g2)));
+  {
+    const Tensor<T, D> t = Tensor<T, D>::empty(detail::conv_output_shape(g1));  // released here
+    detail::conv_forward(g1, path1, x.value(), w1.value(), t);
+    detail::conv_forward(g2, path2, t, w2.value(), y.value());
+  }
+  if (needs_grad(x, w1, w2))
+    // g2 is recomputed in backward (cheap) to keep the closure within the tape's inline size.
+    record(y, [x, w1, w2, y, g1, p2, path1, path2] {
+      const cpu::ConvGeom g2 = cpu::conv_geometry(detail::conv_output_shape(g1), w2.shape(), nullptr, p2);
+      const Tensor<T, D> t = Tensor<T, D>::empty(detail::conv_output_shape(g1));
+      detail::conv_forward(g1, path1, x.value(), w1.value(), t);
+      const bool first = x.requires_grad() || w1.requires_grad();
+      const Tensor<T, D> dt = first ? Tensor<T, D>::empty(t.shape()) : Tensor<T, D>();
+      GradSlot<T, D> dw2{Tensor<T, D>(), false}, dx{Tensor<T, D>(), false}, dw1{Tensor<T, D>(), false};
+      if (w2.requires_grad()) dw2 = w2.grad_slot();
+      detail::conv_backward(g2, path2, t, w2.value(), y.out_grad(), dt, false, dw2.g, dw2.accumulate);
+      if (!first) return;
+      if (x.requires_grad()) dx = x.grad_slot();
+      if (w1.requires_grad()) dw1 = w1.grad_slot();
+      detail::conv_backward(g1, path1, x.value(), w1.value(), dt, dx.g, dx.accumulate, dw1.g, dw1.accumulate);
+    });
+  return y;
 }
 
 }  // namespace datanas

@@ -114,7 +114,8 @@ class SepConv : public OpModule<T, D> {
   Var<T, D> operator()(const Var<T, D>& x) const override { return from_relu(relu(x)); }
   [[nodiscard]] bool relu_first() const override { return true; }
   Var<T, D> from_relu(const Var<T, D>& r) const override {
-    return bn2_(pw2_(dw2_(relu(bn1_(pw1_(dw1_(r)))))));
+    // conv_pair: each depthwise output is recomputed in backward, not held (nn::conv_pair).
+    return bn2_(nn::conv_pair(dw2_, pw2_, relu(bn1_(nn::conv_pair(dw1_, pw1_, r)))));
   }
 
  private:
@@ -137,7 +138,7 @@ class DilConv : public OpModule<T, D> {
   }
   Var<T, D> operator()(const Var<T, D>& x) const override { return from_relu(relu(x)); }
   [[nodiscard]] bool relu_first() const override { return true; }
-  Var<T, D> from_relu(const Var<T, D>& r) const override { return bn_(pw_(dw_(r))); }
+  Var<T, D> from_relu(const Var<T, D>& r) const override { return bn_(nn::conv_pair(dw_, pw_, r)); }
 
  private:
   nn::Conv2d<T, D> dw_, pw_;
