@@ -318,6 +318,14 @@ TEST_SUITE("cpu") {
 
   TEST_CASE("conv2d rejects bad input") {
     auto t = [](const Shape& s) { return VarD(TensorD::zeros(s)); };
+    // conv2d_pair checks both convolutions: the second sees the first's output.
+    CHECK_THROWS_WITH_AS(conv2d_pair(t({1, 4, 6, 6}), t({4, 1, 3, 3}), {.padding = 1, .groups = 4}, t({3, 5, 1, 1})),
+                         doctest::Contains("conv2d: input has 4 channels but weight expects 5 (groups 1)"),
+                         datanas::error);
+    CHECK_THROWS_WITH_AS(conv2d_pair(t({1, 4, 6}), t({4, 1, 3, 3}), {.groups = 4}, t({3, 4, 1, 1})),
+                         doctest::Contains("conv2d: input must be rank 4"), datanas::error);
+    CHECK_THROWS_WITH_AS(conv2d_pair(t({1, 4, 6, 6}), VarD(), {}, t({3, 4, 1, 1})),
+                         doctest::Contains("conv2d_pair: input and weights must be defined"), datanas::error);
     CHECK_THROWS_WITH_AS(conv2d(t({1, 3, 4}), t({4, 3, 3, 3}), no_bias()),
                          doctest::Contains("conv2d: input must be rank 4"), datanas::error);
     CHECK_THROWS_WITH_AS(conv2d(t({1, 3, 4, 4}), t({4, 3, 3}), no_bias()),

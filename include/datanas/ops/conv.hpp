@@ -10,24 +10,25 @@ namespace detail {
 /// [N, Cout, Ho, Wo] of a convolution geometry.
 inline Shape conv_output_shape(const cpu::ConvGeom& g) { return Shape{g.n, g.cout, g.ho, g.wo}; }
 
-/// One bias-free convolution on the device's kernels (out is written, not accumulated).
+/// One convolution on the device's kernels (out is written, not accumulated; bias may be null).
 template <class T, class D>
 void conv_forward(const cpu::ConvGeom& g, cpu::ConvPath path, const Tensor<T, D>& x, const Tensor<T, D>& w,
-                  const Tensor<T, D>& out) {
+                  const T* bias, const Tensor<T, D>& out) {
   if constexpr (is_cpu<D>)
-    cpu::conv2d_forward(g, path, x, w, static_cast<const T*>(nullptr), out);
+    cpu::conv2d_forward(g, path, x, w, bias, out);
   else
-    DeviceOps<D>::conv2d_forward(g, x, w, static_cast<const T*>(nullptr), out);
+    DeviceOps<D>::conv2d_forward(g, x, w, bias, out);
 }
 
-/// Its backward: dx and dw where defined (written, or added to when acc_*).
+/// Its backward: dx, dw and db where defined (written, or added to when acc_*).
 template <class T, class D>
 void conv_backward(const cpu::ConvGeom& g, cpu::ConvPath path, const Tensor<T, D>& x, const Tensor<T, D>& w,
-                   const Tensor<T, D>& dy, const Tensor<T, D>& dx, bool acc_x, const Tensor<T, D>& dw, bool acc_w) {
+                   const Tensor<T, D>& dy, const Tensor<T, D>& dx, bool acc_x, const Tensor<T, D>& dw, bool acc_w,
+                   const Tensor<T, D>& db = Tensor<T, D>(), bool acc_b = false) {
   if constexpr (is_cpu<D>)
-    cpu::conv2d_backward(g, path, x, w, dy, dx, acc_x, dw, acc_w, Tensor<T, D>(), false);
+    cpu::conv2d_backward(g, path, x, w, dy, dx, acc_x, dw, acc_w, db, acc_b);
   else
-    DeviceOps<D>::conv2d_backward(g, x, w, dy, dx, acc_x, dw, acc_w, Tensor<T, D>(), false);
+    DeviceOps<D>::conv2d_backward(g, x, w, dy, dx, acc_x, dw, acc_w, db, acc_b);
 }
 
 /// conv2d with a choice of kernel family (tests force cpu::ConvAlgo::kGeneral to compare).
@@ -43,10 +44,7 @@ Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias, 
   const cpu::ConvPath path = cpu::conv_path(g, algo);
   Var<T, D> y(Tensor<T, D>::empty({g.n, g.cout, g.ho, g.wo}));
   const T* bias_ptr = bias.defined() ? bias.value().data() : static_cast<const T*>(nullptr);
-  if constexpr (is_cpu<D>)
-    cpu::conv2d_forward(g, path, x.value(), w.value(), bias_ptr, y.value());
-  else
-    DeviceOps<D>::conv2d_forward(g, x.value(), w.value(), bias_ptr, y.value());
+  conv_forward(g, path, x.value(), w.value(), bias_ptr, y.value());
   if (needs_grad(x, w, bias))
     record(y, [x, w, bias, y, g, path] {
       Tensor<T, D> dx, dw, db;
@@ -63,12 +61,7 @@ Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias, 
         auto [gb, acc] = bias.grad_slot();
         db = gb, acc_b = acc;
       }
-      if constexpr (is_cpu<D>)
-        cpu::conv2d_backward(g, path, x.value(), w.value(), y.out_grad(), dx, acc_x, dw, acc_w, db,
-                             acc_b);
-      else
-        DeviceOps<D>::conv2d_backward(g, x.value(), w.value(), y.out_grad(), dx, acc_x, dw, acc_w,
-                                      db, acc_b);
+      conv_backward(g, path, x.value(), w.value(), y.out_grad(), dx, acc_x, dw, acc_w, db, acc_b);
     });
   return y;
 }
@@ -109,15 +102,15 @@ Var<T, D> conv2d_pair(const Var<T, D>& x, const Var<T, D>& w1, Conv2dParams p1, 
   Var<T, D> y(Tensor<T, D>::empty(detail::conv_output_shape(g2)));
   {
     const Tensor<T, D> t = Tensor<T, D>::empty(detail::conv_output_shape(g1));  // released here
-    detail::conv_forward(g1, path1, x.value(), w1.value(), t);
-    detail::conv_forward(g2, path2, t, w2.value(), y.value());
+    detail::conv_forward(g1, path1, x.value(), w1.value(), static_cast<const T*>(nullptr), t);
+    detail::conv_forward(g2, path2, t, w2.value(), static_cast<const T*>(nullptr), y.value());
   }
   if (needs_grad(x, w1, w2))
     // g2 is recomputed in backward (cheap) to keep the closure within the tape's inline size.
     record(y, [x, w1, w2, y, g1, p2, path1, path2] {
       const cpu::ConvGeom g2 = cpu::conv_geometry(detail::conv_output_shape(g1), w2.shape(), nullptr, p2);
       const Tensor<T, D> t = Tensor<T, D>::empty(detail::conv_output_shape(g1));
-      detail::conv_forward(g1, path1, x.value(), w1.value(), t);
+      detail::conv_forward(g1, path1, x.value(), w1.value(), static_cast<const T*>(nullptr), t);
       const bool first = x.requires_grad() || w1.requires_grad();
       const Tensor<T, D> dt = first ? Tensor<T, D>::empty(t.shape()) : Tensor<T, D>();
       GradSlot<T, D> dw2{Tensor<T, D>(), false}, dx{Tensor<T, D>(), false}, dw1{Tensor<T, D>(), false};
