@@ -85,9 +85,9 @@ Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias,
 /// of the two conv2d calls bit for bit (the same kernels, run once more for the middle tensor).
 /// Why: in DARTS' sep_conv and dil_conv the middle tensor is a depthwise convolution's output at
 /// full resolution, one per op per edge of the supernet, held from forward to backward only so
-/// that the pointwise convolution can form its weight gradient; recomputing it costs one
-/// depthwise convolution (about C k^2 multiply-adds per output, a fraction of the pointwise
-/// convolution's C^2) and frees that tensor. x itself is kept by the caller anyway (it is the
+/// that the pointwise convolution can form its weight gradient; recomputing it costs one more
+/// depthwise convolution (k^2 multiply-adds per element, against C for the pointwise one) and
+/// frees that tensor. x itself is kept by the caller anyway (it is the
 /// ReLU output the ops of an edge share, which ReLU's backward needs).
 template <class T, class D>
 Var<T, D> conv2d_pair(const Var<T, D>& x, const Var<T, D>& w1, Conv2dParams p1, const Var<T, D>& w2,
