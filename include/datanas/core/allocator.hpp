@@ -15,7 +15,6 @@
 #include <cstdlib>
 #include <mutex>
 #include <new>
-#include <unordered_map>
 
 #include "datanas/core/block_cache.hpp"
 #include "datanas/core/device.hpp"

@@ -33,7 +33,6 @@
 #include <memory>
 #include <mutex>
 #include <type_traits>
-#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
