@@ -56,7 +56,8 @@ template <class T, class D>
 struct VarNode {
   Tensor<T, D> value;
   Tensor<T, D> grad;
-  int refs = 0;
+  int refs = 0;        // every handle: Vars and GradRefs
+  int value_refs = 0;  // Vars only; at 0 the value is released (its shape is kept)
   bool requires_grad = false;
   bool is_leaf = true;
   bool grad_live = false;   // grad holds a value written since the last zero_grad()/release
@@ -83,6 +84,7 @@ class NodePool {
   }
   void release(VarNode<T, D>* n) {
     n->value = {};
+    n->value_refs = 0;
     n->grad = {};
     n->requires_grad = n->is_leaf = n->grad_live = n->retain_grad = false;
     std::lock_guard lock(mutex_);
@@ -108,9 +110,64 @@ struct GradSlot {
   bool accumulate;
 };
 
+template <Scalar T, Device D>
+class Var;
+template <Scalar T, Device D>
+class GradRef;
+
+namespace detail {
+/// What Var and GradRef share: the gradient side of a node. Holds no reference itself; the
+/// two handle types count theirs.
+template <class T, class D>
+class NodeHandle {
+ public:
+  using Tensor_ = Tensor<T, D>;
+
+  [[nodiscard]] bool defined() const { return n_ != nullptr; }
+  /// The value's shape; known after the value itself was released.
+  [[nodiscard]] const Shape& shape() const { return n_->value.shape(); }
+  [[nodiscard]] bool requires_grad() const { return n_ && n_->requires_grad; }
+  /// Whether a gradient was written since the last zero_grad() (torch: grad is not None).
+  [[nodiscard]] bool has_grad() const { return n_ && n_->grad_live; }
+
+  // ---- for op implementations --------------------------------------------------------------
+  /// The buffer to write this node's gradient into; allocates it on first use.
+  GradSlot<T, D> grad_slot() const {
+    if (!n_->grad.defined() || !(n_->grad.shape() == n_->value.shape()))
+      n_->grad = Tensor_::empty(n_->value.shape());
+    const bool acc = n_->grad_live;
+    n_->grad_live = true;
+    return {n_->grad, acc};
+  }
+  /// The incoming gradient inside a backward closure (valid only while it runs).
+  [[nodiscard]] const Tensor_& out_grad() const { return n_->grad; }
+  void release_grad_if_temporary() const {
+    if (!n_->is_leaf && !n_->retain_grad) {
+      n_->grad = {};
+      n_->grad_live = false;
+    }
+  }
+  friend bool same_node(const NodeHandle& a, const NodeHandle& b) { return a.n_ == b.n_; }
+
+ protected:
+  NodeHandle() = default;
+  explicit NodeHandle(VarNode<T, D>* n) : n_(n) {}
+  static NodePool<T, D>& pool() { return NodePool<T, D>::instance(); }
+  VarNode<T, D>* n_ = nullptr;
+};
+}  // namespace detail
+
 /// A tensor in the autograd graph: a value, and a gradient when requires_grad().
+///
+/// Lifetime of the value: a node lives while any Var or GradRef refers to it, its value only
+/// while a Var does. The tape and the backward closures refer by GradRef to what they only
+/// route gradients through, and by Var to what their backward reads; so an op output that no
+/// backward reads is freed as soon as the forward pass drops it, as with torch's saved tensors.
 template <Scalar T, Device D = Cpu>
-class Var {
+class Var : public detail::NodeHandle<T, D> {
+  using Base = detail::NodeHandle<T, D>;
+  using Base::n_;
+
  public:
   using Tensor_ = Tensor<T, D>;
   using value_type = T;
@@ -119,35 +176,34 @@ class Var {
   Var() = default;
   /// A leaf. With requires_grad it is a trainable parameter: its gradient accumulates over
   /// backward() calls until zero_grad().
-  explicit Var(Tensor_ value, bool requires_grad = false) : n_(pool().acquire()) {
+  explicit Var(Tensor_ value, bool requires_grad = false) : Base(Base::pool().acquire()) {
     n_->refs = 1;
+    n_->value_refs = 1;
     n_->value = std::move(value);
     n_->requires_grad = requires_grad;
     n_->is_leaf = true;
   }
-  Var(const Var& o) : n_(o.n_) {
-    if (n_) ++n_->refs;
+  Var(const Var& o) : Base(o.n_) {
+    if (n_) ++n_->refs, ++n_->value_refs;
   }
-  Var(Var&& o) noexcept : n_(std::exchange(o.n_, nullptr)) {}
+  Var(Var&& o) noexcept : Base(std::exchange(o.n_, nullptr)) {}
   Var& operator=(Var o) noexcept {
     std::swap(n_, o.n_);
     return *this;
   }
   ~Var() {
-    if (n_ && --n_->refs == 0) pool().release(n_);
+    if (!n_) return;
+    // The last Var gone while GradRefs remain: no one can read the value again.
+    if (--n_->value_refs == 0 && n_->refs > 1) n_->value = Tensor_::unallocated(n_->value.shape());
+    if (--n_->refs == 0) Base::pool().release(n_);
   }
 
-  [[nodiscard]] bool defined() const { return n_ != nullptr; }
   [[nodiscard]] const Tensor_& value() const { return n_->value; }
-  [[nodiscard]] const Shape& shape() const { return n_->value.shape(); }
-  [[nodiscard]] bool requires_grad() const { return n_ && n_->requires_grad; }
   [[nodiscard]] bool is_leaf() const { return n_->is_leaf; }
-  /// Whether a gradient was written since the last zero_grad() (torch: grad is not None).
-  [[nodiscard]] bool has_grad() const { return n_ && n_->grad_live; }
   /// The gradient, zeros when none was written yet.
   [[nodiscard]] const Tensor_& grad() const {
     if (!n_->grad_live) {
-      auto slot = grad_slot();
+      auto slot = this->grad_slot();
       slot.g.fill(T(0));
     }
     return n_->grad;
@@ -161,34 +217,40 @@ class Var {
   void retain_grad() const { n_->retain_grad = true; }
   /// The same value outside the graph.
   [[nodiscard]] Var detach() const { return Var(n_->value, false); }
-
-  // ---- for op implementations --------------------------------------------------------------
-  /// The buffer to write this Var's gradient into; allocates it on first use.
-  GradSlot<T, D> grad_slot() const {
-    if (!n_->grad.defined() || !(n_->grad.shape() == n_->value.shape()))
-      n_->grad = Tensor_::empty(n_->value.shape());
-    const bool acc = n_->grad_live;
-    n_->grad_live = true;
-    return {n_->grad, acc};
-  }
-  /// The incoming gradient inside a backward closure (valid only while it runs).
-  [[nodiscard]] const Tensor_& out_grad() const { return n_->grad; }
   /// Marks an op output: part of the graph, gradient released after its closure ran.
   void mark_op_output() const {
     n_->requires_grad = true;
     n_->is_leaf = false;
   }
-  void release_grad_if_temporary() const {
-    if (!n_->is_leaf && !n_->retain_grad) {
-      n_->grad = {};
-      n_->grad_live = false;
-    }
-  }
-  friend bool same_node(const Var& a, const Var& b) { return a.n_ == b.n_; }
 
  private:
-  static detail::NodePool<T, D>& pool() { return detail::NodePool<T, D>::instance(); }
-  detail::VarNode<T, D>* n_ = nullptr;
+  friend class GradRef<T, D>;
+};
+
+/// A reference to a Var's node for routing gradients only: keeps its gradient and shape, not
+/// its value (see Var). Backward closures capture the inputs whose value they do not read, and
+/// their own output unless they read it, as GradRefs: `record(y, [x = GradRef(x), y = GradRef(y)] {...})`.
+template <Scalar T, Device D = Cpu>
+class GradRef : public detail::NodeHandle<T, D> {
+  using Base = detail::NodeHandle<T, D>;
+  using Base::n_;
+
+ public:
+  GradRef() = default;
+  explicit GradRef(const Var<T, D>& v) : Base(v.n_) {
+    if (n_) ++n_->refs;
+  }
+  GradRef(const GradRef& o) : Base(o.n_) {
+    if (n_) ++n_->refs;
+  }
+  GradRef(GradRef&& o) noexcept : Base(std::exchange(o.n_, nullptr)) {}
+  GradRef& operator=(GradRef o) noexcept {
+    std::swap(n_, o.n_);
+    return *this;
+  }
+  ~GradRef() {
+    if (n_ && --n_->refs == 0) Base::pool().release(n_);
+  }
 };
 
 // ---- the tape -------------------------------------------------------------------------------
@@ -203,7 +265,7 @@ class Tape {
                   " entries: forward passes under grad mode were never followed by backward(); "
                   "evaluate inside NoGradGuard or call clear_tape()");
     out.mark_op_output();
-    entries_.push_back(Entry{out, detail::InlineFunction<kTapeClosureBytes>(std::forward<F>(backward))});
+    entries_.push_back(Entry{GradRef<T, D>(out), detail::InlineFunction<kTapeClosureBytes>(std::forward<F>(backward))});
   }
 
   /// Runs every closure whose output received a gradient, newest first, freeing activations
@@ -219,6 +281,7 @@ class Tape {
   void clear() {
     entries_.clear();
     stash_.clear();
+    ref_stash_.clear();
   }
   [[nodiscard]] std::size_t size() const { return entries_.size(); }
 
@@ -231,14 +294,22 @@ class Tape {
     return pos;
   }
   [[nodiscard]] const Var<T, D>& stashed(std::size_t i) const { return stash_[i]; }
+  /// stash() for closures that only route gradients to the Vars (their values may be freed).
+  std::size_t stash_refs(std::span<const Var<T, D>> vars) {
+    const std::size_t pos = ref_stash_.size();
+    for (const auto& v : vars) ref_stash_.emplace_back(v);
+    return pos;
+  }
+  [[nodiscard]] const GradRef<T, D>& stashed_ref(std::size_t i) const { return ref_stash_[i]; }
 
  private:
   struct Entry {
-    Var<T, D> out;
+    GradRef<T, D> out;  // the tape routes gradients; it keeps no value alive
     detail::InlineFunction<kTapeClosureBytes> backward;
   };
   std::vector<Entry> entries_;
   std::vector<Var<T, D>> stash_;
+  std::vector<GradRef<T, D>> ref_stash_;
 };
 
 /// This thread's tape for (T, D).
