@@ -59,6 +59,62 @@ TEST_CASE("temporary gradients are released after backward, retained ones kept")
   CHECK(tape<double, Cpu>().size() == 0);
 }
 
+namespace {
+/// Bytes the Cpu allocator counts in use for one tensor of shape s (its block rounding included).
+std::size_t bytes_of(const Shape& s) {
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  const std::size_t before = alloc.stats().bytes_in_use;
+  const Td t = Td::empty(s);
+  return alloc.stats().bytes_in_use - before;
+}
+}  // namespace
+
+TEST_CASE("an op output that no backward reads is freed when the forward drops it") {
+  // scale() routes its gradient without reading values, so the tape keeps neither its input's
+  // value nor its output's: y between two scales goes with its last Var (torch frees it
+  // likewise). A Var the caller keeps keeps its value; the gradient is the same either way.
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  const Shape s{1000};
+  const std::size_t unit = bytes_of(s);
+  V x(Td::full(s, 1.0), true);
+  const std::size_t before = alloc.stats().bytes_in_use;
+  V z;
+  {
+    V y = scale(x, 2.0);
+    z = scale(y, 3.0);
+    CHECK(alloc.stats().bytes_in_use - before == 2 * unit);
+  }
+  CHECK(alloc.stats().bytes_in_use - before == unit);  // z only
+  V kept = scale(x, 2.0);
+  V z2 = scale(kept, 3.0);
+  CHECK(alloc.stats().bytes_in_use - before == 3 * unit);  // z, kept, z2
+  backward(sum(add(z, z2)));
+  for (index_t i = 0; i < s.numel(); i += 111) CHECK(x.grad()[i] == 12.0);
+  CHECK(kept.value()[5] == 2.0);
+}
+
+TEST_CASE("GradRef keeps a node's shape and gradient, not its value") {
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  const Shape s{500};
+  const std::size_t unit = bytes_of(s);
+  const std::size_t before = alloc.stats().bytes_in_use;
+  GradRef<double> r;
+  {
+    V v(Td::full(s, 1.0), true);
+    r = GradRef(v);
+    CHECK(alloc.stats().bytes_in_use - before == unit);
+  }
+  CHECK(alloc.stats().bytes_in_use == before);  // the value went with the last Var
+  REQUIRE(r.defined());
+  CHECK(r.shape() == s);
+  CHECK(r.requires_grad());
+  CHECK_FALSE(r.has_grad());
+  const auto slot = r.grad_slot();  // a gradient can still be routed to the node
+  CHECK(slot.g.shape() == s);
+  CHECK_FALSE(slot.accumulate);
+  CHECK(r.has_grad());
+}
+
 TEST_CASE("backward rejects non-scalar losses and losses without a graph") {
   V x(Td::from({2}, {1.0, 2.0}), true);
   CHECK_THROWS_WITH_AS(backward(relu(x)), doctest::Contains("single element, got shape [2]"),

@@ -161,6 +161,44 @@ TEST_SUITE("cpu") {
     }
   }
 
+  TEST_CASE("non-affine batch_norm2d keeps its output for backward, an affine one its input") {
+    // Non-affine, y is xhat itself, from which backward computes dx; so a BN's input (in a DARTS
+    // search cell a convolution's or a pool's output) is freed with its last Var. The
+    // gradients are those of the affine BN with gamma = 1, beta = 0, which reads x.
+    auto& alloc = CachingAllocator<Cpu>::instance();
+    const Shape s{3, 4, 5, 6};
+    const index_t c = s.c();
+    auto bytes_of = [&](const Shape& shape) {
+      const std::size_t b0 = alloc.stats().bytes_in_use;
+      const TensorD t = TensorD::empty(shape);
+      return alloc.stats().bytes_in_use - b0;
+    };
+    const std::size_t unit = bytes_of(s), stats = bytes_of({2, c});
+    const TensorD xv = random_tensor(s, 70, -2, 3), r = random_tensor(s, 71);
+    for (bool training : {true, false}) {
+      CAPTURE(training);
+      TensorD dx[2];
+      for (int affine = 0; affine < 2; ++affine) {
+        CAPTURE(affine);
+        TensorD rm = random_tensor({c}, 72), rv = random_tensor({c}, 73, 0.5, 2.0);
+        VarD x0(xv.clone(), true);
+        VarD g = affine ? VarD(TensorD::full({c}, 1.0), true) : VarD();
+        VarD b = affine ? VarD(TensorD::zeros({c}), true) : VarD();
+        const std::size_t before = alloc.stats().bytes_in_use;
+        VarD y;
+        {
+          VarD x = scale(x0, 1.0);
+          y = batch_norm2d(x, g, b, rm, rv, training);
+        }
+        CHECK(alloc.stats().bytes_in_use - before == (affine ? 2 : 1) * unit + stats);
+        backward(y, r);
+        dx[affine] = x0.grad().clone();
+      }
+      for (index_t i = 0; i < s.numel(); ++i)
+        CHECK_MESSAGE(dx[0][i] == doctest::Approx(dx[1][i]).epsilon(1e-12), "element ", i);
+    }
+  }
+
   TEST_CASE("batch_norm2d argument errors") {
     VarD x(random_tensor({2, 3, 4, 4}, 60));
     VarD g3(random_tensor({3}, 61)), b3(random_tensor({3}, 62)), g4(random_tensor({4}, 63));

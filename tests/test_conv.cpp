@@ -267,6 +267,45 @@ TEST_SUITE("cpu") {
     CHECK(held[1] == 2 * tensor_bytes);  // the middle tensor and y
   }
 
+  TEST_CASE("conv2d keeps its input's value for backward only when the weight needs a gradient") {
+    // dw reads x, dx reads only w: in DARTS' architecture step (weights frozen) a convolution's
+    // input is not held for it. x here is a scale() output, which nothing else keeps.
+    using VarF = Var<float, Cpu>;
+    auto& alloc = CachingAllocator<Cpu>::instance();
+    const Shape xs{2, 4, 6, 6}, ws{5, 4, 3, 3};
+    const auto x0v = random_float(xs, 120), wv = random_float(ws, 121);
+    const auto r = random_float({2, 5, 6, 6}, 122);
+    std::size_t unit = 0;
+    {
+      const std::size_t b0 = alloc.stats().bytes_in_use;
+      const Tensor<float, Cpu> t = Tensor<float, Cpu>::empty(xs);
+      unit = alloc.stats().bytes_in_use - b0;  // x's block; y [2, 5, 6, 6] is bigger
+    }
+    std::size_t held[2] = {}, y_bytes = 0;
+    Tensor<float, Cpu> dx[2];
+    for (int wgrad = 0; wgrad < 2; ++wgrad) {
+      CAPTURE(wgrad);
+      VarF x0(x0v.clone(), true), w(wv.clone(), wgrad == 1);
+      const std::size_t before = alloc.stats().bytes_in_use;
+      VarF y;
+      {
+        VarF x = scale(x0, 1.0f);
+        y = conv2d(x, w, VarF(), {.padding = 1});
+      }
+      held[wgrad] = alloc.stats().bytes_in_use - before;
+      if (wgrad == 0) y_bytes = held[0];
+      backward_with(y, r);
+      dx[wgrad] = x0.grad().clone();
+      if (wgrad == 1) {  // the weight gradient is the one conv2d computes from a kept x
+        VarF xr(x0v.clone()), wr(wv.clone(), true);
+        backward_with(conv2d(xr, wr, VarF(), {.padding = 1}), r);
+        CHECK(std::memcmp(w.grad().data(), wr.grad().data(), sizeof(float) * std::size_t(ws.numel())) == 0);
+      }
+    }
+    CHECK(held[1] == y_bytes + unit);  // y and x
+    CHECK(std::memcmp(dx[0].data(), dx[1].data(), sizeof(float) * std::size_t(xs.numel())) == 0);
+  }
+
   TEST_CASE("conv2d fast paths agree with im2col + GEMM (float)") {
     std::uint64_t seed = 100;
     for (int k : {3, 5})

@@ -15,6 +15,38 @@ using DartsSoftmax = SearchSpace<DartsOps, 4, 4, estimators::Softmax, Granularit
 }  // namespace
 
 TEST_SUITE("cpu") {
+TEST_CASE("a DARTS mixed edge keeps 13 activation-sized tensors for backward, not 21") {
+  // Counted by hand, each the edge's output shape: relu(x) (shared by the four conv ops);
+  // per sep_conv the BN outputs of both halves and the ReLU between them (the pointwise
+  // outputs feeding the non-affine BNs are freed, the depthwise ones recomputed); per
+  // dil_conv its BN output; max_pool its arg-max indices and BN output (the pool output is
+  // freed); avg_pool its BN output; the edge's output. Before values were kept only where a
+  // backward reads them, the tape also held the six pointwise outputs (4 in the sep_convs, 2
+  // in the dil_convs) and the two pool outputs: 21. Plus per BN its [2, C] statistics.
+  using VarF = Var<float, Cpu>;
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  const index_t c = 8;
+  const Shape s{2, c, 8, 8};
+  auto bytes_of = [&](const Shape& shape) {
+    const std::size_t b0 = alloc.stats().bytes_in_use;
+    const Tensor<float, Cpu> t = Tensor<float, Cpu>::empty(shape);
+    return alloc.stats().bytes_in_use - b0;
+  };
+  const std::size_t unit = bytes_of(s), stats = bytes_of({2, c});
+  PhiloxGenerator gen(3);
+  MixedOp<float, DartsOps, Cpu> edge(c, 1, gen);
+  Tensor<float, Cpu> xv = Tensor<float, Cpu>::empty(s), wv = Tensor<float, Cpu>::full({8}, 0.125f);
+  for (index_t i = 0; i < s.numel(); ++i) xv.data()[i] = float((i * 37) % 23) / 11.0f - 1.0f;
+  VarF x(xv, true), w(wv, true);
+  const std::size_t before = alloc.stats().bytes_in_use;
+  VarF y = edge(x, w, 0, nullptr);
+  CHECK(alloc.stats().bytes_in_use - before == 13 * unit + 8 * stats);
+  backward(sum(y));  // every closure finds what it reads
+  CHECK(w.has_grad());
+  CHECK(std::isfinite(x.grad().eigen().sum()));
+  CHECK(y.value().defined());
+}
+
 TEST_CASE("DARTS op set: names in alpha order, factories, errors") {
   CHECK(DartsOps::kSize == 8);
   CHECK(DartsOps::kNames[4] == "sep_conv_3x3");

@@ -8,8 +8,9 @@ namespace datanas::cuda {
 #define DATANAS_INSTANTIATE_DNN(T)                                                                 \
   template void batchnorm_forward<T>(const BnShape&, const T*, const T*, const T*, T*, T*, bool,   \
                                      double, double, T*, T*, double*, cudaStream_t);               \
-  template void batchnorm_backward<T>(const BnShape&, const T*, const T*, const T*, const T*,      \
-                                      bool, T*, bool, T*, bool, T*, bool, double*, cudaStream_t);  \
+  template void batchnorm_backward<T>(const BnShape&, const T*, bool, const T*, const T*,          \
+                                      const T*, bool, T*, bool, T*, bool, T*, bool, double*,       \
+                                      cudaStream_t);                                               \
   template void max_pool_forward<T>(const PoolShape&, const T*, T*, T*, cudaStream_t);             \
   template void max_pool_backward<T>(const PoolShape&, const T*, const T*, T*, bool,               \
                                      cudaStream_t);                                                \

@@ -54,7 +54,7 @@ Var<T, D> activation(cpu::Activation a, const Var<T, D>& x) {
   else
     DeviceOps<D>::activation_forward(int(a), x.value(), y.value());
   if (needs_grad(x))
-    record(y, [a, x, y] {
+    record(y, [a, x = GradRef(x), y] {  // f' from y: x's value is not kept
       auto [g, acc] = x.grad_slot();
       if constexpr (is_cpu<D>)
         cpu::activation_backward(a, y.value(), y.out_grad(), g, acc);

@@ -62,8 +62,8 @@ Var<T, D> add(const Var<T, D>& a, const Var<T, D>& b) {
     DeviceOps<D>::add(a.value(), b.value(), y.value());
   }
   if (needs_grad(a, b))
-    record(y, [a, b, y] {
-      for (const Var<T, D>* in : {&a, &b}) {
+    record(y, [a = GradRef(a), b = GradRef(b), y = GradRef(y)] {
+      for (const GradRef<T, D>* in : {&a, &b}) {
         if (!in->requires_grad()) continue;
         auto [g, acc] = in->grad_slot();
         detail::store_scaled(T(1), y.out_grad(), g, acc);
@@ -87,7 +87,7 @@ Var<T, D> scale(const Var<T, D>& x, T s) {
     DeviceOps<D>::scale(x.value(), s, y.value());
   }
   if (needs_grad(x))
-    record(y, [x, y, s] {
+    record(y, [x = GradRef(x), y = GradRef(y), s] {
       auto [g, acc] = x.grad_slot();
       detail::store_scaled(s, y.out_grad(), g, acc);
     });
@@ -143,7 +143,7 @@ Var<T, D> weighted_sum(std::type_identity_t<std::span<const Var<T, D>>> xs, cons
     } ids;
     std::copy_n(idx, k, ids.v);
     const std::size_t pos = tape<T, D>().stash(xs);
-    record(y, [pos, k, ids, w, y] {
+    record(y, [pos, k, ids, w, y = GradRef(y)] {
       const auto& tp = tape<T, D>();
       if constexpr (!is_cpu<D>) {
         if (w.requires_grad()) {
@@ -164,7 +164,7 @@ Var<T, D> weighted_sum(std::type_identity_t<std::span<const Var<T, D>>> xs, cons
         return;
       }
       const T* dy = y.out_grad().data();
-      const index_t n = y.value().numel();
+      const index_t n = y.shape().numel();
       if (w.requires_grad()) {
         auto [gw, acc] = w.grad_slot();
         if (!acc) gw.fill(T(0));
@@ -201,7 +201,7 @@ Var<T, D> sum(const Var<T, D>& x) {
   else
     DeviceOps<D>::sum(x.value(), T(1), y.value());
   if (needs_grad(x))
-    record(y, [x, y] {
+    record(y, [x = GradRef(x), y = GradRef(y)] {
       auto [g, acc] = x.grad_slot();
       if constexpr (is_cpu<D>) {
         const T d = y.out_grad().data()[0];

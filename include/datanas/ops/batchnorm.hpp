@@ -20,7 +20,8 @@ namespace datanas {
 /// NoGradGuard too, as in torch.
 /// Evaluation: mean = running_mean, var = running_var, no update; y is affine in x.
 /// Backward: the full gradient through the batch statistics in training, the affine map in
-/// evaluation; gamma and beta get sum(dy * xhat) and sum(dy) when they require grad.
+/// evaluation; gamma and beta get sum(dy * xhat) and sum(dy) when they require grad. Memory: a
+/// non-affine BN keeps its output (which is xhat) for backward, an affine one its input.
 template <class T, class D>
 Var<T, D> batch_norm2d(const Var<T, D>& x, const Var<T, D>& gamma, const Var<T, D>& beta,
                        const Tensor<T, D>& running_mean, const Tensor<T, D>& running_var,
@@ -65,8 +66,13 @@ Var<T, D> batch_norm2d(const Var<T, D>& x, const Var<T, D>& gamma, const Var<T, 
   else
     DeviceOps<D>::batchnorm_forward(x.value(), gp, bp, rm, rv, training, T(momentum), T(eps),
                                     y.value(), saved);
-  if (needs_grad(x, gamma, beta))
-    record(y, [x, gamma, beta, y, saved, training] {
+  if (needs_grad(x, gamma, beta)) {
+    // Non-affine, y is xhat itself: backward reads y and x's value is freed when the forward
+    // drops it (in a DARTS search cell x is a convolution or pooling output that no other
+    // backward reads, so each such BN holds one tensor instead of two). Affine: it reads x.
+    const bool from_output = !gamma.defined();
+    record(y, [x = GradRef(x), gamma, beta, y = GradRef(y), src = from_output ? y : x, saved,
+               training, from_output] {
       T *dx = nullptr, *dg = nullptr, *db = nullptr;
       bool dx_acc = false, dg_acc = false, db_acc = false;
       // Slots are taken before the kernel: grad_slot may allocate, the kernel must not.
@@ -85,12 +91,13 @@ Var<T, D> batch_norm2d(const Var<T, D>& x, const Var<T, D>& gamma, const Var<T, 
       }
       const T* g = gamma.defined() ? gamma.value().data() : nullptr;
       if constexpr (is_cpu<D>)
-        cpu::batchnorm_backward(x.value(), g, saved, y.out_grad(), training, dx, dx_acc, dg, dg_acc,
-                                db, db_acc);
+        cpu::batchnorm_backward(src.value(), from_output, g, saved, y.out_grad(), training, dx,
+                                dx_acc, dg, dg_acc, db, db_acc);
       else
-        DeviceOps<D>::batchnorm_backward(x.value(), g, saved, y.out_grad(), training, dx, dx_acc,
-                                         dg, dg_acc, db, db_acc);
+        DeviceOps<D>::batchnorm_backward(src.value(), from_output, g, saved, y.out_grad(),
+                                         training, dx, dx_acc, dg, dg_acc, db, db_acc);
     });
+  }
   return y;
 }
 

@@ -46,7 +46,9 @@ Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias, 
   const T* bias_ptr = bias.defined() ? bias.value().data() : static_cast<const T*>(nullptr);
   conv_forward(g, path, x.value(), w.value(), bias_ptr, y.value());
   if (needs_grad(x, w, bias))
-    record(y, [x, w, bias, y, g, path] {
+    // x's value is read only for dw, w's only for dx; bias's never.
+    record(y, [x = GradRef(x), xv = w.requires_grad() ? x : Var<T, D>(), w = GradRef(w),
+               wv = x.requires_grad() ? w : Var<T, D>(), bias = GradRef(bias), y = GradRef(y), g, path] {
       Tensor<T, D> dx, dw, db;
       bool acc_x = false, acc_w = false, acc_b = false;
       if (x.requires_grad()) {
@@ -61,7 +63,8 @@ Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias, 
         auto [gb, acc] = bias.grad_slot();
         db = gb, acc_b = acc;
       }
-      conv_backward(g, path, x.value(), w.value(), y.out_grad(), dx, acc_x, dw, acc_w, db, acc_b);
+      conv_backward(g, path, xv.defined() ? xv.value() : Tensor<T, D>(), wv.defined() ? wv.value() : Tensor<T, D>(),
+                    y.out_grad(), dx, acc_x, dw, acc_w, db, acc_b);
     });
   return y;
 }
@@ -107,7 +110,7 @@ Var<T, D> conv2d_pair(const Var<T, D>& x, const Var<T, D>& w1, Conv2dParams p1, 
   }
   if (needs_grad(x, w1, w2))
     // g2 is recomputed in backward (cheap) to keep the closure within the tape's inline size.
-    record(y, [x, w1, w2, y, g1, p2, path1, path2] {
+    record(y, [x, w1, w2, y = GradRef(y), g1, p2, path1, path2] {
       const cpu::ConvGeom g2 = cpu::conv_geometry(detail::conv_output_shape(g1), w2.shape(), nullptr, p2);
       const Tensor<T, D> t = Tensor<T, D>::empty(detail::conv_output_shape(g1));
       detail::conv_forward(g1, path1, x.value(), w1.value(), static_cast<const T*>(nullptr), t);

@@ -28,7 +28,7 @@ Var<T, D> dropout(const Var<T, D>& x, double p, bool training, PhiloxGenerator& 
     Var<T, D> y(Tensor<T, D>::empty(x.shape()));
     DeviceOps<D>::dropout_apply(seed, base, base_dev, keep, inv_keep, x.value(), y.value(), false);
     if (needs_grad(x))
-      record(y, [x, y, seed, base, base_dev, keep, inv_keep] {
+      record(y, [x = GradRef(x), y = GradRef(y), seed, base, base_dev, keep, inv_keep] {
         auto [g, acc] = x.grad_slot();
         DeviceOps<D>::dropout_apply(seed, base, base_dev, keep, inv_keep, y.out_grad(), g, acc);
       });
@@ -46,7 +46,7 @@ Var<T, D> dropout(const Var<T, D>& x, double p, bool training, PhiloxGenerator& 
     for (index_t i = b; i < e; ++i) yp[i] = xp[i] * mask_scale(i);
   });
   if (needs_grad(x))
-    record(y, [x, y, mask_scale] {
+    record(y, [x = GradRef(x), y = GradRef(y), mask_scale] {
       auto [g, acc] = x.grad_slot();
       const T* dy = y.out_grad().data();
       T* gp = g.data();
@@ -76,7 +76,7 @@ Var<T, D> drop_path(const Var<T, D>& x, double p, bool training, PhiloxGenerator
     Var<T, D> y(Tensor<T, D>::empty(x.shape()));
     DeviceOps<D>::drop_path_apply(seed, base, base_dev, keep, inv_keep, x.value(), y.value(), false);
     if (needs_grad(x))
-      record(y, [x, y, seed, base, base_dev, keep, inv_keep] {
+      record(y, [x = GradRef(x), y = GradRef(y), seed, base, base_dev, keep, inv_keep] {
         auto [g, acc] = x.grad_slot();
         DeviceOps<D>::drop_path_apply(seed, base, base_dev, keep, inv_keep, y.out_grad(), g, acc);
       });
@@ -94,7 +94,7 @@ Var<T, D> drop_path(const Var<T, D>& x, double p, bool training, PhiloxGenerator
     cpu::ArrayMap<T>(yp + s * per, per) = sample_scale(s) * cpu::ConstArrayMap<T>(xp + s * per, per);
   });
   if (needs_grad(x))
-    record(y, [x, y, sample_scale, n, per] {
+    record(y, [x = GradRef(x), y = GradRef(y), sample_scale, n, per] {
       auto [g, acc] = x.grad_slot();
       const T* dy = y.out_grad().data();
       T* gp = g.data();

@@ -27,7 +27,7 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& b) {
     DeviceOps<D>::linear_forward(x.value(), w.value(), b.defined() ? b.value() : Tensor<T, D>(), y.value());
   }
   if (needs_grad(x, w, b))
-    record(y, [x, w, b, y, n, in, out] {
+    record(y, [x, w, b = GradRef(b), y = GradRef(y), n, in, out] {
       if constexpr (!is_cpu<D>) {
         if (x.requires_grad()) {
           auto [g, acc] = x.grad_slot();
@@ -78,7 +78,7 @@ Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
   else
     DeviceOps<D>::matmul_forward(a.value(), b.value(), y.value());
   if (needs_grad(a, b))
-    record(y, [a, b, y, n, k, m] {
+    record(y, [a, b, y = GradRef(y), n, k, m] {
       if constexpr (!is_cpu<D>) {
         if (a.requires_grad()) {
           auto [g, acc] = a.grad_slot();
@@ -128,7 +128,7 @@ Var<T, D> embedding(const Var<T, D>& weight, const Tensor<std::int32_t, D>& ids)
     // NaN rows for ids outside [0, V) and skip them in backward; nothing goes out of bounds.
     DeviceOps<D>::embedding_forward(weight.value(), ids, y.value());
     if (needs_grad(weight))
-      record(y, [weight, ids, y] {
+      record(y, [weight = GradRef(weight), ids, y = GradRef(y)] {
         auto [g, acc] = weight.grad_slot();
         DeviceOps<D>::embedding_backward(ids, y.out_grad(), g, acc);
       });
@@ -145,7 +145,7 @@ Var<T, D> embedding(const Var<T, D>& weight, const Tensor<std::int32_t, D>& ids)
     std::memcpy(yp + i * e, wp + index_t(ip[i]) * e, sizeof(T) * e);
   });
   if (needs_grad(weight))
-    record(y, [weight, ids, y, count, e] {
+    record(y, [weight = GradRef(weight), ids, y = GradRef(y), count, e] {
       auto [g, acc] = weight.grad_slot();
       if (!acc) g.fill(T(0));
       const T* dy = y.out_grad().data();

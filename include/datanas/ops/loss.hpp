@@ -41,7 +41,7 @@ Var<T, D> softmax(const Var<T, D>& x) {
     DeviceOps<D>::log_softmax_forward(x.value(), rows, k, true, y.value());
   }
   if (needs_grad(x))
-    record(y, [x, y, rows, k] {
+    record(y, [x = GradRef(x), y, rows, k] {  // reads y, not x
       auto [g, acc] = x.grad_slot();
       if constexpr (!is_cpu<D>) {
         DeviceOps<D>::softmax_backward(y.value(), y.out_grad(), rows, k, g, acc);
@@ -67,7 +67,7 @@ Var<T, D> log_softmax(const Var<T, D>& x) {
   else
     DeviceOps<D>::log_softmax_forward(x.value(), rows, k, false, y.value());
   if (needs_grad(x))
-    record(y, [x, y, rows, k] {
+    record(y, [x = GradRef(x), y, rows, k] {  // reads y, not x
       auto [g, acc] = x.grad_slot();
       if constexpr (!is_cpu<D>) {
         DeviceOps<D>::log_softmax_backward(y.value(), y.out_grad(), rows, k, g, acc);
@@ -102,7 +102,7 @@ Var<T, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int32_t, D>& 
     Var<T, D> y(Tensor<T, D>::empty({1}));
     DeviceOps<D>::cross_entropy_forward(logits.value(), labels, lse, y.value());
     if (needs_grad(logits))
-      record(y, [logits, labels, lse, y] {
+      record(y, [logits, labels, lse, y = GradRef(y)] {
         auto [g, acc] = logits.grad_slot();
         DeviceOps<D>::cross_entropy_backward(logits.value(), labels, lse, y.out_grad(), g, acc);
       });
@@ -120,7 +120,7 @@ Var<T, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int32_t, D>& 
   Var<T, D> y(Tensor<T, D>::empty({1}));
   y.value().data()[0] = loss / T(n);
   if (needs_grad(logits))
-    record(y, [logits, labels, logp, y, n, k] {
+    record(y, [logits = GradRef(logits), labels, logp, y = GradRef(y), n, k] {  // reads logp
       auto [g, acc] = logits.grad_slot();
       const T scale = y.out_grad().data()[0] / T(n);
       const std::int32_t* lp = labels.data();

@@ -53,7 +53,7 @@ Var<T, D> max_pool2d(const Var<T, D>& x, int kernel, int stride, int padding) {
     cpu::max_pool_forward(x.value(), g, y.value(), idx.data());
   else
     DeviceOps<D>::max_pool_forward(x.value(), g, y.value(), idx.data());
-  record(y, [x, y, idx, g] {
+  record(y, [x = GradRef(x), y = GradRef(y), idx, g] {
     auto [gx, acc] = x.grad_slot();
     if constexpr (is_cpu<D>)
       cpu::max_pool_backward(y.out_grad(), idx.data(), g, gx.data(), acc);
@@ -76,7 +76,7 @@ Var<T, D> avg_pool2d(const Var<T, D>& x, int kernel, int stride, int padding) {
   else
     DeviceOps<D>::avg_pool_forward(x.value(), g, y.value());
   if (needs_grad(x))
-    record(y, [x, y, g] {
+    record(y, [x = GradRef(x), y = GradRef(y), g] {
       auto [gx, acc] = x.grad_slot();
       if constexpr (is_cpu<D>)
         cpu::avg_pool_backward(y.out_grad(), g, gx.data(), acc);
@@ -100,7 +100,7 @@ Var<T, D> global_avg_pool(const Var<T, D>& x) {
   else
     DeviceOps<D>::global_avg_pool_forward(x.value(), y.value());
   if (needs_grad(x))
-    record(y, [x, y] {
+    record(y, [x = GradRef(x), y = GradRef(y)] {
       auto [gx, acc] = x.grad_slot();
       const index_t hw = x.shape().h() * x.shape().w();
       if constexpr (is_cpu<D>)

@@ -117,7 +117,7 @@ Var<T, D> highway_impl(const Var<T, D>& s, const Var<T, D>& ch, const Var<T, D>&
     DeviceOps<D>::highway_forward(acts, skip_zero_weights, s.value(), ch.value(),
                                   w.defined() ? w.value() : none, offset, y.value());
     if (needs_grad(s, ch, w)) {
-      record(y, [s, ch, w, y, offset, acts, skip_zero_weights] {
+      record(y, [s, ch, w, y = GradRef(y), offset, acts, skip_zero_weights] {
         Tensor<T, D> gs, gch, gw;
         bool acc_s = false, acc_ch = false, acc_w = false;
         if (s.requires_grad()) {
@@ -159,7 +159,7 @@ Var<T, D> highway_impl(const Var<T, D>& s, const Var<T, D>& ch, const Var<T, D>&
       yv = t.wsum * (T(1) - sig) * sv + sig * yv;
     });
     if (needs_grad(s, ch, w)) {
-      record(y, [s, ch, w, y, offset, acts, skip_zero_weights] {
+      record(y, [s, ch, w, y = GradRef(y), offset, acts, skip_zero_weights] {
         const HighwayTerms<T> t(w, offset, acts, skip_zero_weights);
         const index_t rows = s.shape()[0], hid = s.shape()[1];
         const int k_ops = int(acts.size());
@@ -271,7 +271,7 @@ Var<T, D> mul_mask(const Var<T, D>& x, const Tensor<T, D>& m) {
     DeviceOps<D>::mul_mask_forward(x.value(), m, y.value());
   }
   if (needs_grad(x))
-    record(y, [x, y, m, n, p] {
+    record(y, [x = GradRef(x), y = GradRef(y), m, n, p] {
       auto [g, acc] = x.grad_slot();
       if constexpr (is_cpu<D>) {
         const T *dy = y.out_grad().data(), *mp = m.data();
@@ -306,7 +306,7 @@ Var<T, D> scale_rows(const Var<T, D>& x, const Tensor<T, D>& scale) {
     DeviceOps<D>::scale_rows_forward(x.value(), scale, y.value());
   }
   if (needs_grad(x))
-    record(y, [x, y, scale, rows, cols] {
+    record(y, [x = GradRef(x), y = GradRef(y), scale, rows, cols] {
       auto [g, acc] = x.grad_slot();
       if constexpr (is_cpu<D>) {
         const T *dy = y.out_grad().data(), *sp = scale.data();
@@ -358,7 +358,7 @@ Var<T, D> zero_if_all_none(const Var<T, D>& x, const Tensor<T, D>& w, index_t of
     DeviceOps<D>::zero_if_all_none_forward(acts, edges, w, offset, x.value(), y.value());
   }
   if (needs_grad(x))
-    record(y, [x, y, w, offset, edges, acts, keep] {
+    record(y, [x = GradRef(x), y = GradRef(y), w, offset, edges, acts, keep] {
       auto [g, acc] = x.grad_slot();
       if constexpr (is_cpu<D>) {
         if (keep)
@@ -391,7 +391,7 @@ Var<T, D> concat_cols(const Var<T, D>& a, const Var<T, D>& b) {
     DeviceOps<D>::concat_cols_forward(a.value(), b.value(), y.value());
   }
   if (needs_grad(a, b))
-    record(y, [a, b, y, n, ca, cb, c] {
+    record(y, [a = GradRef(a), b = GradRef(b), y = GradRef(y), n, ca, cb, c] {
       const T* dy = y.out_grad().data();
       for (auto [in, off, w] : {std::tuple{&a, index_t(0), ca}, std::tuple{&b, ca, cb}}) {
         if (!in->requires_grad()) continue;
@@ -435,15 +435,15 @@ Var<T, D> stack_rows(std::type_identity_t<std::span<const Var<T, D>>> xs) {
     off += x.value().numel();
   }
   if (any) {
-    const std::size_t pos = tape<T, D>().stash(xs);
+    const std::size_t pos = tape<T, D>().stash_refs(xs);
     const std::size_t count = xs.size();
-    record(y, [pos, count, y] {
+    record(y, [pos, count, y = GradRef(y)] {
       const auto& tp = tape<T, D>();
       const T* dy = y.out_grad().data();
       index_t o = 0;
       for (std::size_t i = 0; i < count; ++i) {
-        const Var<T, D>& x = tp.stashed(pos + i);
-        const index_t n = x.value().numel();
+        const GradRef<T, D>& x = tp.stashed_ref(pos + i);
+        const index_t n = x.shape().numel();
         if (x.requires_grad()) {
           auto [g, acc] = x.grad_slot();
           if constexpr (is_cpu<D>)
@@ -476,7 +476,7 @@ Var<T, D> slice_rows(const Var<T, D>& x, index_t first, index_t count) {
   else
     DeviceOps<D>::slice_rows_forward(x.value(), off, y.value());
   if (needs_grad(x))
-    record(y, [x, y, off, n] {
+    record(y, [x = GradRef(x), y = GradRef(y), off, n] {
       auto [g, acc] = x.grad_slot();
       if (!acc) g.fill(T(0));
       if constexpr (is_cpu<D>)
@@ -494,7 +494,7 @@ Var<T, D> view(const Var<T, D>& x, const Shape& s) {
   DATANAS_CHECK(x.value().defined(), "view: x has no storage");
   Var<T, D> y(x.value().reshape(s));
   if (needs_grad(x))
-    record(y, [x, y] {
+    record(y, [x = GradRef(x), y = GradRef(y)] {
       auto [g, acc] = x.grad_slot();
       if constexpr (is_cpu<D>) {
         const index_t n = g.numel();
@@ -521,7 +521,7 @@ Var<T, D> temporal_penalty(const Var<T, D>& x, index_t batch) {
     Var<T, D> y(Tensor<T, D>::empty({1}));
     DeviceOps<D>::temporal_penalty_forward(x.value(), steps, width, y.value());
     if (needs_grad(x))
-      record(y, [x, y, steps, width] {
+      record(y, [x, y = GradRef(y), steps, width] {
         auto [g, accumulate] = x.grad_slot();
         DeviceOps<D>::temporal_penalty_backward(x.value(), steps, width, y.out_grad(), g, accumulate);
       });
@@ -536,7 +536,7 @@ Var<T, D> temporal_penalty(const Var<T, D>& x, index_t batch) {
                         .sum());
     Var<T> y(Tensor<T>::full({1}, T(acc / double(count))));
     if (needs_grad(x))
-      record(y, [x, y, steps, width, count] {
+      record(y, [x, y = GradRef(y), steps, width, count] {
         auto [g, accumulate] = x.grad_slot();
         const T k = T(2) * y.out_grad()[0] / T(count);
         const T* xp = x.value().data();

@@ -49,15 +49,15 @@ Var<T, D> concat_channels(std::type_identity_t<std::span<const Var<T, D>>> xs) {
     DeviceOps<D>::concat_channels_forward(xs, y.value());
     for (const auto& x : xs) any = any || needs_grad(x);
     if (any) {
-      const std::size_t pos = tape<T, D>().stash(xs);
+      const std::size_t pos = tape<T, D>().stash_refs(xs);
       const std::size_t count = xs.size();
-      record(y, [pos, count, y] {
+      record(y, [pos, count, y = GradRef(y)] {
         const auto& tp = tape<T, D>();
         DeviceOps<D>::concat_channels_backward(
             count,
             [&](std::size_t i) -> std::tuple<T*, index_t, bool> {
-              const Var<T, D>& x = tp.stashed(pos + i);
-              if (!x.requires_grad() || !x.value().defined()) return {nullptr, x.shape().c(), false};
+              const GradRef<T, D>& x = tp.stashed_ref(pos + i);
+              if (!x.requires_grad()) return {nullptr, x.shape().c(), false};
               auto [g, acc] = x.grad_slot();
               return {g.data(), x.shape().c(), acc};
             },
@@ -79,16 +79,16 @@ Var<T, D> concat_channels(std::type_identity_t<std::span<const Var<T, D>>> xs) {
     any = any || needs_grad(x);
   }
   if (any) {
-    const std::size_t pos = tape<T, D>().stash(xs);
+    const std::size_t pos = tape<T, D>().stash_refs(xs);
     const std::size_t count = xs.size();
-    record(y, [pos, count, y, c_total, hw, n] {
+    record(y, [pos, count, y = GradRef(y), c_total, hw, n] {
       const auto& tp = tape<T, D>();
       const T* dy = y.out_grad().data();
       index_t off = 0;
       for (std::size_t i = 0; i < count; ++i) {
-        const Var<T, D>& x = tp.stashed(pos + i);
+        const GradRef<T, D>& x = tp.stashed_ref(pos + i);
         const index_t block = x.shape().c() * hw;
-        if (x.requires_grad() && x.value().defined()) {
+        if (x.requires_grad()) {  // symbolic zeros do not require grad
           auto [g, acc] = x.grad_slot();
           cpu::copy_blocks(dy + off * hw, c_total * hw, g.data(), block, n, block, acc);
         }
@@ -112,7 +112,7 @@ Var<T, D> crop(const Var<T, D>& x, int top, int left) {
   if constexpr (!is_cpu<D>) {
     DeviceOps<D>::crop_forward(x.value(), top, left, y.value());
     if (needs_grad(x))
-      record(y, [x, y, top, left] {
+      record(y, [x = GradRef(x), y = GradRef(y), top, left] {
         auto [g, acc] = x.grad_slot();
         DeviceOps<D>::crop_backward(y.out_grad(), top, left, g, acc);
       });
@@ -125,7 +125,7 @@ Var<T, D> crop(const Var<T, D>& x, int top, int left) {
       std::memcpy(yp + (p * ho + r) * wo, xp + (p * h + r + top) * w + left, sizeof(T) * wo);
   });
   if (needs_grad(x))
-    record(y, [x, y, top, left, h, w, ho, wo, planes] {
+    record(y, [x = GradRef(x), y = GradRef(y), top, left, h, w, ho, wo, planes] {
       auto [g, acc] = x.grad_slot();
       const T* dy = y.out_grad().data();
       T* gp = g.data();

@@ -118,7 +118,8 @@ __global__ void __launch_bounds__(kThreads)
 /// blockIdx.y NT + NT) of the kh kw + 1 taps (tap kh kw is the bias: dy alone). The block sums
 /// dy * x(tap) over its share [m chunk / chunks, m (chunk + 1) / chunks) of the m = n ho wo
 /// output positions of the channel, then reduces each tap over the block (xor butterfly inside
-/// each warp, warps added in order) into partial[(block x) * taps + tap], in double.
+/// each warp, warps added in order) into partial[(block x) * taps + tap], in double. A null x
+/// (the weight needs no gradient, so its input was not kept) leaves the weight taps at 0.
 /// K > 0 (a K x K kernel): NT = K K + 1, one block row, every index known at compile time.
 template <class T, int K, int NT>
 __global__ void __launch_bounds__(kThreads)
@@ -139,7 +140,7 @@ __global__ void __launch_bounds__(kThreads)
     const int img = p / hw_out, r = p - img * hw_out, oy = r / wo, ox = r - oy * wo;
     const std::int64_t plane = std::int64_t(img) * c + ch;
     const T d = dy[plane * hw_out + r];
-    const T* xp = x + plane * h * wd;
+    const T* xp = x ? x + plane * h * wd : nullptr;  // null: db only, x was not kept
     const int iy0 = oy * g.stride - g.pad, ix0 = ox * g.stride - g.pad;
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
@@ -149,6 +150,7 @@ __global__ void __launch_bounds__(kThreads)
         acc[j] += d;
         continue;
       }
+      if (!xp) continue;
       const int ky = tap / kw, kx = tap - ky * kw;
       const int iy = iy0 + ky * g.dil, ix = ix0 + kx * g.dil;
       if (iy >= 0 && iy < h && ix >= 0 && ix < wd) acc[j] += d * xp[iy * wd + ix];

@@ -45,10 +45,11 @@ __device__ inline std::int64_t grid_threads() { return std::int64_t(gridDim.x) *
 /// values (value i is x[i / hw, channel, i % hw]), in double, then reduces in a fixed tree:
 ///   forward:  partial = (sum d, sum d^2) with d = x - x[0, channel, 0] (a shift against
 ///             cancellation in E[d^2] - E[d]^2; the CPU shifts by the first plane's mean);
-///   backward: partial = (sum dy, sum dy (x - mean)), mean = saved[channel] (in T, as the CPU).
+///   backward: partial = (sum dy, sum dy (x - mean)), mean = mean_c[channel] (in T, as the
+///             CPU), 0 when mean_c is null (x holds xhat).
 template <class T, bool kBackward>
 __global__ void __launch_bounds__(kDnnThreads)
-    bn_partials_kernel(BnShape s, int chunks, const T* x, const T* dy, const T* saved,
+    bn_partials_kernel(BnShape s, int chunks, const T* x, const T* dy, const T* mean_c,
                        double* partial) {
   __shared__ double sa[kDnnThreads], sb[kDnnThreads];
   const std::int64_t ch = std::int64_t(blockIdx.x) / chunks;
@@ -57,7 +58,7 @@ __global__ void __launch_bounds__(kDnnThreads)
   const std::int64_t begin = m * chunk / chunks, end = m * (chunk + 1) / chunks;
   const T* xc = x + ch * s.hw;
   const T* gc = kBackward ? dy + ch * s.hw : nullptr;
-  const double ref = kBackward ? double(saved[ch]) : double(xc[0]);
+  const double ref = kBackward ? (mean_c ? double(mean_c[ch]) : 0.0) : double(xc[0]);
   double a = 0, b = 0;
   for (std::int64_t i = begin + threadIdx.x; i < end; i += kDnnThreads) {
     const std::int64_t n = i / s.hw;
@@ -138,10 +139,11 @@ __global__ void __launch_bounds__(kDnnThreads)
 /// count as 0), and the dx coefficients coef[3 c ..] = (a, b, c0) of
 ///   dx = a dy + b (x - mean) + c0,  a = gamma invstd, b = -a invstd^2 sum(dy (x - mean)) / m,
 ///   c0 = -a sum(dy) / m   (training; b = c0 = 0 in evaluation), as cpu::batchnorm_backward.
+/// x_is_xhat: x is xhat, mean 0, and the invstd that turns x - mean into xhat is 1.
 template <class T>
 __global__ void bn_grad_coef_kernel(BnShape s, int chunks, const double* partial, const T* gamma,
-                                    const T* saved, bool training, T* dgamma, bool dgamma_acc,
-                                    T* dbeta, bool dbeta_acc, double* coef) {
+                                    const T* saved, bool x_is_xhat, bool training, T* dgamma,
+                                    bool dgamma_acc, T* dbeta, bool dbeta_acc, double* coef) {
   const std::int64_t ch = global_thread();
   if (ch >= s.c) return;
   double sum_dy = 0, sum_dy_xc = 0;
@@ -151,25 +153,27 @@ __global__ void bn_grad_coef_kernel(BnShape s, int chunks, const double* partial
       sum_dy_xc += partial[2 * (ch * chunks + q) + 1];
     }
   const double invstd = double(saved[s.c + ch]);
-  if (dgamma) dgamma[ch] = T((dgamma_acc ? double(dgamma[ch]) : 0.0) + sum_dy_xc * invstd);
+  const double to_xhat = x_is_xhat ? 1.0 : invstd;
+  if (dgamma) dgamma[ch] = T((dgamma_acc ? double(dgamma[ch]) : 0.0) + sum_dy_xc * to_xhat);
   if (dbeta) dbeta[ch] = T((dbeta_acc ? double(dbeta[ch]) : 0.0) + sum_dy);
   const double m = double(s.n * s.hw);
   const double a = (gamma ? double(gamma[ch]) : 1.0) * invstd;
   coef[3 * ch] = a;
-  coef[3 * ch + 1] = training ? -a * invstd * invstd * sum_dy_xc / m : 0.0;
+  coef[3 * ch + 1] = training ? -a * to_xhat * to_xhat * sum_dy_xc / m : 0.0;
   coef[3 * ch + 2] = training ? -a * sum_dy / m : 0.0;
 }
 
 template <class T>
 __global__ void __launch_bounds__(kDnnThreads)
-    bn_dx_kernel(BnShape s, const T* x, const T* dy, const T* saved, const double* coef,
+    bn_dx_kernel(BnShape s, const T* x, const T* dy, const T* mean_c, const double* coef,
                  bool training, T* dx, bool accumulate) {
   const std::int64_t total = s.n * s.c * s.hw;
   for (std::int64_t i = global_thread(); i < total; i += grid_threads()) {
     const std::int64_t ch = (i / s.hw) % s.c;
     const T a = T(coef[3 * ch]);
     const T v = training
-                    ? a * dy[i] + T(coef[3 * ch + 1]) * (x[i] - saved[ch]) + T(coef[3 * ch + 2])
+                    ? a * dy[i] + T(coef[3 * ch + 1]) * (mean_c ? x[i] - mean_c[ch] : x[i]) +
+                          T(coef[3 * ch + 2])
                     : a * dy[i];
     dx[i] = accumulate ? dx[i] + v : v;
   }
@@ -339,8 +343,8 @@ void batchnorm_forward(const BnShape& s, const T* x, const T* gamma, const T* be
 }
 
 template <class T>
-void batchnorm_backward(const BnShape& s, const T* x, const T* gamma, const T* saved, const T* dy,
-                        bool training, T* dx, bool dx_acc, T* dgamma, bool dgamma_acc, T* dbeta,
+void batchnorm_backward(const BnShape& s, const T* x, bool x_is_xhat, const T* gamma, const T* saved,
+                        const T* dy, bool training, T* dx, bool dx_acc, T* dgamma, bool dgamma_acc, T* dbeta,
                         bool dbeta_acc, double* work, cudaStream_t stream) {
   using namespace dnn_detail;
   if (s.c <= 0) return;
@@ -349,15 +353,16 @@ void batchnorm_backward(const BnShape& s, const T* x, const T* gamma, const T* s
   double* partial = work;
   double* coef = work + 2 * s.c * chunks;
   const bool need_sums = (training && dx) || dgamma || dbeta;
+  const T* mean_c = x_is_xhat ? nullptr : saved;  // saved[0, c) is the mean
   if (need_sums && m > 0) {
     cuda::launch(bn_partials_kernel<T, true>, unsigned(s.c * chunks), kDnnThreads, stream, s,
-                 chunks, x, dy, saved, partial);
+                 chunks, x, dy, mean_c, partial);
   }
   cuda::launch(bn_grad_coef_kernel<T>, grid_for(s.c), kDnnThreads, stream, s, chunks,
-               need_sums && m > 0 ? partial : nullptr, gamma, saved, training, dgamma, dgamma_acc,
-               dbeta, dbeta_acc, coef);
+               need_sums && m > 0 ? partial : nullptr, gamma, saved, x_is_xhat, training, dgamma,
+               dgamma_acc, dbeta, dbeta_acc, coef);
   if (!dx || m == 0) return;
-  cuda::launch(bn_dx_kernel<T>, grid_for(m * s.c), kDnnThreads, stream, s, x, dy, saved, coef,
+  cuda::launch(bn_dx_kernel<T>, grid_for(m * s.c), kDnnThreads, stream, s, x, dy, mean_c, coef,
                training, dx, dx_acc);
 }
 

@@ -52,9 +52,10 @@ void batchnorm_forward(const BnShape& s, const T* x, const T* gamma, const T* be
 /// Backward of batchnorm_forward given x, saved and dy (cpu::batchnorm_backward): with
 /// xhat = (x - mean) invstd, dbeta = sum(dy), dgamma = sum(dy xhat) over (n, hw);
 /// training: dx = gamma invstd (dy - dbeta / m - xhat dgamma / m); eval: dx = gamma invstd dy.
+/// x_is_xhat: x holds xhat itself (a non-affine forward's output) rather than the input.
 /// dx, dgamma, dbeta may each be null (not wanted). work: bn_workspace(c, n * hw) doubles.
 template <class T>
-void batchnorm_backward(const BnShape& s, const T* x, const T* gamma, const T* saved, const T* dy,
+void batchnorm_backward(const BnShape& s, const T* x, bool x_is_xhat, const T* gamma, const T* saved, const T* dy,
                         bool training, T* dx, bool dx_acc, T* dgamma, bool dgamma_acc, T* dbeta,
                         bool dbeta_acc, double* work, cudaStream_t stream);
 
@@ -122,7 +123,7 @@ template <class T>
 void depthwise_backward_data(const DwShape& g, const T* w, const T* dy, T* dx, bool accumulate,
                              cudaStream_t stream);
 /// dw [c, kh kw] (+)= sum over (n, oy, ox) of dy x(tap), db [c] (+)= sum of dy; either may be
-/// null. work: depthwise_filter_workspace(g) doubles.
+/// null, and x may be null when dw is. work: depthwise_filter_workspace(g) doubles.
 template <class T>
 void depthwise_backward_filter(const DwShape& g, const T* x, const T* dy, T* dw, bool dw_acc,
                                T* db, bool db_acc, double* work, cudaStream_t stream);

@@ -67,7 +67,8 @@ void batchnorm_forward(const Tensor<T, Cpu>& x, const T* gamma, const T* beta, T
   });
 }
 
-/// Backward of batchnorm_forward, given its input x, saved (mean, invstd) and dy.
+/// Backward of batchnorm_forward, given its input x, saved (mean, invstd) and dy; or, with
+/// x_is_xhat, given xhat itself in x (the output of a non-affine forward).
 /// With xhat = (x - mean) * invstd, per channel over the M = N * H * W elements:
 ///   dbeta = sum(dy), dgamma = sum(dy * xhat),
 ///   training: dx = gamma * invstd * (dy - dbeta / M - xhat * dgamma / M)
@@ -75,7 +76,7 @@ void batchnorm_forward(const Tensor<T, Cpu>& x, const T* gamma, const T* beta, T
 /// Each of dx, dgamma, dbeta is skipped when its pointer is null; written or added to
 /// according to its accumulate flag (the GradSlot convention).
 template <class T>
-void batchnorm_backward(const Tensor<T, Cpu>& x, const T* gamma, const Tensor<T, Cpu>& saved,
+void batchnorm_backward(const Tensor<T, Cpu>& x, bool x_is_xhat, const T* gamma, const Tensor<T, Cpu>& saved,
                         const Tensor<T, Cpu>& dy, bool training, T* dx, bool dx_acc, T* dgamma,
                         bool dgamma_acc, T* dbeta, bool dbeta_acc) {
   const index_t n = x.dim(0), c = x.dim(1), hw = x.dim(2) * x.dim(3), m = n * hw;
@@ -88,8 +89,9 @@ void batchnorm_backward(const Tensor<T, Cpu>& x, const T* gamma, const Tensor<T,
   parallel_for(c, m, [&](index_t ch) {
     const T* xc = xp + ch * hw;
     const T* gc = gp + ch * hw;
-    const T mean = mean_in[ch];
+    const T mean = x_is_xhat ? T(0) : mean_in[ch];
     const double invstd = double(invstd_in[ch]);
+    const double to_xhat = x_is_xhat ? 1.0 : invstd;  // xhat = (x - mean) * to_xhat
     double sum_dy = 0, sum_dy_xc = 0;  // sum(dy), sum(dy * (x - mean))
     if (need_sums) {
       for (index_t i = 0; i < n; ++i) {
@@ -97,13 +99,13 @@ void batchnorm_backward(const Tensor<T, Cpu>& x, const T* gamma, const Tensor<T,
         sum_dy += double(g.sum());
         sum_dy_xc += double((g * (xv - mean)).sum());
       }
-      if (dgamma) dgamma[ch] = T((dgamma_acc ? double(dgamma[ch]) : 0.0) + sum_dy_xc * invstd);
+      if (dgamma) dgamma[ch] = T((dgamma_acc ? double(dgamma[ch]) : 0.0) + sum_dy_xc * to_xhat);
       if (dbeta) dbeta[ch] = T((dbeta_acc ? double(dbeta[ch]) : 0.0) + sum_dy);
     }
     if (!dx) return;
     // Training: dx = a * dy + b * (x - mean) + c0, with the per-channel constants folded.
     const double a = (gamma ? double(gamma[ch]) : 1.0) * invstd;
-    const double b = -a * invstd * invstd * sum_dy_xc / double(m);
+    const double b = -a * to_xhat * to_xhat * sum_dy_xc / double(m);
     const double c0 = -a * sum_dy / double(m);
     const T av = T(a), bv = T(b), cv = T(c0);
     T* dc = dx + ch * hw;

@@ -526,13 +526,13 @@ struct DnnOps {
   }
   /// cpu::batchnorm_backward on the device; dx, dgamma, dbeta may be null.
   template <class T>
-  static void batchnorm_backward(const Tensor<T, Cuda>& x, const T* gamma,
+  static void batchnorm_backward(const Tensor<T, Cuda>& x, bool x_is_xhat, const T* gamma,
                                  const Tensor<T, Cuda>& saved, const Tensor<T, Cuda>& dy,
                                  bool training, T* dx, bool dx_acc, T* dgamma, bool dgamma_acc,
                                  T* dbeta, bool dbeta_acc) {
     const BnShape s{x.dim(0), x.dim(1), x.dim(2) * x.dim(3)};
     Tensor<double, Cuda> work = Tensor<double, Cuda>::empty({bn_workspace(s.c, s.n * s.hw)});
-    cuda::batchnorm_backward<T>(s, x.data(), gamma, saved.data(), dy.data(), training, dx, dx_acc,
+    cuda::batchnorm_backward<T>(s, x.data(), x_is_xhat, gamma, saved.data(), dy.data(), training, dx, dx_acc,
                                 dgamma, dgamma_acc, dbeta, dbeta_acc, work.data(),
                                 current_stream().handle);
   }
