@@ -195,6 +195,38 @@ TEST_CASE("varying step sizes reuse large blocks: memory held stays near the lar
   MESSAGE("memory held ", held, " B for a largest step of ", largest_step, " B");
 }
 
+TEST_CASE("Cpu allocator: a large miss gives back smaller free segments only beyond 1.25x the high-water mark") {
+  // Sizes far above anything else in this binary, so that the all-time high-water mark is the
+  // one set here (plus the few bytes other tests keep alive, `s` below).
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  constexpr std::size_t MiB = std::size_t(1) << 20;
+  auto floats = [](std::size_t bytes) { return Shape{index_t(bytes / sizeof(float))}; };
+  alloc.empty_cache();
+  const auto start = alloc.stats();
+  REQUIRE(start.bytes_in_use < 4 * MiB);  // s
+  auto c = Tensor<float>::empty(floats(256 * MiB));
+  auto d = Tensor<float>::empty(floats(64 * MiB));  // high water: 320 MiB + s
+  d = Tensor<float>();                               // its segment is cached
+  CHECK(alloc.stats().bytes_cached - start.bytes_cached == 64 * MiB);
+  // A miss within the headroom: 256 in use + 64 cached + 72 new = 392 <= 1.25 x 320 = 400 MiB.
+  // The smaller free segment stays (a shorter step may want it again).
+  const std::size_t misses = alloc.stats().system_allocations;
+  auto e = Tensor<float>::empty(floats(72 * MiB));
+  CHECK(alloc.stats().system_allocations == misses + 1);
+  CHECK(alloc.stats().bytes_cached - start.bytes_cached == 64 * MiB);
+  // Beyond it: with c and e released, 392 MiB cached + 300 new > 400 MiB, so the request first
+  // gives back every whole free segment smaller than itself (256, 72 and 64 MiB), none of which
+  // could serve it.
+  c = Tensor<float>();
+  e = Tensor<float>();
+  CHECK(alloc.stats().bytes_cached - start.bytes_cached == 392 * MiB);
+  auto f = Tensor<float>::empty(floats(300 * MiB));
+  CHECK(alloc.stats().bytes_cached == start.bytes_cached);
+  CHECK(alloc.stats().bytes_in_use - start.bytes_in_use == 300 * MiB);
+  f = Tensor<float>();
+  alloc.empty_cache();
+}
+
 TEST_CASE("Philox4x32-10 matches the Random123 known-answer vectors") {
   // Salmon et al., Random123 kat_vectors: counter words c0..c3, key words k0, k1.
   auto r = philox4x32(0, 0, 0);
