@@ -237,6 +237,73 @@ TEST_SUITE("cpu") {
     CHECK_FALSE(w1.has_grad());
   }
 
+  TEST_CASE("relu_conv2d_pair: gradients through the fused and the copied ReLU") {
+    // Depthwise first convolutions read relu(x) straight from x (ConvGeom::relu_input); a
+    // general one gets a temporary relu(x). x spreads over [-2, 2], so about half its units
+    // are cut by the ReLU, and finite differences never straddle 0 at these seeds' values.
+    const Conv2dParams dw3{.stride = 2, .padding = 1, .groups = 4}, dil5{.padding = 4, .dilation = 2, .groups = 4};
+    std::uint64_t seed = 170;
+    for (const Conv2dParams& p1 : {dw3, dil5}) {
+      CAPTURE(p1.stride);
+      const Shape w1s{4, 1, p1.dilation == 2 ? 5 : 3, p1.dilation == 2 ? 5 : 3};
+      check_gradients([p1](const std::vector<VarD>& v) { return relu_conv2d_pair(v[0], v[1], p1, v[2]); },
+                      {param({2, 4, 7, 6}, seed, -2, 2), param(w1s, seed + 1), param({3, 4, 1, 1}, seed + 2)});
+      // x feeds two pairs: the masked gradients add up.
+      check_gradients(
+          [p1](const std::vector<VarD>& v) {
+            return add(relu_conv2d_pair(v[0], v[1], p1, v[2]), relu_conv2d_pair(v[0], v[1], p1, v[2]));
+          },
+          {param({1, 4, 6, 6}, seed + 3, -2, 2), param(w1s, seed + 4), param({4, 4, 1, 1}, seed + 5)});
+      seed += 10;
+    }
+    check_gradients(
+        [](const std::vector<VarD>& v) { return relu_conv2d_pair(v[0], v[1], {.padding = 1}, v[2], {.stride = 2}); },
+        {param({2, 3, 6, 5}, 190, -2, 2), param({5, 3, 3, 3}, 191), param({2, 5, 1, 1}, 192)});
+    // Frozen weights (DARTS' architecture step): only x; and x constant: only the weights.
+    VarD w1(random_tensor({4, 1, 3, 3}, 193), false), w2(random_tensor({3, 4, 1, 1}, 194), false);
+    check_gradients([dw3](const std::vector<VarD>& v) { return relu_conv2d_pair(v[0], v[1], dw3, v[2]); },
+                    {param({2, 4, 6, 6}, 195, -2, 2), w1, w2});
+    CHECK_FALSE(w1.has_grad());
+    VarD x(random_tensor({2, 4, 6, 6}, 196, -2, 2), false);
+    check_gradients([dw3](const std::vector<VarD>& v) { return relu_conv2d_pair(v[0], v[1], dw3, v[2]); },
+                    {x, param({4, 1, 3, 3}, 197), param({3, 4, 1, 1}, 198)});
+    CHECK_FALSE(x.has_grad());
+  }
+
+  TEST_CASE("relu_conv2d_pair computes relu then conv2d_pair's bits and holds only its output") {
+    using VarF = Var<float, Cpu>;
+    auto& alloc = CachingAllocator<Cpu>::instance();
+    const Conv2dParams depthwise{.stride = 1, .padding = 2, .groups = 8}, general{.padding = 1};
+    for (const Conv2dParams& p1 : {depthwise, general}) {
+      CAPTURE(p1.groups);
+      const Shape w1s = p1.groups == 8 ? Shape{8, 1, 5, 5} : Shape{8, 8, 3, 3};
+      const auto xv = random_float({2, 8, 8, 8}, 130), w1v = random_float(w1s, 131);
+      const auto w2v = random_float({8, 8, 1, 1}, 132), r = random_float({2, 8, 8, 8}, 133);
+      const std::size_t tensor_bytes = 2 * 8 * 8 * 8 * sizeof(float);
+      Tensor<float, Cpu> out[2][4];
+      std::size_t held[2] = {};
+      for (int k = 0; k < 2; ++k) {
+        VarF x(xv.clone(), true), w1(w1v.clone(), true), w2(w2v.clone(), true);
+        const std::size_t before = alloc.stats().bytes_in_use;
+        VarF y = k == 0 ? relu_conv2d_pair(x, w1, p1, w2) : conv2d_pair(relu(x), w1, p1, w2);
+        held[k] = alloc.stats().bytes_in_use - before;
+        backward_with(y, r);
+        out[k][0] = y.value();
+        out[k][1] = x.grad();
+        out[k][2] = w1.grad();
+        out[k][3] = w2.grad();
+      }
+      const char* names[] = {"y", "dx", "dw1", "dw2"};
+      for (int i = 0; i < 4; ++i) {
+        CAPTURE(names[i]);
+        REQUIRE(out[0][i].shape() == out[1][i].shape());
+        CHECK(std::memcmp(out[0][i].data(), out[1][i].data(), std::size_t(out[0][i].numel()) * sizeof(float)) == 0);
+      }
+      CHECK(held[0] == tensor_bytes);      // y
+      CHECK(held[1] == 2 * tensor_bytes);  // relu(x) and y
+    }
+  }
+
   TEST_CASE("conv2d_pair computes two conv2d calls' bits and holds only its output until backward") {
     using VarF = Var<float, Cpu>;
     auto& alloc = CachingAllocator<Cpu>::instance();
@@ -365,6 +432,10 @@ TEST_SUITE("cpu") {
                          doctest::Contains("conv2d: input must be rank 4"), datanas::error);
     CHECK_THROWS_WITH_AS(conv2d_pair(t({1, 4, 6, 6}), VarD(), {}, t({3, 4, 1, 1})),
                          doctest::Contains("conv2d_pair: input and weights must be defined"), datanas::error);
+    CHECK_THROWS_WITH_AS(relu_conv2d_pair(t({1, 4, 6, 6}), VarD(), {}, t({3, 4, 1, 1})),
+                         doctest::Contains("relu_conv2d_pair: input and weights must be defined"), datanas::error);
+    CHECK_THROWS_WITH_AS(relu_conv2d_pair(t({1, 4, 6, 6}), t({4, 1, 3, 3}), {.padding = 1, .groups = 4}, t({3, 5, 1, 1})),
+                         doctest::Contains("conv2d: input has 4 channels but weight expects 5"), datanas::error);
     CHECK_THROWS_WITH_AS(conv2d(t({1, 3, 4}), t({4, 3, 3, 3}), no_bias()),
                          doctest::Contains("conv2d: input must be rank 4"), datanas::error);
     CHECK_THROWS_WITH_AS(conv2d(t({1, 3, 4, 4}), t({4, 3, 3}), no_bias()),

@@ -15,14 +15,16 @@ using DartsSoftmax = SearchSpace<DartsOps, 4, 4, estimators::Softmax, Granularit
 }  // namespace
 
 TEST_SUITE("cpu") {
-TEST_CASE("a DARTS mixed edge keeps 13 activation-sized tensors for backward, not 21") {
-  // Counted by hand, each the edge's output shape: relu(x) (shared by the four conv ops);
-  // per sep_conv the BN outputs of both halves and the ReLU between them (the pointwise
-  // outputs feeding the non-affine BNs are freed, the depthwise ones recomputed); per
-  // dil_conv its BN output; max_pool its arg-max indices and BN output (the pool output is
-  // freed); avg_pool its BN output; the edge's output. Before values were kept only where a
-  // backward reads them, the tape also held the six pointwise outputs (4 in the sep_convs, 2
-  // in the dil_convs) and the two pool outputs: 21. Plus per BN its [2, C] statistics.
+TEST_CASE("a DARTS mixed edge keeps 11 activation-sized tensors for backward, not 21") {
+  // Counted by hand, each the edge's output shape: relu(x), shared by the four conv ops; per
+  // sep_conv the BN outputs of both halves (the second half's relu_conv2d_pair reads the first
+  // BN's output, which that BN keeps anyway); per dil_conv its BN output; max_pool its arg-max
+  // indices and BN output; avg_pool its BN output; the edge's output. Freed during forward:
+  // the pointwise outputs feeding the non-affine BNs and the pool outputs (each BN keeps its
+  // output instead of its input). Never kept: the depthwise outputs and the sep_convs' inner
+  // ReLU outputs (recomputed in backward). Before values were kept only where a backward reads
+  // them, the tape also held the six pointwise outputs, the two pool outputs and the two inner
+  // ReLU outputs: 21. Plus per BN its [2, C] statistics.
   using VarF = Var<float, Cpu>;
   auto& alloc = CachingAllocator<Cpu>::instance();
   const index_t c = 8;
@@ -40,7 +42,7 @@ TEST_CASE("a DARTS mixed edge keeps 13 activation-sized tensors for backward, no
   VarF x(xv, true), w(wv, true);
   const std::size_t before = alloc.stats().bytes_in_use;
   VarF y = edge(x, w, 0, nullptr);
-  CHECK(alloc.stats().bytes_in_use - before == 13 * unit + 8 * stats);
+  CHECK(alloc.stats().bytes_in_use - before == 11 * unit + 8 * stats);
   backward(sum(y));  // every closure finds what it reads
   CHECK(w.has_grad());
   CHECK(std::isfinite(x.grad().eigen().sum()));
@@ -85,6 +87,8 @@ TEST_CASE("every DARTS op maps [N, C, H, W] to C channels at stride 1 and 2 (odd
     }
   }
   CHECK(DartsOps::make<float>("sep_conv_3x3", 4, 1, Phase::kSearch, g)->relu_first());
+  CHECK(DartsOps::make<float>("dil_conv_5x5", 4, 2, Phase::kSearch, g)->relu_first());
+  CHECK(DartsOps::make<float>("skip_connect", 4, 2, Phase::kSearch, g)->relu_first());
   CHECK_FALSE(DartsOps::make<float>("max_pool_3x3", 4, 1, Phase::kSearch, g)->relu_first());
   CHECK_THROWS_AS(DartsOps::make<float>("avg_pool_3x3", 4, 1, Phase::kSearch, g)->from_relu(x), datanas::error);
 }

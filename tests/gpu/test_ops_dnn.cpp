@@ -230,11 +230,20 @@ TEST_CASE("a separable convolution (depthwise then pointwise) on the GPU matches
         const V dw = conv2d(v[0], v[1], V(), {stride, k / 2, 1, 8});
         return conv2d(dw, v[2], V(), {1, 0, 1, 1});
       });
-      // What sep_conv and dil_conv run: the pair, the depthwise output recomputed in backward.
-      for (int dilation : {1, 2})
+      // What sep_conv and dil_conv run: the pair, the depthwise output recomputed in backward;
+      // with the ReLU in front read from x (our kernels) or from a temporary (cuDNN).
+      for (int dilation : {1, 2}) {
         check_parity("conv2d_pair", in, [k, stride, dilation](auto v, auto&) {
           return conv2d_pair(v[0], v[1], {stride, k / 2 * dilation, dilation, 8}, v[2]);
         });
+        for (const auto impl : {cuda::DepthwiseConv::kCudnn, cuda::DepthwiseConv::kOwn}) {
+          DepthwiseChoice choice(impl);
+          CAPTURE(cuda::to_string(impl));
+          check_parity("relu_conv2d_pair", in, [k, stride, dilation](auto v, auto&) {
+            return relu_conv2d_pair(v[0], v[1], {stride, k / 2 * dilation, dilation, 8}, v[2]);
+          });
+        }
+      }
     }
 }
 
@@ -258,6 +267,34 @@ TEST_CASE("conv2d_pair on the GPU computes the two conv2d calls' bits") {
   for (int i = 0; i < 4; ++i) {
     CAPTURE(i);
     CHECK(same_bits(out[0][i], out[1][i]));
+  }
+}
+
+TEST_CASE("relu_conv2d_pair on the GPU computes relu then conv2d_pair's bits") {
+  // Our depthwise kernels read relu(x) from x (DwShape::relu_input); cuDNN's path makes a
+  // temporary relu(x). Both must give what relu followed by conv2d_pair gives.
+  PhiloxGenerator gen(25);
+  const index_t c = 8;
+  const Tensor<float> x = random_normal({3, c, 12, 9}, gen), w1 = conv_weight(c, c, 3, int(c), gen);
+  const Tensor<float> w2 = conv_weight(c, c, 1, 1, gen), dy = random_normal({3, c, 12, 9}, gen);
+  const Conv2dParams p1{.stride = 1, .padding = 2, .dilation = 2, .groups = int(c)};
+  for (const auto impl : {cuda::DepthwiseConv::kCudnn, cuda::DepthwiseConv::kOwn}) {
+    DepthwiseChoice choice(impl);
+    CAPTURE(cuda::to_string(impl));
+    Tensor<float> out[2][4];
+    for (int k = 0; k < 2; ++k) {
+      Var<float, Cuda> xv(cuda::to_device(x), true), w1v(cuda::to_device(w1), true), w2v(cuda::to_device(w2), true);
+      const Var<float, Cuda> y = k == 0 ? relu_conv2d_pair(xv, w1v, p1, w2v) : conv2d_pair(relu(xv), w1v, p1, w2v);
+      backward(y, cuda::to_device(dy));
+      out[k][0] = cuda::to_host(y.value());
+      out[k][1] = cuda::to_host(xv.grad());
+      out[k][2] = cuda::to_host(w1v.grad());
+      out[k][3] = cuda::to_host(w2v.grad());
+    }
+    for (int i = 0; i < 4; ++i) {
+      CAPTURE(i);
+      CHECK(same_bits(out[0][i], out[1][i]));
+    }
   }
 }
 

@@ -45,6 +45,13 @@ Var<T, D> conv_pair(const Conv2d<T, D>& first, const Conv2d<T, D>& second, const
   DATANAS_CHECK(!first.bias().defined() && !second.bias().defined(), "conv_pair: both convolutions must be bias-free");
   return conv2d_pair(x, first.weight(), first.params(), second.weight(), second.params());
 }
+/// second(first(relu(x))) without keeping relu(x) either (relu_conv2d_pair).
+template <class T, class D>
+Var<T, D> relu_conv_pair(const Conv2d<T, D>& first, const Conv2d<T, D>& second, const Var<T, D>& x) {
+  DATANAS_CHECK(!first.bias().defined() && !second.bias().defined(),
+                "relu_conv_pair: both convolutions must be bias-free");
+  return relu_conv2d_pair(x, first.weight(), first.params(), second.weight(), second.params());
+}
 
 /// Batch norm over [N, C, H, W]: affine (gamma = 1, beta = 0 at init) or not; running
 /// statistics (mean 0, var 1 at init) updated in training mode with momentum 0.1, eps 1e-5.

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "datanas/autograd/variable.hpp"
+#include "datanas/ops/activation.hpp"
 #include "datanas/ops/cpu/conv.hpp"
 
 namespace datanas {
@@ -82,6 +83,79 @@ Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias,
   return detail::conv2d(x, w, bias, p, cpu::ConvAlgo::kAuto);
 }
 
+namespace detail {
+/// Whether D's kernels read relu(x) from x for the convolution g on `path` (ConvGeom::relu_input).
+template <class D>
+bool fuses_input_relu(const cpu::ConvGeom& g, cpu::ConvPath path) {
+  if constexpr (is_cpu<D>)
+    return path == cpu::ConvPath::kDepthwise;
+  else
+    return DeviceOps<D>::conv_fuses_input_relu(g);
+}
+
+/// relu(x) into a new tensor: the first convolution's input where its kernels cannot fuse it.
+template <class T, class D>
+Tensor<T, D> relu_tensor(const Tensor<T, D>& x) {
+  Tensor<T, D> r = Tensor<T, D>::empty(x.shape());
+  if constexpr (is_cpu<D>)
+    cpu::activation_forward(cpu::Activation::kRelu, x, r);
+  else
+    DeviceOps<D>::activation_forward(int(cpu::Activation::kRelu), x, r);
+  return r;
+}
+
+/// conv2d_pair and relu_conv2d_pair: y = conv(conv(relu_x ? relu(x) : x, w1, p1), w2, p2).
+template <class T, class D>
+Var<T, D> conv_pair(const char* op, bool relu_x, const Var<T, D>& x, const Var<T, D>& w1,
+                    Conv2dParams p1, const Var<T, D>& w2, Conv2dParams p2) {
+  DATANAS_CHECK(x.defined() && w1.defined() && w2.defined(), op, ": input and weights must be defined");
+  DATANAS_CHECK(x.value().defined(), op, ": the input has no storage (a symbolic zero), shape ",
+                x.shape().str());
+  cpu::ConvGeom g1 = cpu::conv_geometry(x.shape(), w1.shape(), nullptr, p1);
+  const cpu::ConvGeom g2 = cpu::conv_geometry(conv_output_shape(g1), w2.shape(), nullptr, p2);
+  const cpu::ConvPath path1 = cpu::conv_path(g1, cpu::ConvAlgo::kAuto);
+  const cpu::ConvPath path2 = cpu::conv_path(g2, cpu::ConvAlgo::kAuto);
+  // With relu_x the first convolution reads relu(x) straight from x where its kernels can
+  // (CPU and our GPU depthwise kernels), else from a temporary relu(x); never kept either way.
+  g1.relu_input = relu_x && fuses_input_relu<D>(g1, path1);
+  const bool relu_copy = relu_x && !g1.relu_input;
+  Var<T, D> y(Tensor<T, D>::empty(conv_output_shape(g2)));
+  {
+    const Tensor<T, D> in = relu_copy ? relu_tensor(x.value()) : x.value();
+    const Tensor<T, D> t = Tensor<T, D>::empty(conv_output_shape(g1));  // released here
+    conv_forward(g1, path1, in, w1.value(), static_cast<const T*>(nullptr), t);
+    conv_forward(g2, path2, t, w2.value(), static_cast<const T*>(nullptr), y.value());
+  }
+  if (needs_grad(x, w1, w2))
+    // g2 is recomputed in backward (cheap) to keep the closure within the tape's inline size.
+    record(y, [x, w1, w2, y = GradRef(y), g1, p2, path1, path2, relu_x, relu_copy] {
+      const cpu::ConvGeom g2 = cpu::conv_geometry(conv_output_shape(g1), w2.shape(), nullptr, p2);
+      const Tensor<T, D> in = relu_copy ? relu_tensor(x.value()) : x.value();
+      const Tensor<T, D> t = Tensor<T, D>::empty(conv_output_shape(g1));
+      conv_forward(g1, path1, in, w1.value(), static_cast<const T*>(nullptr), t);
+      const bool first = x.requires_grad() || w1.requires_grad();
+      const Tensor<T, D> dt = first ? Tensor<T, D>::empty(t.shape()) : Tensor<T, D>();
+      GradSlot<T, D> dw2{Tensor<T, D>(), false}, dx{Tensor<T, D>(), false}, dw1{Tensor<T, D>(), false};
+      if (w2.requires_grad()) dw2 = w2.grad_slot();
+      conv_backward(g2, path2, t, w2.value(), y.out_grad(), dt, false, dw2.g, dw2.accumulate);
+      if (!first) return;
+      // With relu_x the first convolution gives the gradient with respect to relu(x); relu's
+      // backward then masks it by x > 0 (the same units as relu(x) > 0).
+      const Tensor<T, D> dr = relu_x && x.requires_grad() ? Tensor<T, D>::empty(x.shape()) : Tensor<T, D>();
+      if (x.requires_grad()) dx = relu_x ? GradSlot<T, D>{dr, false} : x.grad_slot();
+      if (w1.requires_grad()) dw1 = w1.grad_slot();
+      conv_backward(g1, path1, in, w1.value(), dt, dx.g, dx.accumulate, dw1.g, dw1.accumulate);
+      if (!relu_x || !x.requires_grad()) return;
+      auto [gx, acc] = x.grad_slot();
+      if constexpr (is_cpu<D>)
+        cpu::activation_backward(cpu::Activation::kRelu, x.value(), dr, gx, acc);
+      else
+        DeviceOps<D>::activation_backward(int(cpu::Activation::kRelu), x.value(), dr, gx, acc);
+    });
+  return y;
+}
+}  // namespace detail
+
 /// conv2d(conv2d(x, w1, {}, p1), w2, {}, p2): two bias-free convolutions in a row whose middle
 /// tensor is not kept for backward but recomputed there from x. x: [N, C, H, W]; w1, p1 and w2, p2
 /// as conv2d's w and p; returns the second convolution's output. Values and gradients are those
@@ -90,41 +164,24 @@ Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias,
 /// full resolution, one per op per edge of the supernet, held from forward to backward only so
 /// that the pointwise convolution can form its weight gradient; recomputing it costs one more
 /// depthwise convolution (k^2 multiply-adds per element, against C for the pointwise one) and
-/// frees that tensor. x itself is kept by the caller anyway (it is the
-/// ReLU output the ops of an edge share, which ReLU's backward needs).
+/// frees that tensor.
 template <class T, class D>
 Var<T, D> conv2d_pair(const Var<T, D>& x, const Var<T, D>& w1, Conv2dParams p1, const Var<T, D>& w2,
                       Conv2dParams p2 = {}) {
-  DATANAS_CHECK(x.defined() && w1.defined() && w2.defined(), "conv2d_pair: input and weights must be defined");
-  DATANAS_CHECK(x.value().defined(), "conv2d_pair: the input has no storage (a symbolic zero), shape ",
-                x.shape().str());
-  const cpu::ConvGeom g1 = cpu::conv_geometry(x.shape(), w1.shape(), nullptr, p1);
-  const cpu::ConvGeom g2 = cpu::conv_geometry(detail::conv_output_shape(g1), w2.shape(), nullptr, p2);
-  const cpu::ConvPath path1 = cpu::conv_path(g1, cpu::ConvAlgo::kAuto);
-  const cpu::ConvPath path2 = cpu::conv_path(g2, cpu::ConvAlgo::kAuto);
-  Var<T, D> y(Tensor<T, D>::empty(detail::conv_output_shape(g2)));
-  {
-    const Tensor<T, D> t = Tensor<T, D>::empty(detail::conv_output_shape(g1));  // released here
-    detail::conv_forward(g1, path1, x.value(), w1.value(), static_cast<const T*>(nullptr), t);
-    detail::conv_forward(g2, path2, t, w2.value(), static_cast<const T*>(nullptr), y.value());
-  }
-  if (needs_grad(x, w1, w2))
-    // g2 is recomputed in backward (cheap) to keep the closure within the tape's inline size.
-    record(y, [x, w1, w2, y = GradRef(y), g1, p2, path1, path2] {
-      const cpu::ConvGeom g2 = cpu::conv_geometry(detail::conv_output_shape(g1), w2.shape(), nullptr, p2);
-      const Tensor<T, D> t = Tensor<T, D>::empty(detail::conv_output_shape(g1));
-      detail::conv_forward(g1, path1, x.value(), w1.value(), static_cast<const T*>(nullptr), t);
-      const bool first = x.requires_grad() || w1.requires_grad();
-      const Tensor<T, D> dt = first ? Tensor<T, D>::empty(t.shape()) : Tensor<T, D>();
-      GradSlot<T, D> dw2{Tensor<T, D>(), false}, dx{Tensor<T, D>(), false}, dw1{Tensor<T, D>(), false};
-      if (w2.requires_grad()) dw2 = w2.grad_slot();
-      detail::conv_backward(g2, path2, t, w2.value(), y.out_grad(), dt, false, dw2.g, dw2.accumulate);
-      if (!first) return;
-      if (x.requires_grad()) dx = x.grad_slot();
-      if (w1.requires_grad()) dw1 = w1.grad_slot();
-      detail::conv_backward(g1, path1, x.value(), w1.value(), dt, dx.g, dx.accumulate, dw1.g, dw1.accumulate);
-    });
-  return y;
+  return detail::conv_pair("conv2d_pair", false, x, w1, p1, w2, p2);
+}
+
+/// conv2d_pair(relu(x), w1, p1, w2, p2) without relu(x) ever being kept: the pair reads it
+/// from x in forward and again in backward (the depthwise kernels, CPU and GPU, apply the ReLU
+/// as they load x; other convolutions get a temporary), and masks the gradient by x > 0. Values
+/// and gradients are those of relu followed by conv2d_pair, bit for bit. Why: DARTS' sep_conv
+/// and dil_conv begin each half with a ReLU whose output only the depthwise convolution reads;
+/// kept, it is one more full-resolution tensor per half, while x (the edge's input, or the BN
+/// output of the first half) is kept anyway.
+template <class T, class D>
+Var<T, D> relu_conv2d_pair(const Var<T, D>& x, const Var<T, D>& w1, Conv2dParams p1,
+                           const Var<T, D>& w2, Conv2dParams p2 = {}) {
+  return detail::conv_pair("relu_conv2d_pair", true, x, w1, p1, w2, p2);
 }
 
 }  // namespace datanas

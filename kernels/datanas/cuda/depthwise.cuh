@@ -51,8 +51,15 @@ void with_kernel_size(const DwShape& g, F&& f) {
     f(std::integral_constant<int, 0>{});
 }
 
+/// max(x, 0) when g.relu_input, written as the relu kernel writes it (elementwise.cuh, activate).
+template <class T>
+__device__ inline T input_at(const DwShape& g, T v) {
+  return g.relu_input ? (v > T(0) ? v : T(0)) : v;
+}
+
 /// y[n, c, oy, ox] = sum over the taps inside the image of x[n, c, iy, ix] w[c, ky, kx]
-/// (+ bias[c]), iy = oy stride - pad + ky dil, ix likewise (cross-correlation, as torch).
+/// (+ bias[c]), iy = oy stride - pad + ky dil, ix likewise (cross-correlation, as torch); x read
+/// through input_at.
 template <class T, int K>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(DwShape g, const T* __restrict__ x, const T* __restrict__ w,
@@ -74,7 +81,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int kx = 0; kx < kw; ++kx) {
         const int ix = ix0 + kx * g.dil;
-        if (ix >= 0 && ix < wd) acc += xp[iy * wd + ix] * wp[ky * kw + kx];
+        if (ix >= 0 && ix < wd) acc += input_at(g, xp[iy * wd + ix]) * wp[ky * kw + kx];
       }
     }
     if (bias) acc += bias[ch];
@@ -153,7 +160,7 @@ __global__ void __launch_bounds__(kThreads)
       if (!xp) continue;
       const int ky = tap / kw, kx = tap - ky * kw;
       const int iy = iy0 + ky * g.dil, ix = ix0 + kx * g.dil;
-      if (iy >= 0 && iy < h && ix >= 0 && ix < wd) acc[j] += d * xp[iy * wd + ix];
+      if (iy >= 0 && iy < h && ix >= 0 && ix < wd) acc[j] += d * input_at(g, xp[iy * wd + ix]);
     }
   }
   const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;

@@ -102,6 +102,8 @@ void global_avg_pool_backward(std::int64_t planes, std::int64_t hw, const T* dy,
 struct DwShape {
   std::int64_t n, c, h, w, ho, wo;
   int kh, kw, stride, pad, dil;
+  /// Read x as max(x, 0) in the forward and the filter gradient (cpu::ConvGeom::relu_input).
+  bool relu_input = false;
 };
 
 /// Blocks per channel of the filter-gradient reduction (2048 output positions a block, at most

@@ -47,6 +47,10 @@ struct ConvGeom {
   index_t cout, kh, kw;  // weight [cout, cin / groups, kh, kw]
   index_t ho, wo;        // output [n, cout, ho, wo]
   int stride, pad, dil, groups;
+  /// The convolution reads max(x, 0) for its input x (the forward and the weight gradient), so
+  /// that relu(x) need not exist as a tensor; the data gradient it gives is then the one with
+  /// respect to relu(x). Only the depthwise path supports it (relu_conv2d_pair sets it).
+  bool relu_input = false;
 };
 
 enum class ConvPath { kGeneral, kDirectGemm, kDepthwise };
@@ -362,12 +366,17 @@ DwGeom dw_geom(const ConvGeom& g) {
   return b;
 }
 
-/// o[c] = src[c - left] for c in [0, n), 0 outside src [0, w).
+/// o[c] = src[c - left] for c in [0, n), 0 outside src [0, w); max(src, 0) with `relu` (the
+/// same expression as relu's forward, so the values are relu's bit for bit).
 template <class T>
-void pad_row(const T* __restrict src, index_t w, index_t left, index_t n, T* __restrict o) {
+void pad_row(const T* __restrict src, index_t w, index_t left, index_t n, T* __restrict o,
+             bool relu = false) {
   const index_t lo = std::min(left, n), hi = std::clamp<index_t>(w + left, lo, n);
   std::fill(o, o + lo, T(0));
-  std::copy(src + (lo - left), src + (hi - left), o + lo);
+  if (relu)
+    ArrayMap<T>(o + lo, hi - lo) = ConstArrayMap<T>(src + (lo - left), hi - lo).max(T(0));
+  else
+    std::copy(src + (lo - left), src + (hi - left), o + lo);
   std::fill(o + hi, o + n, T(0));
 }
 
@@ -377,7 +386,7 @@ void pad_row(const T* __restrict src, index_t w, index_t left, index_t n, T* __r
 /// constant stride, which vectorises, unlike a strided gather from src with its edge cases.
 template <int S, class T>
 void pad_plane(const T* __restrict src, index_t h, index_t w, index_t top, index_t left, index_t hn,
-               index_t wb, T* __restrict dst, T* __restrict row) {
+               index_t wb, T* __restrict dst, T* __restrict row, bool relu = false) {
   for (index_t r = 0; r < hn; ++r) {
     const index_t ih = r - top;
     if (ih < 0 || ih >= h) {
@@ -385,9 +394,9 @@ void pad_plane(const T* __restrict src, index_t h, index_t w, index_t top, index
       continue;
     }
     if constexpr (S == 1) {
-      pad_row(src + ih * w, w, left, wb, dst + r * wb);
+      pad_row(src + ih * w, w, left, wb, dst + r * wb, relu);
     } else {
-      pad_row(src + ih * w, w, left, S * wb, row);
+      pad_row(src + ih * w, w, left, S * wb, row, relu);
       for (int ph = 0; ph < S; ++ph) {
         T* o = dst + (ph * hn + r) * wb;
         for (index_t q = 0; q < wb; ++q) o[q] = row[q * S + ph];
@@ -499,7 +508,7 @@ void dw_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y) 
     T* row = xb + b.xbuf;
     for (index_t q = q0; q < q1; ++q) {
       const index_t c = q % g.cin;
-      pad_plane<S>(x + q * g.h * g.w, g.h, g.w, g.pad, g.pad, b.hn, b.wb, xb, row);
+      pad_plane<S>(x + q * g.h * g.w, g.h, g.w, g.pad, g.pad, b.hn, b.wb, xb, row, g.relu_input);
       dw_correlate<K, S, D, false>(xb, b.hn, b.wb, w + c * K * K, bias ? bias[c] : T(0),
                                    y + q * g.ho * g.wo, g.ho, g.wo);
     }
@@ -528,7 +537,7 @@ void dw_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, 
       const T* dyq = dy + q * g.ho * g.wo;
       const T* wk = w + c * K * K;
       if (dw) {
-        pad_plane<S>(x + q * g.h * g.w, g.h, g.w, g.pad, g.pad, b.hn, b.wb, xb, row);
+        pad_plane<S>(x + q * g.h * g.w, g.h, g.w, g.pad, g.pad, b.hn, b.wb, xb, row, g.relu_input);
         pad_plane<1>(dyq, g.ho, g.wo, 0, 0, g.ho, b.wv, dyb, row);
         dw_weight_grad<K, S, D>(xb, b.hn, b.wb, dyb, g.ho, b.wv,
                                 parts.data() + t * wsize + c * K * K);
@@ -582,6 +591,7 @@ void dw_dispatch(const ConvGeom& g, F&& f) {
 template <class T>
 void conv2d_forward(const ConvGeom& g, ConvPath path, const Tensor<T, Cpu>& x,
                     const Tensor<T, Cpu>& w, const T* bias, const Tensor<T, Cpu>& y) {
+  DATANAS_ASSERT(!g.relu_input || path == ConvPath::kDepthwise);
   if (g.n == 0) return;
   if (path == ConvPath::kDepthwise) {
     conv_detail::dw_dispatch(g, [&]<int K, int S, int D>() {
@@ -599,6 +609,7 @@ void conv2d_backward(const ConvGeom& g, ConvPath path, const Tensor<T, Cpu>& x,
                      const Tensor<T, Cpu>& w, const Tensor<T, Cpu>& dy, const Tensor<T, Cpu>& dx,
                      bool acc_x, const Tensor<T, Cpu>& dw, bool acc_w, const Tensor<T, Cpu>& db,
                      bool acc_b) {
+  DATANAS_ASSERT(!g.relu_input || path == ConvPath::kDepthwise);
   const index_t p = g.ho * g.wo;
   if (db.defined()) {
     T* o = db.data();

@@ -395,7 +395,8 @@ inline bool own_depthwise(const cpu::ConvGeom& g) {
   return true;
 }
 inline DwShape dw_shape(const cpu::ConvGeom& g) {
-  return DwShape{g.n, g.cin, g.h, g.w, g.ho, g.wo, int(g.kh), int(g.kw), g.stride, g.pad, g.dil};
+  return DwShape{g.n, g.cin, g.h, g.w, g.ho, g.wo, int(g.kh), int(g.kw), g.stride, g.pad, g.dil,
+                 g.relu_input};
 }
 
 [[noreturn]] inline void no_cudnn(const char* what) {
@@ -415,11 +416,16 @@ inline PoolShape pool_shape(index_t planes, const cpu::PoolGeometry& g) {
 struct DnnOps {
   // ---- conv2d (cuDNN; depthwise optionally on our kernels) -------------------------------------
 
+  /// Whether the kernels of geometry g can read relu(x) from x (cpu::ConvGeom::relu_input):
+  /// ours for depthwise convolutions can; cuDNN's cannot.
+  static bool conv_fuses_input_relu(const cpu::ConvGeom& g) { return dnn_host::own_depthwise(g); }
+
   /// y [N, Cout, Ho, Wo] = conv(x, w) + bias (bias [Cout] or null), as cpu::conv2d_forward.
   template <class T>
   static void conv2d_forward(const cpu::ConvGeom& g, const Tensor<T, Cuda>& x,
                              const Tensor<T, Cuda>& w, const T* bias, const Tensor<T, Cuda>& y) {
     if (g.n == 0) return;
+    DATANAS_ASSERT(!g.relu_input || conv_fuses_input_relu(g));
     if (dnn_host::own_depthwise(g)) {
       depthwise_forward<T>(dnn_host::dw_shape(g), x.data(), w.data(), bias, y.data(),
                            current_stream().handle);
@@ -447,6 +453,7 @@ struct DnnOps {
                               const Tensor<T, Cuda>& w, const Tensor<T, Cuda>& dy,
                               const Tensor<T, Cuda>& dx, bool acc_x, const Tensor<T, Cuda>& dw,
                               bool acc_w, const Tensor<T, Cuda>& db, bool acc_b) {
+    DATANAS_ASSERT(!g.relu_input || conv_fuses_input_relu(g));
     const cudaStream_t s = current_stream().handle;
     if (g.n == 0) {  // empty batch: the weight and bias gradients are empty sums
       if (dw.defined() && !acc_w)
