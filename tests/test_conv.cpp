@@ -1,5 +1,6 @@
 // conv2d: forward values by hand, finite-difference gradients on every kernel path, fast paths
 // against the im2col path, and the error messages.
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -44,6 +45,37 @@ Tensor<float, Cpu> random_float(const Shape& s, std::uint64_t seed) {
   auto t = Tensor<float, Cpu>::empty(s);
   for (index_t i = 0; i < t.numel(); ++i) t[i] = 2 * float(g.uniform()) - 1;
   return t;
+}
+
+/// y = f(x, w1, w2) computed two ways (`pair`, and `chain` as its definition): checks that y
+/// and the gradients of x, w1, w2 (dL/dy = r) agree bit for bit, and returns the bytes each way
+/// held from its forward to its backward.
+template <class Pair, class Chain>
+std::array<std::size_t, 2> pair_vs_chain(Pair pair, Chain chain, const Tensor<float, Cpu>& xv,
+                                         const Tensor<float, Cpu>& w1v, const Tensor<float, Cpu>& w2v,
+                                         const Tensor<float, Cpu>& r) {
+  using VarF = Var<float, Cpu>;
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  Tensor<float, Cpu> out[2][4];
+  std::array<std::size_t, 2> held{};
+  for (int k = 0; k < 2; ++k) {
+    VarF x(xv.clone(), true), w1(w1v.clone(), true), w2(w2v.clone(), true);
+    const std::size_t before = alloc.stats().bytes_in_use;
+    VarF y = k == 0 ? pair(x, w1, w2) : chain(x, w1, w2);
+    held[std::size_t(k)] = alloc.stats().bytes_in_use - before;
+    backward_with(y, r);
+    out[k][0] = y.value();
+    out[k][1] = x.grad();
+    out[k][2] = w1.grad();
+    out[k][3] = w2.grad();
+  }
+  const char* names[] = {"y", "dx", "dw1", "dw2"};
+  for (int i = 0; i < 4; ++i) {
+    CAPTURE(names[i]);
+    REQUIRE(out[0][i].shape() == out[1][i].shape());
+    CHECK(std::memcmp(out[0][i].data(), out[1][i].data(), std::size_t(out[0][i].numel()) * sizeof(float)) == 0);
+  }
+  return held;
 }
 
 void check_close(const Tensor<float, Cpu>& a, const Tensor<float, Cpu>& b, const char* what) {
@@ -206,99 +238,65 @@ TEST_SUITE("cpu") {
     CHECK_FALSE(w2.has_grad());
   }
 
-  TEST_CASE("conv2d_pair: gradients, accumulation, and only to the inputs that require it") {
-    // The pairs of sep_conv (depthwise, stride 1 or 2, then 1x1) and dil_conv (dilation 2), and
-    // a general first convolution.
-    const Conv2dParams dw3{.stride = 2, .padding = 1, .groups = 4}, dil5{.padding = 4, .dilation = 2, .groups = 4};
-    std::uint64_t seed = 70;
-    for (const Conv2dParams& p1 : {dw3, dil5}) {
-      CAPTURE(p1.stride);
-      const Shape w1s{4, 1, p1.dilation == 2 ? 5 : 3, p1.dilation == 2 ? 5 : 3};
-      check_gradients([p1](const std::vector<VarD>& v) { return conv2d_pair(v[0], v[1], p1, v[2]); },
-                      {param({2, 4, 7, 6}, seed), param(w1s, seed + 1), param({3, 4, 1, 1}, seed + 2)});
+  TEST_CASE("conv2d_pair and relu_conv2d_pair: gradients, accumulation, only where required") {
+    // conv2d_pair without and with the ReLU in front. With it, x spreads over [-2, 2], so about
+    // half its units are cut; a depthwise first convolution reads relu(x) straight from x
+    // (ConvGeom::relu_input), a general one gets a temporary relu(x).
+    auto pair = [](bool with_relu, const VarD& x, const VarD& w1, Conv2dParams p1, const VarD& w2,
+                   Conv2dParams p2 = {}) {
+      return with_relu ? relu_conv2d_pair(x, w1, p1, w2, p2) : conv2d_pair(x, w1, p1, w2, p2);
+    };
+    for (const bool with_relu : {false, true}) {
+      CAPTURE(with_relu);
+      const double lo = with_relu ? -2.0 : -1.0, hi = -lo;
+      // The pairs of sep_conv (depthwise, stride 1 or 2, then 1x1) and dil_conv (dilation 2).
+      const Conv2dParams dw3{.stride = 2, .padding = 1, .groups = 4}, dil5{.padding = 4, .dilation = 2, .groups = 4};
+      std::uint64_t seed = with_relu ? 170 : 70;
+      for (const Conv2dParams& p1 : {dw3, dil5}) {
+        CAPTURE(p1.stride);
+        const Shape w1s{4, 1, p1.dilation == 2 ? 5 : 3, p1.dilation == 2 ? 5 : 3};
+        check_gradients([&](const std::vector<VarD>& v) { return pair(with_relu, v[0], v[1], p1, v[2]); },
+                        {param({2, 4, 7, 6}, seed, lo, hi), param(w1s, seed + 1), param({3, 4, 1, 1}, seed + 2)});
+        // x feeds two pairs: the gradients add up.
+        check_gradients(
+            [&](const std::vector<VarD>& v) {
+              return add(pair(with_relu, v[0], v[1], p1, v[2]), pair(with_relu, v[0], v[1], p1, v[2]));
+            },
+            {param({1, 4, 6, 6}, seed + 3, lo, hi), param(w1s, seed + 4), param({4, 4, 1, 1}, seed + 5)});
+        seed += 10;
+      }
+      // A general first convolution.
       check_gradients(
-          [p1](const std::vector<VarD>& v) {
-            return add(conv2d_pair(v[0], v[1], p1, v[2]), conv2d_pair(v[0], v[1], p1, v[2]));
-          },
-          {param({1, 4, 6, 6}, seed + 3), param(w1s, seed + 4), param({4, 4, 1, 1}, seed + 5)});
-      seed += 10;
+          [&](const std::vector<VarD>& v) { return pair(with_relu, v[0], v[1], {.padding = 1}, v[2], {.stride = 2}); },
+          {param({2, 3, 6, 5}, seed, lo, hi), param({5, 3, 3, 3}, seed + 1), param({2, 5, 1, 1}, seed + 2)});
+      // x constant: only the weights; frozen weights (DARTS' architecture step): only x.
+      const Conv2dParams dw{.padding = 1, .groups = 4};
+      VarD x(random_tensor({2, 4, 5, 5}, seed + 3, lo, hi), false), w2(random_tensor({3, 4, 1, 1}, seed + 4), false);
+      check_gradients([&](const std::vector<VarD>& v) { return pair(with_relu, v[0], v[1], dw, v[2]); },
+                      {x, param({4, 1, 3, 3}, seed + 5), w2});
+      CHECK_FALSE(x.has_grad());
+      CHECK_FALSE(w2.has_grad());
+      VarD w1(random_tensor({4, 1, 3, 3}, seed + 6), false);
+      check_gradients([&](const std::vector<VarD>& v) { return pair(with_relu, v[0], v[1], dw, v[2]); },
+                      {x, w1, param({3, 4, 1, 1}, seed + 7)});
+      CHECK_FALSE(w1.has_grad());
+      check_gradients([&](const std::vector<VarD>& v) { return pair(with_relu, v[0], v[1], dw, v[2]); },
+                      {param({2, 4, 5, 5}, seed + 8, lo, hi), w1, w2});
     }
-    check_gradients(
-        [](const std::vector<VarD>& v) { return conv2d_pair(v[0], v[1], {.padding = 1}, v[2], {.stride = 2}); },
-        {param({2, 3, 6, 5}, 90), param({5, 3, 3, 3}, 91), param({2, 5, 1, 1}, 92)});
-    VarD x(random_tensor({2, 4, 5, 5}, 93), false), w2(random_tensor({3, 4, 1, 1}, 94), false);
-    check_gradients([](const std::vector<VarD>& v) { return conv2d_pair(v[0], v[1], {.padding = 1, .groups = 4}, v[2]); },
-                    {x, param({4, 1, 3, 3}, 95), w2});
-    CHECK_FALSE(x.has_grad());
-    CHECK_FALSE(w2.has_grad());
-    VarD w1(random_tensor({4, 1, 3, 3}, 96), false);
-    check_gradients([](const std::vector<VarD>& v) { return conv2d_pair(v[0], v[1], {.padding = 1, .groups = 4}, v[2]); },
-                    {x, w1, param({3, 4, 1, 1}, 97)});
-    CHECK_FALSE(w1.has_grad());
-  }
-
-  TEST_CASE("relu_conv2d_pair: gradients through the fused and the copied ReLU") {
-    // Depthwise first convolutions read relu(x) straight from x (ConvGeom::relu_input); a
-    // general one gets a temporary relu(x). x spreads over [-2, 2], so about half its units
-    // are cut by the ReLU, and finite differences never straddle 0 at these seeds' values.
-    const Conv2dParams dw3{.stride = 2, .padding = 1, .groups = 4}, dil5{.padding = 4, .dilation = 2, .groups = 4};
-    std::uint64_t seed = 170;
-    for (const Conv2dParams& p1 : {dw3, dil5}) {
-      CAPTURE(p1.stride);
-      const Shape w1s{4, 1, p1.dilation == 2 ? 5 : 3, p1.dilation == 2 ? 5 : 3};
-      check_gradients([p1](const std::vector<VarD>& v) { return relu_conv2d_pair(v[0], v[1], p1, v[2]); },
-                      {param({2, 4, 7, 6}, seed, -2, 2), param(w1s, seed + 1), param({3, 4, 1, 1}, seed + 2)});
-      // x feeds two pairs: the masked gradients add up.
-      check_gradients(
-          [p1](const std::vector<VarD>& v) {
-            return add(relu_conv2d_pair(v[0], v[1], p1, v[2]), relu_conv2d_pair(v[0], v[1], p1, v[2]));
-          },
-          {param({1, 4, 6, 6}, seed + 3, -2, 2), param(w1s, seed + 4), param({4, 4, 1, 1}, seed + 5)});
-      seed += 10;
-    }
-    check_gradients(
-        [](const std::vector<VarD>& v) { return relu_conv2d_pair(v[0], v[1], {.padding = 1}, v[2], {.stride = 2}); },
-        {param({2, 3, 6, 5}, 190, -2, 2), param({5, 3, 3, 3}, 191), param({2, 5, 1, 1}, 192)});
-    // Frozen weights (DARTS' architecture step): only x; and x constant: only the weights.
-    VarD w1(random_tensor({4, 1, 3, 3}, 193), false), w2(random_tensor({3, 4, 1, 1}, 194), false);
-    check_gradients([dw3](const std::vector<VarD>& v) { return relu_conv2d_pair(v[0], v[1], dw3, v[2]); },
-                    {param({2, 4, 6, 6}, 195, -2, 2), w1, w2});
-    CHECK_FALSE(w1.has_grad());
-    VarD x(random_tensor({2, 4, 6, 6}, 196, -2, 2), false);
-    check_gradients([dw3](const std::vector<VarD>& v) { return relu_conv2d_pair(v[0], v[1], dw3, v[2]); },
-                    {x, param({4, 1, 3, 3}, 197), param({3, 4, 1, 1}, 198)});
-    CHECK_FALSE(x.has_grad());
   }
 
   TEST_CASE("relu_conv2d_pair computes relu then conv2d_pair's bits and holds only its output") {
     using VarF = Var<float, Cpu>;
-    auto& alloc = CachingAllocator<Cpu>::instance();
     const Conv2dParams depthwise{.stride = 1, .padding = 2, .groups = 8}, general{.padding = 1};
-    for (const Conv2dParams& p1 : {depthwise, general}) {
+    for (const Conv2dParams& p1 : {depthwise, general}) {  // relu read from x; a temporary relu(x)
       CAPTURE(p1.groups);
       const Shape w1s = p1.groups == 8 ? Shape{8, 1, 5, 5} : Shape{8, 8, 3, 3};
-      const auto xv = random_float({2, 8, 8, 8}, 130), w1v = random_float(w1s, 131);
-      const auto w2v = random_float({8, 8, 1, 1}, 132), r = random_float({2, 8, 8, 8}, 133);
+      const auto held = pair_vs_chain(
+          [p1](const VarF& x, const VarF& w1, const VarF& w2) { return relu_conv2d_pair(x, w1, p1, w2); },
+          [p1](const VarF& x, const VarF& w1, const VarF& w2) { return conv2d_pair(relu(x), w1, p1, w2); },
+          random_float({2, 8, 8, 8}, 130), random_float(w1s, 131), random_float({8, 8, 1, 1}, 132),
+          random_float({2, 8, 8, 8}, 133));
       const std::size_t tensor_bytes = 2 * 8 * 8 * 8 * sizeof(float);
-      Tensor<float, Cpu> out[2][4];
-      std::size_t held[2] = {};
-      for (int k = 0; k < 2; ++k) {
-        VarF x(xv.clone(), true), w1(w1v.clone(), true), w2(w2v.clone(), true);
-        const std::size_t before = alloc.stats().bytes_in_use;
-        VarF y = k == 0 ? relu_conv2d_pair(x, w1, p1, w2) : conv2d_pair(relu(x), w1, p1, w2);
-        held[k] = alloc.stats().bytes_in_use - before;
-        backward_with(y, r);
-        out[k][0] = y.value();
-        out[k][1] = x.grad();
-        out[k][2] = w1.grad();
-        out[k][3] = w2.grad();
-      }
-      const char* names[] = {"y", "dx", "dw1", "dw2"};
-      for (int i = 0; i < 4; ++i) {
-        CAPTURE(names[i]);
-        REQUIRE(out[0][i].shape() == out[1][i].shape());
-        CHECK(std::memcmp(out[0][i].data(), out[1][i].data(), std::size_t(out[0][i].numel()) * sizeof(float)) == 0);
-      }
       CHECK(held[0] == tensor_bytes);      // y
       CHECK(held[1] == 2 * tensor_bytes);  // relu(x) and y
     }
@@ -306,30 +304,15 @@ TEST_SUITE("cpu") {
 
   TEST_CASE("conv2d_pair computes two conv2d calls' bits and holds only its output until backward") {
     using VarF = Var<float, Cpu>;
-    auto& alloc = CachingAllocator<Cpu>::instance();
     const Conv2dParams p1{.stride = 1, .padding = 2, .groups = 8};
-    const auto xv = random_float({2, 8, 8, 8}, 110), w1v = random_float({8, 1, 5, 5}, 111);
-    const auto w2v = random_float({8, 8, 1, 1}, 112), r = random_float({2, 8, 8, 8}, 113);
+    const auto held = pair_vs_chain(
+        [p1](const VarF& x, const VarF& w1, const VarF& w2) { return conv2d_pair(x, w1, p1, w2); },
+        [p1](const VarF& x, const VarF& w1, const VarF& w2) {
+          return conv2d(conv2d(x, w1, VarF(), p1), w2, VarF());
+        },
+        random_float({2, 8, 8, 8}, 110), random_float({8, 1, 5, 5}, 111), random_float({8, 8, 1, 1}, 112),
+        random_float({2, 8, 8, 8}, 113));
     const std::size_t tensor_bytes = 2 * 8 * 8 * 8 * sizeof(float);  // the middle tensor and y alike
-    Tensor<float, Cpu> out[2][4];
-    std::size_t held[2] = {};
-    for (int k = 0; k < 2; ++k) {
-      VarF x(xv.clone(), true), w1(w1v.clone(), true), w2(w2v.clone(), true);
-      const std::size_t before = alloc.stats().bytes_in_use;
-      VarF y = k == 0 ? conv2d_pair(x, w1, p1, w2) : conv2d(conv2d(x, w1, VarF(), p1), w2, VarF());
-      held[k] = alloc.stats().bytes_in_use - before;
-      backward_with(y, r);
-      out[k][0] = y.value();
-      out[k][1] = x.grad();
-      out[k][2] = w1.grad();
-      out[k][3] = w2.grad();
-    }
-    const char* names[] = {"y", "dx", "dw1", "dw2"};
-    for (int i = 0; i < 4; ++i) {
-      CAPTURE(names[i]);
-      REQUIRE(out[0][i].shape() == out[1][i].shape());
-      CHECK(std::memcmp(out[0][i].data(), out[1][i].data(), std::size_t(out[0][i].numel()) * sizeof(float)) == 0);
-    }
     CHECK(held[0] == tensor_bytes);      // y
     CHECK(held[1] == 2 * tensor_bytes);  // the middle tensor and y
   }

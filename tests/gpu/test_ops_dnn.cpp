@@ -101,6 +101,27 @@ class DepthwiseChoice {
   cuda::DepthwiseConv old_;
 };
 
+/// y = f(x, w1, w2) computed two ways on the device (`pair`, and `chain` as its definition): y
+/// and the gradients of x, w1, w2 (dL/dy = dy) must agree bit for bit.
+template <class Pair, class Chain>
+void check_same_bits(Pair pair, Chain chain, const Tensor<float>& x, const Tensor<float>& w1,
+                     const Tensor<float>& w2, const Tensor<float>& dy) {
+  Tensor<float> out[2][4];
+  for (int k = 0; k < 2; ++k) {
+    Var<float, Cuda> xv(cuda::to_device(x), true), w1v(cuda::to_device(w1), true), w2v(cuda::to_device(w2), true);
+    const Var<float, Cuda> y = k == 0 ? pair(xv, w1v, w2v) : chain(xv, w1v, w2v);
+    backward(y, cuda::to_device(dy));
+    out[k][0] = cuda::to_host(y.value());
+    out[k][1] = cuda::to_host(xv.grad());
+    out[k][2] = cuda::to_host(w1v.grad());
+    out[k][3] = cuda::to_host(w2v.grad());
+  }
+  for (int i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    CHECK(same_bits(out[0][i], out[1][i]));
+  }
+}
+
 }  // namespace
 
 // ---- conv2d
@@ -247,53 +268,32 @@ TEST_CASE("a separable convolution (depthwise then pointwise) on the GPU matches
     }
 }
 
-TEST_CASE("conv2d_pair on the GPU computes the two conv2d calls' bits") {
+TEST_CASE("conv2d_pair and relu_conv2d_pair on the GPU compute their definitions' bits") {
+  // conv2d_pair is two conv2d calls (a sep_conv half at stride 2); relu_conv2d_pair is relu
+  // then conv2d_pair (a dil_conv-like pair), with our depthwise kernels reading relu(x) from x
+  // (DwShape::relu_input) and with cuDNN's path making a temporary relu(x).
+  using V = Var<float, Cuda>;
   PhiloxGenerator gen(24);
   const index_t c = 8;
-  const Tensor<float> x = random_normal({3, c, 12, 9}, gen), w1 = conv_weight(c, c, 5, int(c), gen);
-  const Tensor<float> w2 = conv_weight(c, c, 1, 1, gen), dy = random_normal({3, c, 6, 5}, gen);
-  const Conv2dParams p1{.stride = 2, .padding = 2, .groups = int(c)};
-  Tensor<float> out[2][4];
-  for (int k = 0; k < 2; ++k) {
-    Var<float, Cuda> xv(cuda::to_device(x), true), w1v(cuda::to_device(w1), true), w2v(cuda::to_device(w2), true);
-    const Var<float, Cuda> y =
-        k == 0 ? conv2d_pair(xv, w1v, p1, w2v) : conv2d(conv2d(xv, w1v, Var<float, Cuda>(), p1), w2v, Var<float, Cuda>());
-    backward(y, cuda::to_device(dy));
-    out[k][0] = cuda::to_host(y.value());
-    out[k][1] = cuda::to_host(xv.grad());
-    out[k][2] = cuda::to_host(w1v.grad());
-    out[k][3] = cuda::to_host(w2v.grad());
-  }
-  for (int i = 0; i < 4; ++i) {
-    CAPTURE(i);
-    CHECK(same_bits(out[0][i], out[1][i]));
-  }
-}
-
-TEST_CASE("relu_conv2d_pair on the GPU computes relu then conv2d_pair's bits") {
-  // Our depthwise kernels read relu(x) from x (DwShape::relu_input); cuDNN's path makes a
-  // temporary relu(x). Both must give what relu followed by conv2d_pair gives.
-  PhiloxGenerator gen(25);
-  const index_t c = 8;
-  const Tensor<float> x = random_normal({3, c, 12, 9}, gen), w1 = conv_weight(c, c, 3, int(c), gen);
-  const Tensor<float> w2 = conv_weight(c, c, 1, 1, gen), dy = random_normal({3, c, 12, 9}, gen);
-  const Conv2dParams p1{.stride = 1, .padding = 2, .dilation = 2, .groups = int(c)};
-  for (const auto impl : {cuda::DepthwiseConv::kCudnn, cuda::DepthwiseConv::kOwn}) {
-    DepthwiseChoice choice(impl);
-    CAPTURE(cuda::to_string(impl));
-    Tensor<float> out[2][4];
-    for (int k = 0; k < 2; ++k) {
-      Var<float, Cuda> xv(cuda::to_device(x), true), w1v(cuda::to_device(w1), true), w2v(cuda::to_device(w2), true);
-      const Var<float, Cuda> y = k == 0 ? relu_conv2d_pair(xv, w1v, p1, w2v) : conv2d_pair(relu(xv), w1v, p1, w2v);
-      backward(y, cuda::to_device(dy));
-      out[k][0] = cuda::to_host(y.value());
-      out[k][1] = cuda::to_host(xv.grad());
-      out[k][2] = cuda::to_host(w1v.grad());
-      out[k][3] = cuda::to_host(w2v.grad());
-    }
-    for (int i = 0; i < 4; ++i) {
-      CAPTURE(i);
-      CHECK(same_bits(out[0][i], out[1][i]));
+  for (const bool with_relu : {false, true}) {
+    CAPTURE(with_relu);
+    const int k = with_relu ? 3 : 5;
+    const Conv2dParams p1 = with_relu ? Conv2dParams{.stride = 1, .padding = 2, .dilation = 2, .groups = int(c)}
+                                      : Conv2dParams{.stride = 2, .padding = 2, .groups = int(c)};
+    const Tensor<float> x = random_normal({3, c, 12, 9}, gen), w1 = conv_weight(c, c, k, int(c), gen);
+    const Tensor<float> w2 = conv_weight(c, c, 1, 1, gen);
+    const Tensor<float> dy = random_normal(with_relu ? Shape{3, c, 12, 9} : Shape{3, c, 6, 5}, gen);
+    for (const auto impl : {cuda::DepthwiseConv::kCudnn, cuda::DepthwiseConv::kOwn}) {
+      DepthwiseChoice choice(impl);
+      CAPTURE(cuda::to_string(impl));
+      if (with_relu)
+        check_same_bits([p1](const V& xv, const V& w1v, const V& w2v) { return relu_conv2d_pair(xv, w1v, p1, w2v); },
+                        [p1](const V& xv, const V& w1v, const V& w2v) { return conv2d_pair(relu(xv), w1v, p1, w2v); },
+                        x, w1, w2, dy);
+      else
+        check_same_bits([p1](const V& xv, const V& w1v, const V& w2v) { return conv2d_pair(xv, w1v, p1, w2v); },
+                        [p1](const V& xv, const V& w1v, const V& w2v) { return conv2d(conv2d(xv, w1v, V(), p1), w2v, V()); },
+                        x, w1, w2, dy);
     }
   }
 }
