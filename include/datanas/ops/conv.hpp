@@ -174,10 +174,11 @@ Var<T, D> conv2d_pair(const Var<T, D>& x, const Var<T, D>& w1, Conv2dParams p1, 
 /// conv2d_pair(relu(x), w1, p1, w2, p2) without relu(x) ever being kept: the pair reads it
 /// from x in forward and again in backward (the depthwise kernels, CPU and GPU, apply the ReLU
 /// as they load x; other convolutions get a temporary), and masks the gradient by x > 0. Values
-/// and gradients are those of relu followed by conv2d_pair, bit for bit. Why: DARTS' sep_conv
-/// and dil_conv begin each half with a ReLU whose output only the depthwise convolution reads;
-/// kept, it is one more full-resolution tensor per half, while x (the edge's input, or the BN
-/// output of the first half) is kept anyway.
+/// and gradients are those of relu followed by conv2d_pair, bit for bit. Why: the second half of
+/// DARTS' sep_conv begins with a ReLU whose output only its depthwise convolution reads; kept,
+/// it is one more full-resolution tensor per sep_conv, while x (the first half's BN output) is
+/// kept by that BN anyway. (The ReLU in front of an edge is shared by four pairs and stays a
+/// tensor: fused into each, its backward would be four masking passes instead of one.)
 template <class T, class D>
 Var<T, D> relu_conv2d_pair(const Var<T, D>& x, const Var<T, D>& w1, Conv2dParams p1,
                            const Var<T, D>& w2, Conv2dParams p2 = {}) {
