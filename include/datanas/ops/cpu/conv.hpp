@@ -345,7 +345,8 @@ struct DwGeom {
                      // lane tail of the weight-gradient loop
   index_t wv;        // output columns rounded up to kLanes
   index_t hn2, wb2;  // stride 1: the dy plane padded for the input-gradient correlation
-  index_t xbuf, dybuf, dxbuf, rowbuf;  // elements of each per-thread buffer
+  index_t xbuf, dybuf, dxbuf, rowbuf;  // elements of each per-thread buffer (rowbuf: the scatter's
+                                       // unpadding row)
   index_t per_thread;
 };
 
@@ -366,47 +367,62 @@ DwGeom dw_geom(const ConvGeom& g) {
   return b;
 }
 
-/// o[c] = src[c - left] for c in [0, n), 0 outside src [0, w); max(src, 0) with `relu` (the
-/// same expression as relu's forward, so the values are relu's bit for bit).
-template <class T>
-void pad_row(const T* __restrict src, index_t w, index_t left, index_t n, T* __restrict o,
-             bool relu = false) {
-  const index_t lo = std::min(left, n), hi = std::clamp<index_t>(w + left, lo, n);
-  std::fill(o, o + lo, T(0));
-  if (relu)
-    ArrayMap<T>(o + lo, hi - lo) = ConstArrayMap<T>(src + (lo - left), hi - lo).max(T(0));
-  else
-    std::copy(src + (lo - left), src + (hi - left), o + lo);
-  std::fill(o + hi, o + n, T(0));
-}
+/// The padded layout of one plane: S phase planes of [hn][wb] with
+///   dst[ph][r][q] = src[r - top][q * S + ph - left]   (src is [h][w]), 0 outside src.
+/// With the phases, a stride-S tap reads consecutive elements. Every plane a kernel pads has the
+/// same geometry, so the zeros (the padding) sit at the same places each time: a buffer is zeroed
+/// once (zero()) and fill() then writes only the elements that come from src. Re-zeroing the
+/// border for every plane cost more than the 3x3 correlation itself at 8x8 to 32x32 (short rows,
+/// a memset call per border run).
+struct PadLayout {
+  index_t h, w, top, left, hn, wb;
+  int s;
+  index_t r0, r1;  // dst rows that come from src: [max(top, 0), min(top + h, hn))
+  index_t q0[4], q1[4];  // per phase, dst columns that come from src
 
-/// dst: S phase planes of [hn][wb], dst[ph][r][q] = src[r - top][q * S + ph - left] (src is
-/// [h][w]), 0 outside src. With the phases, a stride-S tap reads consecutive elements. `row`
-/// (S * wb elements) is scratch for S > 1: the padded row is built there, then split with a
-/// constant stride, which vectorises, unlike a strided gather from src with its edge cases.
-template <int S, class T>
-void pad_plane(const T* __restrict src, index_t h, index_t w, index_t top, index_t left, index_t hn,
-               index_t wb, T* __restrict dst, T* __restrict row, bool relu = false) {
-  for (index_t r = 0; r < hn; ++r) {
-    const index_t ih = r - top;
-    if (ih < 0 || ih >= h) {
-      for (int ph = 0; ph < S; ++ph) std::fill_n(dst + (ph * hn + r) * wb, wb, T(0));
-      continue;
+  PadLayout(int stride, index_t h_, index_t w_, index_t top_, index_t left_, index_t hn_, index_t wb_)
+      : h(h_), w(w_), top(top_), left(left_), hn(hn_), wb(wb_), s(stride) {
+    DATANAS_ASSERT(s >= 1 && s <= 4);
+    r0 = std::clamp<index_t>(top, 0, hn);
+    r1 = std::clamp<index_t>(top + h, r0, hn);
+    for (int ph = 0; ph < s; ++ph) {  // 0 <= q * s + ph - left < w and 0 <= q < wb
+      q0[ph] = std::clamp<index_t>(ceil_div(left - ph, s), 0, wb);
+      q1[ph] = std::clamp<index_t>(ceil_div(w + left - ph, s), q0[ph], wb);
     }
-    if constexpr (S == 1) {
-      pad_row(src + ih * w, w, left, wb, dst + r * wb, relu);
-    } else {
-      pad_row(src + ih * w, w, left, S * wb, row, relu);
-      for (int ph = 0; ph < S; ++ph) {
+  }
+  [[nodiscard]] index_t size() const { return index_t(s) * hn * wb; }
+  template <class T>
+  void zero(T* dst) const {
+    std::fill_n(dst, size(), T(0));
+  }
+  /// Writes the elements of dst that come from src (max(src, 0) with `relu`: the same expression
+  /// as relu's forward, so the values are relu's bit for bit); dst's other elements are untouched.
+  template <class T>
+  void fill(const T* __restrict src, T* __restrict dst, bool relu = false) const {
+    for (index_t r = r0; r < r1; ++r) {
+      const T* sr = src + (r - top) * w;
+      for (int ph = 0; ph < s; ++ph) {
         T* o = dst + (ph * hn + r) * wb;
-        for (index_t q = 0; q < wb; ++q) o[q] = row[q * S + ph];
+        const index_t a = q0[ph], n = q1[ph] - a;
+        if (s == 1) {  // contiguous
+          if (relu)
+            ArrayMap<T>(o + a, n) = ConstArrayMap<T>(sr + (a - left), n).max(T(0));
+          else
+            std::copy_n(sr + (a - left), n, o + a);
+        } else {  // one constant-stride gather per phase
+          const T* g = sr + (a * s + ph - left);
+          if (relu)
+            for (index_t q = 0; q < n; ++q) o[a + q] = std::max(g[q * s], T(0));
+          else
+            for (index_t q = 0; q < n; ++q) o[a + q] = g[q * s];
+        }
       }
     }
   }
-}
+};
 
 /// out[oh][ow] (+)= bias + sum_ij wk[i][j] * buf[(j d) % S][oh S + i d][ow + (j d) / S]: a K x K
-/// correlation over a buffer from pad_plane.
+/// correlation over a buffer laid out by PadLayout.
 template <int K, int S, int D, bool Acc, class T>
 void dw_correlate(const T* __restrict buf, index_t hn, index_t wb, const T* wk, T bias,
                   T* __restrict out, index_t oh_n, index_t ow_n) {
@@ -460,7 +476,7 @@ void dw_weight_grad(const T* __restrict xb, index_t hn, index_t wb, const T* __r
   }
 }
 
-/// The stride-S input gradient of one plane by scatter: dxb (S phase planes like pad_plane's,
+/// The stride-S input gradient of one plane by scatter: dxb (S phase planes like PadLayout's,
 /// zeroed here) receives w[i][j] * dy at every tap, then is unpadded into dx.
 template <int K, int S, int D, class T>
 void dw_input_grad_scatter(const ConvGeom& g, const DwGeom& b, const T* __restrict dy, const T* wk,
@@ -502,13 +518,14 @@ void dw_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y) 
   const DwGeom b = dw_geom<T>(g);
   const index_t planes = g.n * g.cin;
   const int nt = threads_for(planes, g.ho * g.wo * K * K);
-  Tensor<T, Cpu> ws = Tensor<T, Cpu>::empty({nt, b.xbuf + b.rowbuf});
+  Tensor<T, Cpu> ws = Tensor<T, Cpu>::empty({nt, b.xbuf});
+  const PadLayout xl(S, g.h, g.w, g.pad, g.pad, b.hn, b.wb);
   run_chunks(nt, planes, [&](int t, index_t q0, index_t q1) {
-    T* xb = ws.data() + t * (b.xbuf + b.rowbuf);
-    T* row = xb + b.xbuf;
+    T* xb = ws.data() + t * b.xbuf;
+    xl.zero(xb);
     for (index_t q = q0; q < q1; ++q) {
       const index_t c = q % g.cin;
-      pad_plane<S>(x + q * g.h * g.w, g.h, g.w, g.pad, g.pad, b.hn, b.wb, xb, row, g.relu_input);
+      xl.fill(x + q * g.h * g.w, xb, g.relu_input);
       dw_correlate<K, S, D, false>(xb, b.hn, b.wb, w + c * K * K, bias ? bias[c] : T(0),
                                    y + q * g.ho * g.wo, g.ho, g.wo);
     }
@@ -527,18 +544,28 @@ void dw_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, 
     parts = Tensor<T, Cpu>::empty({nt, wsize});
     parts.fill(T(0));
   }
+  // Zero-padded buffers: x for the weight gradient, dy rows to whole packets for it, and (stride 1)
+  // dy padded for the input gradient's correlation.
+  const PadLayout xl(S, g.h, g.w, g.pad, g.pad, b.hn, b.wb), dyl(1, g.ho, g.wo, 0, 0, g.ho, b.wv);
+  const index_t p0 = (K - 1) * D - g.pad;
+  const PadLayout dxl(1, g.ho, g.wo, p0, p0, b.hn2, b.wb2);
   run_chunks(nt, planes, [&](int t, index_t q0, index_t q1) {
     T* xb = ws.data() + t * b.per_thread;
     T* dyb = xb + b.xbuf;
     T* dxb = dyb + b.dybuf;
     T* row = dxb + b.dxbuf;
+    if (dw) {
+      xl.zero(xb);
+      dyl.zero(dyb);
+    }
+    if (dx && S == 1) dxl.zero(dxb);
     for (index_t q = q0; q < q1; ++q) {
       const index_t c = q % g.cin;
       const T* dyq = dy + q * g.ho * g.wo;
       const T* wk = w + c * K * K;
       if (dw) {
-        pad_plane<S>(x + q * g.h * g.w, g.h, g.w, g.pad, g.pad, b.hn, b.wb, xb, row, g.relu_input);
-        pad_plane<1>(dyq, g.ho, g.wo, 0, 0, g.ho, b.wv, dyb, row);
+        xl.fill(x + q * g.h * g.w, xb, g.relu_input);
+        dyl.fill(dyq, dyb);
         dw_weight_grad<K, S, D>(xb, b.hn, b.wb, dyb, g.ho, b.wv,
                                 parts.data() + t * wsize + c * K * K);
       }
@@ -549,8 +576,7 @@ void dw_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, 
         // padded by (k - 1) d - p with the flipped kernel, no scatter.
         T wf[K * K];
         for (int i = 0; i < K * K; ++i) wf[i] = wk[K * K - 1 - i];
-        const index_t p0 = (K - 1) * D - g.pad;
-        pad_plane<1>(dyq, g.ho, g.wo, p0, p0, b.hn2, b.wb2, dxb, row);
+        dxl.fill(dyq, dxb);
         if (acc_x)
           dw_correlate<K, 1, D, true>(dxb, b.hn2, b.wb2, wf, T(0), dxq, g.h, g.w);
         else
