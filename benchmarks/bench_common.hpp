@@ -6,9 +6,15 @@
 // and the arg-max pattern of max pooling, which change kernel time, are then the same too).
 #pragma once
 
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -60,6 +66,40 @@ inline std::string verify_json(double loss, const std::vector<VarF>& leaves) {
     s += buf;
   }
   return s + "]}";
+}
+
+/// The process's peak resident memory so far (getrusage ru_maxrss), in MB: what the memory
+/// comparisons with PyTorch use (its scripts read the same counter).
+inline double peak_rss_mb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) / 1024.0;  // Linux: KiB
+}
+
+/// The process's resident memory now (VmRSS of /proc/self/status), in MB; 0 where unreadable.
+inline double current_rss_mb() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  double mb = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::strncmp(line, "VmRSS:", 6) == 0) mb = std::atof(line + 6) / 1024.0;
+  std::fclose(f);
+  return mb;
+}
+
+/// CPU time of every thread of this process so far, in seconds.
+inline double process_cpu_s() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
+/// Median of a non-empty sample (the mean of the middle two for an even count).
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 /// The common tail of every benchmark main(): context lines (threads, NDEBUG), then Google

@@ -33,13 +33,10 @@
 
 #include "bench_common.hpp"
 
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <ctime>
 #include <functional>
 #include <memory>
 #include <numeric>
@@ -120,29 +117,6 @@ const std::vector<Mode>& modes() {
   return m;
 }
 
-double peak_rss_mb() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return double(ru.ru_maxrss) / 1024.0;  // Linux: KiB
-}
-
-double current_rss_mb() {
-  std::FILE* f = std::fopen("/proc/self/status", "r");
-  if (!f) return 0;
-  char line[256];
-  double mb = 0;
-  while (std::fgets(line, sizeof line, f))
-    if (std::strncmp(line, "VmRSS:", 6) == 0) mb = std::atof(line + 6) / 1024.0;
-  std::fclose(f);
-  return mb;
-}
-
-double process_cpu_s() {
-  timespec ts{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
-}
-
 void check_params(const Bench& b) {
   DATANAS_CHECK(b.params() == kDartsParams, "DARTS supernet: ", b.params(), " parameters, expected ",
                 kDartsParams);
@@ -190,11 +164,6 @@ int peak_rss_run(const std::string& name, int steps) {
     cpu.push_back(1e3 * (process_cpu_s() - c0));
     peak = std::max(peak, alloc.stats().peak_bytes_in_use);
   }
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    const std::size_t n = v.size();
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-  };
   const double ms_step = median(wall);
   std::printf(
       "{\"mode\": \"%s\", \"steps\": %d, \"threads\": %d, \"ms_per_step\": %.3f, \"cpu_ms_per_step\": %.3f, "

@@ -9,13 +9,24 @@
 //   python3 benchmarks/pytorch/eval_network.py --step --genotype DARTS_V2 --init-channels 16
 //       --layers 8 --batch-size 64 --steps 5   (one command line)
 // Reported: real time per step (the kernels use every OpenMP thread), process CPU time, and
-// images_per_s.
+// counters images_per_s, alloc_peak_MB (the tensor allocator's high-water mark during a step, max
+// over the steps) and params.
+//
+//   bench_train_step --peak-rss CASE [--steps N]   N steps (default 3) of one case (e.g.
+//                                                   DARTS_V2/C16_L8_b64) after one warm-up step,
+//                                                   one JSON line: median ms, CPU ms, allocator
+//                                                   and process peak (eval_network.py --step
+//                                                   --json prints the same fields)
 #include <benchmark/benchmark.h>
 
 #include "bench_common.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include "datanas/datanas.hpp"
 #include "datanas/optim/optimizers.hpp"
@@ -24,44 +35,105 @@
 namespace {
 
 using namespace datanas;
+using namespace datanas::bench;
 
-void train_step(benchmark::State& state, const search::Genotype* g, index_t c, int layers, index_t batch) {
-  PhiloxGenerator init(1), data(2), drop(3);
-  spaces::EvalNetwork<float> net(*g, {.init_channels = c, .layers = layers, .auxiliary = true}, init);
-  net.set_drop_path_prob(0.1);
-  const auto params = net.parameters();
-  optim::SGD<float> sgd(params, 0.025, 0.9, 3e-4);
-  auto x = Tensor<float>::empty({batch, 3, 32, 32});
-  auto y = Tensor<std::int32_t>::empty({batch});
-  for (index_t i = 0; i < x.numel(); ++i) x[i] = float(data.uniform());
-  for (index_t i = 0; i < batch; ++i) y[i] = std::int32_t(std::min(9.0, data.uniform() * 10.0));
-  auto step = [&] {
+struct Case {
+  const char* name;
+  const search::Genotype* g;
+  index_t c;
+  int layers;
+  index_t batch;
+};
+
+const std::vector<Case>& cases() {
+  static const std::vector<Case> k{{"DARTS_V2/C16_L8_b64", &search::DARTS_V2, 16, 8, 64},
+                                   {"DATA_M7/C16_L8_b64", &search::DATA_M7, 16, 8, 64},
+                                   {"DARTS_V2/C36_L20_b96", &search::DARTS_V2, 36, 20, 96}};
+  return k;
+}
+
+/// A network, its optimiser and one fixed batch, ready to step.
+struct TrainBench {
+  PhiloxGenerator init{1}, data{2}, drop{3};
+  spaces::EvalNetwork<float> net;
+  std::vector<Var<float>> params;
+  optim::SGD<float> sgd;
+  Tensor<float> x;
+  Tensor<std::int32_t> y;
+
+  explicit TrainBench(const Case& k)
+      : net(*k.g, {.init_channels = k.c, .layers = k.layers, .auxiliary = true}, init),
+        params(net.parameters()),
+        sgd(params, 0.025, 0.9, 3e-4),
+        x(Tensor<float>::empty({k.batch, 3, 32, 32})),
+        y(Tensor<std::int32_t>::empty({k.batch})) {
+    net.set_drop_path_prob(0.1);
+    for (index_t i = 0; i < x.numel(); ++i) x[i] = float(data.uniform());
+    for (index_t i = 0; i < k.batch; ++i) y[i] = std::int32_t(std::min(9.0, data.uniform() * 10.0));
+  }
+
+  void step() {
     const auto out = net.forward(Var<float>(x), drop);
     Var<float> loss = add(cross_entropy(out.logits, y), scale(cross_entropy(out.aux, y), 0.4f));
     sgd.zero_grad();
     backward(loss);
     optim::clip_grad_norm<float, Cpu>(params, 5.0);
     sgd.step();
-  };
-  step();  // warm-up: the allocator's cache fills
-  for (auto _ : state) step();
-  state.counters["images_per_s"] = benchmark::Counter(double(batch), benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["params"] = double(net.parameter_count_without_auxiliary());
+  }
+};
+
+void train_step(benchmark::State& state, const Case& k) {
+  TrainBench b(k);
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  b.step();  // warm-up: the allocator's cache fills
+  std::size_t peak = 0;
+  for (auto _ : state) {
+    alloc.reset_peak();
+    b.step();
+    peak = std::max(peak, alloc.stats().peak_bytes_in_use);
+  }
+  state.counters["images_per_s"] = benchmark::Counter(double(k.batch), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["alloc_peak_MB"] = double(peak) / (1024.0 * 1024.0);
+  state.counters["params"] = double(b.net.parameter_count_without_auxiliary());
+}
+
+/// --peak-rss CASE [--steps N]: a plain loop in a process that runs nothing else, one JSON line.
+int peak_rss_run(const std::string& name, int steps) {
+  const auto& ks = cases();
+  auto it = std::find_if(ks.begin(), ks.end(), [&](const Case& k) { return name == k.name; });
+  if (it == ks.end()) {
+    std::string known;
+    for (const Case& k : ks) known += std::string(known.empty() ? "" : ", ") + k.name;
+    std::fprintf(stderr, "unknown case '%s' (%s)\n", name.c_str(), known.c_str());
+    return 2;
+  }
+  TrainBench b(*it);
+  const double rss_setup = current_rss_mb();
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  b.step();
+  std::vector<double> wall, cpu;
+  std::size_t peak = 0;
+  for (int i = 0; i < steps; ++i) {
+    alloc.reset_peak();
+    const double c0 = process_cpu_s();
+    const auto t0 = std::chrono::steady_clock::now();
+    b.step();
+    wall.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    cpu.push_back(1e3 * (process_cpu_s() - c0));
+    peak = std::max(peak, alloc.stats().peak_bytes_in_use);
+  }
+  std::printf(
+      "{\"side\": \"datanas\", \"case\": \"%s\", \"steps\": %d, \"threads\": %d, \"ms_per_step\": %.3f, "
+      "\"cpu_ms_per_step\": %.3f, \"alloc_peak_MB\": %.2f, \"rss_after_setup_MB\": %.2f, "
+      "\"peak_rss_MB\": %.2f, \"params\": %lld}\n",
+      name.c_str(), steps, cpu::num_threads(), median(wall), median(cpu), double(peak) / (1024.0 * 1024.0),
+      rss_setup, peak_rss_mb(), (long long)b.net.parameter_count_without_auxiliary());
+  return 0;
 }
 
 void register_all() {
-  struct Case {
-    const char* name;
-    const search::Genotype* g;
-    index_t c;
-    int layers;
-    index_t batch;
-  };
-  for (const Case& k : {Case{"DARTS_V2/C16_L8_b64", &search::DARTS_V2, 16, 8, 64},
-                        Case{"DATA_M7/C16_L8_b64", &search::DATA_M7, 16, 8, 64},
-                        Case{"DARTS_V2/C36_L20_b96", &search::DARTS_V2, 36, 20, 96}})
-    benchmark::RegisterBenchmark((std::string("train_step/") + k.name).c_str(), train_step, k.g, k.c, k.layers,
-                                 k.batch)
+  for (const Case& k : cases())
+    benchmark::RegisterBenchmark((std::string("train_step/") + k.name).c_str(), train_step, k)
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime()
         ->MeasureProcessCPUTime()
@@ -71,6 +143,18 @@ void register_all() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::string rss_case;
+  int steps = 3, kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--peak-rss") == 0 && i + 1 < argc)
+      rss_case = argv[++i];
+    else if (std::strcmp(argv[i], "--steps") == 0 && i + 1 < argc)
+      steps = std::max(1, std::atoi(argv[++i]));
+    else
+      argv[kept++] = argv[i];
+  }
+  argc = kept;
+  if (!rss_case.empty()) return peak_rss_run(rss_case, steps);
   register_all();
   return datanas::bench::run_benchmarks(argc, argv);
 }

@@ -6,6 +6,8 @@ the auxiliary head) and the training-step benchmark beside benchmarks/bench_trai
     python3 benchmarks/pytorch/eval_network.py --step --genotype DARTS_V2 --init-channels 16 --layers 8
 """
 import argparse
+import json
+import resource
 import time
 
 import torch
@@ -173,6 +175,8 @@ def main():
     ap.add_argument("--in-channels", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--json", action="store_true",
+                    help="with --step: one JSON line (median ms, process CPU ms, peak RSS) instead of text")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -188,9 +192,10 @@ def main():
         opt = torch.optim.SGD(m.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
         x = torch.randn(a.batch_size, a.in_channels, a.image_size, a.image_size)
         y = torch.randint(0, 10, (a.batch_size,))
-        times = []
+        rss_setup = current_rss_mb()
+        times, cpu_times = [], []
         for s in range(a.steps + 1):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             logits, aux = m(x)
             loss = F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(aux, y)
             opt.zero_grad()
@@ -199,10 +204,33 @@ def main():
             opt.step()
             if s > 0:  # the first step warms up the allocator
                 times.append(time.perf_counter() - t0)
+                cpu_times.append(time.process_time() - c0)
         times.sort()
-        print(f"pytorch train step {a.genotype} C={a.init_channels} L={a.layers} batch {a.batch_size}: "
-              f"median {1000 * times[len(times) // 2]:.1f} ms over {len(times)} steps")
+        cpu_times.sort()
+        median_ms = 1000 * times[len(times) // 2]
+        # ru_maxrss: the process's peak resident memory (KiB on Linux), interpreter and libraries
+        # included; rss_after_setup_MB says how much of it was there before the first step.
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        if a.json:
+            print(json.dumps({
+                "side": "pytorch", "genotype": a.genotype, "init_channels": a.init_channels,
+                "layers": a.layers, "batch_size": a.batch_size, "steps": len(times),
+                "threads": torch.get_num_threads(), "ms_per_step": round(median_ms, 3),
+                "cpu_ms_per_step": round(1000 * cpu_times[len(cpu_times) // 2], 3),
+                "rss_after_setup_MB": round(rss_setup, 2), "peak_rss_MB": round(peak_mb, 2)}))
+        else:
+            print(f"pytorch train step {a.genotype} C={a.init_channels} L={a.layers} batch {a.batch_size}: "
+                  f"median {median_ms:.1f} ms over {len(times)} steps, peak RSS {peak_mb:.0f} MB "
+                  f"({rss_setup:.0f} MB after setup)")
 
+
+def current_rss_mb():
+    """VmRSS of this process now, in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
 
 if __name__ == "__main__":
     main()
