@@ -118,9 +118,65 @@ void check_fast_vs_general(const Shape& xs, const Shape& ws, Conv2dParams p, cpu
   check_close(out[0][3], out[1][3], "db");
 }
 
+/// conv_detail::gemm<TA, TB> against a double-precision triple loop, on a C with a wider
+/// leading dimension (columns past n must stay untouched) and with and without accumulation.
+template <bool TA, bool TB, class T>
+void check_gemm(index_t m, index_t n, index_t k, std::uint64_t seed) {
+  CAPTURE(m);
+  CAPTURE(n);
+  CAPTURE(k);
+  CAPTURE(TA);
+  CAPTURE(TB);
+  const index_t lda = (TA ? m : k) + 3, ldb = (TB ? k : n) + 2, ldc = n + 5;
+  PhiloxGenerator g(seed);
+  auto fill = [&](std::vector<T>& v) {
+    for (auto& e : v) e = T(2 * g.uniform() - 1);
+  };
+  std::vector<T> a(std::size_t((TA ? k : m) * lda)), b(std::size_t((TB ? n : k) * ldb)),
+      c0(std::size_t(m * ldc));
+  fill(a), fill(b), fill(c0);
+  for (const bool acc : {false, true}) {
+    CAPTURE(acc);
+    std::vector<T> c = c0;
+    cpu::conv_detail::gemm<TA, TB>(m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc, acc);
+    double worst = 0;
+    for (index_t i = 0; i < m; ++i)
+      for (index_t j = 0; j < ldc; ++j) {
+        const T got = c[std::size_t(i * ldc + j)], before = c0[std::size_t(i * ldc + j)];
+        if (j >= n) {
+          REQUIRE(got == before);  // outside C's columns
+          continue;
+        }
+        double want = acc ? double(before) : 0.0;
+        for (index_t p = 0; p < k; ++p)
+          want += double(TA ? a[std::size_t(p * lda + i)] : a[std::size_t(i * lda + p)]) *
+                  double(TB ? b[std::size_t(j * ldb + p)] : b[std::size_t(p * ldb + j)]);
+        worst = std::max(worst, std::abs(double(got) - want) / (1.0 + std::abs(want)));
+      }
+    CHECK(worst < (std::is_same_v<T, float> ? 1e-5 : 1e-12));
+  }
+}
+
 }  // namespace
 
 TEST_SUITE("cpu") {
+  TEST_CASE("the convolutions' GEMM: small register-tiled and Eigen products, every tail") {
+    // Rows: whole 6- and 4-row tiles and every remainder; columns: whole 4-packet tiles, single
+    // packets and a scalar tail (for 16-lane floats and 8-lane doubles); k on both sides of
+    // small_gemm::kMaxInner (Eigen above it), and k = 0.
+    std::uint64_t seed = 900;
+    for (const index_t m : {1, 3, 4, 5, 6, 11, 16})
+      for (const index_t n : {1, 7, 16, 33, 64, 70, 131})
+        for (const index_t k : {index_t(0), index_t(1), index_t(9), index_t(16), cpu::small_gemm::kMaxInner,
+                                cpu::small_gemm::kMaxInner + 1}) {
+          check_gemm<false, false, float>(m, n, k, ++seed);
+          check_gemm<true, false, float>(m, n, k, ++seed);
+          check_gemm<false, true, float>(m, n, k, ++seed);
+          check_gemm<false, false, double>(m, n, k, ++seed);
+          check_gemm<true, false, double>(m, n, k, ++seed);
+        }
+  }
+
   TEST_CASE("conv2d forward values by hand") {
     SUBCASE("2x2 kernel, padding 1, stride 2, bias") {
       VarD x(TensorD::from({1, 1, 3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9}));

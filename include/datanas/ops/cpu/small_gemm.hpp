@@ -1,0 +1,102 @@
+// datanas/ops/cpu/small_gemm.hpp - a register-tiled product for the small inner dimensions of
+// pointwise convolutions.
+//
+// A DARTS cell's 1x1 convolutions multiply a [Cout x Cin] weight by a [Cin x H*W] plane with
+// Cin, Cout = 16..64 (C = 16 networks) and H*W = 64..1024. For such shapes Eigen's general
+// product spends a large share of its time packing both operands into its panel layout, and an
+// assignment `C = A * B` first zeroes C. nn() reads the operands in place instead:
+//   C[m x n] (+)= op(A) B, B [k x n] row-major, op(A) = A [m x k] or A^T (A stored k x m): MR rows
+//   x NV packets of C in registers; per step of k, NV packet loads of B's row and MR broadcasts
+//   of A, MR * NV fused multiply-adds; C is loaded (accumulate) or not, never zeroed first.
+//   Columns past the last whole packet are done one by one.
+// It serves the forward (W X) and data-gradient (W^T dY) products of the 1x1 and im2col
+// convolutions (conv.hpp's gemm). The weight gradient (dY X^T: a dot product along H*W per
+// element of C) stays with Eigen: a register-tiled version was slower at these sizes (its
+// horizontal sums dominate).
+// Results equal Eigen's to rounding (the summation order differs), not bit for bit.
+// No allocation, no threading: callers split the work (conv.hpp's gemm_rows_parallel).
+#pragma once
+
+#include <Eigen/Core>
+
+#include "datanas/core/tensor.hpp"
+
+namespace datanas::cpu::small_gemm {
+
+namespace ei = Eigen::internal;
+template <class T>
+using Packet = typename ei::packet_traits<T>::type;
+template <class T>
+inline constexpr int kV = ei::packet_traits<T>::size;
+/// Tile shape: 6 rows x 4 packets of accumulators plus the operands fit the 32 registers of
+/// AVX-512; with 16 registers (SSE, AVX2), 4 x 2 do.
+template <class T>
+inline constexpr int kWide = kV<T> >= 16 ? 4 : 2;
+
+/// Largest inner dimension k for which nn() beats Eigen's product. Measured (one thread, AVX-512,
+/// float, against conv_detail::gemm's Eigen product, min of several runs): 1.3-1.8x faster at
+/// k = 16..64 for m = 16..64, n = 64..1024; 1.0-1.4x at k = 128..256; 0.95-1.0x at 144 x 1024 x
+/// 144. Above it Eigen's cache blocking wins.
+inline constexpr index_t kMaxInner = 128;
+
+/// One MR x (NV packets) tile of C = op(A) B at c; A(i, p) = a[i * sai + p * sap].
+template <int MR, int NV, class T>
+inline void nn_tile(index_t k, const T* __restrict a, index_t sai, index_t sap, const T* __restrict b,
+                    index_t ldb, T* __restrict c, index_t ldc, bool accumulate) {
+  constexpr int V = kV<T>;
+  using P = Packet<T>;
+  P acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] = accumulate ? ei::ploadu<P>(c + r * ldc + v * V) : ei::pset1<P>(T(0));
+  for (index_t p = 0; p < k; ++p) {
+    P bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = ei::ploadu<P>(b + p * ldb + v * V);
+    for (int r = 0; r < MR; ++r) {
+      const P ar = ei::pset1<P>(a[r * sai + p * sap]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = ei::pmadd(ar, bv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) ei::pstoreu(c + r * ldc + v * V, acc[r][v]);
+}
+
+/// Rows [0, MR) of C = op(A) B over all n columns: tiles of kNV packets, then single packets,
+/// then the columns past the last whole packet one at a time.
+template <int MR, class T>
+inline void nn_rows(index_t n, index_t k, const T* a, index_t sai, index_t sap, const T* b, index_t ldb,
+                    T* c, index_t ldc, bool accumulate) {
+  constexpr int V = kV<T>, kNV = kWide<T>;
+  index_t j = 0;
+  for (; j + kNV * V <= n; j += kNV * V) nn_tile<MR, kNV>(k, a, sai, sap, b + j, ldb, c + j, ldc, accumulate);
+  for (; j + V <= n; j += V) nn_tile<MR, 1>(k, a, sai, sap, b + j, ldb, c + j, ldc, accumulate);
+  for (; j < n; ++j)
+    for (int r = 0; r < MR; ++r) {
+      T s = accumulate ? c[r * ldc + j] : T(0);
+      for (index_t p = 0; p < k; ++p) s += a[r * sai + p * sap] * b[p * ldb + j];
+      c[r * ldc + j] = s;
+    }
+}
+
+/// C[m x n] (+)= op(A) B: op(A) = A (row-major m x k, leading dimension lda) or, with TA, the
+/// transpose of A stored k x m; B row-major k x n (ldb); C row-major (ldc).
+template <bool TA, class T>
+void nn(index_t m, index_t n, index_t k, const T* a, index_t lda, const T* b, index_t ldb, T* c,
+        index_t ldc, bool accumulate) {
+  const index_t sai = TA ? 1 : lda, sap = TA ? lda : 1;
+  constexpr int MR = kV<T> >= 16 ? 6 : 4;
+  index_t i = 0;
+  for (; i + MR <= m; i += MR) nn_rows<MR>(n, k, a + i * sai, sai, sap, b, ldb, c + i * ldc, ldc, accumulate);
+  if (m - i >= 4) {
+    nn_rows<4>(n, k, a + i * sai, sai, sap, b, ldb, c + i * ldc, ldc, accumulate);
+    i += 4;
+  }
+  switch (m - i) {
+    case 3: nn_rows<3>(n, k, a + i * sai, sai, sap, b, ldb, c + i * ldc, ldc, accumulate); break;
+    case 2: nn_rows<2>(n, k, a + i * sai, sai, sap, b, ldb, c + i * ldc, ldc, accumulate); break;
+    case 1: nn_rows<1>(n, k, a + i * sai, sai, sap, b, ldb, c + i * ldc, ldc, accumulate); break;
+    default: break;
+  }
+}
+
+}  // namespace datanas::cpu::small_gemm
