@@ -118,6 +118,9 @@ Var<T, D> conv_pair(const char* op, bool relu_x, const Var<T, D>& x, const Var<T
   // With relu_x the first convolution reads relu(x) straight from x where its kernels can
   // (CPU and our GPU depthwise kernels), else from a temporary relu(x); never kept either way.
   g1.relu_input = relu_x && fuses_input_relu<D>(g1, path1);
+  // The CPU depthwise backward also applies relu's mask to the data gradient, while that
+  // plane is in cache (ConvGeom::relu_masks_dx); elsewhere relu's backward is a pass of its own.
+  g1.relu_masks_dx = g1.relu_input && is_cpu<D>;
   const bool relu_copy = relu_x && !g1.relu_input;
   Var<T, D> y(Tensor<T, D>::empty(conv_output_shape(g2)));
   {
@@ -139,13 +142,15 @@ Var<T, D> conv_pair(const char* op, bool relu_x, const Var<T, D>& x, const Var<T
       if (w2.requires_grad()) dw2 = w2.grad_slot();
       conv_backward(g2, path2, t, w2.value(), y.out_grad(), dt, false, dw2.g, dw2.accumulate);
       if (!first) return;
-      // With relu_x the first convolution gives the gradient with respect to relu(x); relu's
-      // backward then masks it by x > 0 (the same units as relu(x) > 0).
-      const Tensor<T, D> dr = relu_x && x.requires_grad() ? Tensor<T, D>::empty(x.shape()) : Tensor<T, D>();
-      if (x.requires_grad()) dx = relu_x ? GradSlot<T, D>{dr, false} : x.grad_slot();
+      // With relu_x (and unless the kernel masks it itself) the first convolution gives the
+      // gradient with respect to relu(x); relu's backward then masks it by x > 0 (the same units
+      // as relu(x) > 0).
+      const bool mask_after = relu_x && !g1.relu_masks_dx && x.requires_grad();
+      const Tensor<T, D> dr = mask_after ? Tensor<T, D>::empty(x.shape()) : Tensor<T, D>();
+      if (x.requires_grad()) dx = mask_after ? GradSlot<T, D>{dr, false} : x.grad_slot();
       if (w1.requires_grad()) dw1 = w1.grad_slot();
       conv_backward(g1, path1, in, w1.value(), dt, dx.g, dx.accumulate, dw1.g, dw1.accumulate);
-      if (!relu_x || !x.requires_grad()) return;
+      if (!mask_after) return;
       auto [gx, acc] = x.grad_slot();
       if constexpr (is_cpu<D>)
         cpu::activation_backward(cpu::Activation::kRelu, x.value(), dr, gx, acc);

@@ -52,6 +52,10 @@ struct ConvGeom {
   /// that relu(x) need not exist as a tensor; the data gradient it gives is then the one with
   /// respect to relu(x). Only the depthwise path supports it (relu_conv2d_pair sets it).
   bool relu_input = false;
+  /// With relu_input: the data gradient is also masked by x > 0, so it is the gradient with
+  /// respect to x itself and relu's backward needs no pass of its own (the mask is applied while
+  /// the plane's gradient is in cache). CPU depthwise path only (relu_conv2d_pair sets it there).
+  bool relu_masks_dx = false;
 };
 
 enum class ConvPath { kGeneral, kDirectGemm, kDepthwise };
@@ -361,6 +365,7 @@ struct DwGeom {
   index_t hn2, wb2;  // stride 1: the dy plane padded for the input-gradient correlation
   index_t xbuf, dybuf, dxbuf, rowbuf;  // elements of each per-thread buffer (rowbuf: the scatter's
                                        // unpadding row)
+  index_t dplane;  // stride 1 with relu_masks_dx: the unmasked data gradient of one plane
   index_t per_thread;
 };
 
@@ -376,8 +381,9 @@ DwGeom dw_geom(const ConvGeom& g) {
   b.xbuf = round_up(s * b.hn * b.wb, 16);
   b.dybuf = round_up(g.ho * b.wv, 16);
   b.dxbuf = round_up(s == 1 ? b.hn2 * b.wb2 : s * b.hn * b.wb, 16);
+  b.dplane = g.relu_masks_dx && s == 1 ? round_up(g.h * g.w, 16) : 0;
   b.rowbuf = round_up(s * b.wb, 16);
-  b.per_thread = b.xbuf + b.dybuf + b.dxbuf + b.rowbuf;
+  b.per_thread = b.xbuf + b.dybuf + b.dxbuf + b.rowbuf + b.dplane;
   return b;
 }
 
@@ -490,11 +496,19 @@ void dw_weight_grad(const T* __restrict xb, index_t hn, index_t wb, const T* __r
   }
 }
 
+/// o (+)= v where x > 0, else (+)= 0: relu's backward (activation_backward's expression, so the
+/// values are bit for bit those of the unfused relu) applied to one plane's data gradient v.
+template <class T>
+void store_relu_masked(const T* __restrict x, const T* __restrict v, index_t n, T* __restrict o, bool acc) {
+  store(ArrayMap<T>(o, n), (ConstArrayMap<T>(x, n) > T(0)).select(ConstArrayMap<T>(v, n), T(0)), acc);
+}
+
 /// The stride-S input gradient of one plane by scatter: dxb (S phase planes like PadLayout's,
 /// zeroed here) receives w[i][j] * dy at every tap, then is unpadded into dx.
 template <int K, int S, int D, class T>
 void dw_input_grad_scatter(const ConvGeom& g, const DwGeom& b, const T* __restrict dy, const T* wk,
-                           T* __restrict dxb, T* __restrict row, T* __restrict dx, bool acc) {
+                           T* __restrict dxb, T* __restrict row, T* __restrict dx, bool acc,
+                           const T* __restrict mask_x = nullptr) {
   const index_t plane = b.hn * b.wb;
   std::fill_n(dxb, S * plane, T(0));
   for (index_t oh = 0; oh < g.ho; ++oh) {
@@ -511,7 +525,7 @@ void dw_input_grad_scatter(const ConvGeom& g, const DwGeom& b, const T* __restri
   for (index_t ih = 0; ih < g.h; ++ih) {
     T* o = dx + ih * g.w;
     const index_t r = ih + g.pad;
-    if (r >= b.hn) {
+    if (r >= b.hn) {  // no tap reached this row: a zero gradient, masked or not
       if (!acc) std::fill_n(o, g.w, T(0));
       continue;
     }
@@ -520,7 +534,9 @@ void dw_input_grad_scatter(const ConvGeom& g, const DwGeom& b, const T* __restri
       for (index_t q = 0; q < b.wb; ++q) row[q * S + ph] = src[q];
     }
     const T* rp = row + g.pad;
-    if (acc)
+    if (mask_x)
+      store_relu_masked(mask_x + ih * g.w, rp, g.w, o, acc);
+    else if (acc)
       ArrayMap<T>(o, g.w) += ConstArrayMap<T>(rp, g.w);
     else
       std::copy_n(rp, g.w, o);
@@ -568,6 +584,7 @@ void dw_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, 
     T* dyb = xb + b.xbuf;
     T* dxb = dyb + b.dybuf;
     T* row = dxb + b.dxbuf;
+    T* dplane = row + b.rowbuf;
     if (dw) {
       xl.zero(xb);
       dyl.zero(dyb);
@@ -585,18 +602,23 @@ void dw_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, 
       }
       if (!dx) continue;
       T* dxq = dx + q * g.h * g.w;
+      const T* mask_x = g.relu_masks_dx ? x + q * g.h * g.w : nullptr;
       if constexpr (S == 1) {
         // dx[h][w] = sum_ij w[i][j] dy[h + p - i d][w + p - j d]: the forward correlation of dy
         // padded by (k - 1) d - p with the flipped kernel, no scatter.
         T wf[K * K];
         for (int i = 0; i < K * K; ++i) wf[i] = wk[K * K - 1 - i];
         dxl.fill(dyq, dxb);
-        if (acc_x)
+        if (mask_x) {
+          dw_correlate<K, 1, D, false>(dxb, b.hn2, b.wb2, wf, T(0), dplane, g.h, g.w);
+          store_relu_masked(mask_x, dplane, g.h * g.w, dxq, acc_x);
+        } else if (acc_x) {
           dw_correlate<K, 1, D, true>(dxb, b.hn2, b.wb2, wf, T(0), dxq, g.h, g.w);
-        else
+        } else {
           dw_correlate<K, 1, D, false>(dxb, b.hn2, b.wb2, wf, T(0), dxq, g.h, g.w);
+        }
       } else {
-        dw_input_grad_scatter<K, S, D>(g, b, dyq, wk, dxb, row, dxq, acc_x);
+        dw_input_grad_scatter<K, S, D>(g, b, dyq, wk, dxb, row, dxq, acc_x, mask_x);
       }
     }
   });
@@ -650,6 +672,7 @@ void conv2d_backward(const ConvGeom& g, ConvPath path, const Tensor<T, Cpu>& x,
                      bool acc_x, const Tensor<T, Cpu>& dw, bool acc_w, const Tensor<T, Cpu>& db,
                      bool acc_b) {
   DATANAS_ASSERT(!g.relu_input || path == ConvPath::kDepthwise);
+  DATANAS_ASSERT(!g.relu_masks_dx || g.relu_input);
   const index_t p = g.ho * g.wo;
   if (db.defined()) {
     T* o = db.data();

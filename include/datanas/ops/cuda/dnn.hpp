@@ -454,6 +454,7 @@ struct DnnOps {
                               const Tensor<T, Cuda>& dx, bool acc_x, const Tensor<T, Cuda>& dw,
                               bool acc_w, const Tensor<T, Cuda>& db, bool acc_b) {
     DATANAS_ASSERT(!g.relu_input || conv_fuses_input_relu(g));
+    DATANAS_ASSERT(!g.relu_masks_dx);  // a CPU-only fusion: the GPU masks in relu's backward
     const cudaStream_t s = current_stream().handle;
     if (g.n == 0) {  // empty batch: the weight and bias gradients are empty sums
       if (dw.defined() && !acc_w)
