@@ -15,16 +15,18 @@ using DartsSoftmax = SearchSpace<DartsOps, 4, 4, estimators::Softmax, Granularit
 }  // namespace
 
 TEST_SUITE("cpu") {
-TEST_CASE("a DARTS mixed edge keeps 11 activation-sized tensors for backward, not 21") {
-  // Counted by hand, each the edge's output shape: relu(x), shared by the four conv ops; per
-  // sep_conv the BN outputs of both halves (the second half's relu_conv2d_pair reads the first
-  // BN's output, which that BN keeps anyway); per dil_conv its BN output; max_pool its arg-max
-  // indices and BN output; avg_pool its BN output; the edge's output. Freed during forward:
-  // the pointwise outputs feeding the non-affine BNs and the pool outputs (each BN keeps its
-  // output instead of its input). Never kept: the depthwise outputs and the sep_convs' inner
-  // ReLU outputs (recomputed in backward). Before values were kept only where a backward reads
-  // them, the tape also held the six pointwise outputs, the two pool outputs and the two inner
-  // ReLU outputs: 21. Plus per BN its [2, C] statistics.
+TEST_CASE("a DARTS mixed edge keeps 10 activation-sized tensors for backward, not 21") {
+  // Counted by hand, each the edge's output shape: per sep_conv the BN outputs of both halves
+  // (the second half's relu_conv2d_pair reads the first BN's output, which that BN keeps
+  // anyway); per dil_conv its BN output; max_pool its arg-max indices and BN output; avg_pool
+  // its BN output; the edge's output. The four conv ops read relu(x) inside their kernels on
+  // the CPU (OpModule::fuses_relu) and keep x, which the test owns. Freed during forward: the
+  // pointwise outputs feeding the non-affine BNs and the pool outputs (each BN keeps its output
+  // instead of its input). Never kept: the depthwise outputs and the ReLU outputs (recomputed in
+  // backward). Before values were kept only where a backward reads them, the tape also held the
+  // six pointwise outputs, the two pool outputs and the two inner ReLU outputs: 21; while the
+  // edge shared one relu(x) tensor among its conv ops (as it still does on the GPU), 11. Plus
+  // per BN its [2, C] statistics.
   using VarF = Var<float, Cpu>;
   auto& alloc = CachingAllocator<Cpu>::instance();
   const index_t c = 8;
@@ -42,11 +44,53 @@ TEST_CASE("a DARTS mixed edge keeps 11 activation-sized tensors for backward, no
   VarF x(xv, true), w(wv, true);
   const std::size_t before = alloc.stats().bytes_in_use;
   VarF y = edge(x, w, 0, nullptr);
-  CHECK(alloc.stats().bytes_in_use - before == 11 * unit + 8 * stats);
+  CHECK(alloc.stats().bytes_in_use - before == 10 * unit + 8 * stats);
   backward(sum(y));  // every closure finds what it reads
   CHECK(w.has_grad());
   CHECK(std::isfinite(x.grad().eigen().sum()));
   CHECK(y.value().defined());
+}
+
+TEST_CASE("sep_conv and dil_conv fusing their ReLU give relu-then-op's values and gradients bit for bit") {
+  // On the CPU a mixed op calls op(x) for these ops (OpModule::fuses_relu: the depthwise kernels
+  // read max(x, 0) and mask the gradient) where it used to hand them a shared relu(x) through
+  // from_relu; the GPU still shares. A search must not depend on which.
+  using VarF = Var<float, Cpu>;
+  for (const char* name : {"sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"})
+    for (const int stride : {1, 2})
+      for (const Phase phase : {Phase::kSearch, Phase::kEval}) {
+        CAPTURE(name);
+        CAPTURE(stride);
+        CAPTURE(phase == Phase::kSearch);
+        PhiloxGenerator g(7);
+        auto op = DartsOps::make<float>(name, 4, stride, phase, g);
+        REQUIRE(op->fuses_relu());
+        const Shape xs{2, 4, 9, 7};
+        PhiloxGenerator data(11);
+        auto xv = Tensor<float, Cpu>::empty(xs);
+        for (index_t i = 0; i < xv.numel(); ++i) xv[i] = 2 * float(data.uniform()) - 1;
+        Tensor<float, Cpu> r;
+        auto run = [&](bool fused) {
+          VarF x(xv.clone(), true);
+          op->zero_grad();
+          VarF y = fused ? (*op)(x) : op->from_relu(relu(x));
+          if (!r.defined()) {
+            r = Tensor<float, Cpu>::empty(y.shape());
+            for (index_t i = 0; i < r.numel(); ++i) r[i] = 2 * float(data.uniform()) - 1;
+          }
+          backward(y, r);
+          std::vector<Tensor<float, Cpu>> out{y.value().clone(), x.grad().clone()};
+          for (const VarF& p : op->parameters()) out.push_back(p.grad().clone());
+          return out;
+        };
+        const auto fused = run(true), shared = run(false);
+        REQUIRE(fused.size() == shared.size());
+        for (std::size_t i = 0; i < fused.size(); ++i) {
+          CAPTURE(i);  // 0: output, 1: dx, then the parameters' gradients
+          REQUIRE(fused[i].shape() == shared[i].shape());
+          CHECK(std::memcmp(fused[i].data(), shared[i].data(), sizeof(float) * std::size_t(fused[i].numel())) == 0);
+        }
+      }
 }
 
 TEST_CASE("DARTS op set: names in alpha order, factories, errors") {

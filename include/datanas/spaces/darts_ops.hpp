@@ -41,6 +41,11 @@ class OpModule : public nn::Module<T, D> {
     (void)r;
     throw error("from_relu: this op does not start with ReLU");
   }
+  /// Whether operator()(x) applies its leading ReLU inside its convolution kernels
+  /// (relu_conv_pair): no relu(x) tensor, and on the CPU no ReLU backward pass either (the
+  /// depthwise backward masks the gradient as it writes it). A mixed op on the CPU then calls
+  /// operator()(x) rather than sharing one relu(x) among its ops.
+  [[nodiscard]] virtual bool fuses_relu() const { return false; }
 };
 
 /// Output spatial size of the stride-s DARTS ops (3x3 with padding 1): ceil(h / s).
@@ -111,18 +116,19 @@ class SepConv : public OpModule<T, D> {
     this->register_module("op.6", pw2_);
     this->register_module("op.7", bn2_);
   }
-  Var<T, D> operator()(const Var<T, D>& x) const override { return from_relu(relu(x)); }
-  [[nodiscard]] bool relu_first() const override { return true; }
-  Var<T, D> from_relu(const Var<T, D>& r) const override {
-    // The depthwise outputs are recomputed in backward, not kept (nn::conv_pair); so is the
-    // ReLU between the halves (nn::relu_conv_pair), whose output only the second depthwise
-    // convolution reads, while the first BN keeps its own output anyway. The first half takes
-    // the edge's shared relu(x) instead: fusing that ReLU into each of an edge's four pairs
-    // would mask the gradient four times where one ReLU backward does (10% slower dense step).
-    return bn2_(nn::relu_conv_pair(dw2_, pw2_, bn1_(nn::conv_pair(dw1_, pw1_, r))));
+  // The depthwise outputs are recomputed in backward, not kept (nn::conv_pair); so is the ReLU
+  // between the halves (nn::relu_conv_pair), whose output only the second depthwise
+  // convolution reads, while the first BN keeps its own output anyway.
+  Var<T, D> operator()(const Var<T, D>& x) const override {
+    return second_half(bn1_(nn::relu_conv_pair(dw1_, pw1_, x)));
   }
+  [[nodiscard]] bool relu_first() const override { return true; }
+  [[nodiscard]] bool fuses_relu() const override { return true; }
+  Var<T, D> from_relu(const Var<T, D>& r) const override { return second_half(bn1_(nn::conv_pair(dw1_, pw1_, r))); }
 
  private:
+  Var<T, D> second_half(const Var<T, D>& h) const { return bn2_(nn::relu_conv_pair(dw2_, pw2_, h)); }
+
   nn::Conv2d<T, D> dw1_, pw1_;
   nn::BatchNorm2d<T, D> bn1_;
   nn::Conv2d<T, D> dw2_, pw2_;
@@ -140,8 +146,9 @@ class DilConv : public OpModule<T, D> {
     this->register_module("op.2", pw_);
     this->register_module("op.3", bn_);
   }
-  Var<T, D> operator()(const Var<T, D>& x) const override { return from_relu(relu(x)); }
+  Var<T, D> operator()(const Var<T, D>& x) const override { return bn_(nn::relu_conv_pair(dw_, pw_, x)); }
   [[nodiscard]] bool relu_first() const override { return true; }
+  [[nodiscard]] bool fuses_relu() const override { return true; }
   Var<T, D> from_relu(const Var<T, D>& r) const override { return bn_(nn::conv_pair(dw_, pw_, r)); }
 
  private:

@@ -70,12 +70,12 @@ class MixedOp : public nn::Module<T, D> {
     int idx[Ops::kSize];
     const Shape& s = x.shape();
     const Shape out_shape{s.n(), s.c(), strided_size(s.h(), stride_), strided_size(s.w(), stride_)};
-    Var<T, D> r;  // relu(x), shared by every op of the edge that starts with ReLU
+    Var<T, D> r;  // relu(x), shared by the ops of the edge that start with ReLU and do not fuse it
     for (int k = 0; k < Ops::kSize; ++k) {
       idx[k] = int(offset + k);
       const OpModule<T, D>& op = *ops_[std::size_t(k)];
       if (op.is_zero() || (host_w && host_w[offset + k] == T(0))) continue;
-      if (op.relu_first()) {
+      if (op.relu_first() && !(kFuseRelu && op.fuses_relu())) {
         if (!r.defined()) r = relu(x);
         terms[k] = op.from_relu(r);
       } else {
@@ -91,6 +91,13 @@ class MixedOp : public nn::Module<T, D> {
   [[nodiscard]] const OpModule<T, D>& op(int k) const { return *ops_[std::size_t(k)]; }
 
  private:
+  /// Whether ops that can fuse their leading ReLU do so (OpModule::fuses_relu). On the CPU the
+  /// fused mask costs nothing extra in backward, so each op reading relu(x) in its kernels beats
+  /// one shared relu(x) tensor: no ReLU pass either way, and one activation fewer kept per edge.
+  /// On the GPU each fused op would mask its gradient in a pass of its own (four per edge, where
+  /// one shared ReLU backward does), so the edge shares relu(x) there.
+  static constexpr bool kFuseRelu = is_cpu<D>;
+
   int stride_;
   std::array<OpPtr<T, D>, std::size_t(Ops::kSize)> ops_;
 };
