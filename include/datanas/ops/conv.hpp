@@ -178,12 +178,13 @@ Var<T, D> conv2d_pair(const Var<T, D>& x, const Var<T, D>& w1, Conv2dParams p1, 
 
 /// conv2d_pair(relu(x), w1, p1, w2, p2) without relu(x) ever being kept: the pair reads it
 /// from x in forward and again in backward (the depthwise kernels, CPU and GPU, apply the ReLU
-/// as they load x; other convolutions get a temporary), and masks the gradient by x > 0. Values
-/// and gradients are those of relu followed by conv2d_pair, bit for bit. Why: the second half of
-/// DARTS' sep_conv begins with a ReLU whose output only its depthwise convolution reads; kept,
-/// it is one more full-resolution tensor per sep_conv, while x (the first half's BN output) is
-/// kept by that BN anyway. (The ReLU in front of an edge is shared by four pairs and stays a
-/// tensor: fused into each, its backward would be four masking passes instead of one.)
+/// as they load x; other convolutions get a temporary), and masks the gradient by x > 0 (the
+/// CPU depthwise backward as it writes the gradient, elsewhere a pass of its own). Values and
+/// gradients are those of relu followed by conv2d_pair, bit for bit. Why: the ReLUs of DARTS'
+/// sep_conv and dil_conv have outputs that only their depthwise convolution reads; kept, each
+/// is one more full-resolution tensor, and on the CPU relu's forward and backward passes
+/// disappear too. (On the GPU a supernet edge still shares one relu(x) among its four conv
+/// ops: fused into each, the mask would be four passes where one ReLU backward does.)
 template <class T, class D>
 Var<T, D> relu_conv2d_pair(const Var<T, D>& x, const Var<T, D>& w1, Conv2dParams p1,
                            const Var<T, D>& w2, Conv2dParams p2 = {}) {

@@ -33,8 +33,8 @@ class OpModule : public nn::Module<T, D> {
   /// skip_connect at stride 1: no drop path in the evaluation network.
   [[nodiscard]] virtual bool is_identity() const { return false; }
   /// Whether the op begins with ReLU(x). A mixed op then computes relu(x) once per edge and
-  /// hands it to every such op through from_relu(): one activation (and one ReLU backward)
-  /// per edge instead of one per op, the same values.
+  /// hands it to every such op that does not fuse it (fuses_relu) through from_relu(): one
+  /// activation (and one ReLU backward) per edge instead of one per op, the same values.
   [[nodiscard]] virtual bool relu_first() const { return false; }
   /// The op applied to r = relu(x); only for relu_first() ops.
   virtual Var<T, D> from_relu(const Var<T, D>& r) const {
