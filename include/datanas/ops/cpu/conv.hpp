@@ -5,11 +5,13 @@
 //     padding <= (k - 1) * dilation. Direct loops over one (sample, channel) plane at a time: the
 //     plane is first copied into a zero-padded buffer split into `stride` column phases, so that
 //     every tap reads a contiguous row and the inner loop over output columns vectorises with no
-//     bounds checks. These are the sep_conv / dil_conv convolutions of a DARTS cell.
+//     bounds checks (the buffer's zeros are written once per call, PadLayout). These are the
+//     sep_conv / dil_conv convolutions of a DARTS cell.
 //   - direct GEMM: 1x1 kernel, stride 1, no padding (any groups): Y_n = W * X_n per sample.
 //   - general: im2col + GEMM per sample and group (any stride, padding, dilation, groups).
+// The products (gemm below) run small_gemm::nn for inner dimensions up to 128, Eigen otherwise.
 // All paths parallelise over samples (or planes) with OpenMP; each thread runs single-threaded
-// Eigen products on its own workspace slice, and weight gradients are summed from per-thread
+// products on its own workspace slice, and weight gradients are summed from per-thread
 // partials, so no two threads ever write the same element. When the batch is too small to
 // split, each GEMM is split over row blocks instead (Eigen's own threading would allocate).
 // Workspaces are Tensors (caching allocator); Eigen's GEMM packing buffers stay on its stack
@@ -355,6 +357,8 @@ void gemm_backward(const ConvGeom& g, ConvPath path, const T* x, const T* w, con
 /// packets, so dy rows are padded with zeros to a multiple of it.
 template <class T>
 inline constexpr int kLanes = Eigen::internal::packet_traits<T>::size;
+template <class T>
+using Packet = typename Eigen::internal::packet_traits<T>::type;
 
 /// Buffer sizes of the depthwise path for one plane.
 struct DwGeom {
@@ -441,19 +445,71 @@ struct PadLayout {
   }
 };
 
+/// R output rows from `oh`, columns [ow0, ow1) in whole packets P: the packet form of
+/// dw_correlate's loop, with the R rows' sums as independent accumulators, so that each chain of
+/// K * K dependent multiply-adds overlaps R - 1 others (one chain at a time waited on the FMA
+/// latency: about a quarter of the machine's peak). Same operations in the same order per
+/// element as the scalar loop.
+template <int K, int S, int D, int R, bool Acc, class P, class T>
+inline void dw_correlate_rows(const T* __restrict buf, index_t plane, index_t wb, const P* wv,
+                              const P& bv, T* __restrict out, index_t oh, index_t ow_n,
+                              index_t ow0, index_t ow1) {
+  namespace ei = Eigen::internal;
+  for (index_t ow = ow0; ow < ow1; ow += ei::unpacket_traits<P>::size) {
+    P acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = bv;
+    for (int i = 0; i < K; ++i)
+      for (int j = 0; j < K; ++j) {
+        const T* tap = buf + ((j * D) % S) * plane + i * D * wb + (j * D) / S + ow;
+        for (int r = 0; r < R; ++r)
+          acc[r] = ei::pmadd(wv[i * K + j], ei::ploadu<P>(tap + (oh + r) * S * wb), acc[r]);
+      }
+    for (int r = 0; r < R; ++r) {
+      T* o = out + (oh + r) * ow_n + ow;
+      ei::pstoreu(o, Acc ? ei::padd(ei::ploadu<P>(o), acc[r]) : acc[r]);
+    }
+  }
+}
+
 /// out[oh][ow] (+)= bias + sum_ij wk[i][j] * buf[(j d) % S][oh S + i d][ow + (j d) / S]: a K x K
-/// correlation over a buffer laid out by PadLayout.
+/// correlation over a buffer laid out by PadLayout. Output columns go through dw_correlate_rows
+/// in whole packets, four rows at a time, then in half packets where a half packet still fits
+/// (an 8 x 8 plane with 16-lane packets); the columns past those through the scalar loop.
 template <int K, int S, int D, bool Acc, class T>
 void dw_correlate(const T* __restrict buf, index_t hn, index_t wb, const T* wk, T bias,
                   T* __restrict out, index_t oh_n, index_t ow_n) {
+  namespace ei = Eigen::internal;
   T wr[K * K];
   std::copy_n(wk, K * K, wr);
   const index_t plane = hn * wb;
+  // All rows, columns [ow0, ow1) in packets P.
+  auto packets = [&]<class P>(index_t ow0, index_t ow1) {
+    P wv[K * K];
+    for (int t = 0; t < K * K; ++t) wv[t] = ei::pset1<P>(wr[t]);
+    const P bv = ei::pset1<P>(bias);
+    constexpr int R = 4;
+    index_t oh = 0;
+    for (; oh + R <= oh_n; oh += R)
+      dw_correlate_rows<K, S, D, R, Acc>(buf, plane, wb, wv, bv, out, oh, ow_n, ow0, ow1);
+    for (; oh < oh_n; ++oh) dw_correlate_rows<K, S, D, 1, Acc>(buf, plane, wb, wv, bv, out, oh, ow_n, ow0, ow1);
+  };
+  using Full = Packet<T>;
+  using Half = typename ei::unpacket_traits<Full>::half;
+  constexpr index_t VF = ei::unpacket_traits<Full>::size, VH = ei::unpacket_traits<Half>::size;
+  index_t owv = ow_n / VF * VF;
+  if (owv > 0) packets.template operator()<Full>(0, owv);
+  if constexpr (VH < VF) {
+    if (owv + VH <= ow_n) {
+      packets.template operator()<Half>(owv, owv + VH);
+      owv += VH;
+    }
+  }
+  if (owv == ow_n) return;
   for (index_t oh = 0; oh < oh_n; ++oh) {
     const T* base = buf + oh * S * wb;
     T* o = out + oh * ow_n;
     DATANAS_CONV_SIMD
-    for (index_t ow = 0; ow < ow_n; ++ow) {
+    for (index_t ow = owv; ow < ow_n; ++ow) {
       T a = bias;
 #pragma GCC unroll 5
       for (int i = 0; i < K; ++i)
