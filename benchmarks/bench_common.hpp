@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -100,6 +101,50 @@ inline double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const std::size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/// `--peak-rss NAME [--steps N]` of the step benchmarks (bench_search_step, bench_train_step):
+/// taken out of argv, the rest left for Google Benchmark. An empty name: not given.
+struct PeakRssArgs {
+  std::string name;
+  int steps = 3;
+};
+inline PeakRssArgs take_peak_rss_args(int& argc, char** argv) {
+  PeakRssArgs a;
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--peak-rss") == 0 && i + 1 < argc)
+      a.name = argv[++i];
+    else if (std::strcmp(argv[i], "--steps") == 0 && i + 1 < argc)
+      a.steps = std::max(1, std::atoi(argv[++i]));
+    else
+      argv[kept++] = argv[i];
+  }
+  argc = kept;
+  return a;
+}
+
+/// Medians of `steps` calls of step() after one untimed warm-up call, and the tensor allocator's
+/// high-water mark over them: what the --peak-rss runs print.
+struct StepTimes {
+  double wall_ms, cpu_ms, alloc_peak_mb;
+};
+template <class F>
+StepTimes time_steps(F&& step, int steps) {
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  step();
+  std::vector<double> wall, cpu;
+  std::size_t peak = 0;
+  for (int i = 0; i < steps; ++i) {
+    alloc.reset_peak();
+    const double c0 = process_cpu_s();
+    const auto t0 = std::chrono::steady_clock::now();
+    step();
+    wall.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    cpu.push_back(1e3 * (process_cpu_s() - c0));
+    peak = std::max(peak, alloc.stats().peak_bytes_in_use);
+  }
+  return {median(wall), median(cpu), double(peak) / (1024.0 * 1024.0)};
 }
 
 /// The common tail of every benchmark main(): context lines (threads, NDEBUG), then Google

@@ -151,44 +151,21 @@ int peak_rss_run(const std::string& name, int steps) {
   auto b = it->make();
   check_params(*b);
   const double rss_setup = current_rss_mb();
-  auto& alloc = CachingAllocator<Cpu>::instance();
-  b->step();
-  std::vector<double> wall, cpu;
-  std::size_t peak = 0;
-  for (int i = 0; i < steps; ++i) {
-    alloc.reset_peak();
-    const double c0 = process_cpu_s();
-    const auto t0 = std::chrono::steady_clock::now();
-    b->step();
-    wall.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    cpu.push_back(1e3 * (process_cpu_s() - c0));
-    peak = std::max(peak, alloc.stats().peak_bytes_in_use);
-  }
-  const double ms_step = median(wall);
+  const StepTimes t = time_steps([&] { b->step(); }, steps);
   std::printf(
       "{\"mode\": \"%s\", \"steps\": %d, \"threads\": %d, \"ms_per_step\": %.3f, \"cpu_ms_per_step\": %.3f, "
       "\"images_per_s\": %.2f, \"alloc_peak_MB\": %.2f, \"rss_after_setup_MB\": %.2f, "
       "\"peak_rss_MB\": %.2f, \"params\": %lld}\n",
-      name.c_str(), steps, cpu::num_threads(), ms_step, median(cpu), double(2 * kBatch) / (ms_step / 1e3),
-      double(peak) / (1024.0 * 1024.0), rss_setup, peak_rss_mb(), (long long)b->params());
+      name.c_str(), steps, cpu::num_threads(), t.wall_ms, t.cpu_ms, double(2 * kBatch) / (t.wall_ms / 1e3),
+      t.alloc_peak_mb, rss_setup, peak_rss_mb(), (long long)b->params());
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string rss_mode;
-  int steps = 3, kept = 1;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--peak-rss") == 0 && i + 1 < argc)
-      rss_mode = argv[++i];
-    else if (std::strcmp(argv[i], "--steps") == 0 && i + 1 < argc)
-      steps = std::max(1, std::atoi(argv[++i]));
-    else
-      argv[kept++] = argv[i];
-  }
-  argc = kept;
-  if (!rss_mode.empty()) return peak_rss_run(rss_mode, steps);
+  const PeakRssArgs rss = take_peak_rss_args(argc, argv);
+  if (!rss.name.empty()) return peak_rss_run(rss.name, rss.steps);
 
   for (const Mode& m : modes()) {
     benchmark::RegisterBenchmark((std::string("search_step/") + m.name).c_str(),

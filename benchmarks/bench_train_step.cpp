@@ -22,7 +22,6 @@
 #include "bench_common.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -109,25 +108,13 @@ int peak_rss_run(const std::string& name, int steps) {
   }
   TrainBench b(*it);
   const double rss_setup = current_rss_mb();
-  auto& alloc = CachingAllocator<Cpu>::instance();
-  b.step();
-  std::vector<double> wall, cpu;
-  std::size_t peak = 0;
-  for (int i = 0; i < steps; ++i) {
-    alloc.reset_peak();
-    const double c0 = process_cpu_s();
-    const auto t0 = std::chrono::steady_clock::now();
-    b.step();
-    wall.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    cpu.push_back(1e3 * (process_cpu_s() - c0));
-    peak = std::max(peak, alloc.stats().peak_bytes_in_use);
-  }
+  const StepTimes t = time_steps([&] { b.step(); }, steps);
   std::printf(
       "{\"side\": \"datanas\", \"case\": \"%s\", \"steps\": %d, \"threads\": %d, \"ms_per_step\": %.3f, "
       "\"cpu_ms_per_step\": %.3f, \"alloc_peak_MB\": %.2f, \"rss_after_setup_MB\": %.2f, "
       "\"peak_rss_MB\": %.2f, \"params\": %lld}\n",
-      name.c_str(), steps, cpu::num_threads(), median(wall), median(cpu), double(peak) / (1024.0 * 1024.0),
-      rss_setup, peak_rss_mb(), (long long)b.net.parameter_count_without_auxiliary());
+      name.c_str(), steps, cpu::num_threads(), t.wall_ms, t.cpu_ms, t.alloc_peak_mb, rss_setup, peak_rss_mb(),
+      (long long)b.net.parameter_count_without_auxiliary());
   return 0;
 }
 
@@ -143,18 +130,8 @@ void register_all() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string rss_case;
-  int steps = 3, kept = 1;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--peak-rss") == 0 && i + 1 < argc)
-      rss_case = argv[++i];
-    else if (std::strcmp(argv[i], "--steps") == 0 && i + 1 < argc)
-      steps = std::max(1, std::atoi(argv[++i]));
-    else
-      argv[kept++] = argv[i];
-  }
-  argc = kept;
-  if (!rss_case.empty()) return peak_rss_run(rss_case, steps);
+  const PeakRssArgs rss = take_peak_rss_args(argc, argv);
+  if (!rss.name.empty()) return peak_rss_run(rss.name, rss.steps);
   register_all();
   return datanas::bench::run_benchmarks(argc, argv);
 }

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from search_step import current_rss_mb
+
 DARTS_V1 = dict(
     normal=[[("sep_conv_3x3", 1), ("sep_conv_3x3", 0)], [("skip_connect", 0), ("sep_conv_3x3", 1)],
             [("skip_connect", 0), ("sep_conv_3x3", 1)], [("sep_conv_3x3", 0), ("skip_connect", 2)]],
@@ -223,14 +225,6 @@ def main():
                   f"median {median_ms:.1f} ms over {len(times)} steps, peak RSS {peak_mb:.0f} MB "
                   f"({rss_setup:.0f} MB after setup)")
 
-
-def current_rss_mb():
-    """VmRSS of this process now, in MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
 
 if __name__ == "__main__":
     main()
