@@ -445,6 +445,11 @@ struct PadLayout {
   }
 };
 
+// Eigen's packet types carry vector attributes that GCC drops (and warns about) when they are
+// template arguments, as the packet type of dw_correlate_rows is; Eigen silences the same warning
+// in its own headers.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
 /// R output rows from `oh`, columns [ow0, ow1) in whole packets P: the packet form of
 /// dw_correlate's loop, with the R rows' sums as independent accumulators, so that each chain of
 /// K * K dependent multiply-adds overlaps R - 1 others (one chain at a time waited on the FMA
@@ -523,6 +528,7 @@ void dw_correlate(const T* __restrict buf, index_t hn, index_t wb, const T* wk, 
     }
   }
 }
+#pragma GCC diagnostic pop
 
 /// dwk[i][j] += sum_{oh, ow} dyb[oh][ow] * xb[(j d) % S][oh S + i d][ow + (j d) / S], with dyb
 /// [oh_n][wv] zero beyond the real columns. One SIMD accumulator per tap of a kernel row, so the
