@@ -13,6 +13,13 @@
 
 namespace datanas::cpu {
 
+/// Eigen's SIMD register type for T and its number of lanes (16 floats with AVX-512), for the
+/// kernels written with Eigen's packet functions (conv.hpp's depthwise loops, small_gemm.hpp).
+template <class T>
+using Packet = typename Eigen::internal::packet_traits<T>::type;
+template <class T>
+inline constexpr int kLanes = Eigen::internal::packet_traits<T>::size;
+
 template <class T>
 using ArrayMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
 template <class T>

@@ -353,19 +353,14 @@ void gemm_backward(const ConvGeom& g, ConvPath path, const T* x, const T* w, con
 
 // ---- depthwise path -------------------------------------------------------------------------
 
-/// Lanes of one SIMD register of T (Eigen's packet): the weight-gradient loop reads dy in whole
-/// packets, so dy rows are padded with zeros to a multiple of it.
-template <class T>
-inline constexpr int kLanes = Eigen::internal::packet_traits<T>::size;
-template <class T>
-using Packet = typename Eigen::internal::packet_traits<T>::type;
 
 /// Buffer sizes of the depthwise path for one plane.
 struct DwGeom {
   index_t hn;        // padded input rows read: (ho - 1) * s + (k - 1) * d + 1
   index_t wb;        // row stride of a padded phase plane: covers the padded row, every tap and the
                      // lane tail of the weight-gradient loop
-  index_t wv;        // output columns rounded up to kLanes
+  index_t wv;        // output columns rounded up to kLanes (the weight-gradient loop reads dy
+                     // rows in whole packets, zero-padded)
   index_t hn2, wb2;  // stride 1: the dy plane padded for the input-gradient correlation
   index_t xbuf, dybuf, dxbuf, rowbuf;  // elements of each per-thread buffer (rowbuf: the scatter's
                                        // unpadding row)
@@ -537,20 +532,20 @@ template <int K, int S, int D, class T>
 void dw_weight_grad(const T* __restrict xb, index_t hn, index_t wb, const T* __restrict dyb,
                     index_t oh_n, index_t wv, T* __restrict dwk) {
   namespace ei = Eigen::internal;
-  using Packet = typename ei::packet_traits<T>::type;
+  using P = Packet<T>;
   constexpr int V = kLanes<T>;
   const index_t plane = hn * wb;
   for (int i = 0; i < K; ++i) {
-    Packet acc[K];
-    for (int j = 0; j < K; ++j) acc[j] = ei::pset1<Packet>(T(0));
+    P acc[K];
+    for (int j = 0; j < K; ++j) acc[j] = ei::pset1<P>(T(0));
     for (index_t oh = 0; oh < oh_n; ++oh) {
       const T* dr = dyb + oh * wv;
       const T* xr = xb + (oh * S + i * D) * wb;
       for (index_t c0 = 0; c0 < wv; c0 += V) {
-        const Packet dv = ei::ploadu<Packet>(dr + c0);
+        const P dv = ei::ploadu<P>(dr + c0);
 #pragma GCC unroll 5
         for (int j = 0; j < K; ++j)
-          acc[j] = ei::pmadd(dv, ei::ploadu<Packet>(xr + ((j * D) % S) * plane + (j * D) / S + c0),
+          acc[j] = ei::pmadd(dv, ei::ploadu<P>(xr + ((j * D) % S) * plane + (j * D) / S + c0),
                              acc[j]);
       }
     }

@@ -19,19 +19,15 @@
 
 #include <Eigen/Core>
 
-#include "datanas/core/tensor.hpp"
+#include "datanas/ops/cpu/common.hpp"
 
 namespace datanas::cpu::small_gemm {
 
 namespace ei = Eigen::internal;
-template <class T>
-using Packet = typename ei::packet_traits<T>::type;
-template <class T>
-inline constexpr int kV = ei::packet_traits<T>::size;
 /// Tile shape: 6 rows x 4 packets of accumulators plus the operands fit the 32 registers of
 /// AVX-512; with 16 registers (SSE, AVX2), 4 x 2 do.
 template <class T>
-inline constexpr int kWide = kV<T> >= 16 ? 4 : 2;
+inline constexpr int kWide = kLanes<T> >= 16 ? 4 : 2;
 
 /// Largest inner dimension k for which nn() beats Eigen's product. Measured (one thread, AVX-512,
 /// float, against conv_detail::gemm's Eigen product, min of several runs): 1.3-1.8x faster at
@@ -43,7 +39,7 @@ inline constexpr index_t kMaxInner = 128;
 template <int MR, int NV, class T>
 inline void nn_tile(index_t k, const T* __restrict a, index_t sai, index_t sap, const T* __restrict b,
                     index_t ldb, T* __restrict c, index_t ldc, bool accumulate) {
-  constexpr int V = kV<T>;
+  constexpr int V = kLanes<T>;
   using P = Packet<T>;
   P acc[MR][NV];
   for (int r = 0; r < MR; ++r)
@@ -66,7 +62,7 @@ inline void nn_tile(index_t k, const T* __restrict a, index_t sai, index_t sap, 
 template <int MR, class T>
 inline void nn_rows(index_t n, index_t k, const T* a, index_t sai, index_t sap, const T* b, index_t ldb,
                     T* c, index_t ldc, bool accumulate) {
-  constexpr int V = kV<T>, kNV = kWide<T>;
+  constexpr int V = kLanes<T>, kNV = kWide<T>;
   index_t j = 0;
   for (; j + kNV * V <= n; j += kNV * V) nn_tile<MR, kNV>(k, a, sai, sap, b + j, ldb, c + j, ldc, accumulate);
   for (; j + V <= n; j += V) nn_tile<MR, 1>(k, a, sai, sap, b + j, ldb, c + j, ldc, accumulate);
@@ -84,7 +80,7 @@ template <bool TA, class T>
 void nn(index_t m, index_t n, index_t k, const T* a, index_t lda, const T* b, index_t ldb, T* c,
         index_t ldc, bool accumulate) {
   const index_t sai = TA ? 1 : lda, sap = TA ? lda : 1;
-  constexpr int MR = kV<T> >= 16 ? 6 : 4;
+  constexpr int MR = kLanes<T> >= 16 ? 6 : 4;
   index_t i = 0;
   for (; i + MR <= m; i += MR) nn_rows<MR>(n, k, a + i * sai, sai, sap, b, ldb, c + i * ldc, ldc, accumulate);
   if (m - i >= 4) {
