@@ -43,6 +43,82 @@ TEST_CASE("weighted_sum gradients reach terms and weights; the zero term's weigh
   CHECK(w.grad()[1] != 0.0);
 }
 
+TEST_CASE("weighted_sum over several blocks: values, gradients, accumulation, any thread count") {
+  // 23,001 elements: 11 whole blocks of the blocked CPU kernels and a tail. Eight terms with a
+  // symbolic zero, one Var used twice and two terms sharing a weight (index map).
+  using VarF = Var<float, Cpu>;
+  const Shape s{3, 7, 33, 33};
+  const index_t n = s.numel();
+  REQUIRE(n % cpu::weighted_sum::kBlock != 0);
+  REQUIRE(n > 10 * cpu::weighted_sum::kBlock);
+  auto leaf = [&](std::uint64_t seed) {
+    const TensorD r = random_tensor(s, seed);
+    Tensor<float, Cpu> t = Tensor<float, Cpu>::empty(s);
+    for (index_t i = 0; i < n; ++i) t.data()[i] = float(r[i]);
+    VarF v(t);
+    v.set_requires_grad(true);
+    return v;
+  };
+  std::vector<VarF> leaves;
+  for (int i = 0; i < 6; ++i) leaves.push_back(leaf(40 + i));
+  VarF w(Tensor<float, Cpu>::from({6}, {0.3f, -0.7f, 1.1f, 0.05f, -0.2f, 0.9f}));
+  w.set_requires_grad(true);
+  const VarF terms[] = {leaves[0], zeros<float>(s), leaves[1], leaves[2], leaves[0],
+                        leaves[3], leaves[4], leaves[5]};
+  const int idx[] = {0, 1, 2, 3, 4, 5, 5, 2};
+  const Tensor<float, Cpu> dy = Tensor<float, Cpu>::empty(s);
+  {
+    const TensorD r = random_tensor(s, 50);
+    for (index_t i = 0; i < n; ++i) dy.data()[i] = float(r[i]);
+  }
+  // The reference, in double from the same float inputs.
+  std::vector<double> y_ref(n, 0.0), wg_ref(6, 0.0);
+  std::vector<std::vector<double>> xg_ref(6, std::vector<double>(n, 0.0));
+  const int leaf_of[] = {0, -1, 1, 2, 0, 3, 4, 5};
+  for (int t = 0; t < 8; ++t) {
+    if (leaf_of[t] < 0) continue;
+    const float* x = leaves[leaf_of[t]].value().data();
+    const double wt = w.value().data()[idx[t]];
+    for (index_t i = 0; i < n; ++i) {
+      y_ref[i] += wt * x[i];
+      wg_ref[idx[t]] += double(x[i]) * double(dy.data()[i]);
+      xg_ref[leaf_of[t]][i] += wt * double(dy.data()[i]);
+    }
+  }
+  auto run = [&] {
+    clear_tape<float>();
+    for (auto& l : leaves) l.zero_grad();
+    w.zero_grad();
+    VarF y = weighted_sum(terms, w, idx);
+    backward(y, dy);
+    return y;
+  };
+  const VarF y = run();
+  for (index_t i = 0; i < n; ++i) REQUIRE(y.value().data()[i] == doctest::Approx(y_ref[i]).epsilon(1e-5));
+  for (int l = 0; l < 6; ++l)
+    for (index_t i = 0; i < n; i += 97)
+      REQUIRE(leaves[l].grad().data()[i] == doctest::Approx(xg_ref[l][i]).epsilon(1e-5));
+  for (int j = 0; j < 6; ++j) CHECK(w.grad().data()[j] == doctest::Approx(wg_ref[j]).epsilon(1e-4));
+  // A second backward without zero_grad accumulates.
+  const float g0 = leaves[0].grad().data()[123], w5 = w.grad().data()[5];
+  VarF y2 = weighted_sum(terms, w, idx);
+  backward(y2, dy);
+  CHECK(leaves[0].grad().data()[123] == doctest::Approx(2.0 * g0));
+  CHECK(w.grad().data()[5] == doctest::Approx(2.0 * w5));
+#if defined(_OPENMP)
+  // The dot products are summed per block, then over blocks in order: the same bits on one
+  // thread as on several.
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  run();
+  const std::vector<float> one(w.grad().data(), w.grad().data() + 6);
+  omp_set_num_threads(std::max(2, threads));
+  run();
+  omp_set_num_threads(threads);
+  for (int j = 0; j < 6; ++j) CHECK(w.grad().data()[j] == one[j]);
+#endif
+}
+
 TEST_CASE("add, scale, sum, mean gradients and values") {
   const Shape s{1, 2, 3, 5};
   check_gradients([](auto& in) { return add(in[0], in[1]); }, {param(s, 4), param(s, 5)});

@@ -12,6 +12,7 @@
 
 #include "datanas/autograd/variable.hpp"
 #include "datanas/ops/cpu/common.hpp"
+#include "datanas/ops/cpu/weighted_sum.hpp"
 
 namespace datanas {
 
@@ -121,19 +122,16 @@ Var<T, D> weighted_sum(std::type_identity_t<std::span<const Var<T, D>>> xs, cons
                   idx[i], " out of range for ", w.value().numel(), " weights");
   }
   Var<T, D> y(Tensor<T, D>::empty(shape));
-  if constexpr (is_cpu<D>) {
-    const T* wp = w.value().data();
-    T* yp = y.value().data();
-    cpu::elementwise(shape.numel(), [&](index_t b, index_t e) {
-      cpu::ArrayMap<T> yv(yp + b, e - b);
-      yv.setZero();
-      for (int i = 0; i < k; ++i)
-        if (!is_zero(xs[i])) yv += wp[idx[i]] * cpu::ConstArrayMap<T>(xs[i].value().data() + b, e - b);
-    });
-  } else {
+  {
     const T* ptrs[kMaxMixedTerms];
     for (int i = 0; i < k; ++i) ptrs[i] = is_zero(xs[i]) ? nullptr : xs[i].value().data();
-    DeviceOps<D>::weighted_sum_forward(k, ptrs, idx, w.value(), y.value());
+    if constexpr (is_cpu<D>) {
+      T wk[kMaxMixedTerms];
+      for (int i = 0; i < k; ++i) wk[i] = w.value().data()[idx[i]];
+      cpu::weighted_sum::forward(k, ptrs, wk, shape.numel(), y.value().data());
+    } else {
+      DeviceOps<D>::weighted_sum_forward(k, ptrs, idx, w.value(), y.value());
+    }
   }
   bool any = needs_grad(w);
   for (int i = 0; i < k; ++i) any = any || needs_grad(xs[i]);
@@ -163,29 +161,31 @@ Var<T, D> weighted_sum(std::type_identity_t<std::span<const Var<T, D>>> xs, cons
         }
         return;
       }
-      const T* dy = y.out_grad().data();
-      const index_t n = y.shape().numel();
-      if (w.requires_grad()) {
-        auto [gw, acc] = w.grad_slot();
-        if (!acc) gw.fill(T(0));
-        for (int i = 0; i < k; ++i) {
-          const Var<T, D>& x = tp.stashed(pos + i);
-          if (is_zero(x)) continue;
-          const T* xp = x.value().data();
-          gw.data()[ids.v[i]] +=
-              (cpu::ConstArrayMap<T>(xp, n) * cpu::ConstArrayMap<T>(dy, n)).sum();
-        }
-      }
-      const T* wp = w.value().data();
+      // One blocked pass (ops/cpu/weighted_sum.hpp) for dL/dw and every term's gradient.
+      const T* xp[kMaxMixedTerms];
+      T* gp[kMaxMixedTerms];
+      bool acc[kMaxMixedTerms];
+      T wk[kMaxMixedTerms];
       for (int i = 0; i < k; ++i) {
         const Var<T, D>& x = tp.stashed(pos + i);
-        if (!x.requires_grad() || is_zero(x)) continue;
-        auto [g, acc] = x.grad_slot();
-        const T wi = wp[ids.v[i]];
-        T* gp = g.data();
-        cpu::elementwise(n, [&](index_t b, index_t e) {
-          cpu::store(cpu::ArrayMap<T>(gp + b, e - b), wi * cpu::ConstArrayMap<T>(dy + b, e - b), acc);
-        });
+        xp[i] = is_zero(x) ? nullptr : x.value().data();
+        wk[i] = w.value().data()[ids.v[i]];
+        gp[i] = nullptr;
+        acc[i] = false;
+        if (xp[i] && x.requires_grad()) {
+          auto [g, a] = x.grad_slot();
+          gp[i] = g.data();
+          acc[i] = a;
+        }
+      }
+      double dot[kMaxMixedTerms];
+      cpu::weighted_sum::backward(k, xp, wk, y.out_grad().data(), y.shape().numel(), gp, acc,
+                                  w.requires_grad() ? dot : nullptr);
+      if (w.requires_grad()) {
+        auto [gw, a] = w.grad_slot();
+        if (!a) gw.fill(T(0));
+        for (int i = 0; i < k; ++i)
+          if (xp[i]) gw.data()[ids.v[i]] += T(dot[i]);
       }
     });
   }
