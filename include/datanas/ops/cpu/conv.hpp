@@ -20,6 +20,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "datanas/core/tensor.hpp"
@@ -60,7 +61,7 @@ struct ConvGeom {
   bool relu_masks_dx = false;
 };
 
-enum class ConvPath { kGeneral, kDirectGemm, kDepthwise };
+enum class ConvPath { kGeneral, kDirectGemm, kDepthwise, kShifted };
 /// kAuto picks the fastest applicable path; kGeneral forces im2col + GEMM (tests compare them).
 enum class ConvAlgo { kAuto, kGeneral };
 
@@ -105,6 +106,15 @@ inline ConvPath conv_path(const ConvGeom& g, ConvAlgo algo = ConvAlgo::kAuto) {
       g.stride <= 2 && g.dil <= 2 && g.pad <= (g.kh - 1) * g.dil)
     return ConvPath::kDepthwise;
   if (g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0) return ConvPath::kDirectGemm;
+  // Stride 1 with a padding the flipped kernel of the data gradient can undo (conv_detail's
+  // shifted-taps path needs dy padded by (k - 1) * dilation - padding >= 0).
+  // Its row offsets are 32-bit: both padded operands must hold fewer than 2^31 elements.
+  if (g.stride == 1 && g.kh * g.kw > 1 && g.pad <= (g.kh - 1) * g.dil &&
+      g.pad <= (g.kw - 1) * g.dil) {
+    const index_t x_padded = g.cin * (g.h + 2 * g.pad) * (g.w + 2 * g.pad);
+    const index_t dy_padded = g.cout * (g.h + (g.kh - 1) * g.dil) * (g.w + (g.kw - 1) * g.dil);
+    if (std::max(x_padded, dy_padded) < (index_t(1) << 31)) return ConvPath::kShifted;
+  }
   return ConvPath::kGeneral;
 }
 
@@ -349,6 +359,194 @@ void gemm_backward(const ConvGeom& g, ConvPath path, const T* x, const T* w, con
       }
   });
   if (dw) reduce_partials(parts.data(), nt, wsize, dw, acc_w);
+}
+
+// ---- shifted-taps path (stride 1) ---------------------------------------------------------
+
+/// At stride 1, the im2col row of tap (c, i, j) is the channel's zero-padded plane read from
+/// offset i * d * Wp + j * d, if outputs are laid out with the padded row length Wp: output
+/// (oh, ow) sits at q = oh * Wp + ow, and the Wp - wo columns past each output row are junk
+/// that is computed and dropped. So the product reads its operand rows in place from one padded
+/// copy (small_gemm::OffsetRows) instead of a K*K times larger im2col matrix:
+///   forward      Yw[o, q]  = sum_{c,i,j} W[o, c, i, j] Xp[c, q + i d Wp + j d]
+///   data grad    dXw[c, q] = sum_{o,i,j} W[o, c, i, j] dYp[o, q + (kh-1-i) d Wq + (kw-1-j) d]
+///                (dy padded by (k - 1) d - p: the full correlation with the flipped kernel)
+///   weight grad  dW^T[(c,i,j), o] = sum_q Xp[c, q + i d Wp + j d] dYT[q, o]
+///                (dy transposed, with zero rows at the junk positions)
+/// The last row needs only wo of its Wp columns, so the reads stay inside the padded plane.
+
+/// One padded plane: the source plane of h x w copied at (top, left) of a rows x cols plane of
+/// zeros; a product then covers n() = (out_h - 1) * cols + out_w positions.
+struct ShiftPlane {
+  index_t rows, cols, top, left;
+  index_t out_h, out_w;
+  [[nodiscard]] index_t size() const { return rows * cols; }
+  [[nodiscard]] index_t n() const { return (out_h - 1) * cols + out_w; }
+};
+
+/// The padded input of the forward and weight-gradient products, and their output positions.
+inline ShiftPlane shift_x_plane(const ConvGeom& g) {
+  return {g.h + 2 * g.pad, g.w + 2 * g.pad, g.pad, g.pad, g.ho, g.wo};
+}
+/// The padded dy of the data-gradient product, and its output positions (dx's plane).
+inline ShiftPlane shift_dy_plane(const ConvGeom& g) {
+  const index_t ph = (g.kh - 1) * g.dil - g.pad, pw = (g.kw - 1) * g.dil - g.pad;
+  return {g.ho + 2 * ph, g.wo + 2 * pw, ph, pw, g.h, g.w};
+}
+
+/// Copies `channels` planes of h x w from src (plane stride h * w) into their padded planes at
+/// dst, whose zeros were written before (only the interior is written).
+template <class T>
+void shift_fill(const ShiftPlane& pl, index_t channels, index_t h, index_t w, const T* src, T* dst) {
+  // Eigen's inlined copy: std::copy_n calls memmove, whose overhead dominates rows this short.
+  for (index_t c = 0; c < channels; ++c)
+    for (index_t r = 0; r < h; ++r)
+      ArrayMap<T>(dst + c * pl.size() + (pl.top + r) * pl.cols + pl.left, w) =
+          ConstArrayMap<T>(src + (c * h + r) * w, w);
+}
+
+/// dst[c] (+)= the out_h x out_w outputs of a product's rows laid out with the padded row
+/// length (columns past out_w dropped).
+template <class T>
+void shift_store(const ShiftPlane& pl, index_t channels, const T* src, index_t lds, T* dst, bool acc) {
+  const index_t hw = pl.out_h * pl.out_w;
+  for (index_t c = 0; c < channels; ++c)
+    for (index_t r = 0; r < pl.out_h; ++r)
+      store(ArrayMap<T>(dst + c * hw + r * pl.out_w, pl.out_w),
+            ConstArrayMap<T>(src + c * lds + r * pl.cols, pl.out_w), acc);
+}
+
+/// off[(c * kh + i) * kw + j] = c * plane + tap (i, j)'s offset; flipped taps for the data
+/// gradient.
+inline void shift_offsets(const ConvGeom& g, const ShiftPlane& pl, index_t channels, bool flip,
+                          std::int32_t* off) {
+  for (index_t c = 0; c < channels; ++c)
+    for (index_t i = 0; i < g.kh; ++i)
+      for (index_t j = 0; j < g.kw; ++j) {
+        const index_t ti = flip ? g.kh - 1 - i : i, tj = flip ? g.kw - 1 - j : j;
+        off[(c * g.kh + i) * g.kw + j] = std::int32_t(c * pl.size() + (ti * pl.cols + tj) * g.dil);
+      }
+}
+
+/// C[m x n] (+)= A B of small_gemm::product, split over row blocks of C on the threads when not
+/// already inside a parallel region (a batch too small to split).
+template <class T, class AR, class AC, class BR>
+void product_rows_parallel(index_t m, index_t n, index_t k, AR arows, AC acols, BR brows, T* c,
+                           index_t ldc, bool accumulate) {
+  run_chunks(threads_for(m, n * k), m, [&](int, index_t r0, index_t r1) {
+    small_gemm::product(r1 - r0, n, k, arows.from(r0), acols, brows, c + r0 * ldc, ldc, accumulate);
+  });
+}
+
+template <class T>
+void shift_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y) {
+  using small_gemm::OffsetRows, small_gemm::StridedCols, small_gemm::StridedRows;
+  const ShiftPlane pl = shift_x_plane(g);
+  const index_t cg = g.cin / g.groups, og = g.cout / g.groups, kg = cg * g.kh * g.kw;
+  // Whole packets of columns (a scalar tail would cost more than the junk); the padded planes
+  // get as many zeros after their end as the extra columns read.
+  const index_t n = round_up(pl.n(), kLanes<T>), p = g.ho * g.wo;
+  const index_t xsize = cg * pl.size() + n - pl.n();
+  Tensor<std::int32_t, Cpu> offs = Tensor<std::int32_t, Cpu>::empty({kg});
+  shift_offsets(g, pl, cg, false, offs.data());
+  const int nt = threads_for(g.n, g.cout * kg * p);
+  Tensor<T, Cpu> ws = Tensor<T, Cpu>::empty({nt, xsize + og * n});
+  run_chunks(nt, g.n, [&](int t, index_t b, index_t e) {
+    T* xp = ws.data() + t * (xsize + og * n);
+    T* yw = xp + xsize;
+    std::fill_n(xp, xsize, T(0));
+    for (index_t s = b; s < e; ++s)
+      for (index_t gi = 0; gi < g.groups; ++gi) {
+        shift_fill(pl, cg, g.h, g.w, x + (s * g.cin + gi * cg) * g.h * g.w, xp);
+        product_rows_parallel(og, n, kg, StridedRows<T>{w + gi * og * kg, kg}, StridedCols{1},
+                              OffsetRows<T>{xp, offs.data()}, yw, n, false);
+        T* ys = y + (s * g.cout + gi * og) * p;
+        shift_store(pl, og, yw, n, ys, false);
+        if (bias)
+          for (index_t o = 0; o < og; ++o) ArrayMap<T>(ys + o * p, p) += bias[gi * og + o];
+      }
+  });
+}
+
+/// dx, dw: null when not wanted. The GradSlot convention: overwrite unless acc_*.
+template <class T>
+void shift_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, bool acc_x, T* dw,
+                    bool acc_w) {
+  using small_gemm::OffsetCols, small_gemm::OffsetRows, small_gemm::StridedCols;
+  using small_gemm::StridedRows;
+  const ShiftPlane xpl = shift_x_plane(g), dpl = shift_dy_plane(g);
+  const index_t cg = g.cin / g.groups, og = g.cout / g.groups, kk = g.kh * g.kw, kg = cg * kk;
+  const index_t p = g.ho * g.wo, hw = g.h * g.w;
+  // Whole packets of columns, as in shift_forward: dx's product rows (dn), dW^T's output
+  // channels (ogr: dy's transpose gets zero columns).
+  const index_t xn = xpl.n(), dn = round_up(dpl.n(), kLanes<T>), ogr = round_up(og, kLanes<T>);
+  const index_t xsize = cg * xpl.size(), dsize = og * dpl.size() + dn - dpl.n();
+  // Per thread: [dw] the padded x and the transposed dy; [dx] the padded dy and dx's product rows.
+  const index_t wpart = dw ? xsize + xn * ogr : 0;
+  const index_t xpart = dx ? dsize + cg * dn : 0;
+  // Row offsets into the padded x and dy; the data gradient's A(c, (o, t)) = w[o][c][t] is read
+  // at w + c * kk + wcol[(o, t)], wcol[(o, t)] = o * cg * kk + t (no transposed copy).
+  Tensor<std::int32_t, Cpu> offs = Tensor<std::int32_t, Cpu>::empty({kg + 2 * og * kk});
+  std::int32_t* xoff = offs.data();
+  std::int32_t* doff = xoff + kg;
+  std::int32_t* wcol = doff + og * kk;
+  if (dw) shift_offsets(g, xpl, cg, false, xoff);
+  if (dx) {
+    shift_offsets(g, dpl, og, true, doff);
+    for (index_t o = 0; o < og; ++o)
+      for (index_t t = 0; t < kk; ++t) wcol[o * kk + t] = std::int32_t(o * kg + t);
+  }
+  const int nt = threads_for(g.n, g.cout * kg * p * (int(dx != nullptr) + int(dw != nullptr)));
+  Tensor<T, Cpu> ws = Tensor<T, Cpu>::empty({nt, wpart + xpart});
+  // Per-thread partial dW^T [groups][kg][ogr], summed and transposed at the end.
+  const index_t psize = g.groups * kg * ogr;
+  Tensor<T, Cpu> parts;
+  if (dw) {
+    parts = Tensor<T, Cpu>::empty({nt, psize});
+    parts.fill(T(0));
+  }
+  run_chunks(nt, g.n, [&](int t, index_t b, index_t e) {
+    T* base = ws.data() + t * (wpart + xpart);
+    T* xp = base;             // [cg][padded x plane]
+    T* dyt = xp + xsize;      // [xn][ogr]
+    T* dyp = base + wpart;    // [og][padded dy plane], tail
+    T* dxw = dyp + dsize;     // [cg][dn]
+    // The padding, dyt's junk rows and extra columns: written once here, they stay zero.
+    std::fill_n(base, wpart + (dx ? dsize : 0), T(0));
+    for (index_t s = b; s < e; ++s)
+      for (index_t gi = 0; gi < g.groups; ++gi) {
+        const T* dys = dy + (s * g.cout + gi * og) * p;
+        if (dw) {
+          shift_fill(xpl, cg, g.h, g.w, x + (s * g.cin + gi * cg) * hw, xp);
+          // Row by row of dyt (contiguous stores), gathering from the og planes of dy.
+          for (index_t oh = 0; oh < g.ho; ++oh)
+            for (index_t ow = 0; ow < g.wo; ++ow) {
+              T* row = dyt + (oh * xpl.cols + ow) * ogr;
+              const T* src = dys + oh * g.wo + ow;
+              for (index_t o = 0; o < og; ++o) row[o] = src[o * p];
+            }
+          product_rows_parallel(kg, ogr, xn, OffsetRows<T>{xp, xoff}, StridedCols{1},
+                                StridedRows<T>{dyt, ogr}, parts.data() + t * psize + gi * kg * ogr,
+                                ogr, true);
+        }
+        if (dx) {
+          shift_fill(dpl, og, g.ho, g.wo, dys, dyp);
+          product_rows_parallel(cg, dn, og * kk, StridedRows<T>{w + gi * og * kg, kk},
+                                OffsetCols{wcol}, OffsetRows<T>{dyp, doff}, dxw, dn, false);
+          shift_store(dpl, cg, dxw, dn, dx + (s * g.cin + gi * cg) * hw, acc_x);
+        }
+      }
+  });
+  if (!dw) return;
+  // dw[gi][o][r] (+)= sum over threads of parts[t][gi][r][o].
+  for (index_t gi = 0; gi < g.groups; ++gi)
+    for (index_t o = 0; o < og; ++o)
+      for (index_t r = 0; r < kg; ++r) {
+        T sum = T(0);
+        for (int t = 0; t < nt; ++t) sum += parts.data()[t * psize + (gi * kg + r) * ogr + o];
+        T& d = dw[(gi * og + o) * kg + r];
+        d = acc_w ? d + sum : sum;
+      }
 }
 
 // ---- depthwise path -------------------------------------------------------------------------
@@ -716,6 +914,8 @@ void conv2d_forward(const ConvGeom& g, ConvPath path, const Tensor<T, Cpu>& x,
     conv_detail::dw_dispatch(g, [&]<int K, int S, int D>() {
       conv_detail::dw_forward<K, S, D>(g, x.data(), w.data(), bias, y.data());
     });
+  } else if (path == ConvPath::kShifted) {
+    conv_detail::shift_forward(g, x.data(), w.data(), bias, y.data());
   } else {
     conv_detail::gemm_forward(g, path, x.data(), w.data(), bias, y.data());
   }
@@ -751,6 +951,8 @@ void conv2d_backward(const ConvGeom& g, ConvPath path, const Tensor<T, Cpu>& x,
     conv_detail::dw_dispatch(g, [&]<int K, int S, int D>() {
       conv_detail::dw_backward<K, S, D>(g, x.data(), w.data(), dy.data(), dxp, acc_x, dwp, acc_w);
     });
+  } else if (path == ConvPath::kShifted) {
+    conv_detail::shift_backward(g, x.data(), w.data(), dy.data(), dxp, acc_x, dwp, acc_w);
   } else {
     conv_detail::gemm_backward(g, path, x.data(), w.data(), dy.data(), dxp, acc_x, dwp, acc_w);
   }

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <cstdint>
 
 #include "datanas/ops/cpu/common.hpp"
 
@@ -35,43 +36,101 @@ inline constexpr int kWide = kLanes<T> >= 16 ? 4 : 2;
 /// 144. Above it Eigen's cache blocking wins.
 inline constexpr index_t kMaxInner = 128;
 
-/// One MR x (NV packets) tile of C = op(A) B at c; A(i, p) = a[i * sai + p * sap].
-template <int MR, int NV, class T>
-inline void nn_tile(index_t k, const T* __restrict a, index_t sai, index_t sap, const T* __restrict b,
-                    index_t ldb, T* __restrict c, index_t ldc, bool accumulate) {
+/// Where the rows of an operand start: row p at base + p * ld (an ordinary row-major matrix, or
+/// with ld = 1 a transposed one read down its columns)...
+template <class T>
+struct StridedRows {
+  const T* base;
+  index_t ld;
+  const T* operator()(index_t p) const { return base + p * ld; }
+  /// The same matrix from row r on.
+  [[nodiscard]] StridedRows from(index_t r) const { return {base + r * ld, ld}; }
+};
+/// ... or at base + off[p]: the shifted rows of a padded plane that stand for the taps of a
+/// convolution (conv.hpp's shifted path), which need no im2col copy.
+template <class T>
+struct OffsetRows {
+  const T* base;
+  const std::int32_t* off;
+  const T* operator()(index_t p) const { return base + off[p]; }
+  [[nodiscard]] OffsetRows from(index_t r) const { return {base, off + r}; }
+};
+/// Where element p of a row of A lies from the row's start: p * stride...
+struct StridedCols {
+  index_t stride;
+  index_t operator()(index_t p) const { return p * stride; }
+};
+/// ... or off[p]: a weight read in the order (output channel, tap) for the data gradient of the
+/// shifted path, without a transposed copy.
+struct OffsetCols {
+  const std::int32_t* off;
+  index_t operator()(index_t p) const { return off[p]; }
+};
+
+/// One MR x (NV packets) tile of C = A B at c, columns [j, j + NV * V) of B:
+/// A(i, p) = arows(i)[acols(p)], B(p, j) = brows(p)[j].
+template <int MR, int NV, class T, class AR, class AC, class BR>
+inline void tile(index_t k, AR arows, AC acols, BR brows, index_t j, T* __restrict c, index_t ldc,
+                 bool accumulate) {
   constexpr int V = kLanes<T>;
   using P = Packet<T>;
+  const T* ar[MR];
+  for (int r = 0; r < MR; ++r) ar[r] = arows(r);
   P acc[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v)
       acc[r][v] = accumulate ? ei::ploadu<P>(c + r * ldc + v * V) : ei::pset1<P>(T(0));
   for (index_t p = 0; p < k; ++p) {
+    const T* bp = brows(p) + j;
     P bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = ei::ploadu<P>(b + p * ldb + v * V);
+    for (int v = 0; v < NV; ++v) bv[v] = ei::ploadu<P>(bp + v * V);
+    const index_t ap = acols(p);
     for (int r = 0; r < MR; ++r) {
-      const P ar = ei::pset1<P>(a[r * sai + p * sap]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = ei::pmadd(ar, bv[v], acc[r][v]);
+      const P a = ei::pset1<P>(ar[r][ap]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = ei::pmadd(a, bv[v], acc[r][v]);
     }
   }
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) ei::pstoreu(c + r * ldc + v * V, acc[r][v]);
 }
 
-/// Rows [0, MR) of C = op(A) B over all n columns: tiles of kNV packets, then single packets,
-/// then the columns past the last whole packet one at a time.
-template <int MR, class T>
-inline void nn_rows(index_t n, index_t k, const T* a, index_t sai, index_t sap, const T* b, index_t ldb,
-                    T* c, index_t ldc, bool accumulate) {
+/// Rows [0, MR) of C = A B over all n columns: tiles of kNV packets, then single packets, then
+/// the columns past the last whole packet one at a time.
+template <int MR, class T, class AR, class AC, class BR>
+inline void rows(index_t n, index_t k, AR arows, AC acols, BR brows, T* c, index_t ldc,
+                 bool accumulate) {
   constexpr int V = kLanes<T>, kNV = kWide<T>;
   index_t j = 0;
-  for (; j + kNV * V <= n; j += kNV * V) nn_tile<MR, kNV>(k, a, sai, sap, b + j, ldb, c + j, ldc, accumulate);
-  for (; j + V <= n; j += V) nn_tile<MR, 1>(k, a, sai, sap, b + j, ldb, c + j, ldc, accumulate);
+  for (; j + kNV * V <= n; j += kNV * V) tile<MR, kNV>(k, arows, acols, brows, j, c + j, ldc, accumulate);
+  for (; j + V <= n; j += V) tile<MR, 1>(k, arows, acols, brows, j, c + j, ldc, accumulate);
   for (; j < n; ++j)
     for (int r = 0; r < MR; ++r) {
+      const T* a = arows(r);
       T s = accumulate ? c[r * ldc + j] : T(0);
-      for (index_t p = 0; p < k; ++p) s += a[r * sai + p * sap] * b[p * ldb + j];
+      for (index_t p = 0; p < k; ++p) s += a[acols(p)] * brows(p)[j];
       c[r * ldc + j] = s;
     }
+}
+
+/// C[m x n] (+)= A B with A(i, p) = arows(i)[acols(p)] (m x k) and B(p, j) = brows(p)[j]
+/// (k x n), C row-major with leading dimension ldc.
+template <class T, class AR, class AC, class BR>
+void product(index_t m, index_t n, index_t k, AR arows, AC acols, BR brows, T* c, index_t ldc,
+             bool accumulate) {
+  constexpr int MR = kLanes<T> >= 16 ? 6 : 4;
+  index_t i = 0;
+  for (; i + MR <= m; i += MR)
+    rows<MR>(n, k, arows.from(i), acols, brows, c + i * ldc, ldc, accumulate);
+  if (m - i >= 4) {
+    rows<4>(n, k, arows.from(i), acols, brows, c + i * ldc, ldc, accumulate);
+    i += 4;
+  }
+  switch (m - i) {
+    case 3: rows<3>(n, k, arows.from(i), acols, brows, c + i * ldc, ldc, accumulate); break;
+    case 2: rows<2>(n, k, arows.from(i), acols, brows, c + i * ldc, ldc, accumulate); break;
+    case 1: rows<1>(n, k, arows.from(i), acols, brows, c + i * ldc, ldc, accumulate); break;
+    default: break;
+  }
 }
 
 /// C[m x n] (+)= op(A) B: op(A) = A (row-major m x k, leading dimension lda) or, with TA, the
@@ -79,20 +138,8 @@ inline void nn_rows(index_t n, index_t k, const T* a, index_t sai, index_t sap, 
 template <bool TA, class T>
 void nn(index_t m, index_t n, index_t k, const T* a, index_t lda, const T* b, index_t ldb, T* c,
         index_t ldc, bool accumulate) {
-  const index_t sai = TA ? 1 : lda, sap = TA ? lda : 1;
-  constexpr int MR = kLanes<T> >= 16 ? 6 : 4;
-  index_t i = 0;
-  for (; i + MR <= m; i += MR) nn_rows<MR>(n, k, a + i * sai, sai, sap, b, ldb, c + i * ldc, ldc, accumulate);
-  if (m - i >= 4) {
-    nn_rows<4>(n, k, a + i * sai, sai, sap, b, ldb, c + i * ldc, ldc, accumulate);
-    i += 4;
-  }
-  switch (m - i) {
-    case 3: nn_rows<3>(n, k, a + i * sai, sai, sap, b, ldb, c + i * ldc, ldc, accumulate); break;
-    case 2: nn_rows<2>(n, k, a + i * sai, sai, sap, b, ldb, c + i * ldc, ldc, accumulate); break;
-    case 1: nn_rows<1>(n, k, a + i * sai, sai, sap, b, ldb, c + i * ldc, ldc, accumulate); break;
-    default: break;
-  }
+  product(m, n, k, StridedRows<T>{a, TA ? 1 : lda}, StridedCols{TA ? lda : 1},
+          StridedRows<T>{b, ldb}, c, ldc, accumulate);
 }
 
 }  // namespace datanas::cpu::small_gemm
