@@ -1,6 +1,6 @@
 // datanas/ops/cpu/conv.hpp - CPU kernels of conv2d (NCHW), forward and backward.
 //
-// Three paths, chosen from the shapes (conv_path):
+// Four paths, chosen from the shapes (conv_path):
 //   - depthwise: groups == Cin == Cout, square kernel 3 or 5, stride 1 or 2, dilation 1 or 2,
 //     padding <= (k - 1) * dilation. Direct loops over one (sample, channel) plane at a time: the
 //     plane is first copied into a zero-padded buffer split into `stride` column phases, so that
@@ -8,8 +8,12 @@
 //     bounds checks (the buffer's zeros are written once per call, PadLayout). These are the
 //     sep_conv / dil_conv convolutions of a DARTS cell.
 //   - direct GEMM: 1x1 kernel, stride 1, no padding (any groups): Y_n = W * X_n per sample.
+//   - shifted taps: any other stride-1 convolution with padding <= (k - 1) * dilation (a stem,
+//     NAS-Bench-201's nor_conv_3x3, the auxiliary head's 2x2): one zero-padded copy per sample,
+//     whose shifted rows small_gemm reads in place as the rows of the im2col matrix.
 //   - general: im2col + GEMM per sample and group (any stride, padding, dilation, groups).
-// The products (gemm below) run small_gemm::nn for inner dimensions up to 128, Eigen otherwise.
+// The products (gemm below) run small_gemm::nn for inner dimensions up to 128, Eigen otherwise;
+// the shifted path always runs small_gemm::product.
 // All paths parallelise over samples (or planes) with OpenMP; each thread runs single-threaded
 // products on its own workspace slice, and weight gradients are summed from per-thread
 // partials, so no two threads ever write the same element. When the batch is too small to

@@ -10,9 +10,12 @@
 //   of A, MR * NV fused multiply-adds; C is loaded (accumulate) or not, never zeroed first.
 //   Columns past the last whole packet are done one by one.
 // It serves the forward (W X) and data-gradient (W^T dY) products of the 1x1 and im2col
-// convolutions (conv.hpp's gemm). The weight gradient (dY X^T: a dot product along H*W per
-// element of C) stays with Eigen: a register-tiled version was slower at these sizes (its
-// horizontal sums dominate).
+// convolutions (conv.hpp's gemm). product() is the same kernel with operand rows (and A's
+// columns) addressed through offset tables: conv.hpp's shifted-taps path reads the rows of an
+// implicit im2col matrix from one padded plane. The im2col path's weight gradient (dY X^T: a
+// dot product along H*W per element of C) stays with Eigen: a register-tiled version was slower
+// at these sizes (its horizontal sums dominate); the shifted path computes the transpose,
+// X_taps dY^T, which is an ordinary product.
 // Results equal Eigen's to rounding (the summation order differs), not bit for bit.
 // No allocation, no threading: callers split the work (conv.hpp's gemm_rows_parallel).
 #pragma once
