@@ -3,6 +3,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "gradcheck.hpp"
 
@@ -283,6 +284,42 @@ TEST_SUITE("cpu") {
     check_conv({1, 3, 4, 7}, {2, 3, 1, 3}, {}, false, 49);
     REQUIRE(cpu::conv_path(cpu::conv_geometry({1, 3, 4, 7}, {2, 3, 1, 3}, nullptr, {})) ==
             cpu::ConvPath::kShifted);
+  }
+
+  TEST_CASE("shifted path: weight gradients from any number of threads, even idle ones") {
+    // Batch 5 on 4 threads: chunks of 2, so the last thread gets no sample and its partial
+    // slice is never written (and must not be summed). Against one thread.
+    const Shape xs{5, 6, 9, 8}, ws{7, 6, 3, 3};
+    const Conv2dParams p{.padding = 1};
+    REQUIRE(cpu::conv_path(cpu::conv_geometry(xs, ws, nullptr, p)) == cpu::ConvPath::kShifted);
+    const auto xv = random_float(xs, 300), wv = random_float(ws, 301);
+    auto dw_with = [&](int threads) {
+#if defined(_OPENMP)
+      const int before = omp_get_max_threads();
+      omp_set_num_threads(threads);
+#endif
+      Var<float, Cpu> x(xv.clone(), true), w(wv.clone(), true);
+      Var<float, Cpu> y = conv2d(x, w, Var<float, Cpu>(), p);
+      backward_with(y, Tensor<float, Cpu>::full(y.shape(), 0.25f));
+#if defined(_OPENMP)
+      omp_set_num_threads(before);
+#endif
+      return w.grad().clone();
+    };
+    const auto one = dw_with(1);
+    {
+      // Leave NaN in the cached block that the 4 per-thread partial slices will get (4 x kg x
+      // output channels rounded to a packet), so that summing the idle thread's slice shows.
+      const index_t slices = 4 * (6 * 3 * 3) * cpu::conv_detail::round_up(7, cpu::kLanes<float>);
+      Tensor<float, Cpu>::full({slices}, std::numeric_limits<float>::quiet_NaN());
+    }
+    const auto four = dw_with(4);
+    for (index_t i = 0; i < one.numel(); ++i) REQUIRE(four[i] == doctest::Approx(one[i]).epsilon(1e-5));
+    // The choice: a large weight over few output positions stays with im2col.
+    CHECK(cpu::conv_path(cpu::conv_geometry({2, 512, 7, 7}, {512, 512, 3, 3}, nullptr, p)) ==
+          cpu::ConvPath::kGeneral);
+    CHECK(cpu::conv_path(cpu::conv_geometry({8, 512, 7, 7}, {512, 512, 3, 3}, nullptr, p)) ==
+          cpu::ConvPath::kShifted);
   }
 
   TEST_CASE("conv2d gradients: 1x1") {

@@ -112,12 +112,19 @@ inline ConvPath conv_path(const ConvGeom& g, ConvAlgo algo = ConvAlgo::kAuto) {
   if (g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0) return ConvPath::kDirectGemm;
   // Stride 1 with a padding the flipped kernel of the data gradient can undo (conv_detail's
   // shifted-taps path needs dy padded by (k - 1) * dilation - padding >= 0).
-  // Its row offsets are 32-bit: both padded operands must hold fewer than 2^31 elements.
+  // Its row offsets are 32-bit: both padded operands must hold fewer than 2^31 elements. Its
+  // per-call cost (the weight gradient's transposed partial sums) grows with the weight, so a
+  // large weight (>= 2^18 elements) over few output positions (< 256 in the batch) stays with
+  // im2col: measured, one thread, forward + backward of a 512-channel 3x3 convolution on 7x7,
+  // 1.3x slower than im2col at batch 2 and 4, even at batch 8, faster at 256 channels on 14x14
+  // (1.2x) and at DARTS sizes (1.6x at 16 channels on 32x32).
   if (g.stride == 1 && g.kh * g.kw > 1 && g.pad <= (g.kh - 1) * g.dil &&
       g.pad <= (g.kw - 1) * g.dil) {
     const index_t x_padded = g.cin * (g.h + 2 * g.pad) * (g.w + 2 * g.pad);
     const index_t dy_padded = g.cout * (g.h + (g.kh - 1) * g.dil) * (g.w + (g.kw - 1) * g.dil);
-    if (std::max(x_padded, dy_padded) < (index_t(1) << 31)) return ConvPath::kShifted;
+    const index_t weight = g.cout * (g.cin / g.groups) * g.kh * g.kw;
+    const bool fits = std::max(x_padded, dy_padded) < (index_t(1) << 31);
+    if (fits && (weight < (index_t(1) << 18) || g.n * g.ho * g.wo >= 256)) return ConvPath::kShifted;
   }
   return ConvPath::kGeneral;
 }
@@ -502,12 +509,17 @@ void shift_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* d
   }
   const int nt = threads_for(g.n, g.cout * kg * p * (int(dx != nullptr) + int(dw != nullptr)));
   Tensor<T, Cpu> ws = Tensor<T, Cpu>::empty({nt, wpart + xpart});
-  // Per-thread partial dW^T [groups][kg][ogr], summed and transposed at the end.
+  // Per-thread partial dW^T [groups][kg][ogr], summed and transposed at the end. A thread's
+  // first sample writes its slice (no zero fill: for a 512-channel 3x3 convolution on a batch of
+  // 2 the fill and the reduction cost as much as the products); `wrote` marks the slices written
+  // (a thread may get no sample, or OpenMP fewer threads than asked).
   const index_t psize = g.groups * kg * ogr;
   Tensor<T, Cpu> parts;
+  Tensor<std::int32_t, Cpu> wrote;
   if (dw) {
     parts = Tensor<T, Cpu>::empty({nt, psize});
-    parts.fill(T(0));
+    wrote = Tensor<std::int32_t, Cpu>::empty({nt});
+    std::fill_n(wrote.data(), nt, 0);
   }
   run_chunks(nt, g.n, [&](int t, index_t b, index_t e) {
     T* base = ws.data() + t * (wpart + xpart);
@@ -531,7 +543,8 @@ void shift_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* d
             }
           product_rows_parallel(kg, ogr, xn, OffsetRows<T>{xp, xoff}, StridedCols{1},
                                 StridedRows<T>{dyt, ogr}, parts.data() + t * psize + gi * kg * ogr,
-                                ogr, true);
+                                ogr, s > b);
+          wrote.data()[t] = 1;
         }
         if (dx) {
           shift_fill(dpl, og, g.ho, g.wo, dys, dyp);
@@ -542,15 +555,20 @@ void shift_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* d
       }
   });
   if (!dw) return;
-  // dw[gi][o][r] (+)= sum over threads of parts[t][gi][r][o].
+  // dw[gi][o][r] (+)= sum over the written slices of parts[t][gi][r][o], in 32 x 32 tiles so
+  // that both the strided reads and the writes stay in L1.
+  constexpr index_t kTile = 32;
   for (index_t gi = 0; gi < g.groups; ++gi)
-    for (index_t o = 0; o < og; ++o)
-      for (index_t r = 0; r < kg; ++r) {
-        T sum = T(0);
-        for (int t = 0; t < nt; ++t) sum += parts.data()[t * psize + (gi * kg + r) * ogr + o];
-        T& d = dw[(gi * og + o) * kg + r];
-        d = acc_w ? d + sum : sum;
-      }
+    for (index_t o0 = 0; o0 < og; o0 += kTile)
+      for (index_t r0 = 0; r0 < kg; r0 += kTile)
+        for (index_t o = o0; o < std::min(og, o0 + kTile); ++o)
+          for (index_t r = r0; r < std::min(kg, r0 + kTile); ++r) {
+            T sum = T(0);
+            for (int t = 0; t < nt; ++t)
+              if (wrote.data()[t]) sum += parts.data()[t * psize + (gi * kg + r) * ogr + o];
+            T& d = dw[(gi * og + o) * kg + r];
+            d = acc_w ? d + sum : sum;
+          }
 }
 
 // ---- depthwise path -------------------------------------------------------------------------
