@@ -189,6 +189,22 @@ std::vector<NamedCase> all_cases() {
     add("sep_conv_3x3", [s] { return sep_conv_case(s); });
 #endif
   }
+#if DATANAS_BENCH_HAVE_CONV
+  // Dense 3x3 convolutions wider than a DARTS cell's (a ResNet-like stage, ImageNet's last
+  // stages) at small batches: where conv2d chooses between the shifted-taps path and im2col.
+  struct Wide {
+    index_t batch, c, hw;
+  };
+  for (const Wide w : {Wide{8, 256, 14}, Wide{8, 512, 7}, Wide{2, 512, 7}}) {
+    const std::string name = "conv3x3_wide/B" + std::to_string(w.batch) + "_C" + std::to_string(w.c) +
+                             "/" + std::to_string(w.hw) + "x" + std::to_string(w.hw);
+    v.push_back({name, [w] {
+                   VarF x = param({w.batch, w.c, w.hw, w.hw}, 1);
+                   VarF wt = param({w.c, w.c, 3, 3}, 2, 1.0 / std::sqrt(double(w.c * 9)));
+                   return Case{{x, wt}, [x, wt] { return conv2d(x, wt, VarF(), {.padding = 1}); }};
+                 }});
+  }
+#endif
   // The classifier head of the search network and its loss.
   v.push_back({"linear/64x256to10", [] {
                  VarF x = param({kBatch, 256}, 1), w = param({10, 256}, 2, 1.0 / 16);

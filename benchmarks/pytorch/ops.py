@@ -72,6 +72,12 @@ def conv_case(c, hw, cout, k, stride):
     return [x, w], lambda: F.conv2d(x, w, None, stride, (k - 1) // 2), False
 
 
+def wide_conv_case(batch, c, hw):
+    x = param((batch, c, hw, hw), 1)
+    w = param((c, c, 3, 3), 2, 1.0 / math.sqrt(c * 9))
+    return [x, w], lambda: F.conv2d(x, w, None, 1, 1), False
+
+
 def sep_conv_case(c, hw):
     x = param((BATCH, c, hw, hw), 1)
     dw1, pw1 = param((c, 1, 3, 3), 2, 1.0 / 3), param((c, c, 1, 1), 3, 1.0 / math.sqrt(c))
@@ -174,6 +180,10 @@ def op_cases():
         add("concat4", lambda c=c, hw=hw: concat_case(c, hw))
         add("shift_crop", lambda c=c, hw=hw: unary_case(c, hw, lambda x: x[:, :, 1:, 1:]))
         add("sep_conv_3x3", lambda c=c, hw=hw: sep_conv_case(c, hw))
+    # Dense 3x3 convolutions wider than a DARTS cell's, at small batches (bench_ops.cpp).
+    for batch, c, hw in ((8, 256, 14), (8, 512, 7), (2, 512, 7)):
+        cases.append((f"conv3x3_wide/B{batch}_C{c}/{hw}x{hw}",
+                      lambda batch=batch, c=c, hw=hw: wide_conv_case(batch, c, hw)))
     cases.append(("linear/64x256to10", linear_case))
     cases.append(("cross_entropy/64x10", cross_entropy_case))
     return cases
