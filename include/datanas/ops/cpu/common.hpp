@@ -91,6 +91,19 @@ void parallel_for(index_t n, index_t cost, F&& f) {
   });
 }
 
+/// dst[0, n) = src[0, n) for the short rows of the convolution kernels (8-32 elements): whole
+/// unaligned packets, then the rest one by one. std::copy_n calls memmove, whose call and size
+/// dispatch cost more than such a row; an Eigen map assignment first peels scalars up to dst's
+/// alignment, as many as 15 for a row written one element past a packet boundary.
+template <class T>
+inline void copy_row(const T* __restrict src, index_t n, T* __restrict dst) {
+  constexpr index_t L = kLanes<T>;
+  index_t i = 0;
+  for (; i + L <= n; i += L)
+    Eigen::internal::pstoreu(dst + i, Eigen::internal::ploadu<Packet<T>>(src + i));
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
 /// dst = expr, or dst += expr when accumulating (the GradSlot convention).
 template <class Dst, class Expr>
 void store(Dst&& dst, const Expr& expr, bool accumulate) {

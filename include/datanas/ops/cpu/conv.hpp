@@ -273,7 +273,7 @@ void im2col(const ConvGeom& g, index_t cg, const T* __restrict x, T* __restrict 
           const T* xr = x + (c * g.h + ih) * g.w;
           std::fill(r, r + lo, T(0));
           if (s == 1)
-            std::copy(xr + lo + off, xr + hi + off, r + lo);
+            copy_row(xr + lo + off, hi - lo, r + lo);
           else
             for (index_t ow = lo; ow < hi; ++ow) r[ow] = xr[ow * s + off];
           std::fill(r + hi, r + g.wo, T(0));
@@ -409,11 +409,9 @@ inline ShiftPlane shift_dy_plane(const ConvGeom& g) {
 /// dst, whose zeros were written before (only the interior is written).
 template <class T>
 void shift_fill(const ShiftPlane& pl, index_t channels, index_t h, index_t w, const T* src, T* dst) {
-  // Eigen's inlined copy: std::copy_n calls memmove, whose overhead dominates rows this short.
   for (index_t c = 0; c < channels; ++c)
     for (index_t r = 0; r < h; ++r)
-      ArrayMap<T>(dst + c * pl.size() + (pl.top + r) * pl.cols + pl.left, w) =
-          ConstArrayMap<T>(src + (c * h + r) * w, w);
+      copy_row(src + (c * h + r) * w, w, dst + c * pl.size() + (pl.top + r) * pl.cols + pl.left);
 }
 
 /// dst[c] (+)= the out_h x out_w outputs of a product's rows laid out with the padded row
@@ -647,7 +645,7 @@ struct PadLayout {
           if (relu)
             ArrayMap<T>(o + a, n) = ConstArrayMap<T>(sr + (a - left), n).max(T(0));
           else
-            std::copy_n(sr + (a - left), n, o + a);
+            copy_row(sr + (a - left), n, o + a);
         } else {  // one constant-stride gather per phase
           const T* g = sr + (a * s + ph - left);
           if (relu)
@@ -816,7 +814,7 @@ void dw_input_grad_scatter(const ConvGeom& g, const DwGeom& b, const T* __restri
     else if (acc)
       ArrayMap<T>(o, g.w) += ConstArrayMap<T>(rp, g.w);
     else
-      std::copy_n(rp, g.w, o);
+      copy_row(rp, g.w, o);
   }
 }
 
