@@ -196,8 +196,9 @@ std::vector<NamedCase> all_cases() {
     index_t batch, c, hw;
   };
   for (const Wide w : {Wide{8, 256, 14}, Wide{8, 512, 7}, Wide{2, 512, 7}}) {
-    const std::string name = "conv3x3_wide/B" + std::to_string(w.batch) + "_C" + std::to_string(w.c) +
-                             "/" + std::to_string(w.hw) + "x" + std::to_string(w.hw);
+    const std::string name = "conv3x3_wide/B" + std::to_string(w.batch) + "_C" +
+                             std::to_string(w.c) + "/" + std::to_string(w.hw) + "x" +
+                             std::to_string(w.hw);
     v.push_back({name, [w] {
                    VarF x = param({w.batch, w.c, w.hw, w.hw}, 1);
                    VarF wt = param({w.c, w.c, 3, 3}, 2, 1.0 / std::sqrt(double(w.c * 9)));

@@ -94,7 +94,8 @@ TEST_CASE("weighted_sum over several blocks: values, gradients, accumulation, an
     return y;
   };
   const VarF y = run();
-  for (index_t i = 0; i < n; ++i) REQUIRE(y.value().data()[i] == doctest::Approx(y_ref[i]).epsilon(1e-5));
+  for (index_t i = 0; i < n; ++i)
+    REQUIRE(y.value().data()[i] == doctest::Approx(y_ref[i]).epsilon(1e-5));
   for (int l = 0; l < 6; ++l)
     for (index_t i = 0; i < n; i += 97)
       REQUIRE(leaves[l].grad().data()[i] == doctest::Approx(xg_ref[l][i]).epsilon(1e-5));

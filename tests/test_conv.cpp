@@ -314,7 +314,8 @@ TEST_SUITE("cpu") {
       Tensor<float, Cpu>::full({slices}, std::numeric_limits<float>::quiet_NaN());
     }
     const auto four = dw_with(4);
-    for (index_t i = 0; i < one.numel(); ++i) REQUIRE(four[i] == doctest::Approx(one[i]).epsilon(1e-5));
+    for (index_t i = 0; i < one.numel(); ++i)
+      REQUIRE(four[i] == doctest::Approx(one[i]).epsilon(1e-5));
     // The choice: a large weight over few output positions stays with im2col.
     CHECK(cpu::conv_path(cpu::conv_geometry({2, 512, 7, 7}, {512, 512, 3, 3}, nullptr, p)) ==
           cpu::ConvPath::kGeneral);
@@ -370,7 +371,9 @@ TEST_SUITE("cpu") {
     CHECK_FALSE(x3.has_grad());
     VarD w3(random_tensor({4, 3, 3, 3}, 67), false);
     check_gradients(
-        [](const std::vector<VarD>& v) { return conv2d(v[0], v[1], no_bias(), {.padding = 2, .dilation = 2}); },
+        [](const std::vector<VarD>& v) {
+          return conv2d(v[0], v[1], no_bias(), {.padding = 2, .dilation = 2});
+        },
         {param({2, 3, 6, 5}, 68), w3});
     CHECK_FALSE(w3.has_grad());
   }

@@ -122,9 +122,10 @@ inline ConvPath conv_path(const ConvGeom& g, ConvAlgo algo = ConvAlgo::kAuto) {
       g.pad <= (g.kw - 1) * g.dil) {
     const index_t x_padded = g.cin * (g.h + 2 * g.pad) * (g.w + 2 * g.pad);
     const index_t dy_padded = g.cout * (g.h + (g.kh - 1) * g.dil) * (g.w + (g.kw - 1) * g.dil);
-    const index_t weight = g.cout * (g.cin / g.groups) * g.kh * g.kw;
-    const bool fits = std::max(x_padded, dy_padded) < (index_t(1) << 31);
-    if (fits && (weight < (index_t(1) << 18) || g.n * g.ho * g.wo >= 256)) return ConvPath::kShifted;
+    const index_t weight = g.cout * (g.cin / g.groups) * g.kh * g.kw;  // read at 32-bit offsets
+    const bool fits = std::max({x_padded, dy_padded, weight}) < (index_t(1) << 31);
+    if (fits && (weight < (index_t(1) << 18) || g.n * g.ho * g.wo >= 256))
+      return ConvPath::kShifted;
   }
   return ConvPath::kGeneral;
 }
@@ -408,7 +409,8 @@ inline ShiftPlane shift_dy_plane(const ConvGeom& g) {
 /// Copies `channels` planes of h x w from src (plane stride h * w) into their padded planes at
 /// dst, whose zeros were written before (only the interior is written).
 template <class T>
-void shift_fill(const ShiftPlane& pl, index_t channels, index_t h, index_t w, const T* src, T* dst) {
+void shift_fill(const ShiftPlane& pl, index_t channels, index_t h, index_t w, const T* src,
+                T* dst) {
   for (index_t c = 0; c < channels; ++c)
     for (index_t r = 0; r < h; ++r)
       copy_row(src + (c * h + r) * w, w, dst + c * pl.size() + (pl.top + r) * pl.cols + pl.left);
@@ -417,7 +419,8 @@ void shift_fill(const ShiftPlane& pl, index_t channels, index_t h, index_t w, co
 /// dst[c] (+)= the out_h x out_w outputs of a product's rows laid out with the padded row
 /// length (columns past out_w dropped).
 template <class T>
-void shift_store(const ShiftPlane& pl, index_t channels, const T* src, index_t lds, T* dst, bool acc) {
+void shift_store(const ShiftPlane& pl, index_t channels, const T* src, index_t lds, T* dst,
+                 bool acc) {
   const index_t hw = pl.out_h * pl.out_w;
   for (index_t c = 0; c < channels; ++c)
     for (index_t r = 0; r < pl.out_h; ++r)
@@ -479,8 +482,8 @@ void shift_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* 
 
 /// dx, dw: null when not wanted. The GradSlot convention: overwrite unless acc_*.
 template <class T>
-void shift_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, bool acc_x, T* dw,
-                    bool acc_w) {
+void shift_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, bool acc_x,
+                    T* dw, bool acc_w) {
   using small_gemm::OffsetCols, small_gemm::OffsetRows, small_gemm::StridedCols;
   using small_gemm::StridedRows;
   const ShiftPlane xpl = shift_x_plane(g), dpl = shift_dy_plane(g);
@@ -521,10 +524,10 @@ void shift_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* d
   }
   run_chunks(nt, g.n, [&](int t, index_t b, index_t e) {
     T* base = ws.data() + t * (wpart + xpart);
-    T* xp = base;             // [cg][padded x plane]
-    T* dyt = xp + xsize;      // [xn][ogr]
-    T* dyp = base + wpart;    // [og][padded dy plane], tail
-    T* dxw = dyp + dsize;     // [cg][dn]
+    T* xp = dw ? base : nullptr;           // [cg][padded x plane]
+    T* dyt = dw ? xp + xsize : nullptr;    // [xn][ogr]
+    T* dyp = dx ? base + wpart : nullptr;  // [og][padded dy plane], tail
+    T* dxw = dx ? dyp + dsize : nullptr;   // [cg][dn]
     // The padding, dyt's junk rows and extra columns: written once here, they stay zero.
     std::fill_n(base, wpart + (dx ? dsize : 0), T(0));
     for (index_t s = b; s < e; ++s)

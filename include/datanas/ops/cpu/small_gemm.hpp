@@ -105,7 +105,8 @@ inline void rows(index_t n, index_t k0, index_t k1, AR arows, AC acols, BR brows
                  bool accumulate) {
   constexpr int V = kLanes<T>, kNV = kWide<T>;
   index_t j = 0;
-  for (; j + kNV * V <= n; j += kNV * V) tile<MR, kNV>(k0, k1, arows, acols, brows, j, c + j, ldc, accumulate);
+  for (; j + kNV * V <= n; j += kNV * V)
+    tile<MR, kNV>(k0, k1, arows, acols, brows, j, c + j, ldc, accumulate);
   for (; j + V <= n; j += V) tile<MR, 1>(k0, k1, arows, acols, brows, j, c + j, ldc, accumulate);
   for (; j < n; ++j)
     for (int r = 0; r < MR; ++r) {
@@ -137,7 +138,8 @@ void product(index_t m, index_t n, index_t k, AR arows, AC acols, BR brows, T* c
     const index_t k1 = std::min(k, k0 + kBlockK);
     const bool acc = accumulate || k0 > 0;
     index_t i = 0;
-    for (; i + MR <= m; i += MR) rows<MR>(n, k0, k1, arows.from(i), acols, brows, c + i * ldc, ldc, acc);
+    for (; i + MR <= m; i += MR)
+      rows<MR>(n, k0, k1, arows.from(i), acols, brows, c + i * ldc, ldc, acc);
     if (m - i >= 4) {
       rows<4>(n, k0, k1, arows.from(i), acols, brows, c + i * ldc, ldc, acc);
       i += 4;
