@@ -423,9 +423,14 @@ void shift_store(const ShiftPlane& pl, index_t channels, const T* src, index_t l
                  bool acc) {
   const index_t hw = pl.out_h * pl.out_w;
   for (index_t c = 0; c < channels; ++c)
-    for (index_t r = 0; r < pl.out_h; ++r)
-      store(ArrayMap<T>(dst + c * hw + r * pl.out_w, pl.out_w),
-            ConstArrayMap<T>(src + c * lds + r * pl.cols, pl.out_w), acc);
+    for (index_t r = 0; r < pl.out_h; ++r) {
+      const T* s = src + c * lds + r * pl.cols;
+      T* d = dst + c * hw + r * pl.out_w;
+      if (acc)
+        ArrayMap<T>(d, pl.out_w) += ConstArrayMap<T>(s, pl.out_w);
+      else
+        copy_row(s, pl.out_w, d);  // short rows, as shift_fill's
+    }
 }
 
 /// off[(c * kh + i) * kw + j] = c * plane + tap (i, j)'s offset; flipped taps for the data
