@@ -96,20 +96,21 @@ Case conv_case(Size s, index_t cout, int k, int stride) {
   return {{x, w}, [x, w, p] { return conv2d(x, w, VarF(), p); }};
 }
 
-/// DARTS SepConv(C, C, 3, stride 1, padding 1, affine=False):
-/// relu -> dw3x3 -> 1x1 -> BN -> relu -> dw3x3 -> 1x1 -> BN.
-Case sep_conv_case(Size s) {
+/// DARTS SepConv(C, C, 3, stride, padding 1, affine=False):
+/// relu -> dw3x3 -> 1x1 -> BN -> relu -> dw3x3 -> 1x1 -> BN, each relu -> dw -> 1x1 run as
+/// relu_conv2d_pair, as nn::SepConv does (the depthwise convolution reads relu(x) while padding
+/// it). Stride 2 is a reduction cell's edge from its inputs.
+Case sep_conv_case(Size s, int stride) {
   const index_t c = s.c;
   VarF x = param({kBatch, c, s.hw, s.hw}, 1);
   VarF dw1 = param({c, 1, 3, 3}, 2, 1.0 / 3), pw1 = param({c, c, 1, 1}, 3, 1.0 / std::sqrt(c));
   VarF dw2 = param({c, 1, 3, 3}, 4, 1.0 / 3), pw2 = param({c, c, 1, 1}, 5, 1.0 / std::sqrt(c));
   RunningStats bn1(c), bn2(c);
-  const Conv2dParams dw{.stride = 1, .padding = 1, .groups = int(c)}, pw{};
+  const Conv2dParams dw_first{.stride = stride, .padding = 1, .groups = int(c)},
+      dw{.stride = 1, .padding = 1, .groups = int(c)}, pw{};
   return {{x, dw1, pw1, dw2, pw2}, [=] {
-            VarF h = conv2d(conv2d(relu(x), dw1, VarF(), dw), pw1, VarF(), pw);
-            h = bn_nonaffine(h, bn1);
-            h = conv2d(conv2d(relu(h), dw2, VarF(), dw), pw2, VarF(), pw);
-            return bn_nonaffine(h, bn2);
+            VarF h = bn_nonaffine(relu_conv2d_pair(x, dw1, dw_first, pw1, pw), bn1);
+            return bn_nonaffine(relu_conv2d_pair(h, dw2, dw, pw2, pw), bn2);
           }};
 }
 #endif
@@ -186,7 +187,8 @@ std::vector<NamedCase> all_cases() {
       return Case{{x}, [x] { return shift_crop(x); }};
     });
 #if DATANAS_BENCH_HAVE_CONV
-    add("sep_conv_3x3", [s] { return sep_conv_case(s); });
+    add("sep_conv_3x3", [s] { return sep_conv_case(s, 1); });
+    if (s.hw > 8) add("sep_conv_3x3_s2", [s] { return sep_conv_case(s, 2); });
 #endif
   }
 #if DATANAS_BENCH_HAVE_CONV

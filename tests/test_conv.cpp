@@ -427,19 +427,31 @@ TEST_SUITE("cpu") {
 
   TEST_CASE("relu_conv2d_pair computes relu then conv2d_pair's bits and holds only its output") {
     using VarF = Var<float, Cpu>;
-    const Conv2dParams depthwise{.stride = 1, .padding = 2, .groups = 8}, general{.padding = 1};
-    for (const Conv2dParams& p1 : {depthwise, general}) {  // relu read from x; a temporary relu(x)
-      CAPTURE(p1.groups);
-      const Shape w1s = p1.groups == 8 ? Shape{8, 1, 5, 5} : Shape{8, 8, 3, 3};
-      const auto held = pair_vs_chain(
-          [p1](const VarF& x, const VarF& w1, const VarF& w2) { return relu_conv2d_pair(x, w1, p1, w2); },
-          [p1](const VarF& x, const VarF& w1, const VarF& w2) { return conv2d_pair(relu(x), w1, p1, w2); },
-          random_float({2, 8, 8, 8}, 130), random_float(w1s, 131), random_float({8, 8, 1, 1}, 132),
-          random_float({2, 8, 8, 8}, 133));
-      const std::size_t tensor_bytes = 2 * 8 * 8 * 8 * sizeof(float);
-      CHECK(held[0] == tensor_bytes);      // y
-      CHECK(held[1] == 2 * tensor_bytes);  // relu(x) and y
-    }
+    // Depthwise first convolutions read relu(x) from x while padding it (PadLayout::fill), at
+    // stride 1 (rows of whole, half, quarter packets and single elements: widths 8 and 13) and
+    // stride 2 (even and odd columns, both paddings' parities); a general one gets a temporary
+    // relu(x).
+    const Conv2dParams dw5{.stride = 1, .padding = 2, .groups = 8}, dw3s2{.stride = 2, .padding = 1, .groups = 8},
+        dw5s2{.stride = 2, .padding = 2, .groups = 8}, general{.padding = 1};
+    std::uint64_t seed = 130;
+    for (const Conv2dParams& p1 : {dw5, dw3s2, dw5s2, general})
+      for (const Shape xs : {Shape{2, 8, 8, 8}, Shape{2, 8, 7, 13}}) {
+        CAPTURE(p1.groups);
+        CAPTURE(p1.stride);
+        CAPTURE(xs.str());
+        const index_t k = p1.groups == 8 && p1.padding == 2 ? 5 : 3;
+        const Shape w1s = p1.groups == 8 ? Shape{8, 1, k, k} : Shape{8, 8, 3, 3};
+        const index_t ho = (xs[2] + 2 * p1.padding - k) / p1.stride + 1, wo = (xs[3] + 2 * p1.padding - k) / p1.stride + 1;
+        const auto held = pair_vs_chain(
+            [p1](const VarF& x, const VarF& w1, const VarF& w2) { return relu_conv2d_pair(x, w1, p1, w2); },
+            [p1](const VarF& x, const VarF& w1, const VarF& w2) { return conv2d_pair(relu(x), w1, p1, w2); },
+            random_float(xs, seed), random_float(w1s, seed + 1), random_float({8, 8, 1, 1}, seed + 2),
+            random_float({2, 8, ho, wo}, seed + 3));
+        seed += 4;
+        const std::size_t x_bytes = std::size_t(xs.numel()) * sizeof(float), y_bytes = std::size_t(2 * 8 * ho * wo) * sizeof(float);
+        CHECK(held[0] == y_bytes);            // y
+        CHECK(held[1] == x_bytes + y_bytes);  // relu(x) and y
+      }
   }
 
   TEST_CASE("conv2d_pair computes two conv2d calls' bits and holds only its output until backward") {

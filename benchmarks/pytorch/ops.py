@@ -78,14 +78,14 @@ def wide_conv_case(batch, c, hw):
     return [x, w], lambda: F.conv2d(x, w, None, 1, 1), False
 
 
-def sep_conv_case(c, hw):
+def sep_conv_case(c, hw, stride=1):
     x = param((BATCH, c, hw, hw), 1)
     dw1, pw1 = param((c, 1, 3, 3), 2, 1.0 / 3), param((c, c, 1, 1), 3, 1.0 / math.sqrt(c))
     dw2, pw2 = param((c, 1, 3, 3), 4, 1.0 / 3), param((c, c, 1, 1), 5, 1.0 / math.sqrt(c))
     bn1, bn2 = running_stats(c), running_stats(c)
 
     def fwd():
-        h = F.conv2d(F.conv2d(F.relu(x), dw1, None, 1, 1, 1, c), pw1)
+        h = F.conv2d(F.conv2d(F.relu(x), dw1, None, stride, 1, 1, c), pw1)
         h = bn_nonaffine(h, bn1)
         h = F.conv2d(F.conv2d(F.relu(h), dw2, None, 1, 1, 1, c), pw2)
         return bn_nonaffine(h, bn2)
@@ -180,6 +180,8 @@ def op_cases():
         add("concat4", lambda c=c, hw=hw: concat_case(c, hw))
         add("shift_crop", lambda c=c, hw=hw: unary_case(c, hw, lambda x: x[:, :, 1:, 1:]))
         add("sep_conv_3x3", lambda c=c, hw=hw: sep_conv_case(c, hw))
+        if hw > 8:
+            add("sep_conv_3x3_s2", lambda c=c, hw=hw: sep_conv_case(c, hw, 2))
     # Dense 3x3 convolutions wider than a DARTS cell's, at small batches (bench_ops.cpp).
     for batch, c, hw in ((8, 256, 14), (8, 512, 7), (2, 512, 7)):
         cases.append((f"conv3x3_wide/B{batch}_C{c}/{hw}x{hw}",

@@ -91,18 +91,57 @@ void parallel_for(index_t n, index_t cost, F&& f) {
   });
 }
 
-/// dst[0, n) = src[0, n) for the short rows of the convolution kernels (8-32 elements): whole
-/// unaligned packets, then the rest one by one. std::copy_n calls memmove, whose call and size
-/// dispatch cost more than such a row; an Eigen map assignment first peels scalars up to dst's
-/// alignment, as many as 15 for a row written one element past a packet boundary.
+/// dst[0, n) = op(src[0, n)) for the short rows of the convolution kernels (8-32 elements):
+/// whole unaligned packets, then a half and a quarter packet where they fit (an 8-wide row is
+/// one half packet of AVX-512 floats), then the rest one by one. `op` is called on packets of
+/// those three sizes and on scalars (Eigen's packet functions, e.g. pmax, take both).
+/// std::copy_n calls memmove, whose call and size dispatch cost more than such a row; an Eigen
+/// map assignment first peels scalars up to dst's alignment, as many as 15 for a row written
+/// one element past a packet boundary (a padded plane's rows).
+// Eigen's packet types carry vector attributes that GCC drops (and warns about) when they are
+// template arguments; Eigen silences the same warning in its own headers.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+template <class T, class Op>
+inline void map_row(const T* __restrict src, index_t n, T* __restrict dst, Op op) {
+  namespace ei = Eigen::internal;
+  using Full = Packet<T>;
+  using Half = typename ei::unpacket_traits<Full>::half;
+  using Quarter = typename ei::unpacket_traits<Half>::half;
+  constexpr index_t L = kLanes<T>, LH = ei::unpacket_traits<Half>::size,
+                    LQ = ei::unpacket_traits<Quarter>::size;
+  index_t i = 0;
+  for (; i + L <= n; i += L) ei::pstoreu(dst + i, op(ei::ploadu<Full>(src + i)));
+  if constexpr (LH < L) {
+    if (i + LH <= n) {
+      ei::pstoreu(dst + i, op(ei::ploadu<Half>(src + i)));
+      i += LH;
+    }
+  }
+  if constexpr (LQ < LH) {
+    if (i + LQ <= n) {
+      ei::pstoreu(dst + i, op(ei::ploadu<Quarter>(src + i)));
+      i += LQ;
+    }
+  }
+  for (; i < n; ++i) dst[i] = op(src[i]);
+}
+#pragma GCC diagnostic pop
+
+/// dst[0, n) = src[0, n) (map_row's row shape).
 template <class T>
 inline void copy_row(const T* __restrict src, index_t n, T* __restrict dst) {
-  constexpr index_t L = kLanes<T>;
-  index_t i = 0;
-  for (; i + L <= n; i += L)
-    Eigen::internal::pstoreu(dst + i, Eigen::internal::ploadu<Packet<T>>(src + i));
-  for (; i < n; ++i) dst[i] = src[i];
+  map_row(src, n, dst, [](const auto& v) { return v; });
 }
+
+/// max(v, 0) for a packet or a scalar: the operation and argument order of Eigen's
+/// `array.max(T(0))` (relu's forward), so the bits agree with it, -0 and NaN included.
+struct ReluOp {
+  template <class V>
+  V operator()(const V& v) const {
+    return Eigen::internal::pmax(v, Eigen::internal::pset1<V>(typename Eigen::internal::unpacket_traits<V>::type(0)));
+  }
+};
 
 /// dst = expr, or dst += expr when accumulating (the GradSlot convention).
 template <class Dst, class Expr>

@@ -640,27 +640,51 @@ struct PadLayout {
   void zero(T* dst) const {
     std::fill_n(dst, size(), T(0));
   }
-  /// Writes the elements of dst that come from src (max(src, 0) with `relu`: the same expression
-  /// as relu's forward, so the values are relu's bit for bit); dst's other elements are untouched.
+  /// Writes the elements of dst that come from src (max(src, 0) with `relu`: the same operation
+  /// as relu's forward, so the values are relu's bit for bit); dst's other elements are
+  /// untouched.
   template <class T>
   void fill(const T* __restrict src, T* __restrict dst, bool relu = false) const {
-    for (index_t r = r0; r < r1; ++r) {
+    if (relu)
+      fill_with(src, dst, ReluOp{});
+    else
+      fill_with(src, dst, [](const auto& v) { return v; });
+  }
+
+ private:
+  /// fill with dst = op(src), op taking packets and scalars (map_row).
+  template <class T, class Op>
+  void fill_with(const T* __restrict src, T* __restrict dst, Op op) const {
+    if (s == 1) {  // one contiguous run per row
+      for (index_t r = r0; r < r1; ++r)
+        map_row(src + (r - top) * w + (q0[0] - left), q1[0] - q0[0], dst + r * wb + q0[0], op);
+      return;
+    }
+    if (s == 2 && left >= 0 && ceil_div(w + left, index_t(2)) <= wb) {
+      // Every source column has its place: column c goes to phase (c + left) % 2, column
+      // (c + left) / 2, so the even columns form one phase's run and the odd ones the other's.
+      // One loop over the pairs, which the compiler vectorises with two-source permutes (a
+      // strided loop per phase became one insert per element).
+      const int pe = int(left % 2);
+      const index_t pairs = w / 2;
+      for (index_t r = r0; r < r1; ++r) {
+        const T* __restrict sr = src + (r - top) * w;
+        T* __restrict even = dst + (pe * hn + r) * wb + left / 2;
+        T* __restrict odd = dst + ((1 - pe) * hn + r) * wb + (left + 1) / 2;
+        for (index_t m = 0; m < pairs; ++m) {
+          even[m] = op(sr[2 * m]);
+          odd[m] = op(sr[2 * m + 1]);
+        }
+        if (w % 2) even[pairs] = op(sr[w - 1]);
+      }
+      return;
+    }
+    for (index_t r = r0; r < r1; ++r) {  // any stride and placement: one gather per phase
       const T* sr = src + (r - top) * w;
       for (int ph = 0; ph < s; ++ph) {
-        T* o = dst + (ph * hn + r) * wb;
-        const index_t a = q0[ph], n = q1[ph] - a;
-        if (s == 1) {  // contiguous
-          if (relu)
-            ArrayMap<T>(o + a, n) = ConstArrayMap<T>(sr + (a - left), n).max(T(0));
-          else
-            copy_row(sr + (a - left), n, o + a);
-        } else {  // one constant-stride gather per phase
-          const T* g = sr + (a * s + ph - left);
-          if (relu)
-            for (index_t q = 0; q < n; ++q) o[a + q] = std::max(g[q * s], T(0));
-          else
-            for (index_t q = 0; q < n; ++q) o[a + q] = g[q * s];
-        }
+        T* o = dst + (ph * hn + r) * wb + q0[ph];
+        const T* g = sr + (q0[ph] * s + ph - left);
+        for (index_t q = 0, n = q1[ph] - q0[ph]; q < n; ++q) o[q] = op(g[q * s]);
       }
     }
   }
