@@ -159,18 +159,22 @@ TEST_SUITE("cpu") {
     check_gradients([](auto& in) { return avg_pool2d(in[0], 2, 1, 1); }, {param({1, 3, 5, 4}, 35)});
   }
 
-  TEST_CASE("pools match a naive reference on a larger input (the parallel path)") {
-    const Shape s{3, 7, 35, 33};
-    const TensorD xv = random_tensor(s, 70);
-    struct Case {
-      int k, st, p;
-    };
-    for (Case c : {Case{3, 1, 1}, Case{3, 2, 1}, Case{5, 3, 0}, Case{2, 2, 0}, Case{5, 1, 2}}) {
+  struct PoolCase {
+    int k, st, p;
+  };
+
+  /// max_pool2d and avg_pool2d of a random x [s] and their gradients for a random dy, against
+  /// a naive loop over every window in double (errors below 1e-12).
+  void check_pools_against_naive(const Shape& s, PoolCase c, std::uint64_t seed) {
+    const TensorD xv = random_tensor(s, seed);
+    {
+      CAPTURE(s.str());
       CAPTURE(c.k);
       CAPTURE(c.st);
+      CAPTURE(c.p);
       const index_t ho = (s.h() + 2 * c.p - c.k) / c.st + 1,
                     wo = (s.w() + 2 * c.p - c.k) / c.st + 1;
-      const TensorD dy = random_tensor({s.n(), s.c(), ho, wo}, 71);
+      const TensorD dy = random_tensor({s.n(), s.c(), ho, wo}, seed + 1);
       TensorD ref_max = TensorD::empty(dy.shape()), ref_avg = TensorD::empty(dy.shape());
       TensorD ref_dmax = TensorD::zeros(s), ref_davg = TensorD::zeros(s);
       for (index_t n = 0; n < s.n(); ++n)
@@ -213,6 +217,21 @@ TEST_SUITE("cpu") {
         CHECK(err < 1e-12);
       }
     }
+  }
+
+  TEST_CASE("pools match a naive reference on a larger input (the parallel path)") {
+    for (PoolCase c : {PoolCase{3, 1, 1}, PoolCase{3, 2, 1}, PoolCase{5, 3, 0}, PoolCase{2, 2, 0},
+                       PoolCase{5, 1, 2}})
+      check_pools_against_naive({3, 7, 35, 33}, c, 70);
+  }
+
+  TEST_CASE("3x3 stride-1 pools on tiny planes (rows of one and two elements, one pixel)") {
+    // avg_pool's whole-plane kernel (Box3Plane) masks neighbours across row ends and treats a
+    // one-row plane apart.
+    std::uint64_t seed = 90;
+    for (const Shape s : {Shape{1, 2, 1, 1}, Shape{2, 2, 1, 5}, Shape{1, 3, 4, 1}, Shape{2, 2, 2, 2},
+                          Shape{1, 2, 3, 2}, Shape{2, 1, 2, 17}})
+      check_pools_against_naive(s, {3, 1, 1}, seed += 2);
   }
 
   TEST_CASE("pool float kernels agree with double") {

@@ -6,9 +6,10 @@
 // pool goes row first, then column: a row pass that keeps the first maximum of each row segment,
 // followed by a column pass that keeps the first row, finds the first maximum in row-major
 // window order, torch's tie rule. Border windows are handled by padding a row buffer (-inf for
-// max, 0 for the average), so the inner loops have no clipping. Planes are spread over the
-// OpenMP threads; each thread gets its slice of one scratch block taken before the region
-// (parallel_range_scratch).
+// max, 0 for the average), so the inner loops have no clipping. The 3x3 stride-1 average pool
+// (padding 1) works on whole planes as flat arrays instead (detail::Box3Plane): its rows are too
+// short for per-row loops. Planes are spread over the OpenMP threads; each thread gets its
+// slice of one scratch block taken before the region (parallel_range_scratch).
 #pragma once
 
 #include <algorithm>
@@ -194,6 +195,78 @@ void max_pool_planes(const T* xp, T* yp, T* ip, const PoolGeometry& g, index_t b
   }
 }
 
+/// The 3x3, stride 1, padding 1 average pool (DARTS' and NAS-Bench-201's avg_pool_3x3), whose
+/// output plane has the input's size, runs on whole planes as flat arrays: planes of 8x8 to
+/// 32x32 have 8-32-element rows, on which per-row loops cost more in loop overhead and scalar
+/// remainders than in arithmetic. Forward: v = the sum of the valid rows r - 1, r, r + 1 of
+/// each column, then y = (v[q - 1] + v[q] + v[q + 1]) * scale[q], a neighbour in another row
+/// masked out, scale[q] = 1 / (real rows * real columns) of q's window. Backward: the same box
+/// sum of g = dy * scale, columns first, then rows. Each output sums the same terms in the same
+/// order as the general kernels below (an accumulated gradient adds its plane's sum at once).
+struct Box3Plane {
+  index_t h, w;
+  [[nodiscard]] index_t n() const { return h * w; }
+  /// Scratch elements: two planes with a zero on each side, the two column masks, the scale.
+  [[nodiscard]] index_t scratch() const { return 2 * (n() + 2) + 3 * n(); }
+
+  /// Carves the scratch block: a and b (planes whose elements -1 and n() are zero), the masks
+  /// (1 where the left / right neighbour is in the same row) and the scale.
+  template <class T>
+  void setup(T* scratch, T*& a, T*& b, T*& left, T*& right, T*& scale) const {
+    a = scratch + 1;
+    b = a + n() + 2;
+    left = b + n() + 1;
+    right = left + n();
+    scale = right + n();
+    a[-1] = a[n()] = b[-1] = b[n()] = T(0);
+    for (index_t r = 0; r < h; ++r)
+      for (index_t c = 0; c < w; ++c) {
+        const index_t q = r * w + c;
+        left[q] = T(c > 0);
+        right[q] = T(c + 1 < w);
+        const index_t rows = std::min(h, r + 2) - std::max<index_t>(0, r - 1);
+        const index_t cols = std::min(w, c + 2) - std::max<index_t>(0, c - 1);
+        scale[q] = (T(1) / T(rows)) * (T(1) / T(cols));  // the general kernels' inv_r * inv_c
+      }
+  }
+};
+
+/// v (+)= the sum of rows r - 1, r, r + 1 of x's columns (those inside the plane), in row order.
+template <bool Acc, class T>
+inline void box3_rows(const T* __restrict x, index_t h, index_t w, T* __restrict v) {
+  const index_t n = h * w;
+  auto put = [v](index_t q, T s) {
+    if constexpr (Acc)
+      v[q] += s;
+    else
+      v[q] = s;
+  };
+  if (h == 1) {
+    for (index_t q = 0; q < n; ++q) put(q, x[q]);
+    return;
+  }
+  for (index_t q = 0; q < w; ++q) put(q, x[q] + x[q + w]);
+  for (index_t q = w; q < n - w; ++q) put(q, x[q - w] + x[q] + x[q + w]);
+  for (index_t q = n - w; q < n; ++q) put(q, x[q - w] + x[q]);
+}
+
+/// y[q] = (f(v[q - 1]) + v[q] + f(v[q + 1])) * scale[q] (Fwd) or u[q] = f(v[q + 1]) + v[q] +
+/// f(v[q - 1]) (the backward's order: the window to the right first), f masking a neighbour in
+/// another row to 0; v[-1] and v[n] must be readable. Selecting between loaded values keeps the
+/// loop vectorised.
+template <bool Fwd, class T>
+inline void box3_cols(const T* __restrict v, const T* __restrict left, const T* __restrict right,
+                      const T* __restrict scale, index_t n, T* __restrict y) {
+  for (index_t q = 0; q < n; ++q) {
+    const T vl = v[q - 1], vr = v[q + 1], zero = T(0);
+    const T l = left[q] != zero ? vl : zero, r = right[q] != zero ? vr : zero;
+    if constexpr (Fwd)
+      y[q] = (l + v[q] + r) * scale[q];
+    else
+      y[q] = r + v[q] + l;
+  }
+}
+
 }  // namespace detail
 
 /// Max pool of x [N, C, H, W] into y [N, C, Ho, Wo]; when idx is not null it receives, for every
@@ -297,6 +370,18 @@ void avg_pool_forward(const Tensor<T, Cpu>& x, const PoolGeometry& g, const Tens
   const int k = g.k, p = g.p;
   const T* xp = x.data();
   T* yp = y.data();
+  if (g.k == 3 && g.s == 1 && g.p == 1) {  // whole planes (detail::Box3Plane)
+    const detail::Box3Plane b{h, w};
+    parallel_range_scratch<T>(planes, h * w * k, b.scratch(), [&](index_t p0, index_t p1, T* scratch) {
+      T *v, *unused, *left, *right, *scale;
+      b.setup(scratch, v, unused, left, right, scale);
+      for (index_t plane = p0; plane < p1; ++plane) {
+        detail::box3_rows<false>(xp + plane * b.n(), h, w, v);
+        detail::box3_cols<true>(v, left, right, scale, b.n(), yp + plane * b.n());
+      }
+    });
+    return;
+  }
   detail::dispatch_stride(g.s, [&](auto sc) {
     constexpr int S = decltype(sc)::value;
     const index_t s = S ? S : g.s;
@@ -333,6 +418,23 @@ void avg_pool_backward(const Tensor<T, Cpu>& dy, const PoolGeometry& g, T* dx, b
   const index_t lw = g.padded_w();
   const int k = g.k, p = g.p;
   const T* gp = dy.data();
+  if (g.k == 3 && g.s == 1 && g.p == 1) {  // whole planes (detail::Box3Plane)
+    const detail::Box3Plane b{h, w};
+    parallel_range_scratch<T>(planes, h * w * k, b.scratch(), [&](index_t p0, index_t p1, T* scratch) {
+      T *gs, *u, *left, *right, *scale;
+      b.setup(scratch, gs, u, left, right, scale);
+      for (index_t plane = p0; plane < p1; ++plane) {
+        const T* gpl = gp + plane * b.n();
+        for (index_t q = 0; q < b.n(); ++q) gs[q] = gpl[q] * scale[q];
+        detail::box3_cols<false>(gs, left, right, scale, b.n(), u);
+        if (accumulate)
+          detail::box3_rows<true>(u, h, w, dx + plane * b.n());
+        else
+          detail::box3_rows<false>(u, h, w, dx + plane * b.n());
+      }
+    });
+    return;
+  }
   detail::dispatch_stride(g.s, [&](auto sc) {
     constexpr int S = decltype(sc)::value;
     const index_t s = S ? S : g.s;
