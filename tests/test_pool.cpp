@@ -69,6 +69,10 @@ TEST_SUITE("cpu") {
     CHECK(z.value()[1] == -inf);
     backward(sum(z));
     check_values(x.grad(), {4, 2});
+    // The 3x3 stride-1 kernel (Max3Plane): every window of a 2x2 plane starts at pixel 0.
+    VarD x2(TensorD::from({1, 1, 2, 2}, {-inf, -inf, -inf, -inf}), true);
+    backward(sum(max_pool2d(x2, 3, 1, 1)));
+    check_values(x2.grad(), {4, 0, 0, 0});
   }
 
   TEST_CASE("avg_pool2d forward values divide by the real pixel count") {

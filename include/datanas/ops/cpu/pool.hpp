@@ -6,9 +6,10 @@
 // pool goes row first, then column: a row pass that keeps the first maximum of each row segment,
 // followed by a column pass that keeps the first row, finds the first maximum in row-major
 // window order, torch's tie rule. Border windows are handled by padding a row buffer (-inf for
-// max, 0 for the average), so the inner loops have no clipping. The 3x3 stride-1 average pool
-// (padding 1) works on whole planes as flat arrays instead (detail::Box3Plane): its rows are too
-// short for per-row loops. Planes are spread over the OpenMP threads; each thread gets its
+// max, 0 for the average), so the inner loops have no clipping. The 3x3 stride-1 pools with
+// padding 1 (DARTS' and NAS-Bench-201's) work on whole planes as flat arrays instead
+// (detail::Box3Plane, detail::Max3Plane): their 8-32-element rows are too short for per-row
+// loops. Planes are spread over the OpenMP threads; each thread gets its
 // slice of one scratch block taken before the region (parallel_range_scratch).
 #pragma once
 
@@ -267,6 +268,135 @@ inline void box3_cols(const T* __restrict v, const T* __restrict left, const T* 
   }
 }
 
+/// The 3x3, stride 1, padding 1 max pool (DARTS' max_pool_3x3) on whole planes as flat arrays,
+/// for the reason of Box3Plane. Forward: a row pass keeps, at each position q, the first maximum
+/// of x[q - 1], x[q], x[q + 1] (a neighbour in another row masked to -inf) and its plane index;
+/// a column pass then keeps the first maximum of rows r - 1, r, r + 1: torch's row-major tie
+/// rule, and the same selections as the general kernel, so the same values and indices.
+/// Backward: each input pixel q gathers the dy of the nine windows around it whose index names q,
+/// in the general kernel's order.
+struct Max3Plane {
+  index_t h, w;
+  [[nodiscard]] index_t n() const { return h * w; }
+  /// Scratch elements of the forward: the plane padded by one -inf on each side, the row
+  /// maxima and their indices, two masks and three index tables.
+  [[nodiscard]] index_t forward_scratch() const { return n() + 2 + 7 * n(); }
+  /// Scratch elements of the backward: indices and dy padded by w + 1 on each side, the masks
+  /// and the index table.
+  [[nodiscard]] index_t backward_scratch() const { return 2 * (n() + 2 * (w + 1)) + 3 * n(); }
+
+  /// left/right: 1 where the neighbour is in the same row; at: T(q); first: the index of q's
+  /// window's first real column, T(q - 1) or T(q); right_at: T(q + 1).
+  template <class T>
+  void tables(T* left, T* right, T* at, T* first, T* right_at) const {
+    for (index_t q = 0; q < n(); ++q) {
+      const index_t c = q % w;
+      left[q] = T(c > 0);
+      right[q] = T(c + 1 < w);
+      at[q] = T(q);
+      if (first) first[q] = T(c > 0 ? q - 1 : q);
+      if (right_at) right_at[q] = T(q + 1);
+    }
+  }
+};
+
+/// The row pass: m[q] = the first maximum of xb[q - 1], xb[q], xb[q + 1] (masked neighbours
+/// are -inf and never win), i[q] its plane index (the window's first real column when every
+/// real value is -inf, as the general kernel's).
+template <bool kIdx, class T>
+inline void max3_row_pass(const T* __restrict xb, const T* __restrict left,
+                          const T* __restrict right, const T* __restrict at,
+                          const T* __restrict first, const T* __restrict right_at, index_t n,
+                          T* __restrict m, T* __restrict i) {
+  const T lowest = -std::numeric_limits<T>::infinity(), zero = T(0);
+  for (index_t q = 0; q < n; ++q) {
+    const T vl = xb[q - 1], vr = xb[q + 1], vc = xb[q];
+    T mq = left[q] != zero ? vl : lowest;
+    const bool tc = beats(vc, mq);
+    mq = tc ? vc : mq;
+    // The right mask joins the predicate: a second masked select stops GCC's if-conversion.
+    const bool tr = (right[q] != zero) & beats(vr, mq);
+    m[q] = tr ? vr : mq;
+    if constexpr (kIdx) {
+      const T f = first[q], a = at[q], ra = right_at[q];
+      const T iq = tc ? a : f;
+      i[q] = tr ? ra : iq;
+    }
+  }
+}
+
+/// The column pass over rows [r0, r1) of the plane: y, i = the first maximum of the row maxima
+/// m at offsets `up` (row r - 1, or none: 0), 0 and `down` (row r + 1, or none: 0).
+template <bool kIdx, class T>
+inline void max3_col_pass(const T* __restrict m, const T* __restrict mi, index_t q0, index_t q1,
+                          index_t up, index_t down, T* __restrict y, T* __restrict i) {
+  for (index_t q = q0; q < q1; ++q) {
+    T best = m[q - up], bi = kIdx ? mi[q - up] : T(0);
+    if (up) {
+      const T v = m[q];
+      const bool t = beats(v, best);
+      best = t ? v : best;
+      if constexpr (kIdx) {
+        const T vi = mi[q];
+        bi = t ? vi : bi;
+      }
+    }
+    if (down) {
+      const T v = m[q + down];
+      const bool t = beats(v, best);
+      best = t ? v : best;
+      if constexpr (kIdx) {
+        const T vi = mi[q + down];
+        bi = t ? vi : bi;
+      }
+    }
+    y[q] = best;
+    if constexpr (kIdx) i[q] = bi;
+  }
+}
+
+/// One plane of the 3x3 stride-1 max pool: x -> y (and the indices, with kIdx); scratch as
+/// Max3Plane::forward_scratch, tables written.
+template <bool kIdx, class T>
+void max3_plane(const Max3Plane& b, const T* x, T* xb, const T* left, const T* right,
+                const T* at, const T* first, const T* right_at, T* m, T* mi, T* y, T* i) {
+  const index_t n = b.n(), w = b.w;
+  std::copy_n(x, n, xb);
+  max3_row_pass<kIdx>(xb, left, right, at, first, right_at, n, m, mi);
+  if (b.h == 1) {
+    max3_col_pass<kIdx>(m, mi, 0, n, 0, 0, y, i);
+    return;
+  }
+  max3_col_pass<kIdx>(m, mi, 0, w, 0, w, y, i);          // first row: rows 0, 1
+  max3_col_pass<kIdx>(m, mi, w, n - w, w, w, y, i);      // rows r - 1, r, r + 1
+  max3_col_pass<kIdx>(m, mi, n - w, n, w, 0, y, i);      // last row: rows h - 2, h - 1
+}
+
+/// dx[q] (+)= the sum of dy over the windows around q whose index is q, in the order windows
+/// (r + 1, c + 1), (r + 1, c), (r + 1, c - 1), (r, c + 1), ..., (r - 1, c - 1) (the general
+/// kernel's). pid/pdy: the plane's indices and dy with w + 1 elements of -1 and 0 on each side.
+template <class T>
+inline void max3_backward_plane(const T* __restrict pid, const T* __restrict pdy,
+                                const T* __restrict left, const T* __restrict right,
+                                const T* __restrict at, index_t n, index_t w, T* __restrict dx,
+                                bool accumulate) {
+  const T zero = T(0);
+  for (index_t q = 0; q < n; ++q) {
+    const T target = at[q];
+    const bool l = left[q] != zero, r = right[q] != zero;
+    T s = zero;
+    for (int di = 1; di >= -1; --di) {
+      const index_t o = q + di * w;
+      const T ir = pid[o + 1], ic = pid[o], il = pid[o - 1];
+      const T gr = pdy[o + 1], gc = pdy[o], gl = pdy[o - 1];
+      s += (r & (ir == target)) ? gr : zero;
+      s += ic == target ? gc : zero;
+      s += (l & (il == target)) ? gl : zero;
+    }
+    dx[q] = accumulate ? dx[q] + s : s;
+  }
+}
+
 }  // namespace detail
 
 /// Max pool of x [N, C, H, W] into y [N, C, Ho, Wo]; when idx is not null it receives, for every
@@ -278,6 +408,26 @@ void max_pool_forward(const Tensor<T, Cpu>& x, const PoolGeometry& g, const Tens
   const index_t planes = x.dim(0) * x.dim(1);
   const T* xp = x.data();
   T* yp = y.data();
+  if (g.k == 3 && g.s == 1 && g.p == 1) {  // whole planes (detail::Max3Plane)
+    const detail::Max3Plane b{g.h, g.w};
+    const index_t n = b.n();
+    parallel_range_scratch<T>(planes, n * 3, b.forward_scratch(), [&](index_t p0, index_t p1, T* scratch) {
+      T* xb = scratch + 1;
+      T *m = xb + n + 1, *mi = m + n, *left = mi + n, *right = left + n, *at = right + n;
+      T *first = at + n, *right_at = first + n;
+      xb[-1] = xb[n] = -std::numeric_limits<T>::infinity();
+      b.tables(left, right, at, first, right_at);
+      for (index_t plane = p0; plane < p1; ++plane) {
+        if (idx)
+          detail::max3_plane<true>(b, xp + plane * n, xb, left, right, at, first, right_at, m, mi,
+                                   yp + plane * n, idx + plane * n);
+        else
+          detail::max3_plane<false>(b, xp + plane * n, xb, left, right, at, first, right_at, m,
+                                    mi, yp + plane * n, static_cast<T*>(nullptr));
+      }
+    });
+    return;
+  }
   parallel_range_scratch<T>(planes, g.h * g.w * g.k, detail::max_pool_scratch(g, idx != nullptr),
                             [&](index_t b, index_t e, T* scratch) {
     if (idx)
@@ -319,6 +469,25 @@ void max_pool_backward(const Tensor<T, Cpu>& dy, const T* idx, const PoolGeometr
         const T* gpl = gp + plane * ohw;
         const T* ipl = idx + plane * ohw;
         for (index_t o = 0; o < ohw; ++o) d[index_t(ipl[o])] += gpl[o];
+      }
+    });
+    return;
+  }
+  if (k == 3 && p == 1) {  // whole planes (detail::Max3Plane)
+    const detail::Max3Plane b{h, w};
+    const index_t n = b.n(), margin = w + 1, padded = n + 2 * margin;
+    parallel_range_scratch<T>(planes, n * 9, b.backward_scratch(), [&](index_t p0, index_t p1, T* scratch) {
+      T* pid = scratch;
+      T* pdy = pid + padded;
+      T *left = pdy + padded, *right = left + n, *at = right + n;
+      std::fill_n(pid, padded, T(-1));
+      std::fill_n(pdy, padded, T(0));
+      b.tables(left, right, at, static_cast<T*>(nullptr), static_cast<T*>(nullptr));
+      for (index_t plane = p0; plane < p1; ++plane) {
+        std::copy_n(idx + plane * n, n, pid + margin);
+        std::copy_n(gp + plane * n, n, pdy + margin);
+        detail::max3_backward_plane(pid + margin, pdy + margin, left, right, at, n, w,
+                                    dx + plane * n, accumulate);
       }
     });
     return;
