@@ -590,9 +590,14 @@ struct DwGeom {
   index_t hn2, wb2;  // stride 1: the dy plane padded for the input-gradient correlation
   index_t xbuf, dybuf, dxbuf, rowbuf;  // elements of each per-thread buffer (rowbuf: the scatter's
                                        // unpadding row)
+  index_t dyrow;     // stride > 1: the scatter's dy row with its zero margins
   index_t dplane;  // stride 1 with relu_masks_dx: the unmasked data gradient of one plane
   index_t per_thread;
 };
+
+/// Columns of zeros on each side of the scatter's dy row (dw_input_grad_scatter): the largest
+/// column offset of a tap within its phase, (k - 1) d / s.
+inline index_t scatter_margin(const ConvGeom& g) { return (g.kh - 1) * g.dil / g.stride; }
 
 template <class T>
 DwGeom dw_geom(const ConvGeom& g) {
@@ -608,7 +613,8 @@ DwGeom dw_geom(const ConvGeom& g) {
   b.dxbuf = round_up(s == 1 ? b.hn2 * b.wb2 : s * b.hn * b.wb, 16);
   b.dplane = g.relu_masks_dx && s == 1 ? round_up(g.h * g.w, 16) : 0;
   b.rowbuf = round_up(s * b.wb, 16);
-  b.per_thread = b.xbuf + b.dybuf + b.dxbuf + b.rowbuf + b.dplane;
+  b.dyrow = s > 1 ? round_up(g.wo + 2 * scatter_margin(g), 16) : 0;
+  b.per_thread = b.xbuf + b.dybuf + b.dxbuf + b.rowbuf + b.dplane + b.dyrow;
   return b;
 }
 
@@ -810,22 +816,59 @@ void store_relu_masked(const T* __restrict x, const T* __restrict v, index_t n, 
   store(ArrayMap<T>(o, n), (ConstArrayMap<T>(x, n) > T(0)).select(ConstArrayMap<T>(v, n), T(0)), acc);
 }
 
+// Eigen's packet types as template arguments: see dw_correlate_rows.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
 /// The stride-S input gradient of one plane by scatter: dxb (S phase planes like PadLayout's,
-/// zeroed here) receives w[i][j] * dy at every tap, then is unpadded into dx.
+/// zeroed here) receives w[i][j] * dy at every tap, then is unpadded into dx. dyrow: the
+/// scatter_margin zeros, wo elements, the margin again; its margins must be zero.
+/// Per output row, kernel row and phase, each destination packet takes all of that phase's
+/// taps in registers, reading dy shifted by the tap's column offset: adding one tap at a time
+/// to the row in memory made each tap's load wait on the previous tap's store to the same
+/// (misaligned) place, a failed store-to-load forwarding per tap. Each element still sums its
+/// taps in the same order.
 template <int K, int S, int D, class T>
 void dw_input_grad_scatter(const ConvGeom& g, const DwGeom& b, const T* __restrict dy, const T* wk,
-                           T* __restrict dxb, T* __restrict row, T* __restrict dx, bool acc,
-                           const T* __restrict mask_x = nullptr) {
-  const index_t plane = b.hn * b.wb;
+                           T* __restrict dxb, T* __restrict row, T* __restrict dyrow,
+                           T* __restrict dx, bool acc, const T* __restrict mask_x = nullptr) {
+  namespace ei = Eigen::internal;
+  constexpr index_t kMargin = (K - 1) * D / S;
+  const index_t plane = b.hn * b.wb, span = g.wo + kMargin;  // destination columns [0, span)
   std::fill_n(dxb, S * plane, T(0));
+  T* dr = dyrow + kMargin;
+  // Destination columns [t0, t1) of row o (phase ph, kernel row i) in packets P.
+  auto taps = [&]<class P>(T* __restrict o, int i, int ph, index_t t0, index_t t1) {
+    for (index_t t = t0; t < t1; t += ei::unpacket_traits<P>::size) {
+      P a = ei::ploadu<P>(o + t);
+#pragma GCC unroll 5
+      for (int j = 0; j < K; ++j)
+        if ((j * D) % S == ph)
+          a = ei::pmadd(ei::pset1<P>(wk[i * K + j]), ei::ploadu<P>(dr + t - (j * D) / S), a);
+      ei::pstoreu(o + t, a);
+    }
+  };
+  using Full = Packet<T>;
+  using Half = typename ei::unpacket_traits<Full>::half;
+  using Quarter = typename ei::unpacket_traits<Half>::half;
+  constexpr index_t VF = kLanes<T>, VH = ei::unpacket_traits<Half>::size,
+                    VQ = ei::unpacket_traits<Quarter>::size;
+  const index_t full = span / VF * VF;
+  const index_t half = VH < VF && full + VH <= span ? full + VH : full;
+  const index_t quarter = VQ < VH && half + VQ <= span ? half + VQ : half;
   for (index_t oh = 0; oh < g.ho; ++oh) {
-    const T* dr = dy + oh * g.wo;
+    copy_row(dy + oh * g.wo, g.wo, dr);
     for (int i = 0; i < K; ++i)
-      for (int j = 0; j < K; ++j) {
-        T* o = dxb + ((j * D) % S) * plane + (oh * S + i * D) * b.wb + (j * D) / S;
-        const T wij = wk[i * K + j];
-        DATANAS_CONV_SIMD
-        for (index_t ow = 0; ow < g.wo; ++ow) o[ow] += wij * dr[ow];
+      for (int ph = 0; ph < S; ++ph) {
+        T* o = dxb + ph * plane + (oh * S + i * D) * b.wb;
+        taps.template operator()<Full>(o, i, ph, 0, full);
+        if (half > full) taps.template operator()<Half>(o, i, ph, full, half);
+        if (quarter > half) taps.template operator()<Quarter>(o, i, ph, half, quarter);
+        for (index_t t = quarter; t < span; ++t) {
+          T a = o[t];
+          for (int j = 0; j < K; ++j)
+            if ((j * D) % S == ph) a += wk[i * K + j] * dr[t - (j * D) / S];
+          o[t] = a;
+        }
       }
   }
   // dxb is zero wherever no tap wrote, so the padded row can be read up to its full width.
@@ -836,9 +879,18 @@ void dw_input_grad_scatter(const ConvGeom& g, const DwGeom& b, const T* __restri
       if (!acc) std::fill_n(o, g.w, T(0));
       continue;
     }
-    for (int ph = 0; ph < S; ++ph) {
-      const T* src = dxb + ph * plane + r * b.wb;
-      for (index_t q = 0; q < b.wb; ++q) row[q * S + ph] = src[q];
+    if constexpr (S == 2) {  // one interleaving loop, vectorised with permutes
+      const T* __restrict even = dxb + r * b.wb;
+      const T* __restrict odd = even + plane;
+      for (index_t q = 0; q < b.wb; ++q) {
+        row[2 * q] = even[q];
+        row[2 * q + 1] = odd[q];
+      }
+    } else {
+      for (int ph = 0; ph < S; ++ph) {
+        const T* src = dxb + ph * plane + r * b.wb;
+        for (index_t q = 0; q < b.wb; ++q) row[q * S + ph] = src[q];
+      }
     }
     const T* rp = row + g.pad;
     if (mask_x)
@@ -849,6 +901,7 @@ void dw_input_grad_scatter(const ConvGeom& g, const DwGeom& b, const T* __restri
       copy_row(rp, g.w, o);
   }
 }
+#pragma GCC diagnostic pop
 
 template <int K, int S, int D, class T>
 void dw_forward(const ConvGeom& g, const T* x, const T* w, const T* bias, T* y) {
@@ -892,11 +945,13 @@ void dw_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, 
     T* dxb = dyb + b.dybuf;
     T* row = dxb + b.dxbuf;
     T* dplane = row + b.rowbuf;
+    T* dyrow = dplane + b.dplane;
     if (dw) {
       xl.zero(xb);
       dyl.zero(dyb);
     }
     if (dx && S == 1) dxl.zero(dxb);
+    if (dx && S > 1) std::fill_n(dyrow, b.dyrow, T(0));  // the scatter's margins
     for (index_t q = q0; q < q1; ++q) {
       const index_t c = q % g.cin;
       const T* dyq = dy + q * g.ho * g.wo;
@@ -925,7 +980,7 @@ void dw_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, 
           dw_correlate<K, 1, D, false>(dxb, b.hn2, b.wb2, wf, T(0), dxq, g.h, g.w);
         }
       } else {
-        dw_input_grad_scatter<K, S, D>(g, b, dyq, wk, dxb, row, dxq, acc_x, mask_x);
+        dw_input_grad_scatter<K, S, D>(g, b, dyq, wk, dxb, row, dyrow, dxq, acc_x, mask_x);
       }
     }
   });
