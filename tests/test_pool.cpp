@@ -229,13 +229,13 @@ TEST_SUITE("cpu") {
       check_pools_against_naive({3, 7, 35, 33}, c, 70);
   }
 
-  TEST_CASE("3x3 stride-1 pools on tiny planes (rows of one and two elements, one pixel)") {
-    // avg_pool's whole-plane kernel (Box3Plane) masks neighbours across row ends and treats a
-    // one-row plane apart.
+  TEST_CASE("3x3 pools on tiny planes (rows of one and two elements, one pixel)") {
+    // The whole-plane kernels (Box3Plane, Max3Plane; stride 2 as stride 1 at even positions)
+    // mask neighbours across row ends and treat a one-row plane apart.
     std::uint64_t seed = 90;
     for (const Shape s : {Shape{1, 2, 1, 1}, Shape{2, 2, 1, 5}, Shape{1, 3, 4, 1}, Shape{2, 2, 2, 2},
                           Shape{1, 2, 3, 2}, Shape{2, 1, 2, 17}})
-      check_pools_against_naive(s, {3, 1, 1}, seed += 2);
+      for (const int stride : {1, 2}) check_pools_against_naive(s, {3, stride, 1}, seed += 2);
   }
 
   TEST_CASE("pool float kernels agree with double") {

@@ -6,10 +6,10 @@
 // pool goes row first, then column: a row pass that keeps the first maximum of each row segment,
 // followed by a column pass that keeps the first row, finds the first maximum in row-major
 // window order, torch's tie rule. Border windows are handled by padding a row buffer (-inf for
-// max, 0 for the average), so the inner loops have no clipping. The 3x3 stride-1 pools with
-// padding 1 (DARTS' and NAS-Bench-201's) work on whole planes as flat arrays instead
-// (detail::Box3Plane, detail::Max3Plane): their 8-32-element rows are too short for per-row
-// loops. Planes are spread over the OpenMP threads; each thread gets its
+// max, 0 for the average), so the inner loops have no clipping. The 3x3 pools with padding 1
+// (DARTS' and NAS-Bench-201's) work on whole planes as flat arrays instead (detail::Box3Plane,
+// detail::Max3Plane): their 8-32-element rows are too short for per-row loops. At stride 2
+// they compute the stride-1 result and keep its even rows and columns (the same windows). Planes are spread over the OpenMP threads; each thread gets its
 // slice of one scratch block taken before the region (parallel_range_scratch).
 #pragma once
 
@@ -408,22 +408,34 @@ void max_pool_forward(const Tensor<T, Cpu>& x, const PoolGeometry& g, const Tens
   const index_t planes = x.dim(0) * x.dim(1);
   const T* xp = x.data();
   T* yp = y.data();
-  if (g.k == 3 && g.s == 1 && g.p == 1) {  // whole planes (detail::Max3Plane)
+  if (g.k == 3 && g.p == 1 && (g.s == 1 || g.s == 2)) {  // whole planes (detail::Max3Plane)
+    // Stride 2: window (oh, ow) is the stride-1 window (2 oh, 2 ow), so the stride-1 result at
+    // even rows and columns, the same values and indices.
     const detail::Max3Plane b{g.h, g.w};
-    const index_t n = b.n();
-    parallel_range_scratch<T>(planes, n * 3, b.forward_scratch(), [&](index_t p0, index_t p1, T* scratch) {
+    const index_t n = b.n(), on = g.ho * g.wo, full = g.s == 2 ? 2 * n : 0;
+    parallel_range_scratch<T>(planes, n * 3, b.forward_scratch() + full, [&](index_t p0, index_t p1, T* scratch) {
       T* xb = scratch + 1;
       T *m = xb + n + 1, *mi = m + n, *left = mi + n, *right = left + n, *at = right + n;
       T *first = at + n, *right_at = first + n;
+      T *ys = g.s == 2 ? right_at + n : nullptr, *is = g.s == 2 ? ys + n : nullptr;
       xb[-1] = xb[n] = -std::numeric_limits<T>::infinity();
       b.tables(left, right, at, first, right_at);
       for (index_t plane = p0; plane < p1; ++plane) {
+        T* y1 = g.s == 2 ? ys : yp + plane * on;
+        T* i1 = g.s == 2 ? is : (idx ? idx + plane * on : nullptr);
         if (idx)
           detail::max3_plane<true>(b, xp + plane * n, xb, left, right, at, first, right_at, m, mi,
-                                   yp + plane * n, idx + plane * n);
+                                   y1, i1);
         else
           detail::max3_plane<false>(b, xp + plane * n, xb, left, right, at, first, right_at, m,
-                                    mi, yp + plane * n, static_cast<T*>(nullptr));
+                                    mi, y1, static_cast<T*>(nullptr));
+        if (g.s == 2)
+          for (index_t oh = 0; oh < g.ho; ++oh)
+            for (index_t ow = 0; ow < g.wo; ++ow) {
+              const index_t q = 2 * oh * g.w + 2 * ow, o = plane * on + oh * g.wo + ow;
+              yp[o] = ys[q];
+              if (idx) idx[o] = is[q];
+            }
       }
     });
     return;
@@ -539,14 +551,22 @@ void avg_pool_forward(const Tensor<T, Cpu>& x, const PoolGeometry& g, const Tens
   const int k = g.k, p = g.p;
   const T* xp = x.data();
   T* yp = y.data();
-  if (g.k == 3 && g.s == 1 && g.p == 1) {  // whole planes (detail::Box3Plane)
+  if (g.k == 3 && g.p == 1 && (g.s == 1 || g.s == 2)) {  // whole planes (detail::Box3Plane)
+    // Stride 2: window (oh, ow) is the stride-1 window (2 oh, 2 ow), with the same divisor.
     const detail::Box3Plane b{h, w};
     parallel_range_scratch<T>(planes, h * w * k, b.scratch(), [&](index_t p0, index_t p1, T* scratch) {
-      T *v, *unused, *left, *right, *scale;
-      b.setup(scratch, v, unused, left, right, scale);
+      T *v, *full, *left, *right, *scale;
+      b.setup(scratch, v, full, left, right, scale);
       for (index_t plane = p0; plane < p1; ++plane) {
         detail::box3_rows<false>(xp + plane * b.n(), h, w, v);
-        detail::box3_cols<true>(v, left, right, scale, b.n(), yp + plane * b.n());
+        if (g.s == 1) {
+          detail::box3_cols<true>(v, left, right, scale, b.n(), yp + plane * b.n());
+          continue;
+        }
+        detail::box3_cols<true>(v, left, right, scale, b.n(), full);
+        T* ypl = yp + plane * ho * wo;
+        for (index_t oh = 0; oh < ho; ++oh)
+          for (index_t ow = 0; ow < wo; ++ow) ypl[oh * wo + ow] = full[2 * oh * w + 2 * ow];
       }
     });
     return;
@@ -587,14 +607,26 @@ void avg_pool_backward(const Tensor<T, Cpu>& dy, const PoolGeometry& g, T* dx, b
   const index_t lw = g.padded_w();
   const int k = g.k, p = g.p;
   const T* gp = dy.data();
-  if (g.k == 3 && g.s == 1 && g.p == 1) {  // whole planes (detail::Box3Plane)
+  if (g.k == 3 && g.p == 1 && (g.s == 1 || g.s == 2)) {  // whole planes (detail::Box3Plane)
+    // Stride 2: dy * scale at the even rows and columns of a zero plane (the stride-1 windows
+    // that exist), then the stride-1 backward; the added zeros change no value.
     const detail::Box3Plane b{h, w};
     parallel_range_scratch<T>(planes, h * w * k, b.scratch(), [&](index_t p0, index_t p1, T* scratch) {
       T *gs, *u, *left, *right, *scale;
       b.setup(scratch, gs, u, left, right, scale);
+      if (g.s == 2) std::fill_n(gs, b.n(), T(0));
       for (index_t plane = p0; plane < p1; ++plane) {
-        const T* gpl = gp + plane * b.n();
-        for (index_t q = 0; q < b.n(); ++q) gs[q] = gpl[q] * scale[q];
+        if (g.s == 1) {
+          const T* gpl = gp + plane * b.n();
+          for (index_t q = 0; q < b.n(); ++q) gs[q] = gpl[q] * scale[q];
+        } else {
+          const T* gpl = gp + plane * ho * wo;
+          for (index_t oh = 0; oh < ho; ++oh)
+            for (index_t ow = 0; ow < wo; ++ow) {
+              const index_t q = 2 * oh * w + 2 * ow;
+              gs[q] = gpl[oh * wo + ow] * scale[q];
+            }
+        }
         detail::box3_cols<false>(gs, left, right, scale, b.n(), u);
         if (accumulate)
           detail::box3_rows<true>(u, h, w, dx + plane * b.n());
