@@ -9,8 +9,9 @@
 // max, 0 for the average), so the inner loops have no clipping. The 3x3 pools with padding 1
 // (DARTS' and NAS-Bench-201's) work on whole planes as flat arrays instead (detail::Box3Plane,
 // detail::Max3Plane): their 8-32-element rows are too short for per-row loops. At stride 2
-// they compute the stride-1 result and keep its even rows and columns (the same windows). Planes are spread over the OpenMP threads; each thread gets its
-// slice of one scratch block taken before the region (parallel_range_scratch).
+// they compute the stride-1 result and keep its even rows and columns (the same windows).
+// Planes are spread over the OpenMP threads; each thread gets its slice of one scratch block
+// taken before the region (parallel_range_scratch).
 #pragma once
 
 #include <algorithm>
