@@ -197,8 +197,27 @@ void max_pool_planes(const T* xp, T* yp, T* ip, const PoolGeometry& g, index_t b
   }
 }
 
+/// left[q] / right[q] = 1 where position q of an h x w plane (flat) has a left / right neighbour
+/// in its own row, else 0: the masks of the whole-plane 3x3 kernels below.
+template <class T>
+void row_neighbour_masks(index_t n, index_t w, T* left, T* right) {
+  for (index_t q = 0; q < n; ++q) {
+    left[q] = T(q % w > 0);
+    right[q] = T(q % w + 1 < w);
+  }
+}
+
+/// dst[oh][ow] = full[2 oh][2 ow] for an ho x wo dst: a stride-2 3x3 pool (padding 1) from the
+/// stride-1 result on the w-wide plane `full`, whose window (2 oh, 2 ow) is the same.
+template <class T>
+void keep_even_positions(const T* full, index_t w, index_t ho, index_t wo, T* dst) {
+  for (index_t oh = 0; oh < ho; ++oh)
+    for (index_t ow = 0; ow < wo; ++ow) dst[oh * wo + ow] = full[2 * oh * w + 2 * ow];
+}
+
 /// The 3x3, stride 1, padding 1 average pool (DARTS' and NAS-Bench-201's avg_pool_3x3), whose
-/// output plane has the input's size, runs on whole planes as flat arrays: planes of 8x8 to
+/// output plane has the input's size (stride 2: its even rows and columns, keep_even_positions),
+/// runs on whole planes as flat arrays: planes of 8x8 to
 /// 32x32 have 8-32-element rows, on which per-row loops cost more in loop overhead and scalar
 /// remainders than in arithmetic. Forward: v = the sum of the valid rows r - 1, r, r + 1 of
 /// each column, then y = (v[q - 1] + v[q] + v[q + 1]) * scale[q], a neighbour in another row
@@ -221,11 +240,10 @@ struct Box3Plane {
     right = left + n();
     scale = right + n();
     a[-1] = a[n()] = b[-1] = b[n()] = T(0);
+    row_neighbour_masks(n(), w, left, right);
     for (index_t r = 0; r < h; ++r)
       for (index_t c = 0; c < w; ++c) {
         const index_t q = r * w + c;
-        left[q] = T(c > 0);
-        right[q] = T(c + 1 < w);
         const index_t rows = std::min(h, r + 2) - std::max<index_t>(0, r - 1);
         const index_t cols = std::min(w, c + 2) - std::max<index_t>(0, c - 1);
         scale[q] = (T(1) / T(rows)) * (T(1) / T(cols));  // the general kernels' inv_r * inv_c
@@ -269,8 +287,8 @@ inline void box3_cols(const T* __restrict v, const T* __restrict left, const T* 
   }
 }
 
-/// The 3x3, stride 1, padding 1 max pool (DARTS' max_pool_3x3) on whole planes as flat arrays,
-/// for the reason of Box3Plane. Forward: a row pass keeps, at each position q, the first maximum
+/// The 3x3, stride 1, padding 1 max pool (DARTS' max_pool_3x3; stride 2 as for Box3Plane) on
+/// whole planes as flat arrays, for the reason of Box3Plane. Forward: a row pass keeps, at each position q, the first maximum
 /// of x[q - 1], x[q], x[q + 1] (a neighbour in another row masked to -inf) and its plane index;
 /// a column pass then keeps the first maximum of rows r - 1, r, r + 1: torch's row-major tie
 /// rule, and the same selections as the general kernel, so the same values and indices.
@@ -290,10 +308,9 @@ struct Max3Plane {
   /// window's first real column, T(q - 1) or T(q); right_at: T(q + 1).
   template <class T>
   void tables(T* left, T* right, T* at, T* first, T* right_at) const {
+    row_neighbour_masks(n(), w, left, right);
     for (index_t q = 0; q < n(); ++q) {
       const index_t c = q % w;
-      left[q] = T(c > 0);
-      right[q] = T(c + 1 < w);
       at[q] = T(q);
       if (first) first[q] = T(c > 0 ? q - 1 : q);
       if (right_at) right_at[q] = T(q + 1);
@@ -430,13 +447,10 @@ void max_pool_forward(const Tensor<T, Cpu>& x, const PoolGeometry& g, const Tens
         else
           detail::max3_plane<false>(b, xp + plane * n, xb, left, right, at, first, right_at, m,
                                     mi, y1, static_cast<T*>(nullptr));
-        if (g.s == 2)
-          for (index_t oh = 0; oh < g.ho; ++oh)
-            for (index_t ow = 0; ow < g.wo; ++ow) {
-              const index_t q = 2 * oh * g.w + 2 * ow, o = plane * on + oh * g.wo + ow;
-              yp[o] = ys[q];
-              if (idx) idx[o] = is[q];
-            }
+        if (g.s == 2) {
+          detail::keep_even_positions(ys, g.w, g.ho, g.wo, yp + plane * on);
+          if (idx) detail::keep_even_positions(is, g.w, g.ho, g.wo, idx + plane * on);
+        }
       }
     });
     return;
@@ -565,9 +579,7 @@ void avg_pool_forward(const Tensor<T, Cpu>& x, const PoolGeometry& g, const Tens
           continue;
         }
         detail::box3_cols<true>(v, left, right, scale, b.n(), full);
-        T* ypl = yp + plane * ho * wo;
-        for (index_t oh = 0; oh < ho; ++oh)
-          for (index_t ow = 0; ow < wo; ++ow) ypl[oh * wo + ow] = full[2 * oh * w + 2 * ow];
+        detail::keep_even_positions(full, w, ho, wo, yp + plane * ho * wo);
       }
     });
     return;
