@@ -48,35 +48,44 @@ Tensor<float, Cpu> random_float(const Shape& s, std::uint64_t seed) {
   return t;
 }
 
-/// y = f(x, w1, w2) computed two ways (`pair`, and `chain` as its definition): checks that y
-/// and the gradients of x, w1, w2 (dL/dy = r) agree bit for bit, and returns the bytes each way
-/// held from its forward to its backward.
+/// y = f(x, w...) computed two ways (`fused`, and `chain` as its definition; both take x and the
+/// weights' Vars): checks that y and the gradients of x and every weight (dL/dy = r) agree bit
+/// for bit, and returns the bytes each way held from its forward to its backward.
+template <class Fused, class Chain>
+std::array<std::size_t, 2> fused_vs_chain(Fused fused, Chain chain, const Tensor<float, Cpu>& xv,
+                                          const std::vector<Tensor<float, Cpu>>& wv, const Tensor<float, Cpu>& r) {
+  using VarF = Var<float, Cpu>;
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  std::vector<Tensor<float, Cpu>> out[2];
+  std::array<std::size_t, 2> held{};
+  for (int k = 0; k < 2; ++k) {
+    VarF x(xv.clone(), true);
+    std::vector<VarF> w;
+    for (const auto& t : wv) w.emplace_back(t.clone(), true);
+    const std::size_t before = alloc.stats().bytes_in_use;
+    VarF y = k == 0 ? fused(x, w) : chain(x, w);
+    held[std::size_t(k)] = alloc.stats().bytes_in_use - before;
+    backward_with(y, r);
+    out[k] = {y.value(), x.grad()};
+    for (const VarF& wi : w) out[k].push_back(wi.grad());
+  }
+  for (std::size_t i = 0; i < out[0].size(); ++i) {
+    CAPTURE(i);  // y, dx, then the weights' gradients
+    REQUIRE(out[0][i].shape() == out[1][i].shape());
+    CHECK(std::memcmp(out[0][i].data(), out[1][i].data(), std::size_t(out[0][i].numel()) * sizeof(float)) == 0);
+  }
+  return held;
+}
+
+/// fused_vs_chain for y = f(x, w1, w2) (the convolution pairs).
 template <class Pair, class Chain>
 std::array<std::size_t, 2> pair_vs_chain(Pair pair, Chain chain, const Tensor<float, Cpu>& xv,
                                          const Tensor<float, Cpu>& w1v, const Tensor<float, Cpu>& w2v,
                                          const Tensor<float, Cpu>& r) {
   using VarF = Var<float, Cpu>;
-  auto& alloc = CachingAllocator<Cpu>::instance();
-  Tensor<float, Cpu> out[2][4];
-  std::array<std::size_t, 2> held{};
-  for (int k = 0; k < 2; ++k) {
-    VarF x(xv.clone(), true), w1(w1v.clone(), true), w2(w2v.clone(), true);
-    const std::size_t before = alloc.stats().bytes_in_use;
-    VarF y = k == 0 ? pair(x, w1, w2) : chain(x, w1, w2);
-    held[std::size_t(k)] = alloc.stats().bytes_in_use - before;
-    backward_with(y, r);
-    out[k][0] = y.value();
-    out[k][1] = x.grad();
-    out[k][2] = w1.grad();
-    out[k][3] = w2.grad();
-  }
-  const char* names[] = {"y", "dx", "dw1", "dw2"};
-  for (int i = 0; i < 4; ++i) {
-    CAPTURE(names[i]);
-    REQUIRE(out[0][i].shape() == out[1][i].shape());
-    CHECK(std::memcmp(out[0][i].data(), out[1][i].data(), std::size_t(out[0][i].numel()) * sizeof(float)) == 0);
-  }
-  return held;
+  return fused_vs_chain([&](const VarF& x, const std::vector<VarF>& w) { return pair(x, w[0], w[1]); },
+                        [&](const VarF& x, const std::vector<VarF>& w) { return chain(x, w[0], w[1]); }, xv,
+                        {w1v, w2v}, r);
 }
 
 /// Largest |a - ref| over the elements.
@@ -454,6 +463,72 @@ TEST_SUITE("cpu") {
       }
   }
 
+  TEST_CASE("relu_conv2d: gradients, accumulation, only where required") {
+    // x spreads over [-2, 2], so about half its units are cut. 1x1 convolutions at stride 1
+    // (one group or two) read relu(x) from x and mask the data gradient in their kernels; the
+    // others (stride 2, 3x3) get a temporary relu(x).
+    const Conv2dParams groups2{.groups = 2}, stride2{.stride = 2}, pad1{.padding = 1};
+    std::uint64_t seed = 200;
+    for (const Conv2dParams& p : {Conv2dParams{}, groups2, stride2, pad1}) {
+      CAPTURE(p.groups);
+      CAPTURE(p.stride);
+      CAPTURE(p.padding);
+      const index_t k = p.padding == 1 ? 3 : 1;
+      const Shape ws{6, 4 / p.groups, k, k};
+      check_gradients([p](const std::vector<VarD>& v) { return relu_conv2d(v[0], v[1], p); },
+                      {param({2, 4, 5, 6}, seed, -2.0, 2.0), param(ws, seed + 1)});
+      // x feeds two convolutions: the masked gradients add up.
+      check_gradients(
+          [p](const std::vector<VarD>& v) { return add(relu_conv2d(v[0], v[1], p), relu_conv2d(v[0], v[2], p)); },
+          {param({1, 4, 6, 6}, seed + 2, -2.0, 2.0), param(ws, seed + 3), param(ws, seed + 4)});
+      // A frozen weight (DARTS' architecture step): only x; a constant x: only the weight.
+      VarD w(random_tensor(ws, seed + 5), false), x(random_tensor({2, 4, 5, 5}, seed + 6, -2.0, 2.0), false);
+      check_gradients([p](const std::vector<VarD>& v) { return relu_conv2d(v[0], v[1], p); },
+                      {param({2, 4, 5, 5}, seed + 7, -2.0, 2.0), w});
+      check_gradients([p](const std::vector<VarD>& v) { return relu_conv2d(v[0], v[1], p); }, {x, param(ws, seed + 8)});
+      CHECK_FALSE(w.has_grad());
+      CHECK_FALSE(x.has_grad());
+      seed += 10;
+    }
+  }
+
+  TEST_CASE("relu_conv2d computes relu then conv2d's bits and holds only its output") {
+    using VarF = Var<float, Cpu>;
+    const Conv2dParams one{}, groups2{.groups = 2}, stride2{.stride = 2}, pad1{.padding = 1};
+    std::uint64_t seed = 300;
+    // Planes of 64 and of 7 x 13 = 91 elements (map_row's packets and its scalar tail), more
+    // input channels than the small product's limit (kMaxInner: Eigen's path), and the paths
+    // that take a temporary relu(x).
+    for (const Conv2dParams& p : {one, groups2, stride2, pad1})
+      for (const Shape xs : {Shape{2, 8, 8, 8}, Shape{2, 8, 7, 13}, Shape{1, 136, 3, 5}}) {
+        CAPTURE(p.groups);
+        CAPTURE(p.stride);
+        CAPTURE(p.padding);
+        CAPTURE(xs.str());
+        const index_t k = p.padding == 1 ? 3 : 1, cout = 6;
+        const index_t ho = (xs[2] + 2 * p.padding - k) / p.stride + 1, wo = (xs[3] + 2 * p.padding - k) / p.stride + 1;
+        const Shape ys{xs[0], cout, ho, wo};
+        const auto wv = random_float({cout, xs[1] / p.groups, k, k}, seed + 1);
+        const auto held = fused_vs_chain(
+            [p](const VarF& x, const std::vector<VarF>& w) { return relu_conv2d(x, w[0], p); },
+            [p](const VarF& x, const std::vector<VarF>& w) { return conv2d(relu(x), w[0], VarF(), p); },
+            random_float(xs, seed), {wv}, random_float(ys, seed + 2));
+        // Blocks as the allocator holds them: whole cache lines.
+        auto bytes = [](const Shape& s) { return (std::size_t(s.numel()) * sizeof(float) + 63) / 64 * 64; };
+        const std::size_t x_bytes = bytes(xs), y_bytes = bytes(ys);
+        CHECK(held[0] == y_bytes);            // y (x is the caller's)
+        CHECK(held[1] == x_bytes + y_bytes);  // relu(x) and y
+        // x read by two convolutions, its gradient accumulated: the same bits as two ReLUs.
+        fused_vs_chain(
+            [p](const VarF& x, const std::vector<VarF>& w) { return add(relu_conv2d(x, w[0], p), relu_conv2d(x, w[1], p)); },
+            [p](const VarF& x, const std::vector<VarF>& w) {
+              return add(conv2d(relu(x), w[0], VarF(), p), conv2d(relu(x), w[1], VarF(), p));
+            },
+            random_float(xs, seed + 3), {wv, random_float(wv.shape(), seed + 4)}, random_float(ys, seed + 5));
+        seed += 10;
+      }
+  }
+
   TEST_CASE("conv2d_pair computes two conv2d calls' bits and holds only its output until backward") {
     using VarF = Var<float, Cpu>;
     const Conv2dParams p1{.stride = 1, .padding = 2, .groups = 8};
@@ -591,6 +666,10 @@ TEST_SUITE("cpu") {
                          doctest::Contains("conv2d_pair: input and weights must be defined"), datanas::error);
     CHECK_THROWS_WITH_AS(relu_conv2d_pair(t({1, 4, 6, 6}), VarD(), {}, t({3, 4, 1, 1})),
                          doctest::Contains("relu_conv2d_pair: input and weights must be defined"), datanas::error);
+    CHECK_THROWS_WITH_AS(relu_conv2d(t({1, 4, 6, 6}), VarD()),
+                         doctest::Contains("relu_conv2d: input and weight must be defined"), datanas::error);
+    CHECK_THROWS_WITH_AS(relu_conv2d(t({1, 4, 6, 6}), t({3, 5, 1, 1})),
+                         doctest::Contains("conv2d: input has 4 channels but weight expects 5"), datanas::error);
     CHECK_THROWS_WITH_AS(relu_conv2d_pair(t({1, 4, 6, 6}), t({4, 1, 3, 3}), {.padding = 1, .groups = 4}, t({3, 5, 1, 1})),
                          doctest::Contains("conv2d: input has 4 channels but weight expects 5"), datanas::error);
     CHECK_THROWS_WITH_AS(conv2d(t({1, 3, 4}), t({4, 3, 3, 3}), no_bias()),

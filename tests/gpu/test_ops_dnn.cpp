@@ -298,6 +298,33 @@ TEST_CASE("conv2d_pair and relu_conv2d_pair on the GPU compute their definitions
   }
 }
 
+TEST_CASE("relu_conv2d on the GPU matches the CPU and computes relu then conv2d's bits") {
+  // The CPU reads relu(x) from x in its 1x1 kernels (groups 1 and 2) and takes a temporary for
+  // the others; cuDNN always takes one, made again in backward for the weight gradient. x read
+  // by two convolutions: the masked gradients add up.
+  using V = Var<float, Cuda>;
+  PhiloxGenerator gen(25);
+  const Conv2dParams one{}, groups2{.groups = 2}, stride2{.stride = 2}, pad1{.padding = 1};
+  for (const Conv2dParams& p : {one, groups2, stride2, pad1}) {
+    CAPTURE(p.groups);
+    CAPTURE(p.stride);
+    CAPTURE(p.padding);
+    const int k = p.padding == 1 ? 3 : 1;
+    std::vector<Input> in{{random_normal({3, 8, 9, 7}, gen)}, {conv_weight(6, 8, k, p.groups, gen)},
+                          {conv_weight(6, 8, k, p.groups, gen)}};
+    check_parity("relu_conv2d", in, [p](auto v, auto&) {
+      return add(relu_conv2d(v[0], v[1], p), relu_conv2d(v[0], v[2], p));
+    });
+    const Shape ys{3, 6, (9 + 2 * p.padding - k) / p.stride + 1, (7 + 2 * p.padding - k) / p.stride + 1};
+    check_same_bits(
+        [p](const V& xv, const V& w1v, const V& w2v) { return add(relu_conv2d(xv, w1v, p), relu_conv2d(xv, w2v, p)); },
+        [p](const V& xv, const V& w1v, const V& w2v) {
+          return add(conv2d(relu(xv), w1v, V(), p), conv2d(relu(xv), w2v, V(), p));
+        },
+        in[0].value, in[1].value, in[2].value, random_normal(ys, gen));
+  }
+}
+
 TEST_CASE("conv2d in double on the GPU matches the CPU") {
   PhiloxGenerator gen(23);
   check_conv_double({2, 4, 7, 5}, {6, 2, 3, 3}, {2, 1, 1, 2}, gen);

@@ -53,6 +53,13 @@ Var<T, D> relu_conv_pair(const Conv2d<T, D>& first, const Conv2d<T, D>& second, 
   return relu_conv2d_pair(x, first.weight(), first.params(), second.weight(), second.params());
 }
 
+/// conv(relu(x)) for a bias-free Conv2d layer without keeping relu(x) (relu_conv2d).
+template <class T, class D>
+Var<T, D> relu_conv(const Conv2d<T, D>& conv, const Var<T, D>& x) {
+  DATANAS_CHECK(!conv.bias().defined(), "relu_conv: the convolution must be bias-free");
+  return relu_conv2d(x, conv.weight(), conv.params());
+}
+
 /// Batch norm over [N, C, H, W]: affine (gamma = 1, beta = 0 at init) or not; running
 /// statistics (mean 0, var 1 at init) updated in training mode with momentum 0.1, eps 1e-5.
 template <class T, class D = Cpu>

@@ -32,27 +32,75 @@ void conv_backward(const cpu::ConvGeom& g, cpu::ConvPath path, const Tensor<T, D
     DeviceOps<D>::conv2d_backward(g, x, w, dy, dx, acc_x, dw, acc_w, db, acc_b);
 }
 
-/// conv2d with a choice of kernel family (tests force cpu::ConvAlgo::kGeneral to compare).
+/// Whether D's kernels read relu(x) from x for the convolution g on `path` (ConvGeom::relu_input).
+template <class D>
+bool fuses_input_relu(const cpu::ConvGeom& g, cpu::ConvPath path) {
+  if constexpr (is_cpu<D>)
+    return path == cpu::ConvPath::kDepthwise || path == cpu::ConvPath::kDirectGemm;
+  else
+    return DeviceOps<D>::conv_fuses_input_relu(g);
+}
+
+/// relu(x) into a new tensor: a convolution's input where its kernels cannot fuse the ReLU.
+template <class T, class D>
+Tensor<T, D> relu_tensor(const Tensor<T, D>& x) {
+  Tensor<T, D> r = Tensor<T, D>::empty(x.shape());
+  if constexpr (is_cpu<D>)
+    cpu::activation_forward(cpu::Activation::kRelu, x, r);
+  else
+    DeviceOps<D>::activation_forward(int(cpu::Activation::kRelu), x, r);
+  return r;
+}
+
+/// With a ReLU in front of a convolution (relu_x): sets g.relu_input where D's kernels read
+/// relu(x) straight from x, and g.relu_masks_dx where they also mask the data gradient (the CPU);
+/// returns whether the convolution needs a temporary relu(x) instead.
+template <class D>
+bool plan_input_relu(bool relu_x, cpu::ConvGeom& g, cpu::ConvPath path) {
+  g.relu_input = relu_x && fuses_input_relu<D>(g, path);
+  g.relu_masks_dx = g.relu_input && is_cpu<D>;
+  return relu_x && !g.relu_input;
+}
+
+/// relu's backward for a convolution that took relu(x) from x: x's gradient slot (+)= dr where
+/// x > 0 (the same units as relu(x) > 0), dr being the gradient with respect to relu(x).
+template <class T, class D>
+void mask_relu_gradient(const Tensor<T, D>& x, const Tensor<T, D>& dr, const GradSlot<T, D>& slot) {
+  if constexpr (is_cpu<D>)
+    cpu::activation_backward(cpu::Activation::kRelu, x, dr, slot.g, slot.accumulate);
+  else
+    DeviceOps<D>::activation_backward(int(cpu::Activation::kRelu), x, dr, slot.g, slot.accumulate);
+}
+
+/// conv2d with a choice of kernel family (tests force cpu::ConvAlgo::kGeneral to compare), of x
+/// or, with relu_x, of relu(x) (relu_conv2d).
 template <class T, class D>
 Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias, Conv2dParams p,
-                 cpu::ConvAlgo algo) {
-  DATANAS_CHECK(x.defined() && w.defined(), "conv2d: input and weight must be defined");
-  const cpu::ConvGeom g =
-      cpu::conv_geometry(x.shape(), w.shape(), bias.defined() ? &bias.shape() : nullptr, p);
-  DATANAS_CHECK(x.value().defined() && w.value().defined(),
-                "conv2d: input or weight has no storage (a symbolic zero), input ", x.shape().str(),
+                 cpu::ConvAlgo algo, bool relu_x = false) {
+  const char* op = relu_x ? "relu_conv2d" : "conv2d";
+  DATANAS_CHECK(x.defined() && w.defined(), op, ": input and weight must be defined");
+  cpu::ConvGeom g = cpu::conv_geometry(x.shape(), w.shape(), bias.defined() ? &bias.shape() : nullptr, p);
+  DATANAS_CHECK(x.value().defined() && w.value().defined(), op,
+                ": input or weight has no storage (a symbolic zero), input ", x.shape().str(),
                 ", weight ", w.shape().str());
   const cpu::ConvPath path = cpu::conv_path(g, algo);
+  const bool relu_copy = plan_input_relu<D>(relu_x, g, path);
   Var<T, D> y(Tensor<T, D>::empty({g.n, g.cout, g.ho, g.wo}));
   const T* bias_ptr = bias.defined() ? bias.value().data() : static_cast<const T*>(nullptr);
-  conv_forward(g, path, x.value(), w.value(), bias_ptr, y.value());
+  conv_forward(g, path, relu_copy ? relu_tensor(x.value()) : x.value(), w.value(), bias_ptr, y.value());
   if (needs_grad(x, w, bias))
-    // x's value is read only for dw, w's only for dx; bias's never.
-    record(y, [x = GradRef(x), xv = w.requires_grad() ? x : Var<T, D>(), w = GradRef(w),
-               wv = x.requires_grad() ? w : Var<T, D>(), bias = GradRef(bias), y = GradRef(y), g, path] {
-      Tensor<T, D> dx, dw, db;
+    // x's value is read for dw, and with a ReLU for the mask of dx; w's only for dx; bias's never.
+    record(y, [x = GradRef(x), xv = w.requires_grad() || (relu_x && x.requires_grad()) ? x : Var<T, D>(),
+               w = GradRef(w), wv = x.requires_grad() ? w : Var<T, D>(), bias = GradRef(bias), y = GradRef(y), g,
+               path, relu_copy] {
+      Tensor<T, D> dx, dw, db, dr;
       bool acc_x = false, acc_w = false, acc_b = false;
-      if (x.requires_grad()) {
+      // Unless the kernels mask it (g.relu_masks_dx), the data gradient of a convolution of
+      // relu(x) goes through relu's backward.
+      const bool mask_after = x.requires_grad() && (relu_copy || (g.relu_input && !g.relu_masks_dx));
+      if (mask_after) {
+        dx = dr = Tensor<T, D>::empty(x.shape());
+      } else if (x.requires_grad()) {
         auto [gx, acc] = x.grad_slot();
         dx = gx, acc_x = acc;
       }
@@ -64,8 +112,16 @@ Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias, 
         auto [gb, acc] = bias.grad_slot();
         db = gb, acc_b = acc;
       }
-      conv_backward(g, path, xv.defined() ? xv.value() : Tensor<T, D>(), wv.defined() ? wv.value() : Tensor<T, D>(),
-                    y.out_grad(), dx, acc_x, dw, acc_w, db, acc_b);
+      // The convolution's input: x (read for dw, and for the mask by kernels that apply it), or
+      // for dw a temporary relu(x) again.
+      Tensor<T, D> in;
+      if (!relu_copy && xv.defined())
+        in = xv.value();
+      else if (relu_copy && w.requires_grad())
+        in = relu_tensor(xv.value());
+      conv_backward(g, path, in, wv.defined() ? wv.value() : Tensor<T, D>(), y.out_grad(), dx, acc_x, dw, acc_w,
+                    db, acc_b);
+      if (mask_after) mask_relu_gradient(xv.value(), dr, x.grad_slot());
     });
   return y;
 }
@@ -83,27 +139,20 @@ Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias,
   return detail::conv2d(x, w, bias, p, cpu::ConvAlgo::kAuto);
 }
 
-namespace detail {
-/// Whether D's kernels read relu(x) from x for the convolution g on `path` (ConvGeom::relu_input).
-template <class D>
-bool fuses_input_relu(const cpu::ConvGeom& g, cpu::ConvPath path) {
-  if constexpr (is_cpu<D>)
-    return path == cpu::ConvPath::kDepthwise;
-  else
-    return DeviceOps<D>::conv_fuses_input_relu(g);
-}
-
-/// relu(x) into a new tensor: the first convolution's input where its kernels cannot fuse it.
+/// conv2d(relu(x), w, {}, p) without relu(x) ever being kept (ReLUConvBN's ReLU and 1x1
+/// convolution: the preprocessing of every DARTS cell). The 1x1 (stride 1, no padding) and
+/// depthwise CPU kernels read relu(x) from x, one sample at a time, and mask the data gradient
+/// by x > 0 as they write it; other convolutions, and cuDNN's, get a temporary relu(x), made
+/// again in backward for the weight gradient, and relu's backward as a pass of its own. Values
+/// and gradients are those of relu followed by conv2d, bit for bit. Why: the preprocessing reads
+/// a cell output with 4C channels, the largest tensors of a cell, twice (cells k + 1 and k + 2
+/// each take it); kept, each relu(x) is one more such tensor, while x is kept once for both.
 template <class T, class D>
-Tensor<T, D> relu_tensor(const Tensor<T, D>& x) {
-  Tensor<T, D> r = Tensor<T, D>::empty(x.shape());
-  if constexpr (is_cpu<D>)
-    cpu::activation_forward(cpu::Activation::kRelu, x, r);
-  else
-    DeviceOps<D>::activation_forward(int(cpu::Activation::kRelu), x, r);
-  return r;
+Var<T, D> relu_conv2d(const Var<T, D>& x, const Var<T, D>& w, Conv2dParams p = {}) {
+  return detail::conv2d(x, w, Var<T, D>(), p, cpu::ConvAlgo::kAuto, true);
 }
 
+namespace detail {
 /// conv2d_pair and relu_conv2d_pair: y = conv(conv(relu_x ? relu(x) : x, w1, p1), w2, p2).
 template <class T, class D>
 Var<T, D> conv_pair(const char* op, bool relu_x, const Var<T, D>& x, const Var<T, D>& w1,
@@ -117,11 +166,9 @@ Var<T, D> conv_pair(const char* op, bool relu_x, const Var<T, D>& x, const Var<T
   const cpu::ConvPath path2 = cpu::conv_path(g2, cpu::ConvAlgo::kAuto);
   // With relu_x the first convolution reads relu(x) straight from x where its kernels can
   // (CPU and our GPU depthwise kernels), else from a temporary relu(x); never kept either way.
-  g1.relu_input = relu_x && fuses_input_relu<D>(g1, path1);
-  // The CPU depthwise backward also applies relu's mask to the data gradient, while that
-  // plane is in cache (ConvGeom::relu_masks_dx); elsewhere relu's backward is a pass of its own.
-  g1.relu_masks_dx = g1.relu_input && is_cpu<D>;
-  const bool relu_copy = relu_x && !g1.relu_input;
+  // The CPU's kernels also apply relu's mask to the data gradient, while that plane is in cache
+  // (ConvGeom::relu_masks_dx); elsewhere relu's backward is a pass of its own.
+  const bool relu_copy = plan_input_relu<D>(relu_x, g1, path1);
   Var<T, D> y(Tensor<T, D>::empty(conv_output_shape(g2)));
   {
     const Tensor<T, D> in = relu_copy ? relu_tensor(x.value()) : x.value();
@@ -150,12 +197,7 @@ Var<T, D> conv_pair(const char* op, bool relu_x, const Var<T, D>& x, const Var<T
       if (x.requires_grad()) dx = mask_after ? GradSlot<T, D>{dr, false} : x.grad_slot();
       if (w1.requires_grad()) dw1 = w1.grad_slot();
       conv_backward(g1, path1, in, w1.value(), dt, dx.g, dx.accumulate, dw1.g, dw1.accumulate);
-      if (!mask_after) return;
-      auto [gx, acc] = x.grad_slot();
-      if constexpr (is_cpu<D>)
-        cpu::activation_backward(cpu::Activation::kRelu, x.value(), dr, gx, acc);
-      else
-        DeviceOps<D>::activation_backward(int(cpu::Activation::kRelu), x.value(), dr, gx, acc);
+      if (mask_after) mask_relu_gradient(x.value(), dr, x.grad_slot());
     });
   return y;
 }

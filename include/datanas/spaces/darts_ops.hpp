@@ -48,25 +48,40 @@ class OpModule : public nn::Module<T, D> {
   [[nodiscard]] virtual bool fuses_relu() const { return false; }
 };
 
+/// Whether a cell (a supernet edge, an evaluation cell's input state) gives `op` the relu(x) it
+/// shares among the ops on that input (from_relu) rather than x itself. On the CPU an op that
+/// fuses its ReLU takes x: the fused mask costs nothing extra in backward, so each op reading
+/// relu(x) in its kernels beats one shared relu(x) tensor (no ReLU pass either way, and one
+/// activation fewer kept). On the GPU each fused op would mask its gradient in a pass of its own
+/// (four per supernet edge, where one shared ReLU backward does), so the input's ops share it.
+template <class T, class D>
+bool takes_shared_relu(const OpModule<T, D>& op) {
+  return op.relu_first() && !(is_cpu<D> && op.fuses_relu());
+}
+
 /// Output spatial size of the stride-s DARTS ops (3x3 with padding 1): ceil(h / s).
 inline index_t strided_size(index_t h, int stride) { return (h + stride - 1) / stride; }
 
-/// ReLU -> conv k x k (no bias) -> BN.
+/// ReLU -> conv k x k (no bias) -> BN. relu(x) is never kept (relu_conv2d); a 1x1 convolution
+/// (the cells' preprocessing) reads it from x in the CPU kernels.
 template <class T, class D = Cpu>
 class ReLUConvBN : public OpModule<T, D> {
  public:
   ReLUConvBN(index_t cin, index_t cout, int k, int stride, int pad, bool affine, PhiloxGenerator& g)
-      : conv_(cin, cout, k, {.stride = stride, .padding = pad}, false, g), bn_(cout, affine) {
+      : conv_(cin, cout, k, {.stride = stride, .padding = pad}, false, g), bn_(cout, affine),
+        pointwise_(k == 1 && stride == 1 && pad == 0) {
     this->register_module("op.1", conv_);
     this->register_module("op.2", bn_);
   }
-  Var<T, D> operator()(const Var<T, D>& x) const override { return from_relu(relu(x)); }
+  Var<T, D> operator()(const Var<T, D>& x) const override { return bn_(nn::relu_conv(conv_, x)); }
   [[nodiscard]] bool relu_first() const override { return true; }
+  [[nodiscard]] bool fuses_relu() const override { return pointwise_; }
   Var<T, D> from_relu(const Var<T, D>& r) const override { return bn_(conv_(r)); }
 
  private:
   nn::Conv2d<T, D> conv_;
   nn::BatchNorm2d<T, D> bn_;
+  bool pointwise_;  // the CPU's kernels read relu(x) from x (ConvGeom::relu_input)
 };
 
 /// ReLU, then two 1x1 stride-2 convs with Cout/2 outputs on x and on x[:, :, 1:, 1:],

@@ -137,8 +137,9 @@ class EvalCell : public nn::Module<T, D> {
     for (const Term& t : terms_) {
       const auto in = std::size_t(t.input);
       Var<T, D> y;
-      if (t.op->relu_first()) {
-        // Several ops on one input (DATA cells) share its ReLU: same values, one activation.
+      if (takes_shared_relu(*t.op)) {
+        // Several ops on one input share its ReLU: same values, one activation (on the CPU,
+        // sep_conv and dil_conv read relu(x) in their kernels instead, as on a supernet edge).
         if (!relus[in].defined()) relus[in] = relu(states[in]);
         y = t.op->from_relu(relus[in]);
       } else {

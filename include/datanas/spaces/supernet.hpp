@@ -75,7 +75,7 @@ class MixedOp : public nn::Module<T, D> {
       idx[k] = int(offset + k);
       const OpModule<T, D>& op = *ops_[std::size_t(k)];
       if (op.is_zero() || (host_w && host_w[offset + k] == T(0))) continue;
-      if (op.relu_first() && !(kFuseRelu && op.fuses_relu())) {
+      if (takes_shared_relu(op)) {
         if (!r.defined()) r = relu(x);
         terms[k] = op.from_relu(r);
       } else {
@@ -91,13 +91,6 @@ class MixedOp : public nn::Module<T, D> {
   [[nodiscard]] const OpModule<T, D>& op(int k) const { return *ops_[std::size_t(k)]; }
 
  private:
-  /// Whether ops that can fuse their leading ReLU do so (OpModule::fuses_relu). On the CPU the
-  /// fused mask costs nothing extra in backward, so each op reading relu(x) in its kernels beats
-  /// one shared relu(x) tensor: no ReLU pass either way, and one activation fewer kept per edge.
-  /// On the GPU each fused op would mask its gradient in a pass of its own (four per edge, where
-  /// one shared ReLU backward does), so the edge shares relu(x) there.
-  static constexpr bool kFuseRelu = is_cpu<D>;
-
   int stride_;
   std::array<OpPtr<T, D>, std::size_t(Ops::kSize)> ops_;
 };

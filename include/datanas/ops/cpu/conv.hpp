@@ -57,11 +57,12 @@ struct ConvGeom {
   int stride, pad, dil, groups;
   /// The convolution reads max(x, 0) for its input x (the forward and the weight gradient), so
   /// that relu(x) need not exist as a tensor; the data gradient it gives is then the one with
-  /// respect to relu(x). Only the depthwise path supports it (relu_conv2d_pair sets it).
+  /// respect to relu(x). The depthwise and the 1x1 (kDirectGemm) paths support it
+  /// (relu_conv2d_pair and relu_conv2d set it).
   bool relu_input = false;
   /// With relu_input: the data gradient is also masked by x > 0, so it is the gradient with
   /// respect to x itself and relu's backward needs no pass of its own (the mask is applied while
-  /// the plane's gradient is in cache). CPU depthwise path only (relu_conv2d_pair sets it there).
+  /// the plane's gradient is in cache). CPU only, on the paths of relu_input.
   bool relu_masks_dx = false;
 };
 
@@ -308,6 +309,20 @@ void col2im(const ConvGeom& g, index_t cg, const T* __restrict col, T* __restric
       }
 }
 
+/// The product's right operand for one sample and group of the gemm paths: im2col's matrix, or
+/// on the 1x1 path the input itself, or relu of it (ConvGeom::relu_input) copied into `col`,
+/// where it stays in cache for the product instead of being a tensor of its own.
+template <class T>
+const T* gemm_operand(const ConvGeom& g, bool direct, index_t cg, const T* xs, T* col) {
+  if (!direct)
+    im2col(g, cg, xs, col);
+  else if (g.relu_input)
+    map_row(xs, cg * g.h * g.w, col, ReluOp{});
+  else
+    return xs;
+  return col;
+}
+
 template <class T>
 void gemm_forward(const ConvGeom& g, ConvPath path, const T* x, const T* w, const T* bias, T* y) {
   const bool direct = path == ConvPath::kDirectGemm;
@@ -315,16 +330,15 @@ void gemm_forward(const ConvGeom& g, ConvPath path, const T* x, const T* w, cons
   const index_t kg = cg * g.kh * g.kw;
   const int nt = threads_for(g.n, g.cout * kg * p);
   Tensor<T, Cpu> ws;
-  if (!direct) ws = Tensor<T, Cpu>::empty({nt, kg * p});
+  if (!direct || g.relu_input) ws = Tensor<T, Cpu>::empty({nt, kg * p});
   run_chunks(nt, g.n, [&](int t, index_t b, index_t e) {
-    T* col = direct ? nullptr : ws.data() + t * kg * p;
+    T* col = ws.defined() ? ws.data() + t * kg * p : nullptr;
     for (index_t n = b; n < e; ++n)
       for (index_t gi = 0; gi < g.groups; ++gi) {
         const T* xs = x + (n * g.cin + gi * cg) * g.h * g.w;
-        if (!direct) im2col(g, cg, xs, col);
+        const T* in = gemm_operand(g, direct, cg, xs, col);
         T* ys = y + (n * g.cout + gi * og) * p;
-        gemm_rows_parallel<false, false>(og, p, kg, w + gi * og * kg, kg, direct ? xs : col, p, ys,
-                                         p, false);
+        gemm_rows_parallel<false, false>(og, p, kg, w + gi * og * kg, kg, in, p, ys, p, false);
         if (bias)
           for (index_t o = 0; o < og; ++o) ArrayMap<T>(ys + o * p, p) += bias[gi * og + o];
       }
@@ -340,27 +354,32 @@ void gemm_backward(const ConvGeom& g, ConvPath path, const T* x, const T* w, con
   const index_t kg = cg * g.kh * g.kw, wsize = g.cout * kg;
   const int nt = threads_for(g.n, g.cout * kg * p * (int(dx != nullptr) + int(dw != nullptr)));
   Tensor<T, Cpu> cols, parts;
-  if (!direct) cols = Tensor<T, Cpu>::empty({nt, kg * p});
+  if (!direct || g.relu_input) cols = Tensor<T, Cpu>::empty({nt, kg * p});
   if (dw) {
     parts = Tensor<T, Cpu>::empty({nt, wsize});
     parts.fill(T(0));
   }
   run_chunks(nt, g.n, [&](int t, index_t b, index_t e) {
-    T* col = direct ? nullptr : cols.data() + t * kg * p;
+    T* col = cols.defined() ? cols.data() + t * kg * p : nullptr;
     T* part = dw ? parts.data() + t * wsize : nullptr;
     for (index_t n = b; n < e; ++n)
       for (index_t gi = 0; gi < g.groups; ++gi) {
         const T* xs = x + (n * g.cin + gi * cg) * g.h * g.w;
         const T* dys = dy + (n * g.cout + gi * og) * p;
         const T* wg = w + gi * og * kg;
-        if (dw) {
-          if (!direct) im2col(g, cg, xs, col);
-          gemm_rows_parallel<false, true>(og, kg, p, dys, p, direct ? xs : col, p,
+        if (dw)
+          gemm_rows_parallel<false, true>(og, kg, p, dys, p, gemm_operand(g, direct, cg, xs, col), p,
                                           part + gi * og * kg, kg, true);
-        }
-        if (dx) {
+        if (dx) {  // (col is free again: the weight gradient's product is done with it)
           T* dxs = dx + (n * g.cin + gi * cg) * g.h * g.w;
-          if (direct) {
+          if (direct && g.relu_masks_dx) {
+            // The gradient with respect to relu(x), masked by x > 0 as relu's backward masks
+            // it (the same select, so the same bits) while it is in cache.
+            gemm_rows_parallel<true, false>(kg, p, og, wg, kg, dys, p, col, p, false);
+            const index_t len = cg * p;
+            store(ArrayMap<T>(dxs, len), (ConstArrayMap<T>(xs, len) > T(0)).select(ConstArrayMap<T>(col, len), T(0)),
+                  acc_x);
+          } else if (direct) {
             gemm_rows_parallel<true, false>(kg, p, og, wg, kg, dys, p, dxs, p, acc_x);
           } else {
             gemm_rows_parallel<true, false>(kg, p, og, wg, kg, dys, p, col, p, false);
@@ -1015,7 +1034,7 @@ void dw_dispatch(const ConvGeom& g, F&& f) {
 template <class T>
 void conv2d_forward(const ConvGeom& g, ConvPath path, const Tensor<T, Cpu>& x,
                     const Tensor<T, Cpu>& w, const T* bias, const Tensor<T, Cpu>& y) {
-  DATANAS_ASSERT(!g.relu_input || path == ConvPath::kDepthwise);
+  DATANAS_ASSERT(!g.relu_input || path == ConvPath::kDepthwise || path == ConvPath::kDirectGemm);
   if (g.n == 0) return;
   if (path == ConvPath::kDepthwise) {
     conv_detail::dw_dispatch(g, [&]<int K, int S, int D>() {
@@ -1035,7 +1054,7 @@ void conv2d_backward(const ConvGeom& g, ConvPath path, const Tensor<T, Cpu>& x,
                      const Tensor<T, Cpu>& w, const Tensor<T, Cpu>& dy, const Tensor<T, Cpu>& dx,
                      bool acc_x, const Tensor<T, Cpu>& dw, bool acc_w, const Tensor<T, Cpu>& db,
                      bool acc_b) {
-  DATANAS_ASSERT(!g.relu_input || path == ConvPath::kDepthwise);
+  DATANAS_ASSERT(!g.relu_input || path == ConvPath::kDepthwise || path == ConvPath::kDirectGemm);
   DATANAS_ASSERT(!g.relu_masks_dx || g.relu_input);
   const index_t p = g.ho * g.wo;
   if (db.defined()) {
