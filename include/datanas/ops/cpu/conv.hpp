@@ -276,6 +276,8 @@ void im2col(const ConvGeom& g, index_t cg, const T* __restrict x, T* __restrict 
           std::fill(r, r + lo, T(0));
           if (s == 1)
             copy_row(xr + lo + off, hi - lo, r + lo);
+          else if (s == 2)  // a constant stride: vectorised (even-lane permutes)
+            for (index_t ow = lo; ow < hi; ++ow) r[ow] = xr[ow * 2 + off];
           else
             for (index_t ow = lo; ow < hi; ++ow) r[ow] = xr[ow * s + off];
           std::fill(r + hi, r + g.wo, T(0));
@@ -302,6 +304,8 @@ void col2im(const ConvGeom& g, index_t cg, const T* __restrict col, T* __restric
           if (s == 1) {
             DATANAS_CONV_SIMD
             for (index_t ow = lo; ow < hi; ++ow) xr[ow + off] += r[ow];
+          } else if (s == 2) {
+            for (index_t ow = lo; ow < hi; ++ow) xr[ow * 2 + off] += r[ow];
           } else {
             for (index_t ow = lo; ow < hi; ++ow) xr[ow * s + off] += r[ow];
           }
