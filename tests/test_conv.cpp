@@ -464,12 +464,13 @@ TEST_SUITE("cpu") {
   }
 
   TEST_CASE("relu_conv2d: gradients, accumulation, only where required") {
-    // x spreads over [-2, 2], so about half its units are cut. 1x1 convolutions at stride 1
-    // (one group or two) read relu(x) from x and mask the data gradient in their kernels; the
-    // others (stride 2, 3x3) get a temporary relu(x).
-    const Conv2dParams groups2{.groups = 2}, stride2{.stride = 2}, pad1{.padding = 1};
+    // x spreads over [-2, 2], so about half its units are cut. The 1x1 path (one group or two)
+    // and im2col (1x1 at stride 2, 3x3 at strides 2 and 3) read relu(x) from x and mask the
+    // data gradient in their kernels; the shifted path (3x3, stride 1) gets a temporary relu(x).
+    const Conv2dParams groups2{.groups = 2}, stride2{.stride = 2}, pad1{.padding = 1},
+        pad1s2{.stride = 2, .padding = 1}, pad1s3{.stride = 3, .padding = 1};
     std::uint64_t seed = 200;
-    for (const Conv2dParams& p : {Conv2dParams{}, groups2, stride2, pad1}) {
+    for (const Conv2dParams& p : {Conv2dParams{}, groups2, stride2, pad1, pad1s2, pad1s3}) {
       CAPTURE(p.groups);
       CAPTURE(p.stride);
       CAPTURE(p.padding);
@@ -494,12 +495,13 @@ TEST_SUITE("cpu") {
 
   TEST_CASE("relu_conv2d computes relu then conv2d's bits and holds only its output") {
     using VarF = Var<float, Cpu>;
-    const Conv2dParams one{}, groups2{.groups = 2}, stride2{.stride = 2}, pad1{.padding = 1};
+    const Conv2dParams one{}, groups2{.groups = 2}, stride2{.stride = 2}, pad1{.padding = 1},
+        pad1s2{.stride = 2, .padding = 1}, pad1s3{.stride = 3, .padding = 1};
     std::uint64_t seed = 300;
     // Planes of 64 and of 7 x 13 = 91 elements (map_row's packets and its scalar tail), more
-    // input channels than the small product's limit (kMaxInner: Eigen's path), and the paths
-    // that take a temporary relu(x).
-    for (const Conv2dParams& p : {one, groups2, stride2, pad1})
+    // input channels than the small product's limit (kMaxInner: Eigen's path); the 1x1 path,
+    // im2col at strides 2 and 3, and the shifted path, which takes a temporary relu(x).
+    for (const Conv2dParams& p : {one, groups2, stride2, pad1, pad1s2, pad1s3})
       for (const Shape xs : {Shape{2, 8, 8, 8}, Shape{2, 8, 7, 13}, Shape{1, 136, 3, 5}}) {
         CAPTURE(p.groups);
         CAPTURE(p.stride);

@@ -51,11 +51,42 @@ TEST_CASE("a DARTS mixed edge keeps 10 activation-sized tensors for backward, no
   CHECK(y.value().defined());
 }
 
-TEST_CASE("sep_conv and dil_conv fusing their ReLU give relu-then-op's values and gradients bit for bit") {
-  // On the CPU a mixed op calls op(x) for these ops (OpModule::fuses_relu: the depthwise kernels
-  // read max(x, 0) and mask the gradient) where it used to hand them a shared relu(x) through
-  // from_relu; the GPU still shares. A search must not depend on which.
+/// op(x), which reads relu(x) in its kernels (OpModule::fuses_relu), against op.from_relu(relu(x)):
+/// the same output and gradients (x's, the parameters'), bit for bit.
+void check_fused_relu(const OpModule<float, Cpu>& op, const Shape& xs) {
   using VarF = Var<float, Cpu>;
+  REQUIRE(op.fuses_relu());
+  PhiloxGenerator data(11);
+  auto xv = Tensor<float, Cpu>::empty(xs);
+  for (index_t i = 0; i < xv.numel(); ++i) xv[i] = 2 * float(data.uniform()) - 1;
+  Tensor<float, Cpu> r;
+  auto run = [&](bool fused) {
+    VarF x(xv.clone(), true);
+    op.zero_grad();
+    VarF y = fused ? op(x) : op.from_relu(relu(x));
+    if (!r.defined()) {
+      r = Tensor<float, Cpu>::empty(y.shape());
+      for (index_t i = 0; i < r.numel(); ++i) r[i] = 2 * float(data.uniform()) - 1;
+    }
+    backward(y, r);
+    std::vector<Tensor<float, Cpu>> out{y.value().clone(), x.grad().clone()};
+    for (const VarF& p : op.parameters()) out.push_back(p.grad().clone());
+    return out;
+  };
+  const auto fused = run(true), shared = run(false);
+  REQUIRE(fused.size() == shared.size());
+  for (std::size_t i = 0; i < fused.size(); ++i) {
+    CAPTURE(i);  // 0: output, 1: dx, then the parameters' gradients
+    REQUIRE(fused[i].shape() == shared[i].shape());
+    CHECK(std::memcmp(fused[i].data(), shared[i].data(), sizeof(float) * std::size_t(fused[i].numel())) == 0);
+  }
+}
+
+TEST_CASE("ops fusing their ReLU give relu-then-op's values and gradients bit for bit") {
+  // On the CPU a mixed op (and an evaluation cell) calls op(x) for sep_conv and dil_conv
+  // (OpModule::fuses_relu: the depthwise kernels read max(x, 0) and mask the gradient) where it
+  // used to hand them a shared relu(x) through from_relu; the GPU still shares. A search must
+  // not depend on which.
   for (const char* name : {"sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"})
     for (const int stride : {1, 2})
       for (const Phase phase : {Phase::kSearch, Phase::kEval}) {
@@ -63,34 +94,18 @@ TEST_CASE("sep_conv and dil_conv fusing their ReLU give relu-then-op's values an
         CAPTURE(stride);
         CAPTURE(phase == Phase::kSearch);
         PhiloxGenerator g(7);
-        auto op = DartsOps::make<float>(name, 4, stride, phase, g);
-        REQUIRE(op->fuses_relu());
-        const Shape xs{2, 4, 9, 7};
-        PhiloxGenerator data(11);
-        auto xv = Tensor<float, Cpu>::empty(xs);
-        for (index_t i = 0; i < xv.numel(); ++i) xv[i] = 2 * float(data.uniform()) - 1;
-        Tensor<float, Cpu> r;
-        auto run = [&](bool fused) {
-          VarF x(xv.clone(), true);
-          op->zero_grad();
-          VarF y = fused ? (*op)(x) : op->from_relu(relu(x));
-          if (!r.defined()) {
-            r = Tensor<float, Cpu>::empty(y.shape());
-            for (index_t i = 0; i < r.numel(); ++i) r[i] = 2 * float(data.uniform()) - 1;
-          }
-          backward(y, r);
-          std::vector<Tensor<float, Cpu>> out{y.value().clone(), x.grad().clone()};
-          for (const VarF& p : op->parameters()) out.push_back(p.grad().clone());
-          return out;
-        };
-        const auto fused = run(true), shared = run(false);
-        REQUIRE(fused.size() == shared.size());
-        for (std::size_t i = 0; i < fused.size(); ++i) {
-          CAPTURE(i);  // 0: output, 1: dx, then the parameters' gradients
-          REQUIRE(fused[i].shape() == shared[i].shape());
-          CHECK(std::memcmp(fused[i].data(), shared[i].data(), sizeof(float) * std::size_t(fused[i].numel())) == 0);
-        }
+        check_fused_relu(*DartsOps::make<float>(name, 4, stride, phase, g), Shape{2, 4, 9, 7});
       }
+  // The cells' preprocessing (relu_conv2d): ReLUConvBN 1x1 and FactorizedReduce, in the search
+  // (no affine BN) and the evaluation network (affine).
+  for (const bool affine : {false, true}) {
+    CAPTURE(affine);
+    PhiloxGenerator g(8);
+    check_fused_relu(ReLUConvBN<float>(12, 6, 1, 1, 0, affine, g), Shape{2, 12, 8, 6});
+    check_fused_relu(FactorizedReduce<float>(12, 6, affine, g), Shape{2, 12, 8, 6});
+  }
+  PhiloxGenerator g(9);
+  CHECK_FALSE(ReLUConvBN<float>(4, 4, 3, 1, 1, true, g).fuses_relu());  // the shifted path: a temporary
 }
 
 TEST_CASE("DARTS op set: names in alpha order, factories, errors") {

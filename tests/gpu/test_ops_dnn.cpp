@@ -299,13 +299,14 @@ TEST_CASE("conv2d_pair and relu_conv2d_pair on the GPU compute their definitions
 }
 
 TEST_CASE("relu_conv2d on the GPU matches the CPU and computes relu then conv2d's bits") {
-  // The CPU reads relu(x) from x in its 1x1 kernels (groups 1 and 2) and takes a temporary for
-  // the others; cuDNN always takes one, made again in backward for the weight gradient. x read
-  // by two convolutions: the masked gradients add up.
+  // The CPU reads relu(x) from x in its 1x1 (groups 1 and 2) and im2col (strides 2) kernels and
+  // takes a temporary on its shifted path (3x3, stride 1); cuDNN always takes one, made again in
+  // backward for the weight gradient. x read by two convolutions: the masked gradients add up.
   using V = Var<float, Cuda>;
   PhiloxGenerator gen(25);
-  const Conv2dParams one{}, groups2{.groups = 2}, stride2{.stride = 2}, pad1{.padding = 1};
-  for (const Conv2dParams& p : {one, groups2, stride2, pad1}) {
+  const Conv2dParams one{}, groups2{.groups = 2}, stride2{.stride = 2}, pad1{.padding = 1},
+      pad1s2{.stride = 2, .padding = 1};
+  for (const Conv2dParams& p : {one, groups2, stride2, pad1, pad1s2}) {
     CAPTURE(p.groups);
     CAPTURE(p.stride);
     CAPTURE(p.padding);

@@ -36,7 +36,7 @@ void conv_backward(const cpu::ConvGeom& g, cpu::ConvPath path, const Tensor<T, D
 template <class D>
 bool fuses_input_relu(const cpu::ConvGeom& g, cpu::ConvPath path) {
   if constexpr (is_cpu<D>)
-    return path == cpu::ConvPath::kDepthwise || path == cpu::ConvPath::kDirectGemm;
+    return path != cpu::ConvPath::kShifted;
   else
     return DeviceOps<D>::conv_fuses_input_relu(g);
 }
@@ -140,10 +140,11 @@ Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias,
 }
 
 /// conv2d(relu(x), w, {}, p) without relu(x) ever being kept (ReLUConvBN's ReLU and 1x1
-/// convolution: the preprocessing of every DARTS cell). The 1x1 (stride 1, no padding) and
-/// depthwise CPU kernels read relu(x) from x, one sample at a time, and mask the data gradient
-/// by x > 0 as they write it; other convolutions, and cuDNN's, get a temporary relu(x), made
-/// again in backward for the weight gradient, and relu's backward as a pass of its own. Values
+/// convolution: the preprocessing of every DARTS cell). The CPU kernels read relu(x) from x, one
+/// sample at a time (the 1x1 path into a cache-resident copy, im2col as it gathers), and mask the
+/// data gradient by x > 0 as they write it; the stride-1 shifted-taps path (3x3 and larger,
+/// stride 1) and cuDNN get a temporary relu(x), made again in backward for the weight gradient,
+/// and relu's backward as a pass of its own. Values
 /// and gradients are those of relu followed by conv2d, bit for bit. Why: the preprocessing reads
 /// a cell output with 4C channels, the largest tensors of a cell, twice (cells k + 1 and k + 2
 /// each take it); kept, each relu(x) is one more such tensor, while x is kept once for both.

@@ -85,7 +85,8 @@ class ReLUConvBN : public OpModule<T, D> {
 };
 
 /// ReLU, then two 1x1 stride-2 convs with Cout/2 outputs on x and on x[:, :, 1:, 1:],
-/// concatenated on channels, then BN.
+/// concatenated on channels, then BN. On the CPU the two convolutions read relu(x) from x
+/// (relu_conv2d: im2col gathers it), so relu(x) is never kept; on the GPU they share one.
 template <class T, class D = Cpu>
 class FactorizedReduce : public OpModule<T, D> {
  public:
@@ -96,17 +97,25 @@ class FactorizedReduce : public OpModule<T, D> {
     this->register_module("conv_2", conv2_);
     this->register_module("bn", bn_);
   }
-  Var<T, D> operator()(const Var<T, D>& x) const override { return from_relu(relu(x)); }
+  Var<T, D> operator()(const Var<T, D>& x) const override {
+    if constexpr (!is_cpu<D>) return from_relu(relu(x));
+    check_even(x);
+    Var<T, D> halves[] = {nn::relu_conv(conv1_, x), nn::relu_conv(conv2_, shift_crop(x))};
+    return bn_(concat_channels<T, D>(halves));
+  }
   [[nodiscard]] bool relu_first() const override { return true; }
+  [[nodiscard]] bool fuses_relu() const override { return is_cpu<D>; }
   Var<T, D> from_relu(const Var<T, D>& r) const override {
-    DATANAS_CHECK(r.shape().h() % 2 == 0 && r.shape().w() % 2 == 0,
-                  "FactorizedReduce: input ", r.shape().str(),
-                  " has an odd spatial size; its two halves would not line up");
+    check_even(r);
     Var<T, D> halves[] = {conv1_(r), conv2_(shift_crop(r))};
     return bn_(concat_channels<T, D>(halves));
   }
 
  private:
+  static void check_even(const Var<T, D>& x) {
+    DATANAS_CHECK(x.shape().h() % 2 == 0 && x.shape().w() % 2 == 0, "FactorizedReduce: input ", x.shape().str(),
+                  " has an odd spatial size; its two halves would not line up");
+  }
   static index_t half(index_t cout) {
     DATANAS_CHECK(cout % 2 == 0, "FactorizedReduce: output channels ", cout, " must be even");
     return cout / 2;

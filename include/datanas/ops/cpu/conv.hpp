@@ -57,8 +57,8 @@ struct ConvGeom {
   int stride, pad, dil, groups;
   /// The convolution reads max(x, 0) for its input x (the forward and the weight gradient), so
   /// that relu(x) need not exist as a tensor; the data gradient it gives is then the one with
-  /// respect to relu(x). The depthwise and the 1x1 (kDirectGemm) paths support it
-  /// (relu_conv2d_pair and relu_conv2d set it).
+  /// respect to relu(x). Every path but kShifted supports it (relu_conv2d_pair and relu_conv2d
+  /// set it).
   bool relu_input = false;
   /// With relu_input: the data gradient is also masked by x > 0, so it is the gradient with
   /// respect to x itself and relu's backward needs no pass of its own (the mask is applied while
@@ -253,10 +253,10 @@ inline void valid_cols(const ConvGeom& g, index_t j, index_t& lo, index_t& hi) {
   hi = std::clamp<index_t>(floor_div(g.w - 1 - off, g.stride) + 1, lo, g.wo);
 }
 
-/// col[(c * kh + i) * kw + j][ho * wo + wo'] = x[c][ho * s - p + i * d][wo' * s - p + j * d] (0
-/// outside) for the `cg` channels at x (one sample, one group).
-template <class T>
-void im2col(const ConvGeom& g, index_t cg, const T* __restrict x, T* __restrict col) {
+/// col[(c * kh + i) * kw + j][ho * wo + wo'] = op(x[c][ho * s - p + i * d][wo' * s - p + j * d])
+/// (0 outside) for the `cg` channels at x (one sample, one group); op takes packets and scalars.
+template <class T, class Op>
+void im2col_with(const ConvGeom& g, index_t cg, const T* __restrict x, T* __restrict col, Op op) {
   const index_t p = g.ho * g.wo, s = g.stride;
   for (index_t c = 0; c < cg; ++c)
     for (index_t i = 0; i < g.kh; ++i)
@@ -275,14 +275,23 @@ void im2col(const ConvGeom& g, index_t cg, const T* __restrict x, T* __restrict 
           const T* xr = x + (c * g.h + ih) * g.w;
           std::fill(r, r + lo, T(0));
           if (s == 1)
-            copy_row(xr + lo + off, hi - lo, r + lo);
+            map_row(xr + lo + off, hi - lo, r + lo, op);
           else if (s == 2)  // a constant stride: vectorised (even-lane permutes)
-            for (index_t ow = lo; ow < hi; ++ow) r[ow] = xr[ow * 2 + off];
+            for (index_t ow = lo; ow < hi; ++ow) r[ow] = op(xr[ow * 2 + off]);
           else
-            for (index_t ow = lo; ow < hi; ++ow) r[ow] = xr[ow * s + off];
+            for (index_t ow = lo; ow < hi; ++ow) r[ow] = op(xr[ow * s + off]);
           std::fill(r + hi, r + g.wo, T(0));
         }
       }
+}
+
+/// im2col of x, or of relu(x) with g.relu_input (relu's bits: ReluOp).
+template <class T>
+void im2col(const ConvGeom& g, index_t cg, const T* __restrict x, T* __restrict col) {
+  if (g.relu_input)
+    im2col_with(g, cg, x, col, ReluOp{});
+  else
+    im2col_with(g, cg, x, col, [](const auto& v) { return v; });
 }
 
 /// The adjoint of im2col: dx[c][...] += every col entry that im2col copied from there.
@@ -313,9 +322,9 @@ void col2im(const ConvGeom& g, index_t cg, const T* __restrict col, T* __restric
       }
 }
 
-/// The product's right operand for one sample and group of the gemm paths: im2col's matrix, or
-/// on the 1x1 path the input itself, or relu of it (ConvGeom::relu_input) copied into `col`,
-/// where it stays in cache for the product instead of being a tensor of its own.
+/// The product's right operand for one sample and group of the gemm paths: im2col's matrix (of
+/// relu(x) with ConvGeom::relu_input), or on the 1x1 path the input itself, or relu of it copied
+/// into `col`, where it stays in cache for the product instead of being a tensor of its own.
 template <class T>
 const T* gemm_operand(const ConvGeom& g, bool direct, index_t cg, const T* xs, T* col) {
   if (!direct)
@@ -357,15 +366,26 @@ void gemm_backward(const ConvGeom& g, ConvPath path, const T* x, const T* w, con
   const index_t p = g.ho * g.wo, cg = g.cin / g.groups, og = g.cout / g.groups;
   const index_t kg = cg * g.kh * g.kw, wsize = g.cout * kg;
   const int nt = threads_for(g.n, g.cout * kg * p * (int(dx != nullptr) + int(dw != nullptr)));
-  Tensor<T, Cpu> cols, parts;
+  const index_t plane = cg * g.h * g.w;  // one sample's input channels of a group
+  // im2col's data gradient masked by x > 0 is summed in a plane of its own first.
+  const bool masked_col2im = dx && !direct && g.relu_masks_dx;
+  Tensor<T, Cpu> cols, parts, dplanes;
   if (!direct || g.relu_input) cols = Tensor<T, Cpu>::empty({nt, kg * p});
+  if (masked_col2im) dplanes = Tensor<T, Cpu>::empty({nt, plane});
   if (dw) {
     parts = Tensor<T, Cpu>::empty({nt, wsize});
     parts.fill(T(0));
   }
   run_chunks(nt, g.n, [&](int t, index_t b, index_t e) {
     T* col = cols.defined() ? cols.data() + t * kg * p : nullptr;
+    T* dplane = masked_col2im ? dplanes.data() + t * plane : nullptr;
     T* part = dw ? parts.data() + t * wsize : nullptr;
+    // dxs (+)= d where x > 0: relu's backward (the same select, so the same bits), applied
+    // while the sample's gradient is in cache.
+    auto store_masked = [&](const T* xs, const T* d, T* dxs) {
+      store(ArrayMap<T>(dxs, plane), (ConstArrayMap<T>(xs, plane) > T(0)).select(ConstArrayMap<T>(d, plane), T(0)),
+            acc_x);
+    };
     for (index_t n = b; n < e; ++n)
       for (index_t gi = 0; gi < g.groups; ++gi) {
         const T* xs = x + (n * g.cin + gi * cg) * g.h * g.w;
@@ -376,19 +396,17 @@ void gemm_backward(const ConvGeom& g, ConvPath path, const T* x, const T* w, con
                                           part + gi * og * kg, kg, true);
         if (dx) {  // (col is free again: the weight gradient's product is done with it)
           T* dxs = dx + (n * g.cin + gi * cg) * g.h * g.w;
-          if (direct && g.relu_masks_dx) {
-            // The gradient with respect to relu(x), masked by x > 0 as relu's backward masks
-            // it (the same select, so the same bits) while it is in cache.
+          if (direct && g.relu_masks_dx) {  // the gradient with respect to relu(x), then masked
             gemm_rows_parallel<true, false>(kg, p, og, wg, kg, dys, p, col, p, false);
-            const index_t len = cg * p;
-            store(ArrayMap<T>(dxs, len), (ConstArrayMap<T>(xs, len) > T(0)).select(ConstArrayMap<T>(col, len), T(0)),
-                  acc_x);
+            store_masked(xs, col, dxs);
           } else if (direct) {
             gemm_rows_parallel<true, false>(kg, p, og, wg, kg, dys, p, dxs, p, acc_x);
           } else {
             gemm_rows_parallel<true, false>(kg, p, og, wg, kg, dys, p, col, p, false);
-            if (!acc_x) std::fill_n(dxs, cg * g.h * g.w, T(0));
-            col2im(g, cg, col, dxs);
+            T* sum = masked_col2im ? dplane : dxs;
+            if (masked_col2im || !acc_x) std::fill_n(sum, plane, T(0));
+            col2im(g, cg, col, sum);
+            if (masked_col2im) store_masked(xs, dplane, dxs);
           }
         }
       }
@@ -1038,7 +1056,7 @@ void dw_dispatch(const ConvGeom& g, F&& f) {
 template <class T>
 void conv2d_forward(const ConvGeom& g, ConvPath path, const Tensor<T, Cpu>& x,
                     const Tensor<T, Cpu>& w, const T* bias, const Tensor<T, Cpu>& y) {
-  DATANAS_ASSERT(!g.relu_input || path == ConvPath::kDepthwise || path == ConvPath::kDirectGemm);
+  DATANAS_ASSERT(!g.relu_input || path != ConvPath::kShifted);
   if (g.n == 0) return;
   if (path == ConvPath::kDepthwise) {
     conv_detail::dw_dispatch(g, [&]<int K, int S, int D>() {
@@ -1058,7 +1076,7 @@ void conv2d_backward(const ConvGeom& g, ConvPath path, const Tensor<T, Cpu>& x,
                      const Tensor<T, Cpu>& w, const Tensor<T, Cpu>& dy, const Tensor<T, Cpu>& dx,
                      bool acc_x, const Tensor<T, Cpu>& dw, bool acc_w, const Tensor<T, Cpu>& db,
                      bool acc_b) {
-  DATANAS_ASSERT(!g.relu_input || path == ConvPath::kDepthwise || path == ConvPath::kDirectGemm);
+  DATANAS_ASSERT(!g.relu_input || path != ConvPath::kShifted);
   DATANAS_ASSERT(!g.relu_masks_dx || g.relu_input);
   const index_t p = g.ho * g.wo;
   if (db.defined()) {
