@@ -144,10 +144,10 @@ Var<T, D> conv2d(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& bias,
 /// sample at a time (the 1x1 path into a cache-resident copy, im2col as it gathers), and mask the
 /// data gradient by x > 0 as they write it; the stride-1 shifted-taps path (3x3 and larger,
 /// stride 1) and cuDNN get a temporary relu(x), made again in backward for the weight gradient,
-/// and relu's backward as a pass of its own. Values
-/// and gradients are those of relu followed by conv2d, bit for bit. Why: the preprocessing reads
-/// a cell output with 4C channels, the largest tensors of a cell, twice (cells k + 1 and k + 2
-/// each take it); kept, each relu(x) is one more such tensor, while x is kept once for both.
+/// and relu's backward as a pass of its own. Values and gradients are those of relu followed by
+/// conv2d, bit for bit. Why: the preprocessing reads a cell output with 4C channels, the largest
+/// tensors of a cell, twice (cells k + 1 and k + 2 each take it); kept, each relu(x) is one more
+/// such tensor, while x is kept once for both.
 template <class T, class D>
 Var<T, D> relu_conv2d(const Var<T, D>& x, const Var<T, D>& w, Conv2dParams p = {}) {
   return detail::conv2d(x, w, Var<T, D>(), p, cpu::ConvAlgo::kAuto, true);
