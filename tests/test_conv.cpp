@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "gradcheck.hpp"
+#include "datanas/nn/layers.hpp"
 
 using namespace datanas;
 using namespace datanas::testing;
@@ -672,6 +673,15 @@ TEST_SUITE("cpu") {
                          doctest::Contains("relu_conv2d: input and weight must be defined"), datanas::error);
     CHECK_THROWS_WITH_AS(relu_conv2d(t({1, 4, 6, 6}), t({3, 5, 1, 1})),
                          doctest::Contains("conv2d: input has 4 channels but weight expects 5"), datanas::error);
+    // The layer helpers that pair or fuse convolutions take bias-free layers only.
+    PhiloxGenerator g(5);
+    const nn::Conv2d<double> biased(4, 4, 1, {}, true, g), depthwise(4, 4, 3, {.padding = 1, .groups = 4}, false, g);
+    CHECK_THROWS_WITH_AS(nn::relu_conv(biased, t({1, 4, 6, 6})),
+                         doctest::Contains("relu_conv: the convolution must be bias-free"), datanas::error);
+    CHECK_THROWS_WITH_AS(nn::conv_pair(depthwise, biased, t({1, 4, 6, 6})),
+                         doctest::Contains("conv_pair: both convolutions must be bias-free"), datanas::error);
+    CHECK_THROWS_WITH_AS(nn::relu_conv_pair(depthwise, biased, t({1, 4, 6, 6})),
+                         doctest::Contains("relu_conv_pair: both convolutions must be bias-free"), datanas::error);
     CHECK_THROWS_WITH_AS(relu_conv2d_pair(t({1, 4, 6, 6}), t({4, 1, 3, 3}), {.padding = 1, .groups = 4}, t({3, 5, 1, 1})),
                          doctest::Contains("conv2d: input has 4 channels but weight expects 5"), datanas::error);
     CHECK_THROWS_WITH_AS(conv2d(t({1, 3, 4}), t({4, 3, 3, 3}), no_bias()),
