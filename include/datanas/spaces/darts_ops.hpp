@@ -68,20 +68,22 @@ template <class T, class D = Cpu>
 class ReLUConvBN : public OpModule<T, D> {
  public:
   ReLUConvBN(index_t cin, index_t cout, int k, int stride, int pad, bool affine, PhiloxGenerator& g)
-      : conv_(cin, cout, k, {.stride = stride, .padding = pad}, false, g), bn_(cout, affine),
-        pointwise_(k == 1 && stride == 1 && pad == 0) {
+      : conv_(cin, cout, k, {.stride = stride, .padding = pad}, false, g), bn_(cout, affine) {
     this->register_module("op.1", conv_);
     this->register_module("op.2", bn_);
   }
   Var<T, D> operator()(const Var<T, D>& x) const override { return bn_(nn::relu_conv(conv_, x)); }
   [[nodiscard]] bool relu_first() const override { return true; }
-  [[nodiscard]] bool fuses_relu() const override { return pointwise_; }
+  /// A 1x1 convolution at stride 1 without padding: the CPU's kernels read relu(x) from x.
+  [[nodiscard]] bool fuses_relu() const override {
+    const Conv2dParams& p = conv_.params();
+    return conv_.weight().shape()[3] == 1 && p.stride == 1 && p.padding == 0;
+  }
   Var<T, D> from_relu(const Var<T, D>& r) const override { return bn_(conv_(r)); }
 
  private:
   nn::Conv2d<T, D> conv_;
   nn::BatchNorm2d<T, D> bn_;
-  bool pointwise_;  // the CPU's kernels read relu(x) from x (ConvGeom::relu_input)
 };
 
 /// ReLU, then two 1x1 stride-2 convs with Cout/2 outputs on x and on x[:, :, 1:, 1:],

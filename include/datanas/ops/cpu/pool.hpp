@@ -217,9 +217,8 @@ void keep_even_positions(const T* full, index_t w, index_t ho, index_t wo, T* ds
 
 /// The 3x3, stride 1, padding 1 average pool (DARTS' and NAS-Bench-201's avg_pool_3x3), whose
 /// output plane has the input's size (stride 2: its even rows and columns, keep_even_positions),
-/// runs on whole planes as flat arrays: planes of 8x8 to
-/// 32x32 have 8-32-element rows, on which per-row loops cost more in loop overhead and scalar
-/// remainders than in arithmetic. Forward: v = the sum of the valid rows r - 1, r, r + 1 of
+/// runs on whole planes as flat arrays: planes of 8x8 to 32x32 have 8-32-element rows, on which
+/// per-row loops cost more in loop overhead and scalar remainders than in arithmetic. Forward: v = the sum of the valid rows r - 1, r, r + 1 of
 /// each column, then y = (v[q - 1] + v[q] + v[q + 1]) * scale[q], a neighbour in another row
 /// masked out, scale[q] = 1 / (real rows * real columns) of q's window. Backward: the same box
 /// sum of g = dy * scale, columns first, then rows. Each output sums the same terms in the same
@@ -288,10 +287,11 @@ inline void box3_cols(const T* __restrict v, const T* __restrict left, const T* 
 }
 
 /// The 3x3, stride 1, padding 1 max pool (DARTS' max_pool_3x3; stride 2 as for Box3Plane) on
-/// whole planes as flat arrays, for the reason of Box3Plane. Forward: a row pass keeps, at each position q, the first maximum
-/// of x[q - 1], x[q], x[q + 1] (a neighbour in another row masked to -inf) and its plane index;
-/// a column pass then keeps the first maximum of rows r - 1, r, r + 1: torch's row-major tie
-/// rule, and the same selections as the general kernel, so the same values and indices.
+/// whole planes as flat arrays, for the reason of Box3Plane. Forward: a row pass keeps, at each
+/// position q, the first maximum of x[q - 1], x[q], x[q + 1] (a neighbour in another row masked
+/// to -inf) and its plane index; a column pass then keeps the first maximum of rows r - 1, r,
+/// r + 1: torch's row-major tie rule, and the same selections as the general kernel, so the same
+/// values and indices.
 /// Backward: each input pixel q gathers the dy of the nine windows around it whose index names q,
 /// in the general kernel's order.
 struct Max3Plane {
