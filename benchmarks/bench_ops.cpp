@@ -66,7 +66,13 @@ struct Size {
 constexpr Size kSizes[] = {{16, 32}, {32, 16}, {64, 8}};
 
 std::string shape_name(Size s) {
-  return "C" + std::to_string(s.c) + "/" + std::to_string(s.hw) + "x" + std::to_string(s.hw);
+  // Appended piece by piece: GCC 12 reports a false -Wrestrict on `"C" + std::to_string(...)`.
+  std::string name = "C";
+  name += std::to_string(s.c);
+  name += '/';
+  name += std::to_string(s.hw);
+  name += 'x';
+  return name + std::to_string(s.hw);
 }
 
 /// A BN without affine parameters keeps running statistics (nn.BatchNorm2d(C, affine=False)).

@@ -29,8 +29,10 @@ class Shape {
   [[nodiscard]] constexpr int rank() const { return rank_; }
   [[nodiscard]] constexpr index_t operator[](int i) const { return d_[i]; }
   [[nodiscard]] constexpr index_t numel() const {
+    // A fixed trip count, which GCC unrolls: bounded by rank_ alone, -O3 inlining this into
+    // a constructor can warn that d_ "may be used uninitialized" past its end.
     index_t n = 1;
-    for (int i = 0; i < rank_; ++i) n *= d_[i];
+    for (int i = 0; i < kMaxRank; ++i) n *= i < rank_ ? d_[i] : 1;
     return n;
   }
   // NCHW accessors for rank-4 shapes.

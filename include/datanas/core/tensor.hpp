@@ -11,11 +11,10 @@
 #include <span>
 #include <utility>
 
-#include <Eigen/Core>
-
 #include "datanas/core/allocator.hpp"
 #include "datanas/core/device.hpp"
 #include "datanas/core/shape.hpp"
+#include "datanas/detail/eigen.hpp"
 
 namespace datanas {
 

@@ -3,9 +3,8 @@
 
 #include <algorithm>
 
-#include <Eigen/Core>
-
 #include "datanas/core/tensor.hpp"
+#include "datanas/detail/eigen.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>

@@ -22,12 +22,12 @@
 // because products are cut into panels below EIGEN_STACK_ALLOCATION_LIMIT (see gemm below).
 #pragma once
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 
 #include "datanas/core/tensor.hpp"
+#include "datanas/detail/eigen.hpp"
 #include "datanas/ops/cpu/common.hpp"
 #include "datanas/ops/cpu/small_gemm.hpp"
 

@@ -20,10 +20,10 @@
 // No allocation, no threading: callers split the work (conv.hpp's gemm_rows_parallel).
 #pragma once
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cstdint>
 
+#include "datanas/detail/eigen.hpp"
 #include "datanas/ops/cpu/common.hpp"
 
 namespace datanas::cpu::small_gemm {
