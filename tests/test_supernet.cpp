@@ -108,6 +108,67 @@ TEST_CASE("ops fusing their ReLU give relu-then-op's values and gradients bit fo
   CHECK_FALSE(ReLUConvBN<float>(4, 4, 3, 1, 1, true, g).fuses_relu());  // the shifted path: a temporary
 }
 
+TEST_CASE("FactorizedReduce is DARTS' composition, and keeps no shifted copy of its input") {
+  // DARTS: bn(cat(conv_1(relu(x)), conv_2(relu(x)[:, :, 1:, 1:]))). The module runs conv_2 on x
+  // padded by one and crops its output instead; the values and gradients must be the
+  // reference composition's on both of its paths (fused ReLU, shared ReLU), to rounding: the
+  // same products over the channels, but at other positions of the product's column tiles.
+  using VarF = Var<float, Cpu>;
+  const Shape xs{2, 6, 8, 10};
+  PhiloxGenerator g(12), data(13);
+  const FactorizedReduce<float> fr(6, 8, false, g);
+  const std::vector<VarF> params = fr.parameters();  // conv_1.weight, conv_2.weight (no affine BN)
+  REQUIRE(params.size() == 2);
+  auto xv = Tensor<float, Cpu>::empty(xs);
+  for (index_t i = 0; i < xv.numel(); ++i) xv[i] = 2 * float(data.uniform()) - 1;
+  auto r = Tensor<float, Cpu>::empty({2, 8, 4, 5});
+  for (index_t i = 0; i < r.numel(); ++i) r[i] = 2 * float(data.uniform()) - 1;
+  nn::BatchNorm2d<float, Cpu> reference_bn(8, false);
+  auto run = [&](int path) {  // 0: the module, 1: the module on a shared relu(x), 2: DARTS' text
+    VarF x(xv.clone(), true);
+    fr.zero_grad();
+    VarF y;
+    if (path == 0) {
+      y = fr(x);
+    } else if (path == 1) {
+      y = fr.from_relu(relu(x));
+    } else {
+      const VarF rx = relu(x);
+      VarF halves[] = {conv2d(rx, params[0], VarF(), {.stride = 2}),
+                       conv2d(shift_crop(rx), params[1], VarF(), {.stride = 2})};
+      y = reference_bn(concat_channels<float, Cpu>(halves));
+    }
+    REQUIRE(y.shape() == r.shape());
+    backward(y, r);
+    return std::vector<Tensor<float, Cpu>>{y.value().clone(), x.grad().clone(), params[0].grad().clone(),
+                                           params[1].grad().clone()};
+  };
+  const auto reference = run(2);
+  for (const int path : {0, 1}) {
+    CAPTURE(path);
+    const auto got = run(path);
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      CAPTURE(i);  // 0: output, 1: dx, 2, 3: the convolutions' weight gradients
+      REQUIRE(got[i].shape() == reference[i].shape());
+      const float scale = reference[i].eigen().abs().maxCoeff();
+      CHECK(scale > 0.1f);
+      CHECK((got[i].eigen() - reference[i].eigen()).abs().maxCoeff() <= 1e-6f * scale);
+    }
+  }
+  // Held between forward and backward: the BN's output (the result) and its [2, 8] statistics;
+  // x is the caller's. The shifted crop of x ([2, 6, 7, 9], larger than the output) is not.
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  auto bytes_of = [&](const Shape& shape) {
+    const std::size_t b0 = alloc.stats().bytes_in_use;
+    const Tensor<float, Cpu> t = Tensor<float, Cpu>::empty(shape);
+    return alloc.stats().bytes_in_use - b0;
+  };
+  VarF x(xv.clone(), true);
+  const std::size_t before = alloc.stats().bytes_in_use;
+  VarF y = fr(x);
+  CHECK(alloc.stats().bytes_in_use - before == bytes_of(y.shape()) + bytes_of({2, 8}));
+}
+
 TEST_CASE("DARTS op set: names in alpha order, factories, errors") {
   CHECK(DartsOps::kSize == 8);
   CHECK(DartsOps::kNames[4] == "sep_conv_3x3");

@@ -89,12 +89,21 @@ class ReLUConvBN : public OpModule<T, D> {
 /// ReLU, then two 1x1 stride-2 convs with Cout/2 outputs on x and on x[:, :, 1:, 1:],
 /// concatenated on channels, then BN. On the CPU the two convolutions read relu(x) from x
 /// (relu_conv2d: im2col gathers it), so relu(x) is never kept; on the GPU they share one.
+///
+/// The second convolution runs on x itself, padded by one, and drops its output's first row
+/// and column: a 1x1 stride-2 convolution with padding 1 reads x[2i - 1][2j - 1] at output
+/// (i, j), so its outputs from (1, 1) on are those of the convolution of the shifted crop (the
+/// same sums over the channels; equal to rounding, as the product tiles its columns otherwise).
+/// It computes one more output row and column, whose gradient is zero, and in exchange keeps
+/// no shifted copy of x for its backward: that copy (all of x's channels, one pixel smaller)
+/// was the largest tensor FactorizedReduce held, and the cells' preprocessing applies it to
+/// 4C-channel cell outputs.
 template <class T, class D = Cpu>
 class FactorizedReduce : public OpModule<T, D> {
  public:
   FactorizedReduce(index_t cin, index_t cout, bool affine, PhiloxGenerator& g)
       : conv1_(cin, half(cout), 1, {.stride = 2}, false, g),
-        conv2_(cin, half(cout), 1, {.stride = 2}, false, g), bn_(cout, affine) {
+        conv2_(cin, half(cout), 1, {.stride = 2, .padding = 1}, false, g), bn_(cout, affine) {
     this->register_module("conv_1", conv1_);
     this->register_module("conv_2", conv2_);
     this->register_module("bn", bn_);
@@ -102,14 +111,14 @@ class FactorizedReduce : public OpModule<T, D> {
   Var<T, D> operator()(const Var<T, D>& x) const override {
     if constexpr (!is_cpu<D>) return from_relu(relu(x));
     check_even(x);
-    Var<T, D> halves[] = {nn::relu_conv(conv1_, x), nn::relu_conv(conv2_, shift_crop(x))};
+    Var<T, D> halves[] = {nn::relu_conv(conv1_, x), shift_crop(nn::relu_conv(conv2_, x))};
     return bn_(concat_channels<T, D>(halves));
   }
   [[nodiscard]] bool relu_first() const override { return true; }
   [[nodiscard]] bool fuses_relu() const override { return is_cpu<D>; }
   Var<T, D> from_relu(const Var<T, D>& r) const override {
     check_even(r);
-    Var<T, D> halves[] = {conv1_(r), conv2_(shift_crop(r))};
+    Var<T, D> halves[] = {conv1_(r), shift_crop(conv2_(r))};
     return bn_(concat_channels<T, D>(halves));
   }
 
