@@ -247,6 +247,60 @@ TEST_CASE("sparse and dense forwards agree when the weights are the same hard co
   clear_tape<double>();
 }
 
+TEST_CASE("a sparse forward skips edges that run nothing and matches the dense one") {
+  // Hand-made hard codes [14 edges x 8 ops] (DartsOps: none, max, avg, skip, sep3, sep5, dil3,
+  // dil5). Edges with no op to run are left out of their node's sum in sparse mode; node 1 of
+  // the normal cell and node 2 of the reduction cell select only "none" on one edge, so they
+  // take that edge's zeros (and the normal cell's edges 8 and 12 read that zero node). The values and every gradient must be the dense forward's, except
+  // that alpha's weights for ops that did not run get 0 (the sparse rule, symbolic zeros).
+  auto code = [](std::initializer_list<std::pair<int, int>> on) {  // (edge, op) pairs set to 1
+    TensorD t = TensorD::zeros({14 * 8});
+    for (auto [e, k] : on) t[e * 8 + k] = 1;
+    return t;
+  };
+  const TensorD wn = code({{0, 4}, {3, 0}, {5, 3}, {7, 1}, {8, 1}, {9, 7}, {12, 2}, {13, 6}});
+  const TensorD wr = code({{0, 3}, {1, 5}, {4, 1}, {6, 0}, {10, 4}, {11, 2}});
+  PhiloxGenerator g(15);
+  SupernetConfig cfg{.init_channels = 4, .layers = 3, .in_channels = 2, .num_classes = 3};
+  Supernet<double, DartsEgs> net(cfg, g);
+  const TensorD xv = random_tensor({2, 2, 8, 8}, 16), r = random_tensor({2, 3}, 17);
+  struct Result {
+    TensorD y, dx, dwn, dwr;
+    std::vector<TensorD> dweights;
+  };
+  auto run = [&](bool sparse) {
+    net.zero_grad();
+    VarD x(xv.clone(), true), vn(wn.clone(), true), vr(wr.clone(), true);
+    VarD y = net.forward(x, vn, vr, sparse);
+    backward(y, r);
+    Result res{y.value().clone(), x.grad().clone(), vn.grad().clone(), vr.grad().clone(), {}};
+    for (const VarD& p : net.weights())
+      res.dweights.push_back(p.has_grad() ? p.grad().clone() : TensorD::zeros(p.shape()));
+    return res;
+  };
+  const Result dense = run(false), sparse = run(true);
+  auto check_close = [](const TensorD& a, const TensorD& b) {
+    REQUIRE(a.shape() == b.shape());
+    for (index_t i = 0; i < a.numel(); ++i) CHECK(a[i] == doctest::Approx(b[i]).epsilon(1e-9).scale(1));
+  };
+  check_close(sparse.y, dense.y);
+  check_close(sparse.dx, dense.dx);
+  REQUIRE(sparse.dweights.size() == dense.dweights.size());
+  for (std::size_t i = 0; i < dense.dweights.size(); ++i) check_close(sparse.dweights[i], dense.dweights[i]);
+  for (const auto& [w, dw_sparse, dw_dense] :
+       {std::tuple{&wn, &sparse.dwn, &dense.dwn}, std::tuple{&wr, &sparse.dwr, &dense.dwr}})
+    for (index_t i = 0; i < w->numel(); ++i) {
+      CAPTURE(i);
+      // The ops that ran: the dense gradient. None, and ops with weight 0: exactly 0.
+      const bool ran = (*w)[i] != 0 && i % 8 != 0;
+      if (ran)
+        CHECK((*dw_sparse)[i] == doctest::Approx((*dw_dense)[i]).epsilon(1e-9).scale(1));
+      else
+        CHECK((*dw_sparse)[i] == 0);
+    }
+  CHECK(std::abs(dense.dwn[13 * 8 + 5]) > 1e-8);  // dense: an op that did not run has a gradient
+}
+
 TEST_CASE("gradients reach alpha and weights through a whole supernet") {
   PhiloxGenerator g(8);
   SupernetConfig cfg{.init_channels = 2, .layers = 3, .in_channels = 1, .num_classes = 3};

@@ -89,6 +89,13 @@ class MixedOp : public nn::Module<T, D> {
                         std::span<const int>(idx, std::size_t(Ops::kSize)));
   }
   [[nodiscard]] const OpModule<T, D>& op(int k) const { return *ops_[std::size_t(k)]; }
+  /// Whether operator() would run any op for these weights: false in sparse mode when every op
+  /// with a non-zero weight is "none" (the edge's output is then exact zeros).
+  [[nodiscard]] bool runs_any(index_t offset, const T* host_w) const {
+    for (int k = 0; k < Ops::kSize; ++k)
+      if (!ops_[std::size_t(k)]->is_zero() && (!host_w || host_w[offset + k] != T(0))) return true;
+    return false;
+  }
 
  private:
   int stride_;
@@ -131,7 +138,15 @@ class SearchCell : public nn::Module<T, D> {
     for (int i = 0; i < Nodes; ++i) {
       Var<T, D> node;
       for (int j = 0; j < 2 + i; ++j, ++e) {
-        Var<T, D> term = (*edges_[std::size_t(e)])(states[std::size_t(j)], w, index_t(e) * kOps, host_w);
+        const MixedOp<T, Ops, D>& edge = *edges_[std::size_t(e)];
+        // Sparse mode: an edge that runs no op would add a tensor of zeros to its node, written,
+        // read and given a backward for nothing (most edges under a per-node EGS sample). It is
+        // left out; its weights' gradient stays zero (w's gradient is zero-filled before the
+        // first edge adds to it), as the edge would have made it. A node whose edges all run
+        // nothing still takes its last edge's zeros.
+        const bool node_needs_term = !node.defined() && j == 1 + i;
+        if (host_w && !node_needs_term && !edge.runs_any(index_t(e) * kOps, host_w)) continue;
+        Var<T, D> term = edge(states[std::size_t(j)], w, index_t(e) * kOps, host_w);
         node = node.defined() ? add(node, term) : term;
       }
       states[std::size_t(i + 2)] = node;
