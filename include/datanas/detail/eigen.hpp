@@ -5,7 +5,7 @@
 // self-initialised variable (`__m512 __Y = __Y;`), and once Eigen's packet code is inlined into
 // our kernels, -Wall reports every such use as "'__Y' is used uninitialized": thousands of
 // lines per build with -march=native on an AVX-512 machine, none of them about datanas or about
-// a real read of an undefined value (GCC 13 silences them in its own header). GCC decides
+// a real read of an undefined value (a known issue of GCC 12's intrinsic headers). GCC decides
 // whether a warning is enabled by the #pragma state at the warning's source line, and those
 // lines are in <immintrin.h>, which Eigen includes: wrapping this include, and only it, turns the
 // warnings off there and leaves them on in datanas and in user code. Every datanas header
