@@ -140,10 +140,10 @@ class SearchCell : public nn::Module<T, D> {
       for (int j = 0; j < 2 + i; ++j, ++e) {
         const MixedOp<T, Ops, D>& edge = *edges_[std::size_t(e)];
         // Sparse mode: an edge that runs no op would add a tensor of zeros to its node, written,
-        // read and given a backward for nothing (most edges under a per-node EGS sample). It is
-        // left out; its weights' gradient stays zero (w's gradient is zero-filled before the
-        // first edge adds to it), as the edge would have made it. A node whose edges all run
-        // nothing still takes its last edge's zeros.
+        // read and given a backward for nothing (about a third of a cell's edges under a
+        // per-node EGS sample). It is left out; its weights' gradient stays zero (w's gradient
+        // is zero-filled before the first edge adds to it), as the edge would have made it. A
+        // node whose edges all run nothing still takes its last edge's zeros.
         const bool node_needs_term = !node.defined() && j == 1 + i;
         if (host_w && !node_needs_term && !edge.runs_any(index_t(e) * kOps, host_w)) continue;
         Var<T, D> term = edge(states[std::size_t(j)], w, index_t(e) * kOps, host_w);
