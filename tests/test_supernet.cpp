@@ -12,6 +12,14 @@ using namespace datanas::testing;
 namespace {
 using DartsEgs = SearchSpace<DartsOps, 4, 4, estimators::EGS<4>, Granularity::kNode>;
 using DartsSoftmax = SearchSpace<DartsOps, 4, 4, estimators::Softmax, Granularity::kEdge>;
+
+/// Bytes the Cpu allocator counts for one float tensor of `shape` (its rounded block).
+std::size_t held_bytes(const Shape& shape) {
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  const std::size_t b0 = alloc.stats().bytes_in_use;
+  const Tensor<float, Cpu> t = Tensor<float, Cpu>::empty(shape);
+  return alloc.stats().bytes_in_use - b0;
+}
 }  // namespace
 
 TEST_SUITE("cpu") {
@@ -31,12 +39,7 @@ TEST_CASE("a DARTS mixed edge keeps 10 activation-sized tensors for backward, no
   auto& alloc = CachingAllocator<Cpu>::instance();
   const index_t c = 8;
   const Shape s{2, c, 8, 8};
-  auto bytes_of = [&](const Shape& shape) {
-    const std::size_t b0 = alloc.stats().bytes_in_use;
-    const Tensor<float, Cpu> t = Tensor<float, Cpu>::empty(shape);
-    return alloc.stats().bytes_in_use - b0;
-  };
-  const std::size_t unit = bytes_of(s), stats = bytes_of({2, c});
+  const std::size_t unit = held_bytes(s), stats = held_bytes({2, c});
   PhiloxGenerator gen(3);
   MixedOp<float, DartsOps, Cpu> edge(c, 1, gen);
   Tensor<float, Cpu> xv = Tensor<float, Cpu>::empty(s), wv = Tensor<float, Cpu>::full({8}, 0.125f);
@@ -158,15 +161,10 @@ TEST_CASE("FactorizedReduce is DARTS' composition, and keeps no shifted copy of 
   // Held between forward and backward: the BN's output (the result) and its [2, 8] statistics;
   // x is the caller's. The shifted crop of x ([2, 6, 7, 9], larger than the output) is not.
   auto& alloc = CachingAllocator<Cpu>::instance();
-  auto bytes_of = [&](const Shape& shape) {
-    const std::size_t b0 = alloc.stats().bytes_in_use;
-    const Tensor<float, Cpu> t = Tensor<float, Cpu>::empty(shape);
-    return alloc.stats().bytes_in_use - b0;
-  };
   VarF x(xv.clone(), true);
   const std::size_t before = alloc.stats().bytes_in_use;
   VarF y = fr(x);
-  CHECK(alloc.stats().bytes_in_use - before == bytes_of(y.shape()) + bytes_of({2, 8}));
+  CHECK(alloc.stats().bytes_in_use - before == held_bytes(y.shape()) + held_bytes({2, 8}));
 }
 
 TEST_CASE("DARTS op set: names in alpha order, factories, errors") {
@@ -251,8 +249,9 @@ TEST_CASE("a sparse forward skips edges that run nothing and matches the dense o
   // Hand-made hard codes [14 edges x 8 ops] (DartsOps: none, max, avg, skip, sep3, sep5, dil3,
   // dil5). Edges with no op to run are left out of their node's sum in sparse mode; node 1 of
   // the normal cell and node 2 of the reduction cell select only "none" on one edge, so they
-  // take that edge's zeros (and the normal cell's edges 8 and 12 read that zero node). The values and every gradient must be the dense forward's, except
-  // that alpha's weights for ops that did not run get 0 (the sparse rule, symbolic zeros).
+  // take that edge's zeros (and the normal cell's edges 8 and 12 read that zero node). The
+  // values and every gradient must be the dense forward's, except that the mixing weights of
+  // ops that did not run get 0 (the sparse rule, symbolic zeros).
   auto code = [](std::initializer_list<std::pair<int, int>> on) {  // (edge, op) pairs set to 1
     TensorD t = TensorD::zeros({14 * 8});
     for (auto [e, k] : on) t[e * 8 + k] = 1;

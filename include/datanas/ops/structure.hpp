@@ -100,7 +100,8 @@ Var<T, D> concat_channels(std::type_identity_t<std::span<const Var<T, D>>> xs) {
 }
 
 /// x[:, :, top:, left:] : [N, C, H, W] -> [N, C, H - top, W - left]. With top = left = 1 this
-/// is the shifted input of FactorizedReduce's second 1x1 convolution.
+/// is FactorizedReduce's shift (which spaces::FactorizedReduce applies to its padded second
+/// convolution's output rather than to that convolution's input: the same values, no copy of x).
 template <class T, class D>
 Var<T, D> crop(const Var<T, D>& x, int top, int left) {
   const Shape& s = x.shape();
@@ -143,7 +144,7 @@ Var<T, D> crop(const Var<T, D>& x, int top, int left) {
   return y;
 }
 
-/// The FactorizedReduce shift: x[:, :, 1:, 1:].
+/// The FactorizedReduce shift: x[:, :, 1:, 1:] (see crop).
 template <class T, class D>
 Var<T, D> shift_crop(const Var<T, D>& x) {
   return crop(x, 1, 1);

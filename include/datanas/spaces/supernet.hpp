@@ -73,8 +73,8 @@ class MixedOp : public nn::Module<T, D> {
     Var<T, D> r;  // relu(x), shared by the ops of the edge that start with ReLU and do not fuse it
     for (int k = 0; k < Ops::kSize; ++k) {
       idx[k] = int(offset + k);
+      if (!runs(k, offset, host_w)) continue;
       const OpModule<T, D>& op = *ops_[std::size_t(k)];
-      if (op.is_zero() || (host_w && host_w[offset + k] == T(0))) continue;
       if (takes_shared_relu(op)) {
         if (!r.defined()) r = relu(x);
         terms[k] = op.from_relu(r);
@@ -93,11 +93,16 @@ class MixedOp : public nn::Module<T, D> {
   /// with a non-zero weight is "none" (the edge's output is then exact zeros).
   [[nodiscard]] bool runs_any(index_t offset, const T* host_w) const {
     for (int k = 0; k < Ops::kSize; ++k)
-      if (!ops_[std::size_t(k)]->is_zero() && (!host_w || host_w[offset + k] != T(0))) return true;
+      if (runs(k, offset, host_w)) return true;
     return false;
   }
 
  private:
+  /// Op k runs unless it is "none" or, in sparse mode, its weight is 0.
+  [[nodiscard]] bool runs(int k, index_t offset, const T* host_w) const {
+    return !ops_[std::size_t(k)]->is_zero() && (!host_w || host_w[offset + k] != T(0));
+  }
+
   int stride_;
   std::array<OpPtr<T, D>, std::size_t(Ops::kSize)> ops_;
 };

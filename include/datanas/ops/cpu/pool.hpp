@@ -218,10 +218,10 @@ void keep_even_positions(const T* full, index_t w, index_t ho, index_t wo, T* ds
 /// The 3x3, stride 1, padding 1 average pool (DARTS' and NAS-Bench-201's avg_pool_3x3), whose
 /// output plane has the input's size (stride 2: its even rows and columns, keep_even_positions),
 /// runs on whole planes as flat arrays: planes of 8x8 to 32x32 have 8-32-element rows, on which
-/// per-row loops cost more in loop overhead and scalar remainders than in arithmetic. Forward: v = the sum of the valid rows r - 1, r, r + 1 of
-/// each column, then y = (v[q - 1] + v[q] + v[q + 1]) * scale[q], a neighbour in another row
-/// masked out, scale[q] = 1 / (real rows * real columns) of q's window. Backward: the same box
-/// sum of g = dy * scale, columns first, then rows. Each output sums the same terms in the same
+/// per-row loops cost more in loop overhead and scalar remainders than in arithmetic. Forward:
+/// v = the sum of the valid rows r - 1, r, r + 1 of each column, then y = (v[q - 1] + v[q] +
+/// v[q + 1]) * scale[q], a neighbour in another row masked out, scale[q] = 1 / (real rows * real
+/// columns) of q's window. Backward: the same box sum of g = dy * scale, columns first, then rows. Each output sums the same terms in the same
 /// order as the general kernels below (an accumulated gradient adds its plane's sum at once).
 struct Box3Plane {
   index_t h, w;
