@@ -120,9 +120,63 @@ TEST_CASE("weighted_sum over several blocks: values, gradients, accumulation, an
 #endif
 }
 
+TEST_CASE("weighted_sum of one term of weight exactly 1 passes the term through uncopied") {
+  // A hard estimator's sparse edge: symbolic zeros and one selected op of weight 1.
+  const Shape s{2, 3, 4, 5};
+  const VarD z = zeros<double>(s);
+  const int idx[] = {0, 2, 3};  // the live term's weight is w[3]
+  VarD a = param(s, 21);
+  VarD w(TensorD::from({5}, {0.3, -0.2, 0.0, 1.0, 0.7}), true);
+  {
+    const VarD terms[] = {z, z, a};
+    const VarD y = weighted_sum(terms, w, idx);
+    CHECK(y.value().data() == a.value().data());  // the same storage
+    CHECK_FALSE(same_node(y, a));                  // its own node: w's gradient goes through it
+    const VarD fixed(w.value());                   // a weight without gradient: the term itself
+    CHECK(same_node(weighted_sum(terms, fixed, idx), a));
+    clear_tape<double>();
+  }
+  // Gradients (the finite differences move w[3] off 1, where the sum is computed): the term an
+  // op output that takes dy's buffer, then receives a second gradient from an earlier use (added
+  // into the taken buffer); and a leaf term (which never takes a buffer).
+  check_gradients(
+      [&](auto& in) {
+        const VarD t = tanh(in[0]);
+        const VarD early = scale(t, 2.0);
+        const VarD terms[] = {z, z, t};
+        return add(early, weighted_sum(terms, in[1], idx));
+      },
+      {a, w});
+  check_gradients(
+      [&](auto& in) {
+        const VarD terms[] = {z, in[0], z};
+        const int at[] = {1, 3, 4};
+        return weighted_sum(terms, in[1], at);
+      },
+      {a, w});
+  // A weight of 1 beside another live term is an ordinary sum.
+  const VarD b = param(s, 22);
+  const VarD two[] = {a, b};
+  const int at[] = {3, 0};
+  const VarD y = weighted_sum(two, w, at);
+  CHECK(y.value().data() != a.value().data());
+  CHECK(y.value()[7] == doctest::Approx(a.value()[7] + 0.3 * b.value()[7]));
+  clear_tape<double>();
+}
+
 TEST_CASE("add, scale, sum, mean gradients and values") {
   const Shape s{1, 2, 3, 5};
   check_gradients([](auto& in) { return add(in[0], in[1]); }, {param(s, 4), param(s, 5)});
+  // Op outputs as inputs, so that dy's buffer is passed on (adopt_grad): the same Var twice,
+  // and a passed buffer that later uses add into.
+  check_gradients(
+      [](auto& in) {
+        const VarD a = tanh(in[0]), b = sigmoid(in[1]);
+        const VarD early = scale(a, 3.0);
+        const VarD twice = add(a, a);
+        return add(add(twice, b), add(early, scale(b, -0.5)));
+      },
+      {param(s, 4), param(s, 5)});
   check_gradients([](auto& in) { return scale(in[0], -2.5); }, {param(s, 6)});
   check_gradients([](auto& in) { return mean(in[0]); }, {param(s, 7)});
   check_gradients([](auto& in) { return sum(in[0]); }, {param({3}, 8)});

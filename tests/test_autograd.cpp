@@ -1,4 +1,6 @@
 // Autograd mechanics: accumulation, zero_grad, no-grad mode, tape misuse errors.
+#include <cmath>
+
 #include <doctest/doctest.h>
 
 #include "datanas/datanas.hpp"
@@ -57,6 +59,38 @@ TEST_CASE("temporary gradients are released after backward, retained ones kept")
   CHECK_FALSE(h.has_grad());
   CHECK(k.has_grad());
   CHECK(tape<double, Cpu>().size() == 0);
+}
+
+TEST_CASE("add hands its output's gradient buffer to one input, never a retained one's") {
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  const auto allocations = [&] {
+    const AllocatorStats st = alloc.stats();
+    return st.system_allocations + st.cache_hits;
+  };
+  // dx/dx of L = sum(2 y + 3 a), y = a + b, a = tanh(x), b = sigmoid(x). `early` uses a before y
+  // does, so its gradient (3) is added into a's gradient after y's closure ran: into y's
+  // buffer when a took it.
+  const auto run = [&](bool retain_y) {
+    V x(Td::from({3}, {0.4, -1.2, 2.0}), true);
+    V a = tanh(x), b = sigmoid(x);
+    a.retain_grad();
+    V early = scale(a, 3.0);
+    V y = add(a, b);
+    if (retain_y) y.retain_grad();
+    V loss = sum(add(scale(y, 2.0), early));
+    const std::size_t before = allocations();
+    backward(loss);
+    const std::size_t made = allocations() - before;
+    for (index_t i = 0; i < 3; ++i) {
+      const double t = std::tanh(x.value()[i]), sg = 1.0 / (1.0 + std::exp(-x.value()[i]));
+      CHECK(a.grad()[i] == doctest::Approx(5.0));
+      CHECK(x.grad()[i] == doctest::Approx(5.0 * (1 - t * t) + 2.0 * sg * (1 - sg)));
+      if (retain_y) CHECK(y.grad()[i] == doctest::Approx(2.0));  // not a's 5
+    }
+    return made;
+  };
+  const std::size_t retained = run(true), passed = run(false);
+  CHECK(passed == retained - 1);  // a took y's buffer instead of a new one
 }
 
 namespace {

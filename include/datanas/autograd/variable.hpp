@@ -141,6 +141,22 @@ class NodeHandle {
   }
   /// The incoming gradient inside a backward closure (valid only while it runs).
   [[nodiscard]] const Tensor_& out_grad() const { return n_->grad; }
+  /// For an op whose gradient to this input is its output's gradient unchanged (dx = dy):
+  /// takes `out`'s gradient buffer as this node's gradient instead of copying it, and returns
+  /// true; returns false when the caller must write through grad_slot() instead. Sharing is
+  /// safe only when nothing else will read or write the buffer as `out`'s: `out` drops its
+  /// gradient after its closure (not retained), and only one input of a closure may take it
+  /// (the caller's duty). Later consumers of this node then add into the shared buffer. Not
+  /// done when this node has a gradient already (it must be added to), or is a leaf (a
+  /// parameter's gradient buffer is its own from step to step: optimisers hold it).
+  [[nodiscard]] bool adopt_grad(const NodeHandle& out) const {
+    if (n_ == out.n_ || n_->is_leaf || n_->grad_live || out.n_->is_leaf || out.n_->retain_grad ||
+        !(out.n_->grad.shape() == n_->value.shape()))
+      return false;
+    n_->grad = out.n_->grad;
+    n_->grad_live = true;
+    return true;
+  }
   void release_grad_if_temporary() const {
     if (!n_->is_leaf && !n_->retain_grad) {
       n_->grad = {};

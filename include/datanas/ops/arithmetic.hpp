@@ -64,8 +64,15 @@ Var<T, D> add(const Var<T, D>& a, const Var<T, D>& b) {
   }
   if (needs_grad(a, b))
     record(y, [a = GradRef(a), b = GradRef(b), y = GradRef(y)] {
+      // dy passes to both inputs unchanged: the first that can takes dy's buffer itself
+      // (adopt_grad), so a chain of adds (a cell's node sums) copies dy once per add, not twice.
+      bool adopted = false;
       for (const GradRef<T, D>* in : {&a, &b}) {
         if (!in->requires_grad()) continue;
+        if (!adopted && in->adopt_grad(y)) {
+          adopted = true;
+          continue;
+        }
         auto [g, acc] = in->grad_slot();
         detail::store_scaled(T(1), y.out_grad(), g, acc);
       }
@@ -95,15 +102,54 @@ Var<T, D> scale(const Var<T, D>& x, T s) {
   return y;
 }
 
+namespace detail {
+/// weighted_sum's single term x of weight w[i] == 1: y = x without a copy (see weighted_sum).
+template <class T, class D>
+Var<T, D> unit_term(const Var<T, D>& x, const Var<T, D>& w, int i) {
+  if (!needs_grad(w)) return x;
+  Var<T, D> y(x.value());  // shares x's storage: no op writes into its inputs or outputs later
+  record(y, [x, w, i, y = GradRef(y)] {
+    const Tensor<T, D>& dy = y.out_grad();
+    if (w.requires_grad()) {
+      auto [gw, acc] = w.grad_slot();
+      if constexpr (is_cpu<D>) {
+        const T* xp = x.value().data();
+        T* no_dx = nullptr;
+        const T one = T(1);
+        const bool no_acc = false;
+        double dot = 0;
+        cpu::weighted_sum::backward(1, &xp, &one, dy.data(), dy.numel(), &no_dx, &no_acc, &dot);
+        if (!acc) gw.fill(T(0));
+        gw.data()[i] += T(dot);
+      } else {
+        const T* xp = x.value().data();
+        DeviceOps<D>::weighted_sum_backward_w(1, &xp, &i, dy, gw, acc);
+      }
+    }
+    if (x.requires_grad() && !x.adopt_grad(y)) {
+      auto [g, acc] = x.grad_slot();
+      store_scaled(T(1), dy, g, acc);
+    }
+  });
+  return y;
+}
+}  // namespace detail
+
 /// The mixed op: y = sum_k w[index[k]] * xs[k] (w: a rank-1 Var of mixing weights, e.g. the
 /// estimator's output for one edge; index maps each term to its weight, default k -> k).
 /// dL/dxs[k] = w * dy; dL/dw = <dy, xs[k]>. Symbolic zeros are skipped: their weight gets 0.
 /// `xs` and `index` are read during the call only; the tape keeps its own references. Up to
 /// kMaxMixedTerms terms: a DARTS edge has 8; a node-level group mixes edge by edge and adds.
+///
+/// One term of weight exactly 1 and symbolic zeros for the rest (an edge of a hard estimator's
+/// sparse sample) is not copied: y shares that term's value, and the term takes dy's buffer
+/// as its gradient when it can (adopt_grad); only dL/dw = <dy, x> is computed. When w needs no
+/// gradient, y is the term itself. The weight's value is read from w on the CPU and from
+/// `host_w`, a host copy of w, on other devices (without it the sum is computed).
 inline constexpr int kMaxMixedTerms = 16;
 template <class T, class D>
 Var<T, D> weighted_sum(std::type_identity_t<std::span<const Var<T, D>>> xs, const Var<T, D>& w,
-                       std::span<const int> index = {}) {
+                       std::span<const int> index = {}, const T* host_w = nullptr) {
   const int k = int(xs.size());
   DATANAS_CHECK(k >= 1, "weighted_sum: no terms");
   DATANAS_CHECK(k <= kMaxMixedTerms, "weighted_sum: ", k, " terms exceed kMaxMixedTerms = ",
@@ -121,6 +167,12 @@ Var<T, D> weighted_sum(std::type_identity_t<std::span<const Var<T, D>>> xs, cons
     DATANAS_CHECK(idx[i] >= 0 && idx[i] < w.value().numel(), "weighted_sum: weight index ",
                   idx[i], " out of range for ", w.value().numel(), " weights");
   }
+  int live = 0, only = -1;
+  for (int i = 0; i < k; ++i)
+    if (!is_zero(xs[i])) ++live, only = i;
+  if constexpr (is_cpu<D>) host_w = w.value().data();
+  if (live == 1 && host_w && host_w[idx[only]] == T(1))
+    return detail::unit_term(xs[std::size_t(only)], w, idx[only]);
   Var<T, D> y(Tensor<T, D>::empty(shape));
   {
     const T* ptrs[kMaxMixedTerms];

@@ -85,8 +85,10 @@ class MixedOp : public nn::Module<T, D> {
     }
     for (int k = 0; k < Ops::kSize; ++k)
       if (!terms[k].defined()) terms[k] = zeros<T, D>(out_shape);
+    // host_w lets a GPU edge with one selected op pass that op's output through uncopied, as
+    // the CPU does by reading w (weighted_sum).
     return weighted_sum<T, D>(std::span<const Var<T, D>>(terms, std::size_t(Ops::kSize)), w,
-                        std::span<const int>(idx, std::size_t(Ops::kSize)));
+                              std::span<const int>(idx, std::size_t(Ops::kSize)), host_w);
   }
   [[nodiscard]] const OpModule<T, D>& op(int k) const { return *ops_[std::size_t(k)]; }
   /// Whether operator() would run any op for these weights: false in sparse mode when every op
