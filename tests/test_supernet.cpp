@@ -300,6 +300,70 @@ TEST_CASE("a sparse forward skips edges that run nothing and matches the dense o
   CHECK(std::abs(dense.dwn[13 * 8 + 5]) > 1e-8);  // dense: an op that did not run has a gradient
 }
 
+TEST_CASE("a search cell's node sums are DARTS' sums of mixed edges, dense and sparse") {
+  // The cell sums each node's terms over all its edges in weighted_sums of up to
+  // kMaxMixedTerms terms; the reference is the definition: node i = sum over its edges of
+  // MixedOp(state_j), edge by edge, added. Dense weights are random (node 3 has 5 edges x 7
+  // ops = 35 terms: three sums); the sparse code leaves node 1 of the normal cell with "none"
+  // only and edges that run nothing.
+  const TensorD dense_w = random_tensor({14 * 8}, 31, 0.05, 1.0);
+  TensorD code = TensorD::zeros({14 * 8});
+  for (auto [e, k] : {std::pair{0, 4}, {1, 3}, {3, 0}, {5, 3}, {5, 6}, {8, 1}, {9, 7}, {12, 2}, {13, 5}})
+    code[e * 8 + k] = 0.5;
+  for (const bool reduction : {false, true})
+    for (const bool sparse : {false, true}) {
+      CAPTURE(reduction);
+      CAPTURE(sparse);
+      PhiloxGenerator g(32);
+      const SearchCell<double, DartsOps, 4, 4> cell(6, 5, 4, reduction, reduction, g);
+      const TensorD& wv = sparse ? code : dense_w;
+      const double* host_w = sparse ? wv.data() : nullptr;
+      const TensorD s0v = random_tensor({2, 6, 16, 16}, 33), s1v = random_tensor({2, 5, 8, 8}, 34);
+      const TensorD dy = random_tensor({2, 16, reduction ? 4 : 8, reduction ? 4 : 8}, 35);
+      struct Result {
+        TensorD y, ds0, ds1, dw;
+        std::vector<TensorD> dparams;
+      };
+      auto run = [&](bool reference) {
+        cell.zero_grad();
+        VarD s0(reduction ? s0v.clone() : random_tensor({2, 6, 8, 8}, 33), true), s1(s1v.clone(), true);
+        VarD w(wv.clone(), true);
+        VarD y;
+        if (reference) {
+          std::array<VarD, 6> st{cell.preprocess(0)(s0), cell.preprocess(1)(s1)};
+          int e = 0;
+          for (int i = 0; i < 4; ++i) {
+            VarD node;
+            for (int j = 0; j < 2 + i; ++j, ++e) {
+              const VarD t = cell.edge(e)(st[std::size_t(j)], w, e * 8, host_w);
+              node = node.defined() ? add(node, t) : t;
+            }
+            st[std::size_t(2 + i)] = node;
+          }
+          y = concat_channels<double, Cpu>(std::span<const VarD>(st.data() + 2, 4));
+        } else {
+          y = cell(s0, s1, w, host_w);
+        }
+        backward(y, dy);
+        Result r{y.value().clone(), s0.grad().clone(), s1.grad().clone(), w.grad().clone(), {}};
+        for (const VarD& p : cell.parameters())
+          r.dparams.push_back(p.has_grad() ? p.grad().clone() : TensorD::zeros(p.shape()));
+        return r;
+      };
+      const Result fused = run(false), ref = run(true);
+      auto check_close = [](const TensorD& a, const TensorD& b) {
+        REQUIRE(a.shape() == b.shape());
+        for (index_t i = 0; i < a.numel(); ++i) CHECK(a[i] == doctest::Approx(b[i]).epsilon(1e-12).scale(1));
+      };
+      check_close(fused.y, ref.y);
+      check_close(fused.ds0, ref.ds0);
+      check_close(fused.ds1, ref.ds1);
+      check_close(fused.dw, ref.dw);
+      REQUIRE(fused.dparams.size() == ref.dparams.size());
+      for (std::size_t i = 0; i < ref.dparams.size(); ++i) check_close(fused.dparams[i], ref.dparams[i]);
+    }
+}
+
 TEST_CASE("gradients reach alpha and weights through a whole supernet") {
   PhiloxGenerator g(8);
   SupernetConfig cfg{.init_channels = 2, .layers = 3, .in_channels = 1, .num_classes = 3};

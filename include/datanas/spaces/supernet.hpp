@@ -56,6 +56,8 @@ concept SearchSpaceType = requires {
 /// weight 0 do not run (their term is a symbolic zero, so their weight's gradient is 0).
 template <class T, class Ops, class D = Cpu>
 class MixedOp : public nn::Module<T, D> {
+  static_assert(Ops::kSize <= kMaxMixedTerms, "MixedOp: an edge mixes at most kMaxMixedTerms ops");
+
  public:
   MixedOp(index_t c, int stride, PhiloxGenerator& gen) : stride_(stride) {
     for (int k = 0; k < Ops::kSize; ++k) {
@@ -68,35 +70,47 @@ class MixedOp : public nn::Module<T, D> {
   Var<T, D> operator()(const Var<T, D>& x, const Var<T, D>& w, index_t offset, const T* host_w) const {
     Var<T, D> terms[Ops::kSize];
     int idx[Ops::kSize];
-    const Shape& s = x.shape();
-    const Shape out_shape{s.n(), s.c(), strided_size(s.h(), stride_), strided_size(s.w(), stride_)};
+    int n = append_terms(x, offset, host_w, terms, idx);
+    if (n == 0) {  // nothing runs: zeros, and weight 0 for the first op
+      terms[0] = zeros<T, D>(out_shape(x.shape()));
+      idx[0] = int(offset);
+      n = 1;
+    }
+    return weighted_sum<T, D>(std::span<const Var<T, D>>(terms, std::size_t(n)), w,
+                              std::span<const int>(idx, std::size_t(n)), host_w);
+  }
+  /// The terms of the ops that run (runs()): appends op_k(x) to `terms` and its weight's index
+  /// offset + k to `idx`, for count(offset, host_w) ops. A node sums the terms of all its edges
+  /// in one weighted_sum (SearchCell).
+  int append_terms(const Var<T, D>& x, index_t offset, const T* host_w, Var<T, D>* terms, int* idx) const {
+    const Shape shape = out_shape(x.shape());
     Var<T, D> r;  // relu(x), shared by the ops of the edge that start with ReLU and do not fuse it
+    int n = 0;
     for (int k = 0; k < Ops::kSize; ++k) {
-      idx[k] = int(offset + k);
       if (!runs(k, offset, host_w)) continue;
       const OpModule<T, D>& op = *ops_[std::size_t(k)];
       if (takes_shared_relu(op)) {
         if (!r.defined()) r = relu(x);
-        terms[k] = op.from_relu(r);
+        terms[n] = op.from_relu(r);
       } else {
-        terms[k] = op(x);
+        terms[n] = op(x);
       }
-      DATANAS_ASSERT(terms[k].shape() == out_shape);
+      DATANAS_ASSERT(terms[n].shape() == shape);
+      idx[n++] = int(offset + k);
     }
-    for (int k = 0; k < Ops::kSize; ++k)
-      if (!terms[k].defined()) terms[k] = zeros<T, D>(out_shape);
-    // host_w lets a GPU edge with one selected op pass that op's output through uncopied, as
-    // the CPU does by reading w (weighted_sum).
-    return weighted_sum<T, D>(std::span<const Var<T, D>>(terms, std::size_t(Ops::kSize)), w,
-                              std::span<const int>(idx, std::size_t(Ops::kSize)), host_w);
+    return n;
   }
   [[nodiscard]] const OpModule<T, D>& op(int k) const { return *ops_[std::size_t(k)]; }
-  /// Whether operator() would run any op for these weights: false in sparse mode when every op
-  /// with a non-zero weight is "none" (the edge's output is then exact zeros).
-  [[nodiscard]] bool runs_any(index_t offset, const T* host_w) const {
-    for (int k = 0; k < Ops::kSize; ++k)
-      if (runs(k, offset, host_w)) return true;
-    return false;
+  /// How many ops operator() runs for these weights: in sparse mode 0 when every op with a
+  /// non-zero weight is "none" (the edge's output is then exact zeros).
+  [[nodiscard]] int count(index_t offset, const T* host_w) const {
+    int n = 0;
+    for (int k = 0; k < Ops::kSize; ++k) n += runs(k, offset, host_w);
+    return n;
+  }
+  /// The edge's output shape for an input of shape `in`.
+  [[nodiscard]] Shape out_shape(const Shape& in) const {
+    return {in.n(), in.c(), strided_size(in.h(), stride_), strided_size(in.w(), stride_)};
   }
 
  private:
@@ -141,27 +155,47 @@ class SearchCell : public nn::Module<T, D> {
     std::array<Var<T, D>, std::size_t(Nodes + 2)> states;
     states[0] = (*pre0_)(s0);
     states[1] = (*pre1_)(s1);
+    // Node i = sum over its edges j of sum_k w[e, k] op_k(state_j), summed as one weighted_sum
+    // over the terms of all its edges (up to kMaxMixedTerms at a time), not edge by edge and
+    // then added: each term is read once and the node written once, and no per-edge output or
+    // add is made (in forward or backward). Ops that do not run add no term (in sparse mode
+    // most of them; an edge of which nothing runs, about a third under a per-node EGS sample,
+    // costs nothing); their weights' gradient stays zero (w's gradient is zero-filled by the
+    // first sum that writes it). A node of which nothing runs is zeros.
+    std::array<Var<T, D>, std::size_t(kMaxMixedTerms)> terms;
+    std::array<int, std::size_t(kMaxMixedTerms)> idx{};
     int e = 0;
     for (int i = 0; i < Nodes; ++i) {
       Var<T, D> node;
+      int n = 0;
+      const auto sum_terms = [&] {
+        const Var<T, D> part = weighted_sum<T, D>(std::span<const Var<T, D>>(terms.data(), std::size_t(n)), w,
+                                                  std::span<const int>(idx.data(), std::size_t(n)), host_w);
+        node = node.defined() ? add(node, part) : part;
+        for (; n > 0; --n) terms[std::size_t(n - 1)] = {};  // the tape keeps what backward reads
+      };
       for (int j = 0; j < 2 + i; ++j, ++e) {
         const MixedOp<T, Ops, D>& edge = *edges_[std::size_t(e)];
-        // Sparse mode: an edge that runs no op would add a tensor of zeros to its node, written,
-        // read and given a backward for nothing (about a third of a cell's edges under a
-        // per-node EGS sample). It is left out; its weights' gradient stays zero (w's gradient
-        // is zero-filled before the first edge adds to it), as the edge would have made it. A
-        // node whose edges all run nothing still takes its last edge's zeros.
-        const bool node_needs_term = !node.defined() && j == 1 + i;
-        if (host_w && !node_needs_term && !edge.runs_any(index_t(e) * kOps, host_w)) continue;
-        Var<T, D> term = edge(states[std::size_t(j)], w, index_t(e) * kOps, host_w);
-        node = node.defined() ? add(node, term) : term;
+        const index_t offset = index_t(e) * kOps;
+        if (n > 0 && n + edge.count(offset, host_w) > kMaxMixedTerms) sum_terms();
+        n += edge.append_terms(states[std::size_t(j)], offset, host_w, terms.data() + n, idx.data() + n);
       }
+      if (n == 0 && !node.defined()) {  // nothing runs: zeros (weight 0 for the last edge's first op)
+        terms[0] = zeros<T, D>(edges_[std::size_t(e - 1)]->out_shape(states[std::size_t(1 + i)].shape()));
+        idx[0] = (e - 1) * kOps;
+        n = 1;
+      }
+      if (n > 0) sum_terms();
       states[std::size_t(i + 2)] = node;
     }
     return concat_channels<T, D>(std::span<const Var<T, D>>(states.data() + 2 + Nodes - Multiplier,
                                                            std::size_t(Multiplier)));
   }
   [[nodiscard]] bool reduction() const { return reduction_; }
+  /// Edge e's mixed op; edges in DARTS order (node 0's two, node 1's three, ...).
+  [[nodiscard]] const MixedOp<T, Ops, D>& edge(int e) const { return *edges_[std::size_t(e)]; }
+  /// The preprocessing of input i: 0 for cell k-2's output, 1 for cell k-1's.
+  [[nodiscard]] const OpModule<T, D>& preprocess(int i) const { return i == 0 ? *pre0_ : *pre1_; }
 
  private:
   bool reduction_;
