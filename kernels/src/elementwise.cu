@@ -21,8 +21,8 @@ namespace datanas::cuda {
   template void check_weighted_terms<T>(const WeightedTerms<T>&, int);                              \
   template void weighted_sum_forward<T>(std::int64_t, const WeightedTerms<T>&, const T*, int, T*,   \
                                         cudaStream_t);                                              \
-  template void weighted_sum_backward_x<T>(std::int64_t, const T*, int, const T*, T*, bool,         \
-                                           cudaStream_t);                                           \
+  template void weighted_sum_backward_x<T>(std::int64_t, const WeightedGrads<T>&, const T*, int,    \
+                                           const T*, cudaStream_t);                                 \
   template void weighted_sum_backward_w<T>(std::int64_t, const WeightedTerms<T>&, const T*, int,    \
                                            T*, bool, T*, cudaStream_t);
 

@@ -160,11 +160,38 @@ TEST_CASE("weighted_sum with an index map and a symbolic zero matches the CPU mi
     gpu_test::weighted_sum_forward(n, kTerms, ptrs.data(), index.data(), dw.data(), kWeights, dy.data(), s);
     CHECK(rel_err(cuda::to_host(dy), y.value()) < 1e-5);
 
-    for (int t = 0; t < kTerms; ++t) {
-      if (t == 1) continue;
-      const DTensor g = poisoned(n);
-      gpu_test::weighted_sum_backward_x(n, dw.data(), index[std::size_t(t)], dgy.data(), g.data(), false, s);
-      CHECK(rel_err(cuda::to_host(g), vxs[std::size_t(t)].grad()) < 1e-6);
+    // Every term's gradient in one launch: term 1 (none) has none, term 3 adds to what it holds.
+    {
+      std::vector<DTensor> gs;
+      cuda::WeightedGrads<float> grads;
+      grads.count = kTerms;
+      const Tensor<float> g3 = random_tensor(n, gen);
+      for (int t = 0; t < kTerms; ++t) {
+        gs.push_back(t == 3 ? cuda::to_device(g3) : poisoned(n));
+        grads.g[t] = t == 1 ? nullptr : gs.back().data();
+        grads.index[t] = index[std::size_t(t)];
+      }
+      grads.accumulate = 1u << 3;
+      gpu_test::weighted_sum_backward_x(n, grads, dw.data(), kWeights, dgy.data(), s);
+      for (int t = 0; t < kTerms; ++t) {
+        if (t == 1) continue;
+        const Tensor<float>& want = vxs[std::size_t(t)].grad();
+        CHECK(rel_err(cuda::to_host(gs[std::size_t(t)]), t == 3 ? plus(g3, want) : want) < 1e-6);
+      }
+      // One buffer for terms 0 and 4 (an input used twice): overwritten by the first, added to
+      // by the second, as the CPU's gradient of a Var that appears twice.
+      const DTensor shared = poisoned(n);
+      cuda::WeightedGrads<float> twice;
+      twice.count = kTerms;
+      twice.g[0] = twice.g[4] = shared.data();
+      twice.index[0] = index[0];
+      twice.index[4] = index[4];
+      twice.accumulate = 1u << 4;
+      gpu_test::weighted_sum_backward_x(n, twice, dw.data(), kWeights, dgy.data(), s);
+      CHECK(rel_err(cuda::to_host(shared), plus(vxs[0].grad(), vxs[4].grad())) < 1e-6);
+      twice.index[4] = kWeights;  // out of range: refused on the host
+      CHECK_THROWS_AS(gpu_test::weighted_sum_backward_x(n, twice, dw.data(), kWeights, dgy.data(), s),
+                      datanas::error);
     }
 
     const DTensor workspace = poisoned(gpu_test::weighted_sum_dw_workspace(n, kTerms));

@@ -49,10 +49,29 @@ TEST_CASE("the mixed op's weighted sum on the GPU matches the CPU") {
     check_parity("weighted_sum", in, [&](auto xs, auto&) {
       using V = std::remove_cvref_t<decltype(xs[0])>;
       using D = typename V::device_type;
-      // terms: x0, x1, none, x2, x3 (shares weight 1 with x1), x4 frozen below, weight 8 unused
-      const V terms[] = {xs[0], xs[1], zeros<float, D>(s), xs[2], xs[3], xs[4].detach()};
-      const int index[] = {0, 1, 2, 3, 1, 7};
+      // terms: x0, x1, none, x2, x3 (shares weight 1 with x1), x4 frozen below, x0 again
+      // (weight 6: one gradient buffer for two terms), weight 8 unused
+      const V terms[] = {xs[0], xs[1], zeros<float, D>(s), xs[2], xs[3], xs[4].detach(), xs[0]};
+      const int index[] = {0, 1, 2, 3, 1, 7, 6};
       return weighted_sum<float, D>(std::span<const V>(terms), xs[5], std::span<const int>(index));
+    });
+  }
+}
+
+TEST_CASE("a mixed op of one term of weight 1 passes it through on the GPU as on the CPU") {
+  // A sparse edge that selected one op: the GPU learns the weight from the host copy (the CPU
+  // reads w itself); the term (an op output) takes the gradient buffer passed to it.
+  PhiloxGenerator gen(14);
+  for (const Shape& s : kShapes) {
+    CAPTURE(s.str());
+    Tensor<float> w = gpu_test::random_normal({5}, gen);
+    w[3] = 1.0f;
+    check_parity("weighted_sum, one unit term", {{gpu_test::random_normal(s, gen)}, {w}}, [&](auto xs, auto&) {
+      using V = std::remove_cvref_t<decltype(xs[0])>;
+      using D = typename V::device_type;
+      const V terms[] = {zeros<float, D>(s), tanh(xs[0]), zeros<float, D>(s)};
+      const int index[] = {0, 3, 4};
+      return weighted_sum<float, D>(std::span<const V>(terms), xs[1], std::span<const int>(index), w.data());
     });
   }
 }

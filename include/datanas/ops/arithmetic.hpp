@@ -205,12 +205,22 @@ Var<T, D> weighted_sum(std::type_identity_t<std::span<const Var<T, D>>> xs, cons
           auto [gw, acc] = w.grad_slot();
           DeviceOps<D>::weighted_sum_backward_w(k, ptrs, ids.v, y.out_grad(), gw, acc);
         }
+        // Every term's gradient in one launch that reads dy once. grad_slot() in term order: a
+        // Var that is two terms gets its buffer overwritten by the first, added to by the second.
+        T* gp[kMaxMixedTerms];
+        bool acc[kMaxMixedTerms];
+        bool any_x = false;
         for (int i = 0; i < k; ++i) {
           const Var<T, D>& x = tp.stashed(pos + i);
+          gp[i] = nullptr;
+          acc[i] = false;
           if (!x.requires_grad() || is_zero(x)) continue;
-          auto [g, acc] = x.grad_slot();
-          DeviceOps<D>::weighted_sum_backward_x(w.value(), ids.v[i], y.out_grad(), g, acc);
+          auto [g, a] = x.grad_slot();
+          gp[i] = g.data();
+          acc[i] = a;
+          any_x = true;
         }
+        if (any_x) DeviceOps<D>::weighted_sum_backward_x(k, gp, ids.v, acc, w.value(), y.out_grad());
         return;
       }
       // One blocked pass (ops/cpu/weighted_sum.hpp) for dL/dw and every term's gradient.

@@ -39,17 +39,15 @@ struct ScaleOp {
   T* y;
   __device__ void operator()(std::int64_t i) const { y[i] = s * x[i]; }
 };
-/// g (+)= s * dy, with s a host constant or, when w is set, the device weight w[index].
+/// g (+)= s * dy.
 template <class T>
 struct StoreGradOp {
   T s;
-  const T* w;
-  int index;
   const T* dy;
   T* g;
   bool accumulate;
   __device__ void operator()(std::int64_t i) const {
-    const T v = (w ? w[index] : s) * dy[i];
+    const T v = s * dy[i];
     g[i] = accumulate ? g[i] + v : v;
   }
 };
@@ -91,6 +89,24 @@ struct WeightedSumOp {
     for (int t = 0; t < terms.count; ++t)
       if (terms.x[t]) acc += w[terms.index[t]] * terms.x[t][i];
     y[i] = acc;
+  }
+};
+
+/// g[t] (+)= w[index[t]] * dy for every term t with a buffer, dy read once; terms in order, so
+/// that a buffer two terms share gets the first's value, then the second added.
+template <class T>
+struct WeightedGradsOp {
+  WeightedGrads<T> grads;
+  const T* w;
+  const T* dy;
+  __device__ void operator()(std::int64_t i) const {
+    const T d = dy[i];
+    for (int t = 0; t < grads.count; ++t) {
+      T* g = grads.g[t];
+      if (!g) continue;
+      const T v = w[grads.index[t]] * d;
+      g[i] = (grads.accumulate >> t) & 1u ? g[i] + v : v;
+    }
   }
 };
 
@@ -263,7 +279,7 @@ void scale(std::int64_t n, T s, const T* x, T* y, cudaStream_t stream) {
 /// g (+)= s * dy: the backward of add (s = 1) and scale.
 template <class T>
 void store_grad(std::int64_t n, T s, const T* dy, T* g, bool accumulate, cudaStream_t stream) {
-  elementwise_detail::launch_map(n, elementwise_detail::StoreGradOp<T>{s, nullptr, 0, dy, g, accumulate},
+  elementwise_detail::launch_map(n, elementwise_detail::StoreGradOp<T>{s, dy, g, accumulate},
                                  stream);
 }
 /// y = max(x, 0).
@@ -298,12 +314,16 @@ void weighted_sum_forward(std::int64_t n, const WeightedTerms<T>& terms, const T
   check_weighted_terms(terms, m);
   elementwise_detail::launch_map(n, elementwise_detail::WeightedSumOp<T>{terms, w, y}, stream);
 }
-/// dL/dx[t] (+)= w[index[t]] * dy, for one term t.
+/// dL/dx[t] (+)= w[index[t]] * dy for every term with a gradient buffer (see WeightedGrads).
 template <class T>
-void weighted_sum_backward_x(std::int64_t n, const T* w, int index, const T* dy, T* g, bool accumulate,
+void weighted_sum_backward_x(std::int64_t n, const WeightedGrads<T>& grads, const T* w, int m, const T* dy,
                              cudaStream_t stream) {
-  elementwise_detail::launch_map(
-      n, elementwise_detail::StoreGradOp<T>{T(0), w, index, dy, g, accumulate}, stream);
+  DATANAS_CHECK(grads.count >= 1 && grads.count <= kMaxWeightedTerms, "cuda weighted_sum: ", grads.count,
+                " term gradients, must be in [1, ", kMaxWeightedTerms, "]");
+  for (int t = 0; t < grads.count; ++t)
+    DATANAS_CHECK(!grads.g[t] || (grads.index[t] >= 0 && grads.index[t] < m), "cuda weighted_sum: weight index ",
+                  grads.index[t], " of term ", t, " out of range for ", m, " weights");
+  elementwise_detail::launch_map(n, elementwise_detail::WeightedGradsOp<T>{grads, w, dy}, stream);
 }
 /// dL/dw (+)= sum over t of onehot(index[t]) * <x[t], dy>; gw has m elements. Without
 /// `accumulate` the weights no term names get 0, as on the CPU. Deterministic (no atomics).

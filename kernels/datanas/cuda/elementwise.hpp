@@ -28,6 +28,18 @@ struct WeightedTerms {
   int count = 0;
 };
 
+/// The gradients of a weighted sum's terms, g[t] (+)= w[index[t]] * dy: g[t] == nullptr for a
+/// term that needs none; bit t of `accumulate` adds to g[t] instead of overwriting it. Two terms
+/// may share a buffer (the same input twice): they are applied in term order, element by
+/// element. Passed to kernels by value.
+template <class T>
+struct WeightedGrads {
+  T* g[kMaxWeightedTerms] = {};
+  int index[kMaxWeightedTerms] = {};
+  std::uint32_t accumulate = 0;
+  int count = 0;
+};
+
 /// Thread blocks of the two-pass reductions over n elements (at most 256, so that the second
 /// pass, one thread adding the partials in order, stays short). Deterministic by construction.
 inline std::int64_t reduction_blocks(std::int64_t n) {
@@ -78,9 +90,10 @@ void check_weighted_terms(const WeightedTerms<T>& terms, int m);
 template <class T>
 void weighted_sum_forward(std::int64_t n, const WeightedTerms<T>& terms, const T* w, int m, T* y,
                           cudaStream_t stream);
-/// dL/dx[t] (+)= w[index] * dy, for one term.
+/// dL/dx[t] (+)= w[index[t]] * dy for every term with a gradient, in one pass that reads dy once;
+/// w has m elements.
 template <class T>
-void weighted_sum_backward_x(std::int64_t n, const T* w, int index, const T* dy, T* g, bool accumulate,
+void weighted_sum_backward_x(std::int64_t n, const WeightedGrads<T>& grads, const T* w, int m, const T* dy,
                              cudaStream_t stream);
 /// dL/dw (+)= sum_t onehot(index[t]) <x[t], dy>; without `accumulate`, weights no term names get
 /// 0 (as on the CPU). workspace: weighted_sum_dw_workspace(n, terms.count) elements.

@@ -116,12 +116,18 @@ struct ElementwiseOps {
     cuda::weighted_sum_backward_w<T>(dy.numel(), terms(k, xs, ids), dy.data(), int(gw.numel()),
                                      gw.data(), accumulate, work.data(), stream());
   }
-  /// dL/dx (+)= w[index] dy.
+  /// dL/dxs[i] (+)= w[ids[i]] dy for each i with gs[i] set (added when acc[i]), in one launch.
   template <class T>
-  static void weighted_sum_backward_x(const DTensor<T>& w, int index, const DTensor<T>& dy,
-                                      const DTensor<T>& g, bool accumulate) {
-    cuda::weighted_sum_backward_x<T>(g.numel(), w.data(), index, dy.data(), g.data(), accumulate,
-                                     stream());
+  static void weighted_sum_backward_x(int k, T* const* gs, const int* ids, const bool* acc, const DTensor<T>& w,
+                                      const DTensor<T>& dy) {
+    WeightedGrads<T> grads;
+    grads.count = k;
+    for (int i = 0; i < k; ++i) {
+      grads.g[i] = gs[i];
+      grads.index[i] = ids[i];
+      if (acc[i]) grads.accumulate |= std::uint32_t(1) << i;
+    }
+    cuda::weighted_sum_backward_x<T>(dy.numel(), grads, w.data(), int(w.numel()), dy.data(), stream());
   }
 };
 
