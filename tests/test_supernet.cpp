@@ -20,6 +20,23 @@ std::size_t held_bytes(const Shape& shape) {
   const Tensor<float, Cpu> t = Tensor<float, Cpu>::empty(shape);
   return alloc.stats().bytes_in_use - b0;
 }
+
+/// The gradient of each of `params` (zeros for one that received none), in order.
+std::vector<TensorD> grads_of(const std::vector<VarD>& params) {
+  std::vector<TensorD> out;
+  for (const VarD& p : params) out.push_back(p.has_grad() ? p.grad().clone() : TensorD::zeros(p.shape()));
+  return out;
+}
+
+/// a == b element by element, within relative `eps` (absolute where |b| < 1).
+void check_close(const TensorD& a, const TensorD& b, double eps) {
+  REQUIRE(a.shape() == b.shape());
+  for (index_t i = 0; i < a.numel(); ++i) CHECK(a[i] == doctest::Approx(b[i]).epsilon(eps).scale(1));
+}
+void check_close(const std::vector<TensorD>& a, const std::vector<TensorD>& b, double eps) {
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) check_close(a[i], b[i], eps);
+}
 }  // namespace
 
 TEST_SUITE("cpu") {
@@ -272,20 +289,12 @@ TEST_CASE("a sparse forward skips edges that run nothing and matches the dense o
     VarD x(xv.clone(), true), vn(wn.clone(), true), vr(wr.clone(), true);
     VarD y = net.forward(x, vn, vr, sparse);
     backward(y, r);
-    Result res{y.value().clone(), x.grad().clone(), vn.grad().clone(), vr.grad().clone(), {}};
-    for (const VarD& p : net.weights())
-      res.dweights.push_back(p.has_grad() ? p.grad().clone() : TensorD::zeros(p.shape()));
-    return res;
+    return Result{y.value().clone(), x.grad().clone(), vn.grad().clone(), vr.grad().clone(), grads_of(net.weights())};
   };
   const Result dense = run(false), sparse = run(true);
-  auto check_close = [](const TensorD& a, const TensorD& b) {
-    REQUIRE(a.shape() == b.shape());
-    for (index_t i = 0; i < a.numel(); ++i) CHECK(a[i] == doctest::Approx(b[i]).epsilon(1e-9).scale(1));
-  };
-  check_close(sparse.y, dense.y);
-  check_close(sparse.dx, dense.dx);
-  REQUIRE(sparse.dweights.size() == dense.dweights.size());
-  for (std::size_t i = 0; i < dense.dweights.size(); ++i) check_close(sparse.dweights[i], dense.dweights[i]);
+  check_close(sparse.y, dense.y, 1e-9);
+  check_close(sparse.dx, dense.dx, 1e-9);
+  check_close(sparse.dweights, dense.dweights, 1e-9);
   for (const auto& [w, dw_sparse, dw_dense] :
        {std::tuple{&wn, &sparse.dwn, &dense.dwn}, std::tuple{&wr, &sparse.dwr, &dense.dwr}})
     for (index_t i = 0; i < w->numel(); ++i) {
@@ -345,22 +354,15 @@ TEST_CASE("a search cell's node sums are DARTS' sums of mixed edges, dense and s
           y = cell(s0, s1, w, host_w);
         }
         backward(y, dy);
-        Result r{y.value().clone(), s0.grad().clone(), s1.grad().clone(), w.grad().clone(), {}};
-        for (const VarD& p : cell.parameters())
-          r.dparams.push_back(p.has_grad() ? p.grad().clone() : TensorD::zeros(p.shape()));
-        return r;
+        return Result{y.value().clone(), s0.grad().clone(), s1.grad().clone(), w.grad().clone(),
+                      grads_of(cell.parameters())};
       };
       const Result fused = run(false), ref = run(true);
-      auto check_close = [](const TensorD& a, const TensorD& b) {
-        REQUIRE(a.shape() == b.shape());
-        for (index_t i = 0; i < a.numel(); ++i) CHECK(a[i] == doctest::Approx(b[i]).epsilon(1e-12).scale(1));
-      };
-      check_close(fused.y, ref.y);
-      check_close(fused.ds0, ref.ds0);
-      check_close(fused.ds1, ref.ds1);
-      check_close(fused.dw, ref.dw);
-      REQUIRE(fused.dparams.size() == ref.dparams.size());
-      for (std::size_t i = 0; i < ref.dparams.size(); ++i) check_close(fused.dparams[i], ref.dparams[i]);
+      check_close(fused.y, ref.y, 1e-12);
+      check_close(fused.ds0, ref.ds0, 1e-12);
+      check_close(fused.ds1, ref.ds1, 1e-12);
+      check_close(fused.dw, ref.dw, 1e-12);
+      check_close(fused.dparams, ref.dparams, 1e-12);
     }
 }
 
