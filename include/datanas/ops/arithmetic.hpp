@@ -139,7 +139,8 @@ Var<T, D> unit_term(const Var<T, D>& x, const Var<T, D>& w, int i) {
 /// estimator's output for one edge; index maps each term to its weight, default k -> k).
 /// dL/dxs[k] = w * dy; dL/dw = <dy, xs[k]>. Symbolic zeros are skipped: their weight gets 0.
 /// `xs` and `index` are read during the call only; the tape keeps its own references. Up to
-/// kMaxMixedTerms terms: a DARTS edge has 8; a node-level group mixes edge by edge and adds.
+/// kMaxMixedTerms terms: a DARTS edge has 8; a search cell sums a node's terms over all its
+/// edges up to 16 at a time and adds the partial sums.
 ///
 /// One term of weight exactly 1 and symbolic zeros for the rest (an edge of a hard estimator's
 /// sparse sample) is not copied: y shares that term's value, and the term takes dy's buffer
