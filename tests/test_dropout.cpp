@@ -54,6 +54,48 @@ TEST_CASE("dropout and drop_path gradients (same mask in every evaluation)") {
       {param({6, 2, 3, 3}, 2)});
 }
 
+TEST_CASE("add_drop_path is add(a, drop_path(x)) in one pass, with the same draws") {
+  const Shape s{9, 2, 3, 5};
+  const VarD a = param(s, 11), x = param(s, 12);
+  PhiloxGenerator g1(21), g2(21);
+  const TensorD fused = add_drop_path(a, x, 0.4, true, g1).value();
+  const TensorD ref = add(a, drop_path(x, 0.4, true, g2)).value();
+  index_t dropped = 0;
+  for (index_t i = 0; i < ref.numel(); ++i) {
+    CHECK(fused[i] == doctest::Approx(ref[i]).epsilon(1e-14));
+    dropped += fused[i] == a.value()[i];
+  }
+  CHECK(dropped > 0);                 // some samples dropped
+  CHECK(dropped < ref.numel());       // and some kept
+  CHECK(g1.uniform() == g2.uniform());  // the same counters consumed
+  clear_tape<double>();
+  // Gradients, with a and x op outputs (a takes dy's buffer) and a and x the same Var.
+  check_gradients(
+      [](auto& in) {
+        PhiloxGenerator g(4);
+        const VarD t = tanh(in[0]);
+        return add_drop_path(t, sigmoid(in[1]), 0.5, true, g);
+      },
+      {param(s, 13), param(s, 14)});
+  check_gradients(
+      [](auto& in) {
+        PhiloxGenerator g(5);
+        return add_drop_path(in[0], in[0], 0.5, true, g);
+      },
+      {param(s, 15)});
+  // Not training, or p = 0: add; a symbolic zero a: drop_path.
+  PhiloxGenerator g(6);
+  const TensorD sum_eval = add_drop_path(a, x, 0.4, false, g).value();
+  for (index_t i = 0; i < sum_eval.numel(); ++i) CHECK(sum_eval[i] == a.value()[i] + x.value()[i]);
+  PhiloxGenerator h1(7), h2(7);
+  const TensorD from_zero = add_drop_path(zeros<double>(s), x, 0.4, true, h1).value();
+  const TensorD dropped_only = drop_path(x, 0.4, true, h2).value();
+  for (index_t i = 0; i < from_zero.numel(); ++i) CHECK(from_zero[i] == dropped_only[i]);
+  CHECK_THROWS_WITH_AS(add_drop_path(a, param({9, 2, 3, 4}, 1), 0.4, true, g),
+                       doctest::Contains("add_drop_path: shapes differ"), datanas::error);
+  clear_tape<double>();
+}
+
 TEST_CASE("dropout rejects p outside [0, 1)") {
   PhiloxGenerator g(1);
   Var<float> x(Tensor<float>::zeros({2}));

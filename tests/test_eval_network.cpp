@@ -155,6 +155,36 @@ TEST_CASE("drop path: per-sample statistics in training, never on identities, of
                   skip(Var<float>(s0), Var<float>(s1), 0.9, d5).value()));
 }
 
+TEST_CASE("drop path on a node's second term: each sample keeps the first term, plus the second scaled or not") {
+  // node = skip(s0) + drop_path(sep_conv(s1)): the second term is added with its mask in one
+  // pass (add_drop_path). `skip` has the same preprocessing weights (built first from the same
+  // seed), so it gives the first term alone.
+  const index_t n = 400;
+  const TensorF s0 = random_float({n, 2, 3, 3}, 41), s1 = random_float({n, 2, 3, 3}, 42);
+  PhiloxGenerator g1(6), g2(6);
+  EvalCell<float> both(one_node({{"skip_connect", 0}, {"sep_conv_3x3", 1}}), 2, 2, 2, false, false, g1);
+  EvalCell<float> skip(one_node({{"skip_connect", 0}}), 2, 2, 2, false, false, g2);
+  PhiloxGenerator d0(9), d1(9), d2(9);
+  const TensorF sum = both(Var<float>(s0), Var<float>(s1), 0.0, d0).value();
+  const TensorF first = skip(Var<float>(s0), Var<float>(s1), 0.0, d1).value();
+  const double p = 0.3;
+  const TensorF dropped = both(Var<float>(s0), Var<float>(s1), p, d2).value();
+  const index_t per = sum.numel() / n;
+  long zeroed = 0;
+  for (index_t s = 0; s < n; ++s) {
+    const index_t o = s * per;
+    bool is_first = true;
+    for (index_t i = 0; i < per; ++i) is_first &= dropped[o + i] == doctest::Approx(first[o + i]).epsilon(1e-5);
+    zeroed += is_first;
+    if (!is_first)
+      for (index_t i = 0; i < per; ++i)
+        REQUIRE(dropped[o + i] ==
+                doctest::Approx(first[o + i] + (sum[o + i] - first[o + i]) / (1 - p)).epsilon(1e-4).scale(1));
+  }
+  CHECK(zeroed > 120 - 46);  // Binomial(400, 0.3), 5 sd either side, as above
+  CHECK(zeroed < 120 + 46);
+}
+
 TEST_CASE("the auxiliary head: 8x8 (CIFAR) and 7x7 (28x28 inputs) maps, other sizes rejected") {
   PhiloxGenerator gen(1);
   spaces::AuxiliaryHead<float> head(12, 10, 8, gen);

@@ -289,6 +289,8 @@ TEST_CASE("dropout and drop_path on the GPU draw the CPU's masks") {
     check_parity("drop_path 0.2", {{x}}, [](auto xs, auto& g) { return drop_path(xs[0], 0.2, true, g); },
                  1e-6);
     check_parity("dropout in eval", {{x}}, [](auto xs, auto& g) { return dropout(xs[0], 0.3, false, g); }, 0.0);
+    check_parity("add_drop_path 0.3", {{x}, {gpu_test::random_normal(x.shape(), gen)}},
+                 [](auto xs, auto& g) { return add_drop_path(xs[0], xs[1], 0.3, true, g); });
     check_parity("drop_path in eval", {{x}}, [](auto xs, auto& g) { return drop_path(xs[0], 0.2, false, g); },
                  0.0);
 

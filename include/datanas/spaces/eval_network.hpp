@@ -145,9 +145,14 @@ class EvalCell : public nn::Module<T, D> {
       } else {
         y = (*t.op)(states[in]);
       }
-      if (drop && !t.op->is_identity() && !t.op->is_zero()) y = drop_path(y, drop_prob, true, gen);
+      // DARTS drops every op output but identities' (and none's) before adding it to its node;
+      // add_drop_path does both in one pass, drawing the same masks.
+      const bool dropped = drop && !t.op->is_identity() && !t.op->is_zero();
       Var<T, D>& node = states[std::size_t(t.node) + 2];
-      node = node.defined() ? add(node, y) : y;
+      if (!node.defined())
+        node = dropped ? drop_path(y, drop_prob, true, gen) : y;
+      else
+        node = dropped ? add_drop_path(node, y, drop_prob, true, gen) : add(node, y);
     }
     std::array<Var<T, D>, kMaxStates> out;  // concat has no repeats: at most kMaxStates entries
     std::size_t n = 0;
