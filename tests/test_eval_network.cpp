@@ -32,6 +32,11 @@ bool bit_equal(const TensorF& a, const TensorF& b) {
 }
 
 CellGenotype one_node(std::vector<search::OpInput> terms) { return {{std::move(terms)}, {2}}; }
+/// A cell's output on (s0, s1) with drop-path probability p, its masks drawn from seed 9.
+TensorF cell_out(const EvalCell<float>& cell, const TensorF& s0, const TensorF& s1, double p) {
+  PhiloxGenerator drop(9);
+  return cell(Var<float>(s0), Var<float>(s1), p, drop).value();
+}
 
 EvalNetworkConfig small(int layers = 3, index_t image = 32, bool aux = true) {
   return {.init_channels = 4, .layers = layers, .in_channels = 3, .image_size = image, .num_classes = 10,
@@ -123,10 +128,9 @@ TEST_CASE("drop path: per-sample statistics in training, never on identities, of
   const TensorF s0 = random_float({n, 2, 3, 3}, 31), s1 = random_float({n, 2, 3, 3}, 32);
   PhiloxGenerator g1(3), g2(3);
   EvalCell<float> conv(one_node({{"sep_conv_3x3", 1}}), 2, 2, 2, false, false, g1);
-  PhiloxGenerator d0(9), d1(9);
-  const TensorF ref = conv(Var<float>(s0), Var<float>(s1), 0.0, d0).value();
+  const TensorF ref = cell_out(conv, s0, s1, 0.0);
   const double p = 0.3;
-  const TensorF dropped = conv(Var<float>(s0), Var<float>(s1), p, d1).value();
+  const TensorF dropped = cell_out(conv, s0, s1, p);
   const index_t per = ref.numel() / n;
   long zeroed = 0;
   for (index_t s = 0; s < n; ++s) {
@@ -145,14 +149,10 @@ TEST_CASE("drop path: per-sample statistics in training, never on identities, of
   CHECK(zeroed < 120 + 46);
   // Evaluation: no drop path, whatever the probability.
   conv.eval();
-  PhiloxGenerator d2(9), d3(9);
-  CHECK(bit_equal(conv(Var<float>(s0), Var<float>(s1), 0.0, d2).value(),
-                  conv(Var<float>(s0), Var<float>(s1), 0.9, d3).value()));
+  CHECK(bit_equal(cell_out(conv, s0, s1, 0.0), cell_out(conv, s0, s1, 0.9)));
   // An identity term is never dropped: with p = 0.9 no sample of a skip-only cell is zero.
   EvalCell<float> skip(one_node({{"skip_connect", 1}}), 2, 2, 2, false, false, g2);
-  PhiloxGenerator d4(9), d5(9);
-  CHECK(bit_equal(skip(Var<float>(s0), Var<float>(s1), 0.0, d4).value(),
-                  skip(Var<float>(s0), Var<float>(s1), 0.9, d5).value()));
+  CHECK(bit_equal(cell_out(skip, s0, s1, 0.0), cell_out(skip, s0, s1, 0.9)));
 }
 
 TEST_CASE("drop path on a node's second term: each sample keeps the first term, plus the second scaled or not") {
@@ -164,11 +164,9 @@ TEST_CASE("drop path on a node's second term: each sample keeps the first term, 
   PhiloxGenerator g1(6), g2(6);
   EvalCell<float> both(one_node({{"skip_connect", 0}, {"sep_conv_3x3", 1}}), 2, 2, 2, false, false, g1);
   EvalCell<float> skip(one_node({{"skip_connect", 0}}), 2, 2, 2, false, false, g2);
-  PhiloxGenerator d0(9), d1(9), d2(9);
-  const TensorF sum = both(Var<float>(s0), Var<float>(s1), 0.0, d0).value();
-  const TensorF first = skip(Var<float>(s0), Var<float>(s1), 0.0, d1).value();
+  const TensorF sum = cell_out(both, s0, s1, 0.0), first = cell_out(skip, s0, s1, 0.0);
   const double p = 0.3;
-  const TensorF dropped = both(Var<float>(s0), Var<float>(s1), p, d2).value();
+  const TensorF dropped = cell_out(both, s0, s1, p);
   const index_t per = sum.numel() / n;
   long zeroed = 0;
   for (index_t s = 0; s < n; ++s) {
