@@ -96,6 +96,16 @@ TEST_CASE("add_drop_path is add(a, drop_path(x)) in one pass, with the same draw
   clear_tape<double>();
 }
 
+TEST_CASE("drop path of an empty batch is empty") {
+  PhiloxGenerator g(2);
+  const VarD x(TensorD::empty({0, 3}), true), a(TensorD::empty({0, 3}), true);
+  CHECK(drop_path(x, 0.5, true, g).shape() == Shape{0, 3});
+  const VarD y = add_drop_path(a, x, 0.5, true, g);
+  CHECK(y.shape() == Shape{0, 3});
+  backward(y, TensorD::empty({0, 3}));
+  CHECK(x.grad().numel() == 0);
+}
+
 TEST_CASE("dropout rejects p outside [0, 1)") {
   PhiloxGenerator g(1);
   Var<float> x(Tensor<float>::zeros({2}));

@@ -76,7 +76,9 @@ class DropPathMask {
   /// dst (+)= mask * src, src and dst [n, ...].
   void apply(const Tensor<T, D>& src, const Tensor<T, D>& dst, bool accumulate) const {
     if constexpr (is_cpu<D>) {
-      const index_t n = src.dim(0), per = src.numel() / n;
+      const index_t n = src.dim(0);
+      if (n == 0) return;  // an empty batch: nothing to mask
+      const index_t per = src.numel() / n;
       const T* sp = src.data();
       T* dp = dst.data();
       cpu::parallel_for(n, per, [&](index_t s) {
@@ -90,7 +92,9 @@ class DropPathMask {
   /// dst = a + mask * x: one pass on the CPU; on a GPU a copy of a, then the masked x added.
   void add_apply(const Tensor<T, D>& a, const Tensor<T, D>& x, const Tensor<T, D>& dst) const {
     if constexpr (is_cpu<D>) {
-      const index_t n = x.dim(0), per = x.numel() / n;
+      const index_t n = x.dim(0);
+      if (n == 0) return;
+      const index_t per = x.numel() / n;
       const T *ap = a.data(), *xp = x.data();
       T* dp = dst.data();
       cpu::parallel_for(n, per, [&](index_t s) {
