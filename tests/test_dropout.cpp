@@ -91,6 +91,11 @@ TEST_CASE("add_drop_path is add(a, drop_path(x)) in one pass, with the same draw
   const TensorD from_zero = add_drop_path(zeros<double>(s), x, 0.4, true, h1).value();
   const TensorD dropped_only = drop_path(x, 0.4, true, h2).value();
   for (index_t i = 0; i < from_zero.numel(); ++i) CHECK(from_zero[i] == dropped_only[i]);
+  // A symbolic zero x: drop path keeps it zero and draws nothing, so the sum is a itself.
+  PhiloxGenerator z1(8), z2(8);
+  CHECK(is_zero(drop_path(zeros<double>(s), 0.4, true, z1)));
+  CHECK(same_node(add_drop_path(a, zeros<double>(s), 0.4, true, z1), a));
+  CHECK(z1.uniform() == z2.uniform());
   CHECK_THROWS_WITH_AS(add_drop_path(a, param({9, 2, 3, 4}, 1), 0.4, true, g),
                        doctest::Contains("add_drop_path: shapes differ"), datanas::error);
   clear_tape<double>();

@@ -5,8 +5,8 @@
 #pragma once
 
 #include "datanas/autograd/variable.hpp"
-#include "datanas/ops/arithmetic.hpp"
 #include "datanas/core/random.hpp"
+#include "datanas/ops/arithmetic.hpp"
 #include "datanas/ops/cpu/common.hpp"
 
 namespace datanas {
@@ -125,11 +125,12 @@ inline void check_drop_path(double p, const Shape& s) {
 }  // namespace detail
 
 /// Drop path (DARTS): each sample n of x [N, ...] is zeroed with probability p, otherwise
-/// scaled by 1 / (1 - p). Identity when !training or p == 0. Consumes ceil(N / 4) counters.
+/// scaled by 1 / (1 - p). Identity when !training or p == 0, and for a symbolic zero (which
+/// stays zero, drawing nothing). Consumes ceil(N / 4) counters.
 template <class T, class D>
 Var<T, D> drop_path(const Var<T, D>& x, double p, bool training, PhiloxGenerator& gen) {
   detail::check_drop_path(p, x.shape());
-  if (!training || p == 0.0) return x;
+  if (!training || p == 0.0 || is_zero(x)) return x;
   const detail::DropPathMask<T, D> mask(x.shape()[0], p, gen);
   Var<T, D> y(Tensor<T, D>::empty(x.shape()));
   mask.apply(x.value(), y.value(), false);
@@ -143,15 +144,13 @@ Var<T, D> drop_path(const Var<T, D>& x, double p, bool training, PhiloxGenerator
 
 /// a + drop_path(x, p, training, gen): the same values and the same counters drawn, without
 /// drop_path's output tensor (a DARTS evaluation cell adds each dropped op output to its node).
-/// a may be a symbolic zero; x may not.
+/// Either may be a symbolic zero.
 template <class T, class D>
 Var<T, D> add_drop_path(const Var<T, D>& a, const Var<T, D>& x, double p, bool training, PhiloxGenerator& gen) {
   detail::check_drop_path(p, x.shape());
   DATANAS_CHECK(a.shape() == x.shape(), "add_drop_path: shapes differ, ", a.shape().str(), " vs ",
                 x.shape().str());
-  DATANAS_CHECK(!is_zero(x), "add_drop_path: the dropped term is a symbolic zero");
-  if (!training || p == 0.0) return add(a, x);
-  if (is_zero(a)) return drop_path(x, p, training, gen);
+  if (!training || p == 0.0 || is_zero(x) || is_zero(a)) return add(a, drop_path(x, p, training, gen));
   const detail::DropPathMask<T, D> mask(x.shape()[0], p, gen);
   Var<T, D> y(Tensor<T, D>::empty(x.shape()));
   mask.add_apply(a.value(), x.value(), y.value());

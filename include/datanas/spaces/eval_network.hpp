@@ -145,9 +145,10 @@ class EvalCell : public nn::Module<T, D> {
       } else {
         y = (*t.op)(states[in]);
       }
-      // DARTS drops every op output but identities' (and none's) before adding it to its node;
-      // add_drop_path does both in one pass, drawing the same masks.
-      const bool dropped = drop && !t.op->is_identity() && !t.op->is_zero();
+      // DARTS drops every op output but identities' before adding it to its node (none's is a
+      // symbolic zero, which drop path leaves alone); add_drop_path does both in one pass,
+      // drawing the same masks.
+      const bool dropped = drop && !t.op->is_identity();
       Var<T, D>& node = states[std::size_t(t.node) + 2];
       if (!node.defined())
         node = dropped ? drop_path(y, drop_prob, true, gen) : y;

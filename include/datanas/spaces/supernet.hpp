@@ -52,8 +52,8 @@ concept SearchSpaceType = requires {
   { S::kEdges } -> std::convertible_to<int>;
 };
 
-/// sum_k w[offset + k] * op_k(x) over the K candidate ops of one edge. In sparse mode ops with
-/// weight 0 do not run (their term is a symbolic zero, so their weight's gradient is 0).
+/// sum_k w[offset + k] * op_k(x) over the K candidate ops of one edge. "none" and, in sparse mode,
+/// ops of weight 0 do not run and add no term (their weight's gradient is 0).
 template <class T, class Ops, class D = Cpu>
 class MixedOp : public nn::Module<T, D> {
   static_assert(Ops::kSize <= kMaxMixedTerms, "MixedOp: an edge mixes at most kMaxMixedTerms ops");

@@ -34,6 +34,7 @@ struct WeightedTerms {
 /// element. Passed to kernels by value.
 template <class T>
 struct WeightedGrads {
+  static_assert(kMaxWeightedTerms <= 32, "WeightedGrads: one accumulate bit per term");
   T* g[kMaxWeightedTerms] = {};
   int index[kMaxWeightedTerms] = {};
   std::uint32_t accumulate = 0;

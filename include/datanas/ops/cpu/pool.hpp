@@ -221,8 +221,9 @@ void keep_even_positions(const T* full, index_t w, index_t ho, index_t wo, T* ds
 /// per-row loops cost more in loop overhead and scalar remainders than in arithmetic. Forward:
 /// v = the sum of the valid rows r - 1, r, r + 1 of each column, then y = (v[q - 1] + v[q] +
 /// v[q + 1]) * scale[q], a neighbour in another row masked out, scale[q] = 1 / (real rows * real
-/// columns) of q's window. Backward: the same box sum of g = dy * scale, columns first, then rows. Each output sums the same terms in the same
-/// order as the general kernels below (an accumulated gradient adds its plane's sum at once).
+/// columns) of q's window. Backward: the same box sum of g = dy * scale, columns first, then
+/// rows. Each output sums the same terms in the same order as the general kernels below (an
+/// accumulated gradient adds its plane's sum at once).
 struct Box3Plane {
   index_t h, w;
   [[nodiscard]] index_t n() const { return h * w; }
