@@ -138,6 +138,74 @@ TEST_CASE("BlockCache: large blocks are split by best fit and merged back; small
   CHECK(FakeSystem::given_back.size() == 4);
 }
 
+TEST_CASE("BlockCache: carved small blocks are cut from small segments by best fit and merged back") {
+  FakeSystem::given_back.clear();
+  constexpr std::size_t seg_bytes = detail::BlockCache<FakeSystem>::kSmallSegment;
+  std::vector<char> seg(seg_bytes), seg2(seg_bytes), exact(4096);
+  detail::BlockCache<FakeSystem> cache;
+  CHECK(cache.system_bytes(4096) == 4096);  // exact sizes by default
+  cache.put(cache.adopt(exact.data(), 4096, 1, 0));  // an exact block from before carving
+  cache.set_carve_small(true);
+  CHECK(cache.system_bytes(4096) == seg_bytes);
+  CHECK(cache.system_bytes(kMiB) == kMiB);  // large requests are their own segments
+  CHECK(cache.take(1, 4096) == nullptr);     // carving looks only at small segments
+
+  detail::Block* a = cache.adopt(seg.data(), 4096, 1, 3);  // the first request cuts the segment
+  REQUIRE(a);
+  CHECK(a->data == seg.data());
+  CHECK(a->bytes == 4096);
+  CHECK(a->stream == 3);
+  CHECK(cache.cached_bytes() == 4096 + seg_bytes - 4096);
+  detail::Block* b = cache.take(1, 768);  // any rest is split off: sizes are exact
+  REQUIRE(b);
+  CHECK(b->data == seg.data() + 4096);
+  CHECK(b->bytes == 768);
+  CHECK(b->stream == 3);
+  detail::Block* c = cache.take(1, 256);
+  REQUIRE(c);
+  CHECK(c->data == seg.data() + 4096 + 768);
+  CHECK(cache.take(2, 256) == nullptr);  // another pool's segment is not used
+  CHECK(cache.take(1, kMiB) == nullptr);  // nor is a small segment for a large request
+
+  cache.put(a);
+  detail::Block* d = cache.take(1, 1024);  // best fit: a's 4096, not the segment's big tail
+  REQUIRE(d);
+  CHECK(d->data == seg.data());
+  // Sizes need not recur: what a step frees serves other sizes.
+  detail::Block* e = cache.take(1, 3072);
+  REQUIRE(e);
+  CHECK(e->data == seg.data() + 1024);
+
+  // A second segment only when the first is full (its 2 MiB - 5 KiB tail takes two small
+  // requests: one of 1 MiB or more would be a large one).
+  const std::size_t tail = seg_bytes - 4096 - 768 - 256;
+  detail::Block* big = cache.take(1, kMiB - 256);
+  REQUIRE(big);
+  CHECK(big->data == seg.data() + 4096 + 768 + 256);
+  detail::Block* rest = cache.take(1, tail - (kMiB - 256));
+  REQUIRE(rest);
+  CHECK(cache.cached_bytes() == 4096);  // the exact block only
+  CHECK(cache.take(1, 256) == nullptr);
+  CHECK(cache.system_bytes(256) == seg_bytes);
+  detail::Block* f = cache.adopt(seg2.data(), 256, 1, 3);
+  CHECK(f->data == seg2.data());
+
+  // Freed blocks merge back into the whole segment, which can go back to the system.
+  for (detail::Block* x : {b, d, e, big, rest}) CHECK(!detail::BlockCache<FakeSystem>::whole(cache.put(x)));
+  detail::Block* merged = cache.put(c);
+  CHECK(merged->data == seg.data());
+  CHECK(merged->bytes == seg_bytes);
+  CHECK(detail::BlockCache<FakeSystem>::whole(merged));
+  CHECK(cache.discard_smaller(1, 64 * kMiB) == 0);  // only large segments go back on a large miss
+  cache.discard_whole([](std::uint64_t) { return true; });  // seg and the exact block; seg2 is in use
+  CHECK(FakeSystem::given_back.size() == 2);
+  CHECK(cache.cached_bytes() == seg_bytes - 256);
+  CHECK(detail::BlockCache<FakeSystem>::whole(cache.put(f)));
+  cache.discard_whole([](std::uint64_t) { return true; });
+  CHECK(FakeSystem::given_back.size() == 3);
+  CHECK(cache.cached_bytes() == 0);
+}
+
 TEST_CASE("BlockCache: pools never share a free block; take_all hands a pool's blocks over") {
   FakeSystem::given_back.clear();
   std::vector<char> seg(6 * kMiB);
@@ -225,6 +293,41 @@ TEST_CASE("Cpu allocator: a large miss gives back smaller free segments only bey
   CHECK(alloc.stats().bytes_in_use - start.bytes_in_use == 300 * MiB);
   f = Tensor<float>();
   alloc.empty_cache();
+}
+
+TEST_CASE("Cpu allocator with small segments: sizes that vary from step to step need no new memory") {
+  // Each "step" holds 40 small tensors whose sizes depend on the step, as a sparse EGS step's
+  // temporaries depend on the ops it sampled. Exact sizes miss at every step that brings new
+  // sizes; segments serve every step from the memory the first one left.
+  auto& alloc = CachingAllocator<Cpu>::instance();
+  const auto run_steps = [&] {
+    const auto before = alloc.stats();
+    std::vector<std::size_t> misses;
+    for (index_t step = 0; step < 6; ++step) {
+      const std::size_t at = alloc.stats().system_allocations;
+      std::vector<Tensor<float>> held;
+      for (index_t i = 0; i < 40; ++i)
+        held.push_back(Tensor<float>::empty({64 + 16 * ((i * 7 + step * 5) % 23)}));
+      misses.push_back(alloc.stats().system_allocations - at);
+    }
+    CHECK(alloc.stats().bytes_in_use == before.bytes_in_use);
+    return misses;
+  };
+  REQUIRE(!alloc.small_segments());
+  alloc.empty_cache();
+  const auto exact = run_steps();
+  alloc.set_small_segments(true);
+  alloc.empty_cache();
+  const auto carved = run_steps();
+  alloc.set_small_segments(false);
+  alloc.empty_cache();
+  CHECK(carved[0] == 1);  // one 2 MiB segment holds them all
+  for (std::size_t s = 1; s < carved.size(); ++s) CHECK(carved[s] == 0);
+  CHECK(exact[0] == 40);  // one block per tensor held
+  std::size_t later = 0;
+  for (std::size_t s = 1; s < exact.size(); ++s) later += exact[s];
+  CHECK(later > 0);
+  MESSAGE("new system blocks per step, exact sizes: ", exact[1], " ", exact[2], " ", exact[3], " ...");
 }
 
 TEST_CASE("Philox4x32-10 matches the Random123 known-answer vectors") {

@@ -15,6 +15,10 @@ int main(int argc, char** argv) {
   }
   // Every device block starts as NaN: an element an op forgets to write cannot pass a test.
   datanas::CachingAllocator<datanas::Cuda>::instance().set_poison(true);
+  // Every small block its own cudaMalloc, reused by exact size: the tests count blocks and bytes
+  // that way, and the simulator's guard pages catch a kernel running past a block's end only
+  // then. The cases that test small segments (the default) turn them on (parity.hpp).
+  datanas::CachingAllocator<datanas::Cuda>::instance().set_small_segments(false);
   doctest::Context ctx(argc, argv);
   return ctx.run();
 }

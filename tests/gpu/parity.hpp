@@ -110,4 +110,21 @@ inline bool same_bits(const Tensor<float, Cuda>& a, const Tensor<float, Cuda>& b
   return same_bits(cuda::to_host(a), cuda::to_host(b));
 }
 
+
+/// Turns the Cuda allocator's small segments on (or off) for a scope. gpu_main turns them off for
+/// every test: the tests count blocks and bytes as exact-size blocks, and the simulator's guard
+/// pages check a block to its end only when it is a cudaMalloc of its own. The library's default
+/// (on) is tested by the cases that turn it on with this.
+class SmallSegments {
+ public:
+  explicit SmallSegments(bool on = true) : was_(CachingAllocator<Cuda>::instance().small_segments()) {
+    CachingAllocator<Cuda>::instance().set_small_segments(on);
+  }
+  ~SmallSegments() { CachingAllocator<Cuda>::instance().set_small_segments(was_); }
+  SmallSegments(const SmallSegments&) = delete;
+  SmallSegments& operator=(const SmallSegments&) = delete;
+
+ private:
+  bool was_;
+};
 }  // namespace datanas::gpu_test

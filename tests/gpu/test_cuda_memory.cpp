@@ -4,6 +4,7 @@
 
 #include <random>
 #include <string>
+#include <vector>
 
 #include "datanas/core/cuda.hpp"
 #include "datanas/core/random.hpp"
@@ -166,6 +167,67 @@ TEST_CASE("a destroyed stream's split segment goes back to the system when its l
   const AllocatorStats after = cuda_stats();
   CHECK(after.bytes_cached == with_stream.bytes_cached - 4 * kMiBBytes);
   CHECK(after.bytes_in_use == with_stream.bytes_in_use - 2 * kMiBBytes);
+}
+
+TEST_CASE("small segments: small tensors of varying sizes need no cudaMalloc after the first segment") {
+  // Each "step" holds 40 small tensors whose sizes depend on the step, as a sparse EGS step's
+  // temporaries depend on the ops it sampled. With exact-size blocks every step that brings new
+  // sizes calls cudaMalloc; small segments serve every step from the first one's memory.
+  cuda::Stream stream;
+  cuda::StreamGuard guard(stream);
+  const auto run_steps = [] {
+    std::vector<std::size_t> misses;
+    for (index_t step = 0; step < 6; ++step) {
+      const std::size_t at = cuda_stats().system_allocations;
+      std::vector<Tensor<float, Cuda>> held;
+      for (index_t i = 0; i < 40; ++i)
+        held.push_back(Tensor<float, Cuda>::empty({64 + 16 * ((i * 7 + step * 5) % 23)}));
+      misses.push_back(cuda_stats().system_allocations - at);
+    }
+    return misses;
+  };
+  CHECK(!CachingAllocator<Cuda>::instance().small_segments());  // gpu_main's choice
+  const auto exact = run_steps();
+  std::vector<std::size_t> carved;
+  {
+    cuda::Stream other;  // a stream of its own: no cached block of the first run helps
+    cuda::StreamGuard on_other(other);
+    const gpu_test::SmallSegments on;
+    const AllocatorStats before = cuda_stats();
+    carved = run_steps();
+    const AllocatorStats after = cuda_stats();
+    CHECK(after.bytes_in_use == before.bytes_in_use);
+    CHECK(after.bytes_cached - before.bytes_cached == detail::BlockCache<detail::CudaMemory>::kSmallSegment);
+  }
+  CHECK(!CachingAllocator<Cuda>::instance().small_segments());  // restored
+  CHECK(carved[0] == 1);  // one 2 MiB segment holds them all
+  for (std::size_t s = 1; s < carved.size(); ++s) CHECK(carved[s] == 0);
+  CHECK(exact[0] == 40);  // one block per tensor held
+  std::size_t later = 0;
+  for (std::size_t s = 1; s < exact.size(); ++s) later += exact[s];
+  CHECK(later > 0);
+}
+
+TEST_CASE("small segments: a destroyed stream's segment goes back to the system when its last piece does") {
+  const gpu_test::SmallSegments on;
+  Tensor<float, Cuda> survivor;
+  AllocatorStats with_stream;
+  {
+    cuda::Stream stream;
+    cuda::StreamGuard guard(stream);
+    const float* base = nullptr;
+    { base = Tensor<float, Cuda>::empty({5000}).data(); }  // 20224 bytes, cut from a new segment
+    survivor = Tensor<float, Cuda>::empty({6000});          // 24064 bytes from its start again
+    CHECK(survivor.data() == base);
+    with_stream = cuda_stats();
+  }
+  // The segment is not whole: its free rest stays until the survivor is released.
+  CHECK(cuda_stats().bytes_cached == with_stream.bytes_cached);
+  survivor = {};
+  const AllocatorStats after = cuda_stats();
+  constexpr std::size_t segment = detail::BlockCache<detail::CudaMemory>::kSmallSegment;
+  CHECK(after.bytes_cached == with_stream.bytes_cached - (segment - 24064));
+  CHECK(after.bytes_in_use == with_stream.bytes_in_use - 24064);
 }
 
 TEST_CASE("empty_cache frees every cached block; live tensors stay valid") {

@@ -117,6 +117,13 @@ TEST_CASE("captured EGS and GDAS dense steps draw the eager steps' noise at ever
   check_graph_search<estimators::HardGumbel>(cfg);
 }
 
+TEST_CASE("captured steps replay the eager ones with small blocks cut from segments") {
+  const gpu_test::SmallSegments on;  // the library's default (gpu_main turns it off)
+  auto cfg = small_search();
+  cfg.tau = {5.0, 1.0};
+  check_graph_search<estimators::EGS<4>>(cfg);
+}
+
 TEST_CASE("a captured SNAS (single-level) step replays the eager ones") {
   auto cfg = small_search();
   cfg.single_level = true;
@@ -449,4 +456,51 @@ TEST_CASE("a graph carves large temporaries out of its stream's free segment; th
   y.reset();
   const Tensor<float, Cuda> whole = Tensor<float, Cuda>::empty({8 * kFloatsPerMiB});
   CHECK(whole.data() == base);
+}
+
+TEST_CASE("with small segments, a graph's small temporaries come out of its stream's segment and merge back") {
+  const gpu_test::SmallSegments segments;
+  cuda::Stream stream;
+  cuda::StreamGuard on(stream);
+  auto& alloc = CachingAllocator<Cuda>::instance();
+  constexpr std::size_t kSegment = detail::BlockCache<detail::CudaMemory>::kSmallSegment;
+  const Tensor<float, Cuda> x = random_device({64}, 8);  // 256 bytes: [x | free] in a new segment
+  const auto in_segment = [&](const float* p) {
+    return p > x.data() && p < x.data() + kSegment / sizeof(float);
+  };
+  const auto misses = alloc.stats().system_allocations;
+  const float* tmp_at = nullptr;
+  std::optional<StepGraph<Cuda>> g(std::in_place);
+  std::optional<Tensor<float, Cuda>> y = g->capture([&] {
+    Tensor<float, Cuda> tmp = Tensor<float, Cuda>::empty({1000});  // freed inside the capture
+    tmp_at = tmp.data();
+    tmp.fill(0.0f);
+    Tensor<float, Cuda> out = Tensor<float, Cuda>::empty({64});
+    out.copy_from(x);
+    return out;
+  });
+  // The graph's blocks, its own bookkeeping's included, came out of the stream's segment.
+  CHECK(alloc.stats().system_allocations == misses);
+  CHECK(in_segment(tmp_at));
+  CHECK(in_segment(y->data()));
+  {
+    // Eager work gets the stream's free memory, never the graph's idle temporary.
+    const Tensor<float, Cuda> eager = Tensor<float, Cuda>::empty({1000});
+    CHECK(eager.data() != tmp_at);
+    CHECK(in_segment(eager.data()));
+  }
+  cuda::fill_bytes(*y, 0xff);
+  g->replay();
+  CHECK(same_bits(*y, x));
+  // The graph goes, then its output: everything but x merges back into one free block, which
+  // two requests of just under 1 MiB (small ones) fill without a cudaMalloc.
+  g.reset();
+  y.reset();
+  const auto after = alloc.stats().system_allocations;
+  const index_t just_under = index_t((std::size_t(1) << 20) - 256) / index_t(sizeof(float));
+  const Tensor<float, Cuda> a = Tensor<float, Cuda>::empty({just_under});
+  const Tensor<float, Cuda> b = Tensor<float, Cuda>::empty({just_under});
+  CHECK(alloc.stats().system_allocations == after);
+  CHECK(in_segment(a.data()));
+  CHECK(in_segment(b.data()));
 }

@@ -80,6 +80,8 @@ TEST_CASE("an EGS search epoch on the GPU samples the same codes as the CPU, den
   cfg.sparse = true;
   cfg.l1 = 0.1;
   check_search<estimators::EGS<4>>(cfg, 1e-3);
+  const gpu_test::SmallSegments on;  // the library's default: small blocks cut from segments
+  check_search<estimators::EGS<4>>(cfg, 1e-3);
 }
 
 TEST_CASE("SNAS (single level) and GDAS search epochs on the GPU match the CPU") {
@@ -213,6 +215,37 @@ TEST_CASE("a search epoch on the GPU allocates only for newly sampled ops after 
   cfg.l1 = 0;
   cfg.single_level = true;  // SNAS: one update per step, reported once
   check_search_demand<estimators::SoftGumbel>(cfg, 2);
+}
+
+TEST_CASE("sparse search epochs on small segments stop calling cudaMalloc; exact sizes keep calling it") {
+  // A sparse step runs other ops, and so makes other temporaries, at every step. Exact-size
+  // blocks need a block of every size a step ever held; segments only as much memory as a step
+  // holds at once.
+  const auto d = synthetic(96, 3);
+  auto cfg = small_search();
+  cfg.tau = {5.0, 1.0};
+  cfg.l1 = 0.1;
+  cfg.sparse = true;
+  const auto epochs = [&](bool segments) {
+    cuda::Stream stream;  // a pool of its own: nothing other tests cached helps
+    const cuda::StreamGuard on(stream);
+    const gpu_test::SmallSegments mode(segments);
+    SearchRun<estimators::EGS<4>, Cuda> run(d, cfg);
+    std::vector<std::uint64_t> misses;
+    for (int e = 0; e < 4; ++e)
+      misses.push_back(demand_of([&] { run.searcher.run_epoch(); }).system_allocations);
+    return misses;
+  };
+  const auto exact = epochs(false);
+  const auto carved = epochs(true);
+  std::uint64_t exact_later = 0;
+  for (std::size_t e = 1; e < exact.size(); ++e) {
+    CHECK(carved[e] == 0);
+    exact_later += exact[e];
+  }
+  CHECK(exact_later > 0);
+  MESSAGE("cudaMalloc calls per epoch, exact sizes: ", exact[0], " ", exact[1], " ", exact[2], " ",
+          exact[3], "; small segments: ", carved[0], " ", carved[1], " ", carved[2], " ", carved[3]);
 }
 
 TEST_CASE("a training epoch on the GPU allocates nothing after the first and waits only to read its log") {

@@ -6,7 +6,9 @@
 // it). Small blocks are cached by exact size rounded up to 64 bytes (steps repeat their shapes,
 // so exact reuse hits every time, without the 2x waste of power-of-two classes); large ones
 // (1 MiB and up) are split and merged, so that steps of varying shapes (PTB's window lengths)
-// share them (detail::BlockCache, core/block_cache.hpp).
+// share them (detail::BlockCache, core/block_cache.hpp). Cutting small blocks from 2 MiB
+// segments as well (set_small_segments, the Cuda allocator's default) is an option here: a
+// host malloc is cheap, and separate blocks let AddressSanitizer check each one to its end.
 #pragma once
 
 #include <algorithm>
@@ -38,6 +40,7 @@ struct AllocatorStats {
   std::size_t bytes_cached = 0;      ///< free blocks kept for reuse
   std::size_t system_allocations = 0;///< cache misses that went to the system
   std::size_t cache_hits = 0;
+  std::size_t bookkeeping_allocations = 0;  ///< host heap allocations for the allocator's own records
   std::size_t graph_pool_bytes = 0;  ///< Cuda: blocks owned by live CUDA graph pools, held or idle
   std::size_t peak_graph_pool_bytes = 0;  ///< Cuda: high-water mark of graph_pool_bytes since reset_peak()
 };
@@ -89,7 +92,7 @@ class CachingAllocator {
     } else {
       if (bytes >= detail::BlockCache<detail::RawMemory<D>>::kLargeBlock && over_headroom(bytes))
         cache_.discard_smaller(0, bytes);
-      b = cache_.adopt(detail::RawMemory<D>::allocate(bytes), bytes, 0, 0);
+      b = cache_.adopt(detail::RawMemory<D>::allocate(cache_.system_bytes(bytes)), bytes, 0, 0);
       ++stats_.system_allocations;
     }
     b->refs = 1;
@@ -107,6 +110,17 @@ class CachingAllocator {
     cache_.put(static_cast<detail::Block*>(s));
   }
 
+  /// Whether small requests (< 1 MiB) are cut from 2 MiB segments (true) or served by exact
+  /// size, one system allocation each (false, the default; core/block_cache.hpp says why).
+  void set_small_segments(bool on) {
+    std::lock_guard lock(mutex_);
+    cache_.set_carve_small(on);
+  }
+  [[nodiscard]] bool small_segments() const {
+    std::lock_guard lock(mutex_);
+    return cache_.carves_small();
+  }
+
   /// Gives every cached block back to the system (live tensors, and the segments they are cut
   /// from, are untouched).
   void empty_cache() {
@@ -118,6 +132,7 @@ class CachingAllocator {
     std::lock_guard lock(mutex_);
     AllocatorStats s = stats_;
     s.bytes_cached = cache_.cached_bytes();
+    s.bookkeeping_allocations = cache_.bookkeeping_allocations();
     return s;
   }
   void reset_peak() {

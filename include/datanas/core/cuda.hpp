@@ -118,15 +118,16 @@ struct CudaMemory {
 };
 }  // namespace detail
 
-/// The Cuda caching allocator: free blocks kept per stream (detail::BlockCache: small blocks by
-/// exact size rounded up to 256 bytes, the alignment cudaMalloc gives; large ones split and
-/// merged), so that reuse is ordered by the stream and never waits for the device (see the file
-/// comment). A StepGraph's pool is one more set of free blocks on its stream: while it captures,
-/// blocks come from the pool, else from the stream's idle blocks (same stream, so already
-/// ordered), else cudaMalloc; they stay in the pool until the graph is destroyed, since each
-/// replay writes them again. Whole free segments go back to the system only in empty_cache(),
-/// when a stream is destroyed, and when cudaMalloc runs out of memory (cudaFree waits for the
-/// device, so a step never calls it). Process-wide singleton, thread-safe.
+/// The Cuda caching allocator: free blocks kept per stream (detail::BlockCache: sizes rounded up
+/// to 256 bytes, the alignment cudaMalloc gives; small blocks cut from 2 MiB segments, large ones
+/// from segments of their own size, both split and merged), so that reuse is ordered by the
+/// stream and never waits for the device (see the file comment). A StepGraph's pool is one more
+/// set of free blocks on its stream: while it captures, blocks come from the pool, else from the
+/// stream's idle blocks (same stream, so already ordered), else cudaMalloc; they stay in the pool
+/// until the graph is destroyed, since each replay writes them again. Whole free segments go back
+/// to the system only in empty_cache(), when a stream is destroyed, and when cudaMalloc runs out
+/// of memory (cudaFree waits for the device, so a step never calls it). Process-wide singleton,
+/// thread-safe.
 template <>
 class CachingAllocator<Cuda> {
  public:
@@ -149,7 +150,7 @@ class CachingAllocator<Cuda> {
     if (b) {
       ++stats_.cache_hits;
     } else {
-      b = cache_.adopt(system_allocate(bytes), bytes, pool, stream.id);
+      b = cache_.adopt(system_allocate(cache_.system_bytes(bytes)), bytes, pool, stream.id);
       ++stats_.system_allocations;
     }
     if (joins_graph) {
@@ -171,6 +172,19 @@ class CachingAllocator<Cuda> {
   void set_poison(bool on) {
     std::lock_guard lock(mutex_);
     poison_ = on;
+  }
+
+  /// Whether small requests (< 1 MiB) are cut from 2 MiB segments (true, the default) or are
+  /// one cudaMalloc each, reused by exact size (false). Segments serve steps whose tensors vary
+  /// (EGS's sparse mode) without a cudaMalloc inside the step; separate blocks are what the
+  /// CUDA simulator's guard pages check to their ends, so its tests turn segments off.
+  void set_small_segments(bool on) {
+    std::lock_guard lock(mutex_);
+    cache_.set_carve_small(on);
+  }
+  [[nodiscard]] bool small_segments() const {
+    std::lock_guard lock(mutex_);
+    return cache_.carves_small();
   }
 
   /// Returns a block to the free blocks of its pool (no synchronisation): its graph's pool while
@@ -199,6 +213,7 @@ class CachingAllocator<Cuda> {
     std::lock_guard lock(mutex_);
     AllocatorStats s = stats_;
     s.bytes_cached = cache_.cached_bytes();
+    s.bookkeeping_allocations = cache_.bookkeeping_allocations();
     return s;
   }
   /// Restarts both high-water marks (bytes in use, graph pool bytes) at their current values.
@@ -213,7 +228,7 @@ class CachingAllocator<Cuda> {
   friend class GraphPool;
   using Block = detail::Block;
 
-  CachingAllocator() = default;
+  CachingAllocator() { cache_.set_carve_small(true); }
   static std::size_t round_up(std::size_t b) { return b == 0 ? 256 : (b + 255) / 256 * 256; }
 
   // Caller holds mutex_. A freed block of a destroyed stream leaves for the system as soon as
