@@ -103,11 +103,12 @@ inline double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/// `--peak-rss NAME [--steps N]` of the step benchmarks (bench_search_step, bench_train_step):
+/// `--peak-rss NAME [--steps N] [--small-segments]` of the step benchmarks (bench_search_step, bench_train_step):
 /// taken out of argv, the rest left for Google Benchmark. An empty name: not given.
 struct PeakRssArgs {
   std::string name;
   int steps = 3;
+  bool small_segments = false;  // --small-segments: the Cpu allocator cuts small blocks from segments
 };
 inline PeakRssArgs take_peak_rss_args(int& argc, char** argv) {
   PeakRssArgs a;
@@ -117,10 +118,13 @@ inline PeakRssArgs take_peak_rss_args(int& argc, char** argv) {
       a.name = argv[++i];
     else if (std::strcmp(argv[i], "--steps") == 0 && i + 1 < argc)
       a.steps = std::max(1, std::atoi(argv[++i]));
+    else if (std::strcmp(argv[i], "--small-segments") == 0)
+      a.small_segments = true;
     else
       argv[kept++] = argv[i];
   }
   argc = kept;
+  CachingAllocator<Cpu>::instance().set_small_segments(a.small_segments);
   return a;
 }
 
@@ -128,6 +132,7 @@ inline PeakRssArgs take_peak_rss_args(int& argc, char** argv) {
 /// high-water mark over them: what the --peak-rss runs print.
 struct StepTimes {
   double wall_ms, cpu_ms, alloc_peak_mb;
+  double new_blocks;  // the allocator's system allocations per timed step (mean)
 };
 template <class F>
 StepTimes time_steps(F&& step, int steps) {
@@ -135,6 +140,7 @@ StepTimes time_steps(F&& step, int steps) {
   step();
   std::vector<double> wall, cpu;
   std::size_t peak = 0;
+  const std::size_t misses = alloc.stats().system_allocations;
   for (int i = 0; i < steps; ++i) {
     alloc.reset_peak();
     const double c0 = process_cpu_s();
@@ -144,7 +150,8 @@ StepTimes time_steps(F&& step, int steps) {
     cpu.push_back(1e3 * (process_cpu_s() - c0));
     peak = std::max(peak, alloc.stats().peak_bytes_in_use);
   }
-  return {median(wall), median(cpu), double(peak) / (1024.0 * 1024.0)};
+  return {median(wall), median(cpu), double(peak) / (1024.0 * 1024.0),
+          double(alloc.stats().system_allocations - misses) / steps};
 }
 
 /// The common tail of every benchmark main(): context lines (threads, NDEBUG), then Google

@@ -28,7 +28,11 @@
 //   bench_search_step --benchmark_filter=egs4_node_sparse --benchmark_repetitions=3
 //   bench_search_step --peak-rss MODE [--steps N]      N steps (default 3) of one mode after one
 //                                                      warm-up step, JSON on stdout: median ms,
-//                                                      CPU ms, allocator and process peak
+//                                                      CPU ms, allocator and process peak, and
+//                                                      new_blocks_per_step (the allocator's
+//                                                      system allocations per timed step)
+//   ... --small-segments                               the Cpu allocator cuts small blocks from
+//                                                      2 MiB segments, as the Cuda one does
 #include <benchmark/benchmark.h>
 
 #include "bench_common.hpp"
@@ -155,9 +159,9 @@ int peak_rss_run(const std::string& name, int steps) {
   std::printf(
       "{\"mode\": \"%s\", \"steps\": %d, \"threads\": %d, \"ms_per_step\": %.3f, \"cpu_ms_per_step\": %.3f, "
       "\"images_per_s\": %.2f, \"alloc_peak_MB\": %.2f, \"rss_after_setup_MB\": %.2f, "
-      "\"peak_rss_MB\": %.2f, \"params\": %lld}\n",
+      "\"peak_rss_MB\": %.2f, \"new_blocks_per_step\": %.2f, \"params\": %lld}\n",
       name.c_str(), steps, cpu::num_threads(), t.wall_ms, t.cpu_ms, double(2 * kBatch) / (t.wall_ms / 1e3),
-      t.alloc_peak_mb, rss_setup, peak_rss_mb(), (long long)b->params());
+      t.alloc_peak_mb, rss_setup, peak_rss_mb(), t.new_blocks, (long long)b->params());
   return 0;
 }
 

@@ -112,9 +112,9 @@ int peak_rss_run(const std::string& name, int steps) {
   std::printf(
       "{\"side\": \"datanas\", \"case\": \"%s\", \"steps\": %d, \"threads\": %d, \"ms_per_step\": %.3f, "
       "\"cpu_ms_per_step\": %.3f, \"alloc_peak_MB\": %.2f, \"rss_after_setup_MB\": %.2f, "
-      "\"peak_rss_MB\": %.2f, \"params\": %lld}\n",
+      "\"peak_rss_MB\": %.2f, \"new_blocks_per_step\": %.2f, \"params\": %lld}\n",
       name.c_str(), steps, cpu::num_threads(), t.wall_ms, t.cpu_ms, t.alloc_peak_mb, rss_setup, peak_rss_mb(),
-      (long long)b.net.parameter_count_without_auxiliary());
+      t.new_blocks, (long long)b.net.parameter_count_without_auxiliary());
   return 0;
 }
 

@@ -20,9 +20,10 @@
 // the depthwise ones on cuDNN and on our kernels ("+own"); benchmarks/pytorch/gpu_ops.py is their
 // PyTorch twin.
 //
-// Output: one JSON object per line: {"what": ..., "ms": median, "ms_all": [...], "peak_MB": ...}
-// with peak_MB = the device allocator's high-water mark of bytes held by tensors during the
-// timed steps (comparable with torch.cuda.max_memory_allocated).
+// Output: one JSON object per line: {"what": ..., "ms": median, "ms_all": [...], "peak_MB": ...,
+// "cuda_mallocs": ...} with peak_MB = the device allocator's high-water mark of bytes held by
+// tensors during the timed steps (comparable with torch.cuda.max_memory_allocated), and
+// cuda_mallocs = the allocator's cudaMalloc calls per timed step (0 once its cache serves a step).
 //
 // --smoke runs everything at tiny sizes (C = 4, 3 cells, batch 4, 8 x 8 images): every code path
 // in seconds, for the CUDA simulator (tests/cudasim builds this file as bench_gpu_step_sim), so a
@@ -56,6 +57,7 @@ struct Timing {
   double median_ms = 0;
   std::vector<double> all;
   double peak_mb = 0;
+  double cuda_mallocs = 0;  // per timed repetition
 };
 Timing time_it(const std::function<void()>& f, int warmup, int reps) {
   const cudaStream_t s = cuda::current_stream().handle;
@@ -63,6 +65,7 @@ Timing time_it(const std::function<void()>& f, int warmup, int reps) {
   DATANAS_CUDA_CHECK(cudaStreamSynchronize(s));
   auto& alloc = CachingAllocator<Cuda>::instance();
   alloc.reset_peak();
+  const std::size_t mallocs = alloc.stats().system_allocations;
   cudaEvent_t e0, e1;
   DATANAS_CUDA_CHECK(cudaEventCreate(&e0));
   DATANAS_CUDA_CHECK(cudaEventCreate(&e1));
@@ -82,12 +85,13 @@ Timing time_it(const std::function<void()>& f, int warmup, int reps) {
   std::sort(sorted.begin(), sorted.end());
   t.median_ms = sorted[sorted.size() / 2];
   t.peak_mb = double(alloc.stats().peak_bytes_in_use) / (1024.0 * 1024.0);
+  t.cuda_mallocs = double(alloc.stats().system_allocations - mallocs) / reps;
   return t;
 }
 
 void report(const std::string& what, const Timing& t, const std::string& extra = "") {
-  std::printf("{\"what\": \"%s\", \"ms\": %.4f, \"peak_MB\": %.2f, \"ms_all\": [", what.c_str(), t.median_ms,
-              t.peak_mb);
+  std::printf("{\"what\": \"%s\", \"ms\": %.4f, \"peak_MB\": %.2f, \"cuda_mallocs\": %.2f, \"ms_all\": [",
+              what.c_str(), t.median_ms, t.peak_mb, t.cuda_mallocs);
   for (std::size_t i = 0; i < t.all.size(); ++i) std::printf("%s%.3f", i ? ", " : "", t.all[i]);
   std::printf("]%s}\n", extra.c_str());
   std::fflush(stdout);
