@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "datanas/datanas.hpp"
+#include "varying_sizes.hpp"
 
 using namespace datanas;
 
@@ -296,38 +297,18 @@ TEST_CASE("Cpu allocator: a large miss gives back smaller free segments only bey
 }
 
 TEST_CASE("Cpu allocator with small segments: sizes that vary from step to step need no new memory") {
-  // Each "step" holds 40 small tensors whose sizes depend on the step, as a sparse EGS step's
-  // temporaries depend on the ops it sampled. Exact sizes miss at every step that brings new
-  // sizes; segments serve every step from the memory the first one left.
   auto& alloc = CachingAllocator<Cpu>::instance();
-  const auto run_steps = [&] {
-    const auto before = alloc.stats();
-    std::vector<std::size_t> misses;
-    for (index_t step = 0; step < 6; ++step) {
-      const std::size_t at = alloc.stats().system_allocations;
-      std::vector<Tensor<float>> held;
-      for (index_t i = 0; i < 40; ++i)
-        held.push_back(Tensor<float>::empty({64 + 16 * ((i * 7 + step * 5) % 23)}));
-      misses.push_back(alloc.stats().system_allocations - at);
-    }
-    CHECK(alloc.stats().bytes_in_use == before.bytes_in_use);
-    return misses;
-  };
+  const auto before = alloc.stats();
   REQUIRE(!alloc.small_segments());
   alloc.empty_cache();
-  const auto exact = run_steps();
+  const auto exact = testing::misses_per_varying_step<Cpu>();
   alloc.set_small_segments(true);
   alloc.empty_cache();
-  const auto carved = run_steps();
+  const auto carved = testing::misses_per_varying_step<Cpu>();
   alloc.set_small_segments(false);
   alloc.empty_cache();
-  CHECK(carved[0] == 1);  // one 2 MiB segment holds them all
-  for (std::size_t s = 1; s < carved.size(); ++s) CHECK(carved[s] == 0);
-  CHECK(exact[0] == 40);  // one block per tensor held
-  std::size_t later = 0;
-  for (std::size_t s = 1; s < exact.size(); ++s) later += exact[s];
-  CHECK(later > 0);
-  MESSAGE("new system blocks per step, exact sizes: ", exact[1], " ", exact[2], " ", exact[3], " ...");
+  CHECK(alloc.stats().bytes_in_use == before.bytes_in_use);
+  testing::check_segments_against_exact(exact, carved);
 }
 
 TEST_CASE("Philox4x32-10 matches the Random123 known-answer vectors") {

@@ -9,6 +9,7 @@
 #include "datanas/core/cuda.hpp"
 #include "datanas/core/random.hpp"
 #include "parity.hpp"
+#include "../varying_sizes.hpp"
 
 using namespace datanas;
 using gpu_test::same_bits;
@@ -170,42 +171,23 @@ TEST_CASE("a destroyed stream's split segment goes back to the system when its l
 }
 
 TEST_CASE("small segments: small tensors of varying sizes need no cudaMalloc after the first segment") {
-  // Each "step" holds 40 small tensors whose sizes depend on the step, as a sparse EGS step's
-  // temporaries depend on the ops it sampled. With exact-size blocks every step that brings new
-  // sizes calls cudaMalloc; small segments serve every step from the first one's memory.
-  cuda::Stream stream;
+  cuda::Stream stream;  // a stream of its own: an empty pool
   cuda::StreamGuard guard(stream);
-  const auto run_steps = [] {
-    std::vector<std::size_t> misses;
-    for (index_t step = 0; step < 6; ++step) {
-      const std::size_t at = cuda_stats().system_allocations;
-      std::vector<Tensor<float, Cuda>> held;
-      for (index_t i = 0; i < 40; ++i)
-        held.push_back(Tensor<float, Cuda>::empty({64 + 16 * ((i * 7 + step * 5) % 23)}));
-      misses.push_back(cuda_stats().system_allocations - at);
-    }
-    return misses;
-  };
   CHECK(!CachingAllocator<Cuda>::instance().small_segments());  // gpu_main's choice
-  const auto exact = run_steps();
+  const auto exact = testing::misses_per_varying_step<Cuda>();
   std::vector<std::size_t> carved;
   {
-    cuda::Stream other;  // a stream of its own: no cached block of the first run helps
+    cuda::Stream other;  // another empty pool: no block of the first run helps
     cuda::StreamGuard on_other(other);
     const gpu_test::SmallSegments on;
     const AllocatorStats before = cuda_stats();
-    carved = run_steps();
+    carved = testing::misses_per_varying_step<Cuda>();
     const AllocatorStats after = cuda_stats();
     CHECK(after.bytes_in_use == before.bytes_in_use);
     CHECK(after.bytes_cached - before.bytes_cached == detail::BlockCache<detail::CudaMemory>::kSmallSegment);
   }
   CHECK(!CachingAllocator<Cuda>::instance().small_segments());  // restored
-  CHECK(carved[0] == 1);  // one 2 MiB segment holds them all
-  for (std::size_t s = 1; s < carved.size(); ++s) CHECK(carved[s] == 0);
-  CHECK(exact[0] == 40);  // one block per tensor held
-  std::size_t later = 0;
-  for (std::size_t s = 1; s < exact.size(); ++s) later += exact[s];
-  CHECK(later > 0);
+  testing::check_segments_against_exact(exact, carved);
 }
 
 TEST_CASE("small segments: a destroyed stream's segment goes back to the system when its last piece does") {

@@ -67,14 +67,54 @@ struct RawMemory<Cpu> {
   static void unpoison(void* p, std::size_t n) { DATANAS_ASAN_UNPOISON(p, n); }
 };
 
+/// What the Cpu and the Cuda caching allocators share: their free blocks (BlockCache) and
+/// counters behind one mutex.
+template <class System>
+class GuardedCache {
+ public:
+  /// Whether small requests (< 1 MiB) are cut from 2 MiB segments (true) or are one system
+  /// allocation each, reused by exact size (false). Each allocator's comment gives its default
+  /// and why; core/block_cache.hpp compares the two.
+  void set_small_segments(bool on) {
+    std::lock_guard lock(mutex_);
+    cache_.set_carve_small(on);
+  }
+  [[nodiscard]] bool small_segments() const {
+    std::lock_guard lock(mutex_);
+    return cache_.carves_small();
+  }
+
+  [[nodiscard]] AllocatorStats stats() const {
+    std::lock_guard lock(mutex_);
+    AllocatorStats s = stats_;
+    s.bytes_cached = cache_.cached_bytes();
+    s.bookkeeping_allocations = cache_.bookkeeping_allocations();
+    return s;
+  }
+
+ protected:
+  GuardedCache() = default;
+  ~GuardedCache() = default;
+
+  mutable std::mutex mutex_;
+  AllocatorStats stats_;
+  BlockCache<System> cache_;  // destroyed at exit: gives its free blocks back
+};
+
 }  // namespace detail
 
-/// Per-device caching allocator (a process-wide singleton per device, thread-safe).
+/// Per-device caching allocator (a process-wide singleton per device, thread-safe). Small blocks
+/// by exact size by default (set_small_segments): a host malloc is cheap, and AddressSanitizer
+/// checks separate blocks to their ends.
 template <class D>
-class CachingAllocator {
+class CachingAllocator : public detail::GuardedCache<detail::RawMemory<D>> {
   static_assert(std::same_as<D, Cpu>,
                 "CachingAllocator<Cuda> (and so Tensor<T, Cuda>) is defined by the CUDA backend: "
                 "include <datanas/cuda.hpp> and use the datanas-cuda dependency");
+  using Base = detail::GuardedCache<detail::RawMemory<D>>;
+  using Base::cache_;
+  using Base::mutex_;
+  using Base::stats_;
 
  public:
   static CachingAllocator& instance() {
@@ -110,17 +150,6 @@ class CachingAllocator {
     cache_.put(static_cast<detail::Block*>(s));
   }
 
-  /// Whether small requests (< 1 MiB) are cut from 2 MiB segments (true) or served by exact
-  /// size, one system allocation each (false, the default; core/block_cache.hpp says why).
-  void set_small_segments(bool on) {
-    std::lock_guard lock(mutex_);
-    cache_.set_carve_small(on);
-  }
-  [[nodiscard]] bool small_segments() const {
-    std::lock_guard lock(mutex_);
-    return cache_.carves_small();
-  }
-
   /// Gives every cached block back to the system (live tensors, and the segments they are cut
   /// from, are untouched).
   void empty_cache() {
@@ -128,13 +157,6 @@ class CachingAllocator {
     cache_.discard_whole([](std::uint64_t) { return true; });
   }
 
-  [[nodiscard]] AllocatorStats stats() const {
-    std::lock_guard lock(mutex_);
-    AllocatorStats s = stats_;
-    s.bytes_cached = cache_.cached_bytes();
-    s.bookkeeping_allocations = cache_.bookkeeping_allocations();
-    return s;
-  }
   void reset_peak() {
     std::lock_guard lock(mutex_);
     stats_.peak_bytes_in_use = stats_.bytes_in_use;
@@ -156,9 +178,6 @@ class CachingAllocator {
     return stats_.bytes_in_use + cache_.cached_bytes() + bytes > high_water_ + high_water_ / 4;
   }
 
-  mutable std::mutex mutex_;
-  detail::BlockCache<detail::RawMemory<D>> cache_;  // destroyed at exit: gives its blocks back
-  AllocatorStats stats_;
   std::size_t high_water_ = 0;  // most bytes ever in use at once (reset_peak does not touch it)
 };
 

@@ -129,7 +129,7 @@ struct CudaMemory {
 /// of memory (cudaFree waits for the device, so a step never calls it). Process-wide singleton,
 /// thread-safe.
 template <>
-class CachingAllocator<Cuda> {
+class CachingAllocator<Cuda> : public detail::GuardedCache<detail::CudaMemory> {
  public:
   static CachingAllocator& instance() {
     static CachingAllocator a;
@@ -174,19 +174,6 @@ class CachingAllocator<Cuda> {
     poison_ = on;
   }
 
-  /// Whether small requests (< 1 MiB) are cut from 2 MiB segments (true, the default) or are
-  /// one cudaMalloc each, reused by exact size (false). Segments serve steps whose tensors vary
-  /// (EGS's sparse mode) without a cudaMalloc inside the step; separate blocks are what the
-  /// CUDA simulator's guard pages check to their ends, so its tests turn segments off.
-  void set_small_segments(bool on) {
-    std::lock_guard lock(mutex_);
-    cache_.set_carve_small(on);
-  }
-  [[nodiscard]] bool small_segments() const {
-    std::lock_guard lock(mutex_);
-    return cache_.carves_small();
-  }
-
   /// Returns a block to the free blocks of its pool (no synchronisation): its graph's pool while
   /// that graph lives, else its stream's; memory of a destroyed stream goes back to the system
   /// once its segment is whole again.
@@ -209,13 +196,6 @@ class CachingAllocator<Cuda> {
     cache_.discard_whole([this](std::uint64_t pool) { return !graph_pools_.contains(pool); });
   }
 
-  [[nodiscard]] AllocatorStats stats() const {
-    std::lock_guard lock(mutex_);
-    AllocatorStats s = stats_;
-    s.bytes_cached = cache_.cached_bytes();
-    s.bookkeeping_allocations = cache_.bookkeeping_allocations();
-    return s;
-  }
   /// Restarts both high-water marks (bytes in use, graph pool bytes) at their current values.
   void reset_peak() {
     std::lock_guard lock(mutex_);
@@ -228,6 +208,9 @@ class CachingAllocator<Cuda> {
   friend class GraphPool;
   using Block = detail::Block;
 
+  // Small segments by default (set_small_segments): they serve steps whose tensors vary (EGS's
+  // sparse mode) without a cudaMalloc inside the step. Separate blocks are what the CUDA
+  // simulator's guard pages check to their ends, so the GPU tests turn segments off.
   CachingAllocator() { cache_.set_carve_small(true); }
   static std::size_t round_up(std::size_t b) { return b == 0 ? 256 : (b + 255) / 256 * 256; }
 
@@ -288,12 +271,11 @@ class CachingAllocator<Cuda> {
                                         " bytes held by tensors, ", cache_.cached_bytes(), " cached)"));
   }
 
-  mutable std::mutex mutex_;
+  // mutex_, stats_ and cache_ are GuardedCache's (the cache, destroyed after these, needs none
+  // of them).
   bool poison_ = false;
   std::unordered_set<std::uint64_t> live_streams_;
   std::unordered_set<std::uint64_t> graph_pools_;
-  AllocatorStats stats_;
-  detail::BlockCache<detail::CudaMemory> cache_;  // last: destroyed first, at exit
 };
 
 }  // namespace datanas
