@@ -103,12 +103,14 @@ inline double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/// `--peak-rss NAME [--steps N] [--small-segments]` of the step benchmarks (bench_search_step, bench_train_step):
-/// taken out of argv, the rest left for Google Benchmark. An empty name: not given.
+/// `--peak-rss NAME [--steps N] [--small-segments]` of the step benchmarks (bench_search_step,
+/// bench_train_step): taken out of argv, the rest left for Google Benchmark. An empty name: not
+/// given. --small-segments cuts the Cpu allocator's small blocks from segments, as the Cuda
+/// allocator does by default.
 struct PeakRssArgs {
   std::string name;
   int steps = 3;
-  bool small_segments = false;  // --small-segments: the Cpu allocator cuts small blocks from segments
+  bool small_segments = false;
 };
 inline PeakRssArgs take_peak_rss_args(int& argc, char** argv) {
   PeakRssArgs a;
