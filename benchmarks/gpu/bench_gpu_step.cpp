@@ -24,12 +24,17 @@
 // "cuda_mallocs": ...} with peak_MB = the device allocator's high-water mark of bytes held by
 // tensors during the timed steps (comparable with torch.cuda.max_memory_allocated), and
 // cuda_mallocs = the allocator's cudaMalloc calls per timed step (0 once its cache serves a step).
+// On the simulator the rows also count what the host queued per timed step: "kernels" (our
+// launches), "library_calls" (cuBLAS and cuDNN computations) and "device_copies" (device-side
+// copies and memsets); a replayed graph counts none (it was queued at capture).
 //
 // --smoke runs everything at tiny sizes (C = 4, 3 cells, batch 4, 8 x 8 images): every code path
 // in seconds, for the CUDA simulator (tests/cudasim builds this file as bench_gpu_step_sim), so a
 // GPU session does not find a broken benchmark. Its numbers mean nothing.
+// --smoke --layers 8 gives the tiny network the benchmark's 8 cells: on the simulator, the
+// counts of the real search step (they do not depend on C, the batch or the image size).
 //
-//   bench_gpu_step [--steps N] [--warmup N] [--only search|ops] [--smoke]
+//   bench_gpu_step [--steps N] [--warmup N] [--only search|ops] [--smoke [--layers N]]
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -58,6 +63,12 @@ struct Timing {
   std::vector<double> all;
   double peak_mb = 0;
   double cuda_mallocs = 0;  // per timed repetition
+#if DATANAS_CUDA_SIM
+  // On the simulator only, per timed repetition: kernel launches, cuBLAS/cuDNN computations
+  // and device-side copies and memsets, the work whose launch cost the host pays per step
+  // (counting them on a GPU would need CUPTI).
+  double kernels = 0, library_calls = 0, device_copies = 0;
+#endif
 };
 Timing time_it(const std::function<void()>& f, int warmup, int reps) {
   const cudaStream_t s = cuda::current_stream().handle;
@@ -70,6 +81,9 @@ Timing time_it(const std::function<void()>& f, int warmup, int reps) {
   DATANAS_CUDA_CHECK(cudaEventCreate(&e0));
   DATANAS_CUDA_CHECK(cudaEventCreate(&e1));
   Timing t;
+#if DATANAS_CUDA_SIM
+  const cudasim::Counters before = cudasim::counters();
+#endif
   for (int i = 0; i < reps; ++i) {
     DATANAS_CUDA_CHECK(cudaEventRecord(e0, s));
     f();
@@ -86,6 +100,12 @@ Timing time_it(const std::function<void()>& f, int warmup, int reps) {
   t.median_ms = sorted[sorted.size() / 2];
   t.peak_mb = double(alloc.stats().peak_bytes_in_use) / (1024.0 * 1024.0);
   t.cuda_mallocs = double(alloc.stats().system_allocations - mallocs) / reps;
+#if DATANAS_CUDA_SIM
+  const cudasim::Counters& after = cudasim::counters();
+  t.kernels = double(after.kernels - before.kernels) / reps;
+  t.library_calls = double(after.library_calls - before.library_calls) / reps;
+  t.device_copies = double(after.device_copies - before.device_copies) / reps;
+#endif
   return t;
 }
 
@@ -93,7 +113,12 @@ void report(const std::string& what, const Timing& t, const std::string& extra =
   std::printf("{\"what\": \"%s\", \"ms\": %.4f, \"peak_MB\": %.2f, \"cuda_mallocs\": %.2f, \"ms_all\": [",
               what.c_str(), t.median_ms, t.peak_mb, t.cuda_mallocs);
   for (std::size_t i = 0; i < t.all.size(); ++i) std::printf("%s%.3f", i ? ", " : "", t.all[i]);
-  std::printf("]%s}\n", extra.c_str());
+  std::printf("]");
+#if DATANAS_CUDA_SIM
+  std::printf(", \"kernels\": %.1f, \"library_calls\": %.1f, \"device_copies\": %.1f", t.kernels,
+              t.library_calls, t.device_copies);
+#endif
+  std::printf("%s}\n", extra.c_str());
   std::fflush(stdout);
 }
 
@@ -203,7 +228,7 @@ void ops(const Sizes& z, int warmup, int reps) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-  int steps = 20, warmup = 3;
+  int steps = 20, warmup = 3, layers = -1;  // -1: the size's own cell count
   std::string only;
   Sizes z;
   for (int i = 1; i < argc; ++i) {
@@ -212,12 +237,17 @@ int main(int argc, char** argv) try {
     else if (a == "--warmup" && i + 1 < argc) warmup = std::atoi(argv[++i]);
     else if (a == "--only" && i + 1 < argc) only = argv[++i];
     else if (a == "--smoke") z = Sizes::tiny();
+    else if (a == "--layers" && i + 1 < argc) layers = std::atoi(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: bench_gpu_step [--steps N] [--warmup N] [--only search|ops] [--smoke]\n");
+      std::fprintf(stderr,
+                   "usage: bench_gpu_step [--steps N] [--warmup N] [--only search|ops] [--smoke [--layers N]]\n");
       return 2;
     }
   }
   DATANAS_CHECK(steps >= 1 && warmup >= 0, "--steps must be >= 1 and --warmup >= 0");
+  DATANAS_CHECK(layers == -1 || (z.smoke && layers >= 3), "--layers needs --smoke and at least 3 cells, got ",
+                layers);
+  if (layers != -1) z.layers = layers;
   cuda::require_device("bench_gpu_step");
   cudaDeviceProp prop{};
   DATANAS_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));

@@ -223,6 +223,7 @@ cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t transa, cublasOpera
   const double al = double(*alpha), be = double(*beta);  // host pointer mode: read now
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
   if ((al == 0.0 || k == 0) && be == 1.0) return CUBLAS_STATUS_SUCCESS;
+  ++cudasim::counters().library_calls;
   return from_cuda(cudasim::enqueue(
       handle->stream, [=] { gemm_host<T>(ta, tb, m, n, k, al, a, lda, b, ldb, be, c, ldc); }));
 }

@@ -513,6 +513,7 @@ void add_tensor(const Layout& a_l, const Layout& c_l, double alpha, const T* a, 
 /// Queues `work` on the handle's stream; a CUDA error becomes a cuDNN execution failure.
 inline cudnnStatus_t launch(const char* fn, cudnnHandle_t handle, std::function<void()> work) {
   const cudasim::SimScope scope;
+  ++cudasim::counters().library_calls;
   const cudaError_t e = cudasim::enqueue(handle->stream, std::move(work));
   if (e == cudaSuccess) return CUDNN_STATUS_SUCCESS;
   return fail(CUDNN_STATUS_EXECUTION_FAILED_CUDART, fn,

@@ -173,6 +173,10 @@ struct Counters {
   std::uint64_t largest_read = 0;
   std::uint64_t uploads = 0;     // host-to-device copies (from pageable memory a GPU's runtime
                                  // stages them on the host, and may block it)
+  std::uint64_t kernels = 0;     // kernel launches (cudasim::launch)
+  std::uint64_t library_calls = 0;  // computations queued by cuBLAS and cuDNN (each is one or
+                                    // more kernels on a GPU)
+  std::uint64_t device_copies = 0;  // cudaMemcpyAsync device-to-device and cudaMemsetAsync
 };
 
 /// A cudaMalloc block's mapping: the pages it was given (its own pages and the guard page after
@@ -589,6 +593,7 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block_dims, cudaStream_t strea
     return;
   }
   std::tuple<P...> args(std::move(params)...);
+  ++state().counters.kernels;
   fail(enqueue(stream, [kernel, grid, block_dims, args] {
     const std::function<void()> body = [&] { std::apply(kernel, args); };
     try {
@@ -821,6 +826,7 @@ inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes
     c.largest_read = std::max<std::uint64_t>(c.largest_read, bytes);
   }
   if (kind == cudaMemcpyHostToDevice) ++cudasim::counters().uploads;
+  if (kind == cudaMemcpyDeviceToDevice) ++cudasim::counters().device_copies;
   return cudasim::fail(cudasim::enqueue(s, [dst, src, bytes] { std::memmove(dst, src, bytes); }));
 }
 inline cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
@@ -832,6 +838,7 @@ inline cudaError_t cudaMemsetAsync(void* dst, int value, std::size_t bytes,
   if (!cudasim::known_stream(s)) return cudasim::fail(cudaErrorInvalidResourceHandle);
   if (bytes == 0) return cudaSuccess;
   if (!dst) return cudasim::fail(cudaErrorInvalidValue);
+  ++cudasim::counters().device_copies;
   return cudasim::fail(
       cudasim::enqueue(s, [dst, value, bytes] { std::memset(dst, value, bytes); }));
 }
