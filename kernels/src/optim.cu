@@ -8,7 +8,7 @@ namespace datanas::cuda {
   template void squared_norm<T>(int, T* const*, const std::int64_t*, double*, const NormOutputs<T>&, \
                                 cudaStream_t);                                                      \
   template void scale_by_coef<T>(int, T* const*, const std::int64_t*, const double*, cudaStream_t); \
-  template void sgd_step<T>(std::int64_t, T*, T*, T*, T, T, bool, T, bool, cudaStream_t);           \
+  template void sgd_chunk<T>(const SgdChunk<T>&, cudaStream_t);                                      \
   template void adam_step<T>(std::int64_t, T*, T*, T*, T*, const AdamScalars<T>&, cudaStream_t);    \
   template void asgd_step<T>(std::int64_t, T*, T*, T*, const AsgdScalars<T>&, cudaStream_t);        \
   template void axpby<T>(std::int64_t, T, const T*, T, const T*, const T*, T*, cudaStream_t);       \

@@ -1,8 +1,9 @@
 // The optimisers, gradient clipping, the tensor algebra of ops/tensor_math.hpp and the estimator
 // ops on the GPU against the CPU: SGD, Adam and ASGD for three steps on random parameters and
-// gradients (parameters, gradients and optimiser state compared after every step), clipping above
-// and below the threshold with a parameter that has no gradient and more tensors than one launch
-// covers, axpby with aliasing, squared_norm, and mixing_weights for every estimator kind (forward,
+// gradients (parameters, gradients and optimiser state compared after every step; SGD also on
+// 150 parameters, up to 64 a launch, and on one listed twice), clipping above and below the
+// threshold with a parameter that has no gradient and more tensors than one launch covers,
+// axpby with aliasing, squared_norm, and mixing_weights for every estimator kind (forward,
 // gradients, and the sampled codes identical), group_probabilities and l1_to_code.
 #include "parity.hpp"
 
@@ -108,6 +109,65 @@ TEST_CASE("SGD on the GPU matches the CPU for three steps") {
       ps.compare(kOptimTol);
       compare_state("momentum", og.momentum_buffers(), oc.momentum_buffers(), kOptimTol);
     }
+  }
+}
+
+TEST_CASE("SGD on the GPU updates many parameters in few launches, as the CPU one by one") {
+  // 150 parameters of varied sizes: three launches of at most 64 (cuda::kSgdChunk). The last
+  // one never has a gradient; every fifth gets its first gradient only at step 1, so one launch
+  // mixes new and old momentum buffers.
+  PhiloxGenerator gen(26);
+  std::vector<Shape> shapes;
+  for (int i = 0; i < 149; ++i) shapes.push_back(Shape{1 + 53 * i % 389});
+  shapes.push_back(Shape{(index_t(1) << 17) + 9});
+  shapes.push_back(Shape{3});
+  Params ps(shapes, gen);
+  optim::SGD<float, Cpu> oc(ps.c, 0.025, 0.9, 3e-4);
+  optim::SGD<float, Cuda> og(ps.g, 0.025, 0.9, 3e-4);
+  for (int step = 0; step < 3; ++step) {
+    CAPTURE(step);
+    ps.set_grads(gen);
+    if (step == 0)
+      for (std::size_t i = 0; i < ps.c.size(); i += 5) {
+        ps.c[i].zero_grad();
+        ps.g[i].zero_grad();
+      }
+#if DATANAS_CUDA_SIM
+    const std::uint64_t before = cudasim::counters().kernels;
+#endif
+    oc.step();
+    og.step();
+#if DATANAS_CUDA_SIM
+    const std::size_t updated = step == 0 ? 150 - 30 : 150;  // the last and every fifth wait
+    CHECK(cudasim::counters().kernels - before == (updated + cuda::kSgdChunk - 1) / cuda::kSgdChunk);
+#endif
+    ps.compare(kOptimTol);
+    compare_state("momentum", og.momentum_buffers(), oc.momentum_buffers(), kOptimTol);
+  }
+}
+
+TEST_CASE("SGD on the GPU updates a parameter listed twice twice, as the CPU") {
+  // One launch would update it twice at once (a race): the batch launches before the second.
+  PhiloxGenerator gen(27);
+  Params two({Shape{5}, Shape{1000}}, gen);
+  two.with_grad = {true, true};
+  const std::vector<VarC> lc{two.c[0], two.c[1], two.c[0]};
+  const std::vector<VarG> lg{two.g[0], two.g[1], two.g[0]};
+  optim::SGD<float, Cpu> tc(lc, 0.1, 0.9, 3e-4);
+  optim::SGD<float, Cuda> tg(lg, 0.1, 0.9, 3e-4);
+  for (int step = 0; step < 2; ++step) {
+    two.set_grads(gen);
+#if DATANAS_CUDA_SIM
+    // The simulator runs blocks one after another, so a race would not show in the values:
+    // check the second launch instead.
+    const std::uint64_t before = cudasim::counters().kernels;
+#endif
+    tc.step();
+    tg.step();
+#if DATANAS_CUDA_SIM
+    CHECK(cudasim::counters().kernels - before == 2);
+#endif
+    two.compare(kOptimTol);
   }
 }
 

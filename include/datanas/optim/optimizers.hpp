@@ -4,11 +4,11 @@
 // One place performs every parameter update (step()), so a future data-parallel communicator
 // can all-reduce gradients just before it. State buffers are allocated on the first step only.
 //
-// Devices: on the Cpu the updates are Eigen expressions; on Cuda each parameter's update is one
-// fused kernel (DeviceOps<Cuda>, ops/cuda/optim.hpp) performing the same operations in the same
-// order, queued on the current stream (the host never waits). The gradient buffers are modified
-// in place on both devices (weight decay is added into them), and the state tensors live on the
-// parameters' device.
+// Devices: on the Cpu the updates are Eigen expressions; on Cuda each update is a fused kernel
+// (DeviceOps<Cuda>, ops/cuda/optim.hpp; SGD's covers up to 64 parameters a launch, Adam's one)
+// performing the same operations in the same order, queued on the current stream (the host
+// never waits). The gradient buffers are modified in place on both devices (weight decay is
+// added into them), and the state tensors live on the parameters' device.
 #pragma once
 
 #include <cmath>
@@ -34,10 +34,10 @@ class SGD {
   }
   void step() {
     NoGradGuard ng;
-    for (std::size_t i = 0; i < params_.size(); ++i) {
-      const Var<T, D>& p = params_[i];
-      if (!p.has_grad()) continue;
-      if constexpr (is_cpu<D>) {
+    if constexpr (is_cpu<D>) {
+      for (std::size_t i = 0; i < params_.size(); ++i) {
+        const Var<T, D>& p = params_[i];
+        if (!p.has_grad()) continue;
         auto w = p.value().eigen();
         auto g = p.grad().eigen();
         if (wd_ != 0) g += T(wd_) * w;  // the gradient buffer is ours until the next zero_grad
@@ -51,12 +51,19 @@ class SGD {
         } else {
           w -= T(lr_) * g;
         }
-      } else {
+      }
+    } else {
+      // The same update per element, many parameters per launch (a supernet has over a
+      // thousand weight tensors).
+      typename DeviceOps<D>::template SgdBatch<T> batch(T(lr_), T(momentum_), wd_ != 0, T(wd_));
+      for (std::size_t i = 0; i < params_.size(); ++i) {
+        const Var<T, D>& p = params_[i];
+        if (!p.has_grad()) continue;
         const bool first = momentum_ != 0 && !buf_[i].defined();
         if (first) buf_[i] = Tensor<T, D>::empty(p.grad().shape());
-        DeviceOps<D>::sgd_step(p.value(), p.grad(), momentum_ != 0 ? buf_[i] : Tensor<T, D>(), T(lr_),
-                               T(momentum_), wd_ != 0, T(wd_), first);
+        batch.add(p.value(), p.grad(), momentum_ != 0 ? buf_[i] : Tensor<T, D>(), first);
       }
+      batch.launch();
     }
   }
   void zero_grad() {

@@ -1,7 +1,8 @@
-// datanas/cuda/optim.cuh - the optimiser kernels (declared in optim.hpp): fused per-parameter
-// updates of SGD, Adam and ASGD that follow the CPU steps in optim/optimizers.hpp and
-// optim/asgd.hpp operation by operation, the deterministic multi-tensor squared norm behind
-// clip_grad_norm and squared_norm, and the small scalar/vector kernels of ops/tensor_math.hpp.
+// datanas/cuda/optim.cuh - the optimiser kernels (declared in optim.hpp): fused updates of SGD
+// (a chunk of parameters per launch), Adam and ASGD (one parameter per launch) that follow the
+// CPU steps in optim/optimizers.hpp and optim/asgd.hpp operation by operation, the
+// deterministic multi-tensor squared norm behind clip_grad_norm and squared_norm, and the small
+// scalar/vector kernels of ops/tensor_math.hpp.
 //
 // Rounding: every update writes the same sequence of roundings as the CPU's Eigen expression
 // (products, then sums, in its order); nvcc may still contract a product and a sum into an FMA,
@@ -144,6 +145,15 @@ struct SgdOp {
     }
   }
 };
+
+/// SGD on parameter blockIdx.y of the chunk, SgdOp's arithmetic on each element.
+template <class T>
+__global__ void __launch_bounds__(kOptimThreads) sgd_chunk_kernel(SgdChunk<T> chunk) {
+  const SgdParam<T>& p = chunk.p[blockIdx.y];
+  const SgdOp<T> op{p.w, p.g, p.buf, chunk.lr, chunk.momentum, chunk.wd, chunk.decay, p.first};
+  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += stride) op(i);
+}
 
 template <class T>
 struct AdamOp {
@@ -310,9 +320,15 @@ void scale_by_coef(int count, T* const* x, const std::int64_t* n, const double* 
 }
 
 template <class T>
-void sgd_step(std::int64_t n, T* w, T* g, T* buf, T lr, T momentum, bool decay, T wd, bool first,
-              cudaStream_t stream) {
-  optim_detail::launch_map(n, optim_detail::SgdOp<T>{w, g, buf, lr, momentum, wd, decay, first}, stream);
+void sgd_chunk(const SgdChunk<T>& chunk, cudaStream_t stream) {
+  namespace od = optim_detail;
+  DATANAS_CHECK(chunk.count >= 0 && chunk.count <= kSgdChunk, "cuda sgd_chunk: ", chunk.count,
+                " parameters (at most ", kSgdChunk, ")");
+  std::int64_t largest = 0;
+  for (int t = 0; t < chunk.count; ++t) largest = std::max(largest, chunk.p[t].n);
+  if (largest == 0) return;
+  cuda::launch(od::sgd_chunk_kernel<T>, dim3(od::map_blocks(largest, 1024), unsigned(chunk.count)),
+               kOptimThreads, stream, chunk);
 }
 
 template <class T>

@@ -1,9 +1,9 @@
 // datanas/cuda/optim.hpp - declarations of the optimiser launchers (optim.cuh) for host code
-// compiled by the C++ compiler: the fused per-parameter updates of SGD, Adam and ASGD, the
-// multi-tensor squared norm and gradient clipping, the small tensor algebra of DARTS' unrolled
-// step (ops/tensor_math.hpp), and the L1 distance of the DATA code term. The datanas_cuda
-// library instantiates them for float and double (kernels/src/optim.cu); see elementwise.hpp for
-// why the split.
+// compiled by the C++ compiler: the fused updates of SGD (many parameters per launch), Adam and
+// ASGD (one launch per parameter), the multi-tensor squared norm and gradient clipping, the
+// small tensor algebra of DARTS' unrolled step (ops/tensor_math.hpp), and the L1 distance of
+// the DATA code term. The datanas_cuda library instantiates them for float and double
+// (kernels/src/optim.cu); see elementwise.hpp for why the split.
 //
 // Pointers are device pointers; every launcher queues its work on `stream` and returns without
 // synchronising. Scalars that depend on earlier device work (a norm, a clipping coefficient, a
@@ -72,13 +72,35 @@ template <class T>
 void scale_by_coef(int count, T* const* x, const std::int64_t* n, const double* coef,
                    cudaStream_t stream);
 
-/// SGD (torch semantics), elementwise over one parameter of n elements:
+/// One parameter of a multi-tensor SGD launch: n elements of w, g and (with momentum) buf;
+/// `first`: its momentum buffer is new this step (buf = g).
+template <class T>
+struct SgdParam {
+  T* w = nullptr;
+  T* g = nullptr;
+  T* buf = nullptr;  ///< nullptr: no momentum
+  std::int64_t n = 0;
+  bool first = false;
+};
+/// Parameters one SGD launch updates: they travel as kernel arguments (64 x 40 bytes, under
+/// the 4 KiB parameter limit). A supernet has a thousand or more weight tensors; one launch each
+/// would make the update alone a thousand launches a step, where this makes it a few dozen.
+inline constexpr int kSgdChunk = 64;
+/// Up to kSgdChunk parameters and the step's scalars (SgdBatch fills it on the host).
+template <class T>
+struct SgdChunk {
+  SgdParam<T> p[kSgdChunk];
+  int count = 0;
+  T lr = 0, momentum = 0, wd = 0;
+  bool decay = false;
+};
+/// SGD (torch semantics) on every parameter of the chunk, one launch, elementwise:
 ///   g = g + wd w (written back to g, only when decay)
 ///   buf = first ? g : momentum buf + g;  w = w - lr buf      (buf != nullptr)
 ///   w = w - lr g                                               (buf == nullptr: no momentum)
+/// The parameters must not share storage (their blocks run at once; SgdBatch ensures it).
 template <class T>
-void sgd_step(std::int64_t n, T* w, T* g, T* buf, T lr, T momentum, bool decay, T wd, bool first,
-              cudaStream_t stream);
+void sgd_chunk(const SgdChunk<T>& chunk, cudaStream_t stream);
 
 /// The per-step scalars of Adam, computed on the host exactly as the CPU step does.
 template <class T>

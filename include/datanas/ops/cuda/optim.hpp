@@ -25,15 +25,52 @@ struct OptimOps {
   template <class T>
   using DTensor = Tensor<T, Cuda>;
 
-  // ---- optimiser updates (one fused launch per parameter) ---------------------------------
+  // ---- optimiser updates -------------------------------------------------------------------
 
-  /// SGD on one parameter: see cuda::sgd_step. buf undefined: no momentum; `first`: buf = g.
+  /// SGD on the parameters of one step in few launches (cuda::sgd_chunk): add() each parameter
+  /// in the CPU's order, then launch(). A chunk goes to the GPU when it is full, or before a
+  /// parameter whose storage overlaps one already in it: the CPU updates parameters one after
+  /// another, one launch updates its chunk at once, so a parameter listed twice is updated twice
+  /// here too, in two launches. Builds no heap memory (the chunk lives in the batch).
   template <class T>
-  static void sgd_step(const DTensor<T>& w, const DTensor<T>& g, const DTensor<T>& buf, T lr, T momentum,
-                       bool decay, T wd, bool first) {
-    cuda::sgd_step<T>(w.numel(), w.data(), g.data(), buf.defined() ? buf.data() : nullptr, lr, momentum,
-                      decay, wd, first, optim_stream());
-  }
+  class SgdBatch {
+   public:
+    SgdBatch(T lr, T momentum, bool decay, T wd) {
+      c_.lr = lr;
+      c_.momentum = momentum;
+      c_.decay = decay;
+      c_.wd = wd;
+    }
+    /// Parameter w with gradient g; buf undefined: no momentum; `first`: buf = g.
+    void add(const DTensor<T>& w, const DTensor<T>& g, const DTensor<T>& buf, bool first) {
+      const SgdParam<T> p{w.data(), g.data(), buf.defined() ? buf.data() : nullptr, w.numel(), first};
+      if (c_.count == kSgdChunk || overlaps_chunk(p)) launch();
+      c_.p[c_.count++] = p;
+    }
+    /// Queues the parameters added since the last launch.
+    void launch() {
+      if (c_.count > 0) cuda::sgd_chunk<T>(c_, optim_stream());
+      c_.count = 0;
+    }
+
+   private:
+    [[nodiscard]] bool overlaps_chunk(const SgdParam<T>& p) const {
+      // [a, a + n) and [b, b + m) share an element (addresses as integers: the pointers may
+      // point into different allocations).
+      const auto meets = [](const T* a, const T* b, std::int64_t n, std::int64_t m) {
+        const auto x = std::uintptr_t(a), y = std::uintptr_t(b);
+        return a && b && x < y + std::uintptr_t(m) * sizeof(T) && y < x + std::uintptr_t(n) * sizeof(T);
+      };
+      for (int i = 0; i < c_.count; ++i) {
+        const SgdParam<T>& q = c_.p[i];
+        for (const T* a : {p.w, p.g, p.buf})
+          for (const T* b : {q.w, q.g, q.buf})
+            if (meets(a, b, p.n, q.n)) return true;
+      }
+      return false;
+    }
+    SgdChunk<T> c_;
+  };
   /// Adam on one parameter: see cuda::adam_step.
   template <class T>
   static void adam_step(const DTensor<T>& w, const DTensor<T>& g, const DTensor<T>& m, const DTensor<T>& v,
