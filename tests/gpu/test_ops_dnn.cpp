@@ -693,3 +693,29 @@ TEST_CASE("pooling on the GPU rejects bad windows like the CPU") {
   CHECK_THROWS_WITH_AS(max_pool2d(x, 3, 1, 2), doctest::Contains("padding"), datanas::error);
   CHECK_THROWS_WITH_AS(avg_pool2d(x, 5, 1, 0), doctest::Contains("output size"), datanas::error);
 }
+
+TEST_CASE("batch norm on the GPU with more channels than one launch covers") {
+  // 4100 channels: the per-channel kernels cover 4096 in y and loop over the rest.
+  PhiloxGenerator gen(36);
+  check_bn("affine", Shape{2, 4100, 1, 1}, true, true, true, gen);
+  check_bn("affine", Shape{2, 4100, 1, 1}, true, false, true, gen);
+}
+
+#if DATANAS_CUDA_SIM
+TEST_CASE("batch norm on the GPU is two launches forward and two backward") {
+  // Partial sums, then the statistics and the output in one launch; partial sums, then the
+  // parameter gradients and dx in one (every block of a channel computes the statistics).
+  PhiloxGenerator gen(37);
+  const Shape s{8, 16, 32, 32};
+  Var<float, Cuda> x(cuda::to_device(random_normal(s, gen)), true);
+  Var<float, Cuda> g(Tensor<float, Cuda>::full({16}, 1.5f), true), b(Tensor<float, Cuda>::zeros({16}), true);
+  Tensor<float, Cuda> rm = Tensor<float, Cuda>::zeros({16}), rv = Tensor<float, Cuda>::full({16}, 1.0f);
+  const Tensor<float, Cuda> dy = cuda::to_device(random_normal(s, gen));
+  std::uint64_t before = cudasim::counters().kernels;
+  const Var<float, Cuda> y = batch_norm2d(x, g, b, rm, rv, true);
+  CHECK(cudasim::counters().kernels - before == 2);
+  before = cudasim::counters().kernels;
+  backward(y, dy);
+  CHECK(cudasim::counters().kernels - before == 2);
+}
+#endif

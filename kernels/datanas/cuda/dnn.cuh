@@ -89,93 +89,115 @@ __global__ void __launch_bounds__(kDnnThreads)
   }
 }
 
-/// One thread per channel: the statistics (training: from the partials, in chunk order; eval:
-/// the running ones), the running-average update, saved = (mean, invstd) and
-/// coef[channel] = gamma invstd. Mirrors the per-channel part of cpu::batchnorm_forward.
-template <class T>
-__global__ void bn_stats_kernel(BnShape s, int chunks, const double* partial, const T* x,
-                                const T* gamma, T* running_mean, T* running_var, bool training,
-                                double momentum, double eps, T* saved, double* coef) {
-  const std::int64_t ch = global_thread();
-  if (ch >= s.c) return;
-  double mean, var;
-  if (training) {
-    const double m = double(s.n * s.hw);
-    double s1 = 0, s2 = 0;
-    for (int q = 0; q < chunks; ++q) {
-      s1 += partial[2 * (ch * chunks + q)];
-      s2 += partial[2 * (ch * chunks + q) + 1];
-    }
-    const double md = s1 / m;
-    mean = double(x[ch * s.hw]) + md;
-    var = fmax(0.0, s2 / m - md * md);
-    if (running_mean) {
-      running_mean[ch] = T((1 - momentum) * double(running_mean[ch]) + momentum * mean);
-      running_var[ch] = T((1 - momentum) * double(running_var[ch]) + momentum * var * m / (m - 1));
-    }
-  } else {
-    mean = double(running_mean[ch]);
-    var = double(running_var[ch]);
+/// A channel's two sums from its partials, added in chunk order (null partial: (0, 0)). Every
+/// thread of the per-element kernels computes them itself: the same bits in every block of the
+/// channel without a barrier, at the cost of 2 chunks loads that a warp reads as broadcasts.
+__device__ inline void bn_channel_sums(const double* partial, std::int64_t ch, int chunks, double& a,
+                                       double& b) {
+  a = 0;
+  b = 0;
+  if (!partial) return;
+  for (int q = 0; q < chunks; ++q) {
+    a += partial[2 * (ch * chunks + q)];
+    b += partial[2 * (ch * chunks + q) + 1];
   }
-  const double invstd = 1.0 / sqrt(var + eps);
-  saved[ch] = T(mean);
-  saved[s.c + ch] = T(invstd);
-  coef[ch] = (gamma ? double(gamma[ch]) : 1.0) * invstd;
 }
 
-/// y = (x - mean_c) a_c + beta_c, in T as the CPU (a_c = T(coef[c])).
+/// Blocks per channel of the per-element batch-norm kernels: enough to fill the GPU over all
+/// channels (about the element count / kDnnThreads in all, at most 8192), at least one.
+inline unsigned bn_blocks_per_channel(std::int64_t c, std::int64_t m) {
+  const std::int64_t per = std::max<std::int64_t>(1, 8192 / std::max<std::int64_t>(c, 1));
+  return unsigned(std::clamp<std::int64_t>((m + kDnnThreads - 1) / kDnnThreads, 1, per));
+}
+/// Channels one launch covers in y (at most 4096, well under the grid's 65535: with one block
+/// per channel that already fills any GPU); the kernels loop over the rest.
+inline constexpr std::int64_t kBnChannelGrid = 4096;
+inline unsigned bn_channel_grid(std::int64_t c) { return unsigned(std::min(c, kBnChannelGrid)); }
+
+/// The forward after the partials, one launch: channels ch = blockIdx.y, + gridDim.y, ...; in
+/// each, every thread computes the statistics (training: from the partials; eval: the running
+/// ones), thread 0 of block x == 0 updates the running averages and writes
+/// saved = (mean, invstd), and the block writes its share of
+///   y = (x - mean_c) a_c + beta_c,  in T as the CPU (mean_c = T(mean), a_c = T(gamma invstd)).
+/// So the statistics need no launch of their own between the partials and the output. Mirrors
+/// cpu::batchnorm_forward.
 template <class T>
 __global__ void __launch_bounds__(kDnnThreads)
-    bn_apply_kernel(BnShape s, const T* x, const T* saved, const double* coef, const T* beta,
-                    T* y) {
-  const std::int64_t total = s.n * s.c * s.hw;
-  for (std::int64_t i = global_thread(); i < total; i += grid_threads()) {
-    const std::int64_t ch = (i / s.hw) % s.c;
-    y[i] = (x[i] - saved[ch]) * T(coef[ch]) + (beta ? beta[ch] : T(0));
+    bn_apply_kernel(BnShape s, int chunks, const double* partial, const T* x, const T* gamma,
+                    const T* beta, T* running_mean, T* running_var, bool training, double momentum,
+                    double eps, T* saved, T* y) {
+  const std::int64_t m = s.n * s.hw, plane_stride = s.c * s.hw;
+  const double md = double(m);
+  for (std::int64_t ch = blockIdx.y; ch < s.c; ch += gridDim.y) {
+    double mean, var;
+    if (training) {
+      double s1, s2;
+      bn_channel_sums(partial, ch, chunks, s1, s2);
+      const double shift = s1 / md;
+      mean = double(x[ch * s.hw]) + shift;
+      var = fmax(0.0, s2 / md - shift * shift);
+    } else {
+      mean = double(running_mean[ch]);
+      var = double(running_var[ch]);
+    }
+    const double invstd = 1.0 / sqrt(var + eps);
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+      if (training && running_mean) {
+        running_mean[ch] = T((1 - momentum) * double(running_mean[ch]) + momentum * mean);
+        running_var[ch] = T((1 - momentum) * double(running_var[ch]) + momentum * var * md / (md - 1));
+      }
+      saved[ch] = T(mean);
+      saved[s.c + ch] = T(invstd);
+    }
+    const T mean_c = T(mean), a_c = T((gamma ? double(gamma[ch]) : 1.0) * invstd);
+    const T beta_c = beta ? beta[ch] : T(0);
+    const T* xc = x + ch * s.hw;
+    T* yc = y + ch * s.hw;
+    for (std::int64_t i = std::int64_t(blockIdx.x) * kDnnThreads + threadIdx.x; i < m;
+         i += std::int64_t(gridDim.x) * kDnnThreads) {
+      const std::int64_t n = i / s.hw;
+      const std::int64_t off = n * plane_stride + (i - n * s.hw);
+      yc[off] = (xc[off] - mean_c) * a_c + beta_c;
+    }
   }
 }
 
-/// One thread per channel: dgamma, dbeta from the partials (null partial: no sums needed, they
-/// count as 0), and the dx coefficients coef[3 c ..] = (a, b, c0) of
+/// The backward after the partials, one launch: channels as bn_apply_kernel; in each, every
+/// thread computes sum(dy) and sum(dy (x - mean)) from the partials (null: no sums needed, they
+/// count as 0), thread 0 of block x == 0 writes dgamma, dbeta, and the block its share of
 ///   dx = a dy + b (x - mean) + c0,  a = gamma invstd, b = -a invstd^2 sum(dy (x - mean)) / m,
 ///   c0 = -a sum(dy) / m   (training; b = c0 = 0 in evaluation), as cpu::batchnorm_backward.
-/// x_is_xhat: x is xhat, mean 0, and the invstd that turns x - mean into xhat is 1.
-template <class T>
-__global__ void bn_grad_coef_kernel(BnShape s, int chunks, const double* partial, const T* gamma,
-                                    const T* saved, bool x_is_xhat, bool training, T* dgamma,
-                                    bool dgamma_acc, T* dbeta, bool dbeta_acc, double* coef) {
-  const std::int64_t ch = global_thread();
-  if (ch >= s.c) return;
-  double sum_dy = 0, sum_dy_xc = 0;
-  if (partial)
-    for (int q = 0; q < chunks; ++q) {
-      sum_dy += partial[2 * (ch * chunks + q)];
-      sum_dy_xc += partial[2 * (ch * chunks + q) + 1];
-    }
-  const double invstd = double(saved[s.c + ch]);
-  const double to_xhat = x_is_xhat ? 1.0 : invstd;
-  if (dgamma) dgamma[ch] = T((dgamma_acc ? double(dgamma[ch]) : 0.0) + sum_dy_xc * to_xhat);
-  if (dbeta) dbeta[ch] = T((dbeta_acc ? double(dbeta[ch]) : 0.0) + sum_dy);
-  const double m = double(s.n * s.hw);
-  const double a = (gamma ? double(gamma[ch]) : 1.0) * invstd;
-  coef[3 * ch] = a;
-  coef[3 * ch + 1] = training ? -a * to_xhat * to_xhat * sum_dy_xc / m : 0.0;
-  coef[3 * ch + 2] = training ? -a * sum_dy / m : 0.0;
-}
-
+/// x_is_xhat: x is xhat, mean 0, and the invstd that turns x - mean into xhat is 1. dx null:
+/// only the parameter gradients.
 template <class T>
 __global__ void __launch_bounds__(kDnnThreads)
-    bn_dx_kernel(BnShape s, const T* x, const T* dy, const T* mean_c, const double* coef,
-                 bool training, T* dx, bool accumulate) {
-  const std::int64_t total = s.n * s.c * s.hw;
-  for (std::int64_t i = global_thread(); i < total; i += grid_threads()) {
-    const std::int64_t ch = (i / s.hw) % s.c;
-    const T a = T(coef[3 * ch]);
-    const T v = training
-                    ? a * dy[i] + T(coef[3 * ch + 1]) * (mean_c ? x[i] - mean_c[ch] : x[i]) +
-                          T(coef[3 * ch + 2])
-                    : a * dy[i];
-    dx[i] = accumulate ? dx[i] + v : v;
+    bn_dx_kernel(BnShape s, int chunks, const double* partial, const T* x, bool x_is_xhat,
+                 const T* gamma, const T* saved, const T* dy, bool training, T* dx, bool dx_acc,
+                 T* dgamma, bool dgamma_acc, T* dbeta, bool dbeta_acc) {
+  const std::int64_t m = s.n * s.hw, plane_stride = s.c * s.hw;
+  for (std::int64_t ch = blockIdx.y; ch < s.c; ch += gridDim.y) {
+    double sum_dy, sum_dy_xc;
+    bn_channel_sums(partial, ch, chunks, sum_dy, sum_dy_xc);
+    const double invstd = double(saved[s.c + ch]);
+    const double to_xhat = x_is_xhat ? 1.0 : invstd;
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+      if (dgamma) dgamma[ch] = T((dgamma_acc ? double(dgamma[ch]) : 0.0) + sum_dy_xc * to_xhat);
+      if (dbeta) dbeta[ch] = T((dbeta_acc ? double(dbeta[ch]) : 0.0) + sum_dy);
+    }
+    if (!dx) continue;
+    const double ad = (gamma ? double(gamma[ch]) : 1.0) * invstd;
+    const T a = T(ad);
+    const T b = T(training ? -ad * to_xhat * to_xhat * sum_dy_xc / double(m) : 0.0);
+    const T c0 = T(training ? -ad * sum_dy / double(m) : 0.0);
+    const T mean_c = x_is_xhat ? T(0) : saved[ch];
+    const std::int64_t base = ch * s.hw;
+    for (std::int64_t i = std::int64_t(blockIdx.x) * kDnnThreads + threadIdx.x; i < m;
+         i += std::int64_t(gridDim.x) * kDnnThreads) {
+      const std::int64_t n = i / s.hw;
+      const std::int64_t off = base + n * plane_stride + (i - n * s.hw);
+      const T v = training ? a * dy[off] + b * (x_is_xhat ? x[off] : x[off] - mean_c) + c0 : a * dy[off];
+      dx[off] = dx_acc ? dx[off] + v : v;
+    }
   }
 }
 
@@ -329,17 +351,13 @@ void batchnorm_forward(const BnShape& s, const T* x, const T* gamma, const T* be
   if (s.c <= 0) return;
   const std::int64_t m = s.n * s.hw;
   const int chunks = bn_chunks(m);
-  double* partial = work;
-  double* coef = work + 2 * s.c * chunks;
   if (training) {
     cuda::launch(bn_partials_kernel<T, false>, unsigned(s.c * chunks), kDnnThreads, stream, s,
-                 chunks, x, nullptr, nullptr, partial);
+                 chunks, x, nullptr, nullptr, work);
   }
-  cuda::launch(bn_stats_kernel<T>, grid_for(s.c), kDnnThreads, stream, s, chunks, partial, x, gamma,
-               running_mean, running_var, training, momentum, eps, saved, coef);
-  if (m == 0) return;
-  cuda::launch(bn_apply_kernel<T>, grid_for(m * s.c), kDnnThreads, stream, s, x, saved, coef, beta,
-               y);
+  cuda::launch(bn_apply_kernel<T>, dim3(bn_blocks_per_channel(s.c, m), bn_channel_grid(s.c)), kDnnThreads,
+               stream, s, chunks, training ? work : nullptr, x, gamma, beta, running_mean, running_var,
+               training, momentum, eps, saved, y);
 }
 
 template <class T>
@@ -350,20 +368,17 @@ void batchnorm_backward(const BnShape& s, const T* x, bool x_is_xhat, const T* g
   if (s.c <= 0) return;
   const std::int64_t m = s.n * s.hw;
   const int chunks = bn_chunks(m);
-  double* partial = work;
-  double* coef = work + 2 * s.c * chunks;
-  const bool need_sums = (training && dx) || dgamma || dbeta;
+  const bool need_sums = ((training && dx) || dgamma || dbeta) && m > 0;
   const T* mean_c = x_is_xhat ? nullptr : saved;  // saved[0, c) is the mean
-  if (need_sums && m > 0) {
+  if (need_sums) {
     cuda::launch(bn_partials_kernel<T, true>, unsigned(s.c * chunks), kDnnThreads, stream, s,
-                 chunks, x, dy, mean_c, partial);
+                 chunks, x, dy, mean_c, work);
   }
-  cuda::launch(bn_grad_coef_kernel<T>, grid_for(s.c), kDnnThreads, stream, s, chunks,
-               need_sums && m > 0 ? partial : nullptr, gamma, saved, x_is_xhat, training, dgamma,
-               dgamma_acc, dbeta, dbeta_acc, coef);
-  if (!dx || m == 0) return;
-  cuda::launch(bn_dx_kernel<T>, grid_for(m * s.c), kDnnThreads, stream, s, x, dy, mean_c, coef,
-               training, dx, dx_acc);
+  // Without dx, one block per channel writes the parameter gradients.
+  const unsigned per_channel = dx ? bn_blocks_per_channel(s.c, m) : 1u;
+  cuda::launch(bn_dx_kernel<T>, dim3(per_channel, bn_channel_grid(s.c)), kDnnThreads, stream, s, chunks,
+               need_sums ? work : nullptr, x, x_is_xhat, gamma, saved, dy, training, dx, dx_acc, dgamma,
+               dgamma_acc, dbeta, dbeta_acc);
 }
 
 template <class T>

@@ -27,9 +27,9 @@ inline int bn_chunks(std::int64_t m) {
   return int(std::clamp<std::int64_t>((m + 4095) / 4096, 1, 128));
 }
 /// Doubles of workspace that batchnorm_forward / batchnorm_backward need for c channels of m
-/// values: per channel 2 partial sums per chunk, then 3 coefficients.
+/// values: per channel 2 partial sums per chunk.
 inline std::int64_t bn_workspace(std::int64_t c, std::int64_t m) {
-  return c * (2 * std::int64_t(bn_chunks(m)) + 3);
+  return c * 2 * std::int64_t(bn_chunks(m));
 }
 
 /// The shape of a batch norm: x [n, c, hw] (hw = H * W).
