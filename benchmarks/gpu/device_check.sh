@@ -252,9 +252,13 @@ san_rc=0
 if [ "$SANITIZE" = 1 ] && [ "$have_gpu" = 1 ] && [ -n "$sanitizer" ]; then
   step "compute-sanitizer"
   # (program, test case): the estimator test that launches every kernel instantiation on every
-  # layout, and the parity test of our depthwise convolution kernels (shared-memory reduction).
+  # layout, the parity test of our depthwise convolution kernels (shared-memory reduction), batch
+  # norm (every block of a channel reads the channel's partial sums; one writes the statistics)
+  # and the multi-tensor SGD (up to 64 parameters a launch).
   san_cases=("tests/test_estimators_gpu|*select the CPU*"
-             "tests/test_ops_dnn_gpu|our depthwise convolution kernels*")
+             "tests/test_ops_dnn_gpu|our depthwise convolution kernels*"
+             "tests/test_ops_dnn_gpu|batch norm gradients on the GPU are deterministic"
+             "tests/test_ops_optim_gpu|SGD on the GPU updates many parameters*")
   for tool in memcheck racecheck synccheck; do
     result[$tool]=ok
     for case in "${san_cases[@]}"; do
