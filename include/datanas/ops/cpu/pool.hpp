@@ -15,6 +15,8 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 
@@ -394,26 +396,44 @@ void max3_plane(const Max3Plane& b, const T* x, T* xb, const T* left, const T* r
 /// dx[q] (+)= the sum of dy over the windows around q whose index is q, in the order windows
 /// (r + 1, c + 1), (r + 1, c), (r + 1, c - 1), (r, c + 1), ..., (r - 1, c - 1) (the general
 /// kernel's). pid/pdy: the plane's indices and dy with w + 1 elements of -1 and 0 on each side.
+/// v when c, else +0 (the select `c ? v : T(0)`, bit for bit), on the bits: a select whose result
+/// is added is otherwise turned into a conditional add, which GCC may not run speculatively
+/// (an FP add can trap), so the loop around it stays scalar and branches on the data.
+template <class T>
+inline T keep_if(bool c, T v) {
+  using U = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  static_assert(sizeof(T) == sizeof(U));
+  return std::bit_cast<T>(std::bit_cast<U>(v) & (U(0) - U(c)));
+}
+
 template <class T>
 inline void max3_backward_plane(const T* __restrict pid, const T* __restrict pdy,
                                 const T* __restrict left, const T* __restrict right,
                                 const T* __restrict at, index_t n, index_t w, T* __restrict dx,
                                 bool accumulate) {
-  const T zero = T(0);
-  for (index_t q = 0; q < n; ++q) {
+  // A neighbour in another row compares against `none`, an index no window holds (the
+  // padding's is -1), rather than being masked by a bool joined to the compare. With the bool
+  // masks and `s += t ? g : 0` this loop was scalar on AVX2 (AVX-512's mask registers hid it):
+  // 10x slower on an AMD host, the largest item of its dense search step.
+  const T zero = T(0), none = T(-2);
+  const auto gather = [&](index_t q) {
     const T target = at[q];
-    const bool l = left[q] != zero, r = right[q] != zero;
+    const T tl = left[q] != zero ? target : none, tr = right[q] != zero ? target : none;
     T s = zero;
     for (int di = 1; di >= -1; --di) {
       const index_t o = q + di * w;
       const T ir = pid[o + 1], ic = pid[o], il = pid[o - 1];
       const T gr = pdy[o + 1], gc = pdy[o], gl = pdy[o - 1];
-      s += (r & (ir == target)) ? gr : zero;
-      s += ic == target ? gc : zero;
-      s += (l & (il == target)) ? gl : zero;
+      s += keep_if(ir == tr, gr);
+      s += keep_if(ic == target, gc);
+      s += keep_if(il == tl, gl);
     }
-    dx[q] = accumulate ? dx[q] + s : s;
-  }
+    return s;
+  };
+  if (accumulate)
+    for (index_t q = 0; q < n; ++q) dx[q] += gather(q);
+  else
+    for (index_t q = 0; q < n; ++q) dx[q] = gather(q);
 }
 
 }  // namespace detail
@@ -470,10 +490,7 @@ namespace detail {
 template <class T>
 inline void add_where_equal(const T* __restrict ids, const T* __restrict g,
                             const T* __restrict target, index_t n, T* __restrict acc) {
-  for (index_t o = 0; o < n; ++o) {
-    const T gi = g[o], zero = T(0);
-    acc[o] += ids[o] == target[o] ? gi : zero;
-  }
+  for (index_t o = 0; o < n; ++o) acc[o] += keep_if(ids[o] == target[o], g[o]);  // see keep_if
 }
 }  // namespace detail
 
