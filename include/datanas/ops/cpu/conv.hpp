@@ -12,7 +12,7 @@
 //     NAS-Bench-201's nor_conv_3x3, the auxiliary head's 2x2): one zero-padded copy per sample,
 //     whose shifted rows small_gemm reads in place as the rows of the im2col matrix.
 //   - general: im2col + GEMM per sample and group (any stride, padding, dilation, groups).
-// The products (gemm below) run small_gemm::nn for inner dimensions up to 128, Eigen otherwise;
+// The products (gemm below) run small_gemm::nn for inner dimensions up to 576, Eigen otherwise;
 // the shifted path always runs small_gemm::product.
 // All paths parallelise over samples (or planes) with OpenMP; each thread runs single-threaded
 // products on its own workspace slice, and weight gradients are summed from per-thread

@@ -4,7 +4,8 @@
 // A DARTS cell's 1x1 convolutions multiply a [Cout x Cin] weight by a [Cin x H*W] plane with
 // Cin, Cout = 16..64 (C = 16 networks) and H*W = 64..1024. For such shapes Eigen's general
 // product spends a large share of its time packing both operands into its panel layout, and an
-// assignment `C = A * B` first zeroes C. nn() reads the operands in place instead:
+// assignment `C = A * B` first zeroes C. nn() reads A in place and B in place or, where several
+// row tiles share them, through a small copy of a column panel (product()):
 //   C[m x n] (+)= op(A) B, B [k x n] row-major, op(A) = A [m x k] or A^T (A stored k x m): MR rows
 //   x NV packets of C in registers; per step of k, NV packet loads of B's row and MR broadcasts
 //   of A, MR * NV fused multiply-adds; C is loaded (accumulate) or not, never zeroed first.
@@ -29,16 +30,17 @@
 namespace datanas::cpu::small_gemm {
 
 namespace ei = Eigen::internal;
-/// Tile shape: 6 rows x 4 packets of accumulators plus the operands fit the 32 registers of
-/// AVX-512; with 16 registers (SSE, AVX2), 4 x 2 do.
+/// Packets of C per tile row: 4 with the 32 registers of AVX-512, 2 with 16 (SSE, AVX2).
 template <class T>
 inline constexpr int kWide = kLanes<T> >= 16 ? 4 : 2;
 
-/// Largest inner dimension k for which nn() beats Eigen's product. Measured (one thread, AVX-512,
-/// float, against conv_detail::gemm's Eigen product, min of several runs): 1.3-1.8x faster at
-/// k = 16..64 for m = 16..64, n = 64..1024; 1.0-1.4x at k = 128..256; 0.95-1.0x at 144 x 1024 x
-/// 144. Above it Eigen's cache blocking wins.
-inline constexpr index_t kMaxInner = 128;
+/// Largest inner dimension k for which nn() beats Eigen's product (conv_detail::gemm's), one
+/// thread, float, min of several runs. Zen 3 (AVX2), with the panel copy: 1.2-1.55x faster at
+/// k = 144..576 for the 1x1 shapes of the DARTS networks (m = 32..144, n = 64..1024); Eigen
+/// 1.07x faster at 512 x 49 x 4608 (a 3x3 convolution of 512 channels
+/// on 7x7). On AVX-512 only the earlier kernel (rows read in place) was measured, with the limit
+/// at 128: 1.3-1.8x faster at k = 16..64, 1.0-1.4x at 128..256, 0.95-1.0x at 144 x 1024 x 144.
+inline constexpr index_t kMaxInner = 576;
 
 /// Where the rows of an operand start: row p at base + p * ld (an ordinary row-major matrix, or
 /// with ld = 1 a transposed one read down its columns)...
@@ -59,6 +61,13 @@ struct OffsetRows {
   const T* operator()(index_t p) const { return base + off[p]; }
   [[nodiscard]] OffsetRows from(index_t r) const { return {base, off + r}; }
 };
+/// ... or a copy of rows [k0, k0 + kBlockK) of a panel of W columns, row p at base + (p - k0) W.
+template <class T, int W>
+struct PanelRows {
+  const T* base;
+  index_t k0;
+  const T* operator()(index_t p) const { return base + (p - k0) * W; }
+};
 /// Where element p of a row of A lies from the row's start: p * stride...
 struct StridedCols {
   index_t stride;
@@ -70,6 +79,14 @@ struct OffsetCols {
   const std::int32_t* off;
   index_t operator()(index_t p) const { return off[p]; }
 };
+
+/// Rows of C per tile: MR x kWide packets of accumulators, kWide packets of B's row and one
+/// broadcast of A fit the registers (AVX-512: 24 + 4 + 1 of 32; SSE and AVX2: 12 + 2 + 1 of 16).
+/// Measured on AVX2 (Zen 3, one thread, float, the DARTS 1x1 shapes m = k = 16..64, n = 64..1024):
+/// 6 rows ran 1.3-1.5x faster than 4, whose 8 accumulators just cover the fused multiply-adds'
+/// latency times their throughput and so stall at every hiccup.
+template <class T>
+inline constexpr int kRows = 6;
 
 /// One MR x (NV packets) tile of C (+)= A B at c over the inner indices [k0, k1), columns
 /// [j, j + NV * V) of B: A(i, p) = arows(i)[acols(p)], B(p, j) = brows(p)[j].
@@ -98,58 +115,80 @@ inline void tile(index_t k0, index_t k1, AR arows, AC acols, BR brows, index_t j
     for (int v = 0; v < NV; ++v) ei::pstoreu(c + r * ldc + v * V, acc[r][v]);
 }
 
-/// Rows [0, MR) of C = A B over all n columns: tiles of kNV packets, then single packets, then
-/// the columns past the last whole packet one at a time.
-template <int MR, class T, class AR, class AC, class BR>
-inline void rows(index_t n, index_t k0, index_t k1, AR arows, AC acols, BR brows, T* c, index_t ldc,
-                 bool accumulate) {
-  constexpr int V = kLanes<T>, kNV = kWide<T>;
-  index_t j = 0;
-  for (; j + kNV * V <= n; j += kNV * V)
-    tile<MR, kNV>(k0, k1, arows, acols, brows, j, c + j, ldc, accumulate);
-  for (; j + V <= n; j += V) tile<MR, 1>(k0, k1, arows, acols, brows, j, c + j, ldc, accumulate);
-  for (; j < n; ++j)
-    for (int r = 0; r < MR; ++r) {
-      const T* a = arows(r);
-      T s = accumulate ? c[r * ldc + j] : T(0);
-      for (index_t p = k0; p < k1; ++p) s += a[acols(p)] * brows(p)[j];
-      c[r * ldc + j] = s;
-    }
+/// All m rows of C at columns [j, j + NV * V): whole kRows tiles, then one tile of the rest.
+template <int NV, class T, class AR, class AC, class BR>
+inline void column_panel(index_t m, index_t k0, index_t k1, AR arows, AC acols, BR brows, index_t j, T* c,
+                         index_t ldc, bool accumulate) {
+  constexpr int MR = kRows<T>;
+  static_assert(MR == 6, "column_panel's remainder cases are written for 6-row tiles");
+  index_t i = 0;
+  for (; i + MR <= m; i += MR) tile<MR, NV>(k0, k1, arows.from(i), acols, brows, j, c + i * ldc, ldc, accumulate);
+  const auto rest = [&]<int R>() {
+    tile<R, NV>(k0, k1, arows.from(i), acols, brows, j, c + i * ldc, ldc, accumulate);
+  };
+  switch (m - i) {
+    case 5: rest.template operator()<5>(); break;
+    case 4: rest.template operator()<4>(); break;
+    case 3: rest.template operator()<3>(); break;
+    case 2: rest.template operator()<2>(); break;
+    case 1: rest.template operator()<1>(); break;
+    default: break;
+  }
 }
 
-/// Inner indices per pass of product(): a tile's panel of B (kBlockK rows of 4 packets, 32 KB
-/// of floats) stays in L1 while every row tile of C uses it. Without it, a long inner dimension
-/// with few columns (a 3x3 convolution of 512 channels on 7x7: k = 4608) streams B from L2 once
-/// per row tile. Each element still sums its products in order, so blocking changes no bit.
-inline constexpr index_t kBlockK = 128;
+/// Inner indices per pass of product(): its copy of B's panel (kBlockK rows of
+/// kWide packets: 8 KB of floats with AVX2, 16 KB with AVX-512) stays in L1 while every row tile
+/// of C reads it. Without it, a long inner dimension with few columns (a 3x3 convolution of 512
+/// channels on 7x7: k = 4608) streams B from L2 once per row tile. Each element still sums its
+/// products in order, so blocking changes no bit.
+template <class T>
+inline constexpr index_t kBlockK = std::min<index_t>(128, 16384 / index_t(kWide<T> * kLanes<T> * sizeof(T)));
 
 /// C[m x n] (+)= A B with A(i, p) = arows(i)[acols(p)] (m x k) and B(p, j) = brows(p)[j]
 /// (k x n), C row-major with leading dimension ldc.
+///
+/// Column panels of kWide packets are the outer loop, and when more than one row tile reads a
+/// panel, the panel is first copied into a contiguous block on the stack. Why: B's rows are
+/// H*W elements apart, and at 32x32 that is exactly 4 KB, so the k rows of a panel fall into one
+/// set of an 8-way L1 cache and evict each other; each row tile then read the panel from L2 (on
+/// Zen 3, one thread, 16 channels at 32x32: 20 GFLOP/s in place, 35 packed). The copy is one
+/// load and one store per packet, against a load per row tile that reads it.
 template <class T, class AR, class AC, class BR>
 void product(index_t m, index_t n, index_t k, AR arows, AC acols, BR brows, T* c, index_t ldc,
              bool accumulate) {
-  constexpr int MR = kLanes<T> >= 16 ? 6 : 4;
+  constexpr int V = kLanes<T>, kNV = kWide<T>, W = kNV * V;
+  constexpr index_t kb = kBlockK<T>;
   if (k == 0) {  // an empty sum
     if (!accumulate)
       for (index_t i = 0; i < m; ++i) std::fill_n(c + i * ldc, n, T(0));
     return;
   }
-  for (index_t k0 = 0; k0 < k; k0 += kBlockK) {
-    const index_t k1 = std::min(k, k0 + kBlockK);
+  const bool pack = m > kRows<T>;
+  alignas(64) T panel[kb * W];
+  for (index_t k0 = 0; k0 < k; k0 += kb) {
+    const index_t k1 = std::min(k, k0 + kb);
     const bool acc = accumulate || k0 > 0;
-    index_t i = 0;
-    for (; i + MR <= m; i += MR)
-      rows<MR>(n, k0, k1, arows.from(i), acols, brows, c + i * ldc, ldc, acc);
-    if (m - i >= 4) {
-      rows<4>(n, k0, k1, arows.from(i), acols, brows, c + i * ldc, ldc, acc);
-      i += 4;
+    index_t j = 0;
+    for (; j + W <= n; j += W) {
+      if (!pack) {
+        column_panel<kNV>(m, k0, k1, arows, acols, brows, j, c + j, ldc, acc);
+        continue;
+      }
+      for (index_t p = k0; p < k1; ++p) {
+        const T* src = brows(p) + j;
+        T* dst = panel + (p - k0) * W;
+        for (int v = 0; v < kNV; ++v) ei::pstore(dst + v * V, ei::ploadu<Packet<T>>(src + v * V));
+      }
+      column_panel<kNV>(m, k0, k1, arows, acols, PanelRows<T, W>{panel, k0}, 0, c + j, ldc, acc);
     }
-    switch (m - i) {
-      case 3: rows<3>(n, k0, k1, arows.from(i), acols, brows, c + i * ldc, ldc, acc); break;
-      case 2: rows<2>(n, k0, k1, arows.from(i), acols, brows, c + i * ldc, ldc, acc); break;
-      case 1: rows<1>(n, k0, k1, arows.from(i), acols, brows, c + i * ldc, ldc, acc); break;
-      default: break;
-    }
+    for (; j + V <= n; j += V) column_panel<1>(m, k0, k1, arows, acols, brows, j, c + j, ldc, acc);
+    for (; j < n; ++j)
+      for (index_t i = 0; i < m; ++i) {
+        const T* a = arows(i);
+        T s = acc ? c[i * ldc + j] : T(0);
+        for (index_t p = k0; p < k1; ++p) s += a[acols(p)] * brows(p)[j];
+        c[i * ldc + j] = s;
+      }
   }
 }
 
