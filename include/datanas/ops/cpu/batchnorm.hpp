@@ -61,7 +61,7 @@ void batchnorm_forward(const Tensor<T, Cpu>& x, const T* gamma, const T* beta, T
     // loop is memory bound) without cancellation in T when |mean| >> std.
     const T av = T((gamma ? double(gamma[ch]) : 1.0) * invstd), mv = T(mean);
     const T bv = beta ? beta[ch] : T(0);
-    for (index_t i = 0; i < n; ++i)
+    for (index_t i = n; i-- > 0;)  // last planes first: the statistics pass left them in cache
       ArrayMap<T>(yc + i * plane_stride, hw) =
           (ConstArrayMap<T>(xc + i * plane_stride, hw) - mv) * av + bv;
   });
@@ -109,7 +109,7 @@ void batchnorm_backward(const Tensor<T, Cpu>& x, bool x_is_xhat, const T* gamma,
     const double c0 = -a * sum_dy / double(m);
     const T av = T(a), bv = T(b), cv = T(c0);
     T* dc = dx + ch * hw;
-    for (index_t i = 0; i < n; ++i) {
+    for (index_t i = n; i-- > 0;) {  // last planes first, as in the forward
       const ConstArrayMap<T> g(gc + i * plane_stride, hw), xv(xc + i * plane_stride, hw);
       ArrayMap<T> d(dc + i * plane_stride, hw);
       if (training)
