@@ -152,15 +152,16 @@ template <class T>
 __global__ void __launch_bounds__(kThreads)
     embedding_grad_kernel(int count, std::int64_t e, std::int64_t vocab, const std::int32_t* keys,
                           const std::int32_t* pos, const T* dy, T* g, bool accumulate) {
-  for (int s = int(blockIdx.x); s < count; s += int(gridDim.x)) {
+  // 64-bit s: count < 2^31 and the step up to 2^20, so an int s could wrap near 2^31.
+  for (std::int64_t s = blockIdx.x; s < count; s += gridDim.x) {
     const std::int32_t key = keys[s];
     if ((s > 0 && keys[s - 1] == key) || key < 0 || key >= vocab) continue;
-    int end = s + 1;
+    std::int64_t end = s + 1;
     while (end < count && keys[end] == key) ++end;
     T* row = g + std::int64_t(key) * e;
     for (std::int64_t c = threadIdx.x; c < e; c += blockDim.x) {
       T acc = 0;
-      for (int t = s; t < end; ++t) acc += dy[std::int64_t(pos[t]) * e + c];
+      for (std::int64_t t = s; t < end; ++t) acc += dy[std::int64_t(pos[t]) * e + c];
       store(row + c, acc, accumulate);
     }
   }

@@ -36,6 +36,7 @@ struct GumbelTransform {
 template <class F>
 void launch_philox(F f, std::uint64_t seed, std::uint64_t base, std::int64_t n, float* out,
                    cudaStream_t stream = nullptr) {
+  if (n <= 0) return;  // an empty grid is an invalid launch
   const std::int64_t blocks = (n + 3) / 4;
   constexpr int kThreads = 256;
   cuda::launch(philox_kernel<F>, unsigned((blocks + kThreads - 1) / kThreads), kThreads, stream,

@@ -392,6 +392,9 @@ inline bool own_depthwise(const cpu::ConvGeom& g) {
   DATANAS_CHECK(g.n * g.cin * g.h * g.w <= kMax && g.n * g.cout * g.ho * g.wo <= kMax,
                 "conv2d on Cuda: depthwise input [", g.n, ", ", g.cin, ", ", g.h, ", ", g.w,
                 "] or its output has 2^31 or more elements; split the batch");
+  // A generic-size filter's gradient puts one block row per tap in gridDim.y (at most 65535).
+  DATANAS_CHECK(g.kh * g.kw < 65535, "conv2d on Cuda: a ", g.kh, "x", g.kw,
+                " depthwise filter has too many taps for the own depthwise kernels; use cuDNN's");
   return true;
 }
 inline DwShape dw_shape(const cpu::ConvGeom& g) {
