@@ -188,7 +188,8 @@ void check_gemm(index_t m, index_t n, index_t k, std::uint64_t seed) {
         }
         // A sum of k + 1 terms in T, in any order, is within (k + 1) eps sum|term| of the exact
         // one; a wrong or missing term is off by about one term (~0.3 here), far above it.
-        const double bound = double(k + 1) * double(std::numeric_limits<T>::epsilon()) * mag + 1e-30;
+        const double bound =
+            double(k + 1) * double(std::numeric_limits<T>::epsilon()) * mag + 1e-30;
         worst = std::max(worst, std::abs(double(got) - want) / bound);
       }
     CHECK(worst < 1.0);
@@ -206,8 +207,9 @@ TEST_SUITE("cpu") {
     std::uint64_t seed = 900;
     for (const index_t m : {1, 3, 4, 5, 6, 7, 9, 11, 14, 16})
       for (const index_t n : {1, 7, 16, 33, 64, 70, 131})
-        for (const index_t k : {index_t(0), index_t(1), index_t(9), index_t(16), cpu::small_gemm::kBlockK<float> + 1,
-                                cpu::small_gemm::kMaxInner, cpu::small_gemm::kMaxInner + 1}) {
+        for (const index_t k :
+             {index_t(0), index_t(1), index_t(9), index_t(16), cpu::small_gemm::kBlockK<float> + 1,
+              cpu::small_gemm::kMaxInner, cpu::small_gemm::kMaxInner + 1}) {
           check_gemm<false, false, float>(m, n, k, ++seed);
           check_gemm<true, false, float>(m, n, k, ++seed);
           check_gemm<false, true, float>(m, n, k, ++seed);

@@ -212,7 +212,7 @@ TEST_CASE("our depthwise convolution kernels on the GPU match the CPU") {
              gen);
 }
 
-TEST_CASE("our depthwise kernels refuse tensors beyond their 32-bit indexing and filters beyond the grid") {
+TEST_CASE("our depthwise kernels refuse tensors and filters beyond their index and grid limits") {
   DepthwiseChoice own(cuda::DepthwiseConv::kOwn);
   // input [2048, 16, 256, 256]: 2^31 elements (8 GiB of float), checked before any launch.
   cpu::ConvGeom g{2048, 16, 256, 256, 16, 3, 3, 256, 256, 1, 1, 1, 16};
@@ -225,7 +225,8 @@ TEST_CASE("our depthwise kernels refuse tensors beyond their 32-bit indexing and
   // A 1 x 65535 filter: its gradient's generic launch would put 65535 + 1 tap rows in gridDim.y
   // (at most 65535); 65534 taps fit.
   cpu::ConvGeom wide{1, 16, 1, 65535, 16, 1, 65535, 1, 1, 1, 0, 1, 16};
-  CHECK_THROWS_WITH_AS(cuda::dnn_host::own_depthwise(wide), doctest::Contains("too many taps"), error);
+  CHECK_THROWS_WITH_AS(cuda::dnn_host::own_depthwise(wide), doctest::Contains("too many taps"),
+                       error);
   wide.w = wide.kw = 65534;
   CHECK(cuda::dnn_host::own_depthwise(wide));
   g.groups = 16;

@@ -68,7 +68,8 @@ __global__ void __launch_bounds__(kThreads)
   const int h = int(g.h), wd = int(g.w), ho = int(g.ho), wo = int(g.wo), c = int(g.c);
   const int total = int(g.n) * c * ho * wo;
   // Unsigned: total < 2^31 and the step < 2^22, so i never wraps; an int i would, near 2^31.
-  for (unsigned u = blockIdx.x * blockDim.x + threadIdx.x; u < unsigned(total); u += gridDim.x * blockDim.x) {
+  for (unsigned u = blockIdx.x * blockDim.x + threadIdx.x; u < unsigned(total);
+       u += gridDim.x * blockDim.x) {
     const int i = int(u);
     const int ox = i % wo, t = i / wo, oy = t % ho, plane = t / ho, ch = plane % c;
     const T* xp = x + std::int64_t(plane) * h * wd;
@@ -100,7 +101,8 @@ __global__ void __launch_bounds__(kThreads)
   const int kh = K > 0 ? K : g.kh, kw = K > 0 ? K : g.kw;
   const int h = int(g.h), wd = int(g.w), ho = int(g.ho), wo = int(g.wo), c = int(g.c);
   const int total = int(g.n) * c * h * wd;
-  for (unsigned u = blockIdx.x * blockDim.x + threadIdx.x; u < unsigned(total); u += gridDim.x * blockDim.x) {
+  for (unsigned u = blockIdx.x * blockDim.x + threadIdx.x; u < unsigned(total);
+       u += gridDim.x * blockDim.x) {
     const int i = int(u);  // as in forward_kernel
     const int ix = i % wd, t = i / wd, iy = t % h, plane = t / h, ch = plane % c;
     const T* dyp = dy + std::int64_t(plane) * ho * wo;
@@ -144,7 +146,8 @@ __global__ void __launch_bounds__(kThreads)
   T acc[NT];
 #pragma unroll
   for (int j = 0; j < NT; ++j) acc[j] = 0;
-  for (unsigned u = unsigned(begin) + threadIdx.x; u < unsigned(end); u += kThreads) {  // no wrap near 2^31
+  // Unsigned, as in forward_kernel: no wrap near 2^31.
+  for (unsigned u = unsigned(begin) + threadIdx.x; u < unsigned(end); u += kThreads) {
     const int p = int(u);
     const int img = p / hw_out, r = p - img * hw_out, oy = r / wo, ox = r - oy * wo;
     const std::int64_t plane = std::int64_t(img) * c + ch;

@@ -37,9 +37,9 @@ inline constexpr int kWide = kLanes<T> >= 16 ? 4 : 2;
 /// Largest inner dimension k for which nn() beats Eigen's product (conv_detail::gemm's), one
 /// thread, float, min of several runs. Zen 3 (AVX2), with the panel copy: 1.2-1.55x faster at
 /// k = 144..576 for the 1x1 shapes of the DARTS networks (m = 32..144, n = 64..1024); Eigen
-/// 1.07x faster at 512 x 49 x 4608 (a 3x3 convolution of 512 channels
-/// on 7x7). On AVX-512 only the earlier kernel (rows read in place) was measured, with the limit
-/// at 128: 1.3-1.8x faster at k = 16..64, 1.0-1.4x at 128..256, 0.95-1.0x at 144 x 1024 x 144.
+/// 1.07x faster at 512 x 49 x 4608 (a 3x3 convolution of 512 channels on 7x7). On AVX-512 only
+/// the earlier kernel (rows read in place) was measured, with the limit at 128: 1.3-1.8x faster
+/// at k = 16..64, 1.0-1.4x at 128..256, 0.95-1.0x at 144 x 1024 x 144.
 inline constexpr index_t kMaxInner = 576;
 
 /// Where the rows of an operand start: row p at base + p * ld (an ordinary row-major matrix, or
@@ -83,8 +83,8 @@ struct OffsetCols {
 /// Rows of C per tile: MR x kWide packets of accumulators, kWide packets of B's row and one
 /// broadcast of A fit the registers (AVX-512: 24 + 4 + 1 of 32; SSE and AVX2: 12 + 2 + 1 of 16).
 /// Measured on AVX2 (Zen 3, one thread, float, the DARTS 1x1 shapes m = k = 16..64, n = 64..1024):
-/// 6 rows ran 1.3-1.5x faster than 4, whose 8 accumulators just cover the fused multiply-adds'
-/// latency times their throughput and so stall at every hiccup.
+/// 6 rows ran 1.1-1.5x faster than 4 (the most where B is in cache), whose 8 accumulators just
+/// cover the fused multiply-adds' latency times their throughput and so stall at every hiccup.
 template <class T>
 inline constexpr int kRows = 6;
 
@@ -117,32 +117,45 @@ inline void tile(index_t k0, index_t k1, AR arows, AC acols, BR brows, index_t j
 
 /// All m rows of C at columns [j, j + NV * V): whole kRows tiles, then one tile of the rest.
 template <int NV, class T, class AR, class AC, class BR>
-inline void column_panel(index_t m, index_t k0, index_t k1, AR arows, AC acols, BR brows, index_t j, T* c,
-                         index_t ldc, bool accumulate) {
+inline void column_panel(index_t m, index_t k0, index_t k1, AR arows, AC acols, BR brows, index_t j,
+                         T* c, index_t ldc, bool accumulate) {
   constexpr int MR = kRows<T>;
   static_assert(MR == 6, "column_panel's remainder cases are written for 6-row tiles");
   index_t i = 0;
-  for (; i + MR <= m; i += MR) tile<MR, NV>(k0, k1, arows.from(i), acols, brows, j, c + i * ldc, ldc, accumulate);
+  for (; i + MR <= m; i += MR)
+    tile<MR, NV>(k0, k1, arows.from(i), acols, brows, j, c + i * ldc, ldc, accumulate);
   const auto rest = [&]<int R>() {
     tile<R, NV>(k0, k1, arows.from(i), acols, brows, j, c + i * ldc, ldc, accumulate);
   };
   switch (m - i) {
-    case 5: rest.template operator()<5>(); break;
-    case 4: rest.template operator()<4>(); break;
-    case 3: rest.template operator()<3>(); break;
-    case 2: rest.template operator()<2>(); break;
-    case 1: rest.template operator()<1>(); break;
-    default: break;
+    case 5:
+      rest.template operator()<5>();
+      break;
+    case 4:
+      rest.template operator()<4>();
+      break;
+    case 3:
+      rest.template operator()<3>();
+      break;
+    case 2:
+      rest.template operator()<2>();
+      break;
+    case 1:
+      rest.template operator()<1>();
+      break;
+    default:
+      break;
   }
 }
 
-/// Inner indices per pass of product(): its copy of B's panel (kBlockK rows of
-/// kWide packets: 8 KB of floats with AVX2, 16 KB with AVX-512) stays in L1 while every row tile
-/// of C reads it. Without it, a long inner dimension with few columns (a 3x3 convolution of 512
-/// channels on 7x7: k = 4608) streams B from L2 once per row tile. Each element still sums its
-/// products in order, so blocking changes no bit.
+/// Inner indices per pass of product(): its copy of B's panel (kBlockK rows of kWide packets:
+/// 8 KB of floats with AVX2, 16 KB with AVX-512) stays in L1 while every row tile of C reads it.
+/// Without it, a long inner dimension with few columns (a 3x3 convolution of 512 channels on
+/// 7x7: k = 4608) streams B from L2 once per row tile. Each element still sums its products in
+/// order, so blocking changes no bit.
 template <class T>
-inline constexpr index_t kBlockK = std::min<index_t>(128, 16384 / index_t(kWide<T> * kLanes<T> * sizeof(T)));
+inline constexpr index_t kBlockK =
+    std::min<index_t>(128, 16384 / index_t(kWide<T> * kLanes<T> * sizeof(T)));
 
 /// C[m x n] (+)= A B with A(i, p) = arows(i)[acols(p)] (m x k) and B(p, j) = brows(p)[j]
 /// (k x n), C row-major with leading dimension ldc.
