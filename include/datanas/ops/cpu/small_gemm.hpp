@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 #include "datanas/detail/eigen.hpp"
 #include "datanas/ops/cpu/common.hpp"
@@ -120,32 +121,17 @@ template <int NV, class T, class AR, class AC, class BR>
 inline void column_panel(index_t m, index_t k0, index_t k1, AR arows, AC acols, BR brows, index_t j,
                          T* c, index_t ldc, bool accumulate) {
   constexpr int MR = kRows<T>;
-  static_assert(MR == 6, "column_panel's remainder cases are written for 6-row tiles");
   index_t i = 0;
   for (; i + MR <= m; i += MR)
     tile<MR, NV>(k0, k1, arows.from(i), acols, brows, j, c + i * ldc, ldc, accumulate);
+  // The last m - i < MR rows: one tile of exactly that many (R + 1 for R in [0, MR - 1)).
   const auto rest = [&]<int R>() {
     tile<R, NV>(k0, k1, arows.from(i), acols, brows, j, c + i * ldc, ldc, accumulate);
   };
-  switch (m - i) {
-    case 5:
-      rest.template operator()<5>();
-      break;
-    case 4:
-      rest.template operator()<4>();
-      break;
-    case 3:
-      rest.template operator()<3>();
-      break;
-    case 2:
-      rest.template operator()<2>();
-      break;
-    case 1:
-      rest.template operator()<1>();
-      break;
-    default:
-      break;
-  }
+  const auto last = [&]<int... R>(std::integer_sequence<int, R...>) {
+    ((m - i == R + 1 ? rest.template operator()<R + 1>() : void()), ...);
+  };
+  last(std::make_integer_sequence<int, MR - 1>{});
 }
 
 /// Inner indices per pass of product(): its copy of B's panel (kBlockK rows of kWide packets:
