@@ -86,7 +86,6 @@ struct OffsetCols {
 /// Measured on AVX2 (Zen 3, one thread, float, the DARTS 1x1 shapes m = k = 16..64, n = 64..1024):
 /// 6 rows ran 1.1-1.5x faster than 4 (the most where B is in cache), whose 8 accumulators just
 /// cover the fused multiply-adds' latency times their throughput and so stall at every hiccup.
-template <class T>
 inline constexpr int kRows = 6;
 
 /// One MR x (NV packets) tile of C (+)= A B at c over the inner indices [k0, k1), columns
@@ -120,7 +119,7 @@ inline void tile(index_t k0, index_t k1, AR arows, AC acols, BR brows, index_t j
 template <int NV, class T, class AR, class AC, class BR>
 inline void column_panel(index_t m, index_t k0, index_t k1, AR arows, AC acols, BR brows, index_t j,
                          T* c, index_t ldc, bool accumulate) {
-  constexpr int MR = kRows<T>;
+  constexpr int MR = kRows;
   index_t i = 0;
   for (; i + MR <= m; i += MR)
     tile<MR, NV>(k0, k1, arows.from(i), acols, brows, j, c + i * ldc, ldc, accumulate);
@@ -162,7 +161,7 @@ void product(index_t m, index_t n, index_t k, AR arows, AC acols, BR brows, T* c
       for (index_t i = 0; i < m; ++i) std::fill_n(c + i * ldc, n, T(0));
     return;
   }
-  const bool pack = m > kRows<T>;
+  const bool pack = m > kRows;
   alignas(64) T panel[kb * W];
   for (index_t k0 = 0; k0 < k; k0 += kb) {
     const index_t k1 = std::min(k, k0 + kb);
