@@ -150,9 +150,10 @@ void check_fast_vs_general(const Shape& xs, const Shape& ws, Conv2dParams p, cpu
   }
 }
 
-/// conv_detail::gemm<TA, TB> against a double-precision triple loop, on a C with a wider
-/// leading dimension (columns past n must stay untouched) and with and without accumulation.
-template <bool TA, bool TB, class T>
+/// conv_detail::gemm<TA, TB> (or, with kSmall, small_gemm::nn<TA> whatever the shape) against a
+/// double-precision triple loop, on a C with a wider leading dimension (columns past n must stay
+/// untouched) and with and without accumulation.
+template <bool TA, bool TB, class T, bool kSmall = false>
 void check_gemm(index_t m, index_t n, index_t k, std::uint64_t seed) {
   CAPTURE(m);
   CAPTURE(n);
@@ -170,7 +171,10 @@ void check_gemm(index_t m, index_t n, index_t k, std::uint64_t seed) {
   for (const bool acc : {false, true}) {
     CAPTURE(acc);
     std::vector<T> c = c0;
-    cpu::conv_detail::gemm<TA, TB>(m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc, acc);
+    if constexpr (kSmall)
+      cpu::small_gemm::nn<TA>(m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc, acc);
+    else
+      cpu::conv_detail::gemm<TA, TB>(m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc, acc);
     double worst = 0;
     for (index_t i = 0; i < m; ++i)
       for (index_t j = 0; j < ldc; ++j) {
@@ -201,21 +205,32 @@ void check_gemm(index_t m, index_t n, index_t k, std::uint64_t seed) {
 TEST_SUITE("cpu") {
   TEST_CASE("the convolutions' GEMM: small register-tiled and Eigen products, every tail") {
     // Rows: whole 6-row tiles and every remainder, alone (B read in place) and after whole tiles
-    // (B's panels copied first); columns: whole panels, single packets and a scalar tail (for
-    // 16-lane floats and 8-lane doubles); k on both sides of small_gemm::kMaxInner (Eigen above
-    // it) and of the panel copy's block (kBlockK: 64 or 128), and k = 0.
+    // (B's panels copied first); columns: whole panels, single packets and a partial packet
+    // after them (for 8- and 16-lane floats, 4- and 8-lane doubles), and fewer columns than a
+    // packet (Eigen's path in gemm; small_gemm::nn is checked on them directly); k = 0 and on
+    // both sides of the panel copy's block (kBlockK: 64 or 128); and, for a few shapes (the
+    // reference costs m n k each), on both sides of small_gemm::kMaxInner (Eigen above it).
+    const index_t kb = cpu::small_gemm::kBlockK<float>, kmax = cpu::small_gemm::kMaxInner;
     std::uint64_t seed = 900;
+    auto check_all = [&](index_t m, index_t n, index_t k) {
+      check_gemm<false, false, float>(m, n, k, ++seed);
+      check_gemm<true, false, float>(m, n, k, ++seed);
+      check_gemm<false, true, float>(m, n, k, ++seed);
+      check_gemm<false, false, double>(m, n, k, ++seed);
+      check_gemm<true, false, double>(m, n, k, ++seed);
+      if (n < 16) {
+        check_gemm<false, false, float, true>(m, n, k, ++seed);
+        check_gemm<true, false, float, true>(m, n, k, ++seed);
+        check_gemm<false, false, double, true>(m, n, k, ++seed);
+      }
+    };
     for (const index_t m : {1, 3, 4, 5, 6, 7, 9, 11, 14, 16})
-      for (const index_t n : {1, 7, 16, 33, 64, 70, 131})
-        for (const index_t k :
-             {index_t(0), index_t(1), index_t(9), index_t(16), cpu::small_gemm::kBlockK<float> + 1,
-              cpu::small_gemm::kMaxInner, cpu::small_gemm::kMaxInner + 1}) {
-          check_gemm<false, false, float>(m, n, k, ++seed);
-          check_gemm<true, false, float>(m, n, k, ++seed);
-          check_gemm<false, true, float>(m, n, k, ++seed);
-          check_gemm<false, false, double>(m, n, k, ++seed);
-          check_gemm<true, false, double>(m, n, k, ++seed);
-        }
+      for (const index_t n : {1, 3, 7, 16, 27, 33, 47, 64, 70, 131})
+        for (const index_t k : {index_t(0), index_t(1), index_t(9), index_t(16), kb + 1, 2 * kb + 3})
+          check_all(m, n, k);
+    for (const index_t m : {5, 14})
+      for (const index_t n : {3, 47, 131})
+        for (const index_t k : {kmax, kmax + 1}) check_all(m, n, k);
   }
 
   TEST_CASE("conv2d forward values by hand") {

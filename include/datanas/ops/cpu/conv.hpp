@@ -177,25 +177,18 @@ void reduce_partials(const T* partial, int parts, index_t n, T* dst, bool accumu
 
 // ---- GEMM -----------------------------------------------------------------------------------
 
-/// C[m x n] (+)= op(A) op(B), row-major with leading dimensions; op(A) is m x k (A stored k x m
-/// when TA), op(B) is k x n (B stored n x k when TB). A small inner dimension (the channels of a
-/// DARTS cell's 1x1 convolutions) goes to small_gemm::nn, which reads the operands in place.
-/// Otherwise Eigen: it packs panels of kc x mc and kc x nc elements and takes them from the heap
-/// once they exceed EIGEN_STACK_ALLOCATION_LIMIT, so the product is cut into blocks whose panels
-/// are below it: no allocation in the hot loop.
+/// C[m x n] (+)= op(A) op(B) by Eigen's product, row-major with leading dimensions; op(A) is
+/// m x k (A stored k x m when TA), op(B) is k x n (B stored n x k when TB). Eigen packs panels of
+/// kc x mc and kc x nc elements and takes them from the heap once they exceed
+/// EIGEN_STACK_ALLOCATION_LIMIT, so the product is cut into blocks whose panels are below it: no
+/// allocation in the hot loop. gemm below chooses between this and small_gemm.
 template <bool TA, bool TB, class T>
-void gemm(index_t m, index_t n, index_t k, const T* a, index_t lda, const T* b, index_t ldb, T* c,
-          index_t ldc, bool accumulate) {
+void eigen_gemm(index_t m, index_t n, index_t k, const T* a, index_t lda, const T* b, index_t ldb,
+                T* c, index_t ldc, bool accumulate) {
   if (k == 0) {  // an empty sum (the blocking below would divide by k)
     if (!accumulate)
       for (index_t i = 0; i < m; ++i) std::fill_n(c + i * ldc, n, T(0));
     return;
-  }
-  if constexpr (!TB) {
-    if (k <= small_gemm::kMaxInner) {
-      small_gemm::nn<TA>(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
-      return;
-    }
   }
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using CMap = Eigen::Map<const Mat, 0, Eigen::OuterStride<>>;
@@ -230,6 +223,23 @@ void gemm(index_t m, index_t n, index_t k, const T* a, index_t lda, const T* b, 
       }
     }
   }
+}
+
+/// C[m x n] (+)= op(A) op(B) as eigen_gemm. With B stored k x n, at least one packet of columns
+/// and k <= small_gemm::kMaxInner, small_gemm::nn instead (benchmarks/bench_gemm.cpp: faster
+/// than Eigen on every such shape of the DARTS networks). With fewer columns than a packet (the
+/// auxiliary head's 2x2 convolution has one), its tiles would leave most lanes empty, while
+/// Eigen's matrix-vector kernel runs along k: 4x faster at 768 x 1 x 512, 1.1x at n = 4.
+template <bool TA, bool TB, class T>
+void gemm(index_t m, index_t n, index_t k, const T* a, index_t lda, const T* b, index_t ldb, T* c,
+          index_t ldc, bool accumulate) {
+  if constexpr (!TB) {
+    if (k <= small_gemm::kMaxInner && n >= kLanes<T>) {
+      small_gemm::nn<TA>(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+      return;
+    }
+  }
+  eigen_gemm<TA, TB>(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
 }
 
 /// gemm, split over row blocks of C on the threads when not already inside a parallel region

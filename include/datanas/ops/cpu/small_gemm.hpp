@@ -9,7 +9,8 @@
 //   C[m x n] (+)= op(A) B, B [k x n] row-major, op(A) = A [m x k] or A^T (A stored k x m): MR rows
 //   x NV packets of C in registers; per step of k, NV packet loads of B's row and MR broadcasts
 //   of A, MR * NV fused multiply-adds; C is loaded (accumulate) or not, never zeroed first.
-//   Columns past the last whole packet are done one by one.
+//   Columns past the last whole packet (n = 49, 196: the 7x7 and 14x14 planes of Fashion-MNIST
+//   and ImageNet networks) are one more tile, through zero-padded copies.
 // It serves the forward (W X) and data-gradient (W^T dY) products of the 1x1 and im2col
 // convolutions (conv.hpp's gemm). product() is the same kernel with operand rows (and A's
 // columns) addressed through offset tables: conv.hpp's shifted-taps path reads the rows of an
@@ -35,13 +36,13 @@ namespace ei = Eigen::internal;
 template <class T>
 inline constexpr int kWide = kLanes<T> >= 16 ? 4 : 2;
 
-/// Largest inner dimension k for which nn() beats Eigen's product (conv_detail::gemm's), one
-/// thread, float, min of several runs. Zen 3 (AVX2), with the panel copy: 1.2-1.55x faster at
-/// k = 144..576 for the 1x1 shapes of the DARTS networks (m = 32..144, n = 64..1024); Eigen
-/// 1.07x faster at 512 x 49 x 4608 (a 3x3 convolution of 512 channels on 7x7). On AVX-512 only
-/// the earlier kernel (rows read in place) was measured, with the limit at 128: 1.3-1.8x faster
-/// at k = 16..64, 1.0-1.4x at 128..256, 0.95-1.0x at 144 x 1024 x 144.
-inline constexpr index_t kMaxInner = 576;
+/// Largest inner dimension k that conv.hpp's gemm gives to nn() rather than Eigen: the largest
+/// measured (benchmarks/bench_gemm.cpp, one thread, float). Zen 3 (AVX2): nn() 1.2-1.6x faster
+/// at k = 16..1152 on the 1x1 shapes of the DARTS networks (m = 16..144, n = 49..1024), 1.4x at
+/// 256 x 196 x 2304 and 1.15-1.25x at 512 x 49 x 4608 (3x3 convolutions of 256 and 512
+/// channels). AVX-512 was measured only with an earlier kernel (rows read in place, columns past
+/// the last packet one by one): 1.3-1.8x at k = 16..64, 1.0-1.4x at 128..256.
+inline constexpr index_t kMaxInner = 4608;
 
 /// Where the rows of an operand start: row p at base + p * ld (an ordinary row-major matrix, or
 /// with ld = 1 a transposed one read down its columns)...
@@ -89,18 +90,28 @@ struct OffsetCols {
 inline constexpr int kRows = 6;
 
 /// One MR x (NV packets) tile of C (+)= A B at c over the inner indices [k0, k1), columns
-/// [j, j + NV * V) of B: A(i, p) = arows(i)[acols(p)], B(p, j) = brows(p)[j].
-template <int MR, int NV, class T, class AR, class AC, class BR>
+/// [j, j + NV * V) of B: A(i, p) = arows(i)[acols(p)], B(p, j) = brows(p)[j]. With kTail (one
+/// packet, NV = 1) only the first `cols` < V columns of C exist: C goes through a packet on the
+/// stack (B then comes from a zero-padded copy, product()).
+template <int MR, int NV, bool kTail = false, class T, class AR, class AC, class BR>
 inline void tile(index_t k0, index_t k1, AR arows, AC acols, BR brows, index_t j, T* __restrict c,
-                 index_t ldc, bool accumulate) {
+                 index_t ldc, bool accumulate, [[maybe_unused]] index_t cols = 0) {
   constexpr int V = kLanes<T>;
   using P = Packet<T>;
+  static_assert(!kTail || NV == 1, "a tail is one partial packet");
   const T* ar[MR];
   for (int r = 0; r < MR; ++r) ar[r] = arows(r);
   P acc[MR][NV];
+  [[maybe_unused]] alignas(64) T part[V] = {};
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v)
-      acc[r][v] = accumulate ? ei::ploadu<P>(c + r * ldc + v * V) : ei::pset1<P>(T(0));
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (kTail) {
+        if (accumulate) std::copy_n(c + r * ldc, cols, part);
+        acc[r][v] = accumulate ? ei::pload<P>(part) : ei::pset1<P>(T(0));
+      } else {
+        acc[r][v] = accumulate ? ei::ploadu<P>(c + r * ldc + v * V) : ei::pset1<P>(T(0));
+      }
+    }
   for (index_t p = k0; p < k1; ++p) {
     const T* bp = brows(p) + j;
     P bv[NV];
@@ -112,20 +123,28 @@ inline void tile(index_t k0, index_t k1, AR arows, AC acols, BR brows, index_t j
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) ei::pstoreu(c + r * ldc + v * V, acc[r][v]);
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (kTail) {
+        ei::pstore(part, acc[r][v]);
+        std::copy_n(part, cols, c + r * ldc);
+      } else {
+        ei::pstoreu(c + r * ldc + v * V, acc[r][v]);
+      }
+    }
 }
 
 /// All m rows of C at columns [j, j + NV * V): whole kRows tiles, then one tile of the rest.
-template <int NV, class T, class AR, class AC, class BR>
+/// kTail, cols: as tile's.
+template <int NV, bool kTail = false, class T, class AR, class AC, class BR>
 inline void column_panel(index_t m, index_t k0, index_t k1, AR arows, AC acols, BR brows, index_t j,
-                         T* c, index_t ldc, bool accumulate) {
+                         T* c, index_t ldc, bool accumulate, index_t cols = 0) {
   constexpr int MR = kRows;
   index_t i = 0;
   for (; i + MR <= m; i += MR)
-    tile<MR, NV>(k0, k1, arows.from(i), acols, brows, j, c + i * ldc, ldc, accumulate);
+    tile<MR, NV, kTail>(k0, k1, arows.from(i), acols, brows, j, c + i * ldc, ldc, accumulate, cols);
   // The last m - i < MR rows: one tile of exactly that many (R + 1 for R in [0, MR - 1)).
   const auto rest = [&]<int R>() {
-    tile<R, NV>(k0, k1, arows.from(i), acols, brows, j, c + i * ldc, ldc, accumulate);
+    tile<R, NV, kTail>(k0, k1, arows.from(i), acols, brows, j, c + i * ldc, ldc, accumulate, cols);
   };
   const auto last = [&]<int... R>(std::integer_sequence<int, R...>) {
     ((m - i == R + 1 ? rest.template operator()<R + 1>() : void()), ...);
@@ -180,13 +199,17 @@ void product(index_t m, index_t n, index_t k, AR arows, AC acols, BR brows, T* c
       column_panel<kNV>(m, k0, k1, arows, acols, PanelRows<T, W>{panel, k0}, 0, c + j, ldc, acc);
     }
     for (; j + V <= n; j += V) column_panel<1>(m, k0, k1, arows, acols, brows, j, c + j, ldc, acc);
-    for (; j < n; ++j)
-      for (index_t i = 0; i < m; ++i) {
-        const T* a = arows(i);
-        T s = acc ? c[i * ldc + j] : T(0);
-        for (index_t p = k0; p < k1; ++p) s += a[acols(p)] * brows(p)[j];
-        c[i * ldc + j] = s;
-      }
+    if (j == n) continue;
+    // The last n - j < V columns (7x7 and 14x14 planes leave 1 and 4): a zero-padded copy of
+    // them, one packet a row, and tiles that write only those columns of C. One column at a
+    // time instead, each element's sum is one chain of dependent multiply-adds: at 7x7 that
+    // column alone took longer than the other 48 (bench_gemm, n = 49 and 196).
+    const index_t cols = n - j;
+    for (index_t p = k0; p < k1; ++p) {
+      T* dst = panel + (p - k0) * V;
+      std::fill(std::copy_n(brows(p) + j, cols, dst), dst + V, T(0));
+    }
+    column_panel<1, true>(m, k0, k1, arows, acols, PanelRows<T, V>{panel, k0}, 0, c + j, ldc, acc, cols);
   }
 }
 
