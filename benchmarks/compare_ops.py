@@ -7,6 +7,7 @@
         --datanas-json-ops out/datanas_ops_*.json \
         --torch-json-ops out/torch_ops_*.json                            # tables from saved runs
     python3 benchmarks/compare_ops.py --verify                           # same results? (no timing)
+    python3 benchmarks/compare_ops.py --suite gemm --threads 1 --clock cpu  # small_gemm, Eigen, torch.mm
 
 Ratio = PyTorch time / datanas time: above 1 datanas is faster. Each run gives per benchmark the
 median of repeats (Google Benchmark --benchmark_repetitions, ops.py --repeats); with several runs
@@ -25,7 +26,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TORCH_SCRIPT = os.path.join(HERE, "pytorch", "ops.py")
-EXE = {"ops": "bench_ops", "autograd": "bench_autograd"}
+EXE = {"ops": "bench_ops", "autograd": "bench_autograd", "gemm": "bench_gemm"}
 CHAIN = 100  # ops per chain in bench_autograd.cpp and ops.py
 
 
@@ -56,6 +57,7 @@ def gbench_ms(doc, field="real_time"):
 GROUPS = {
     "ops": ["C16/", "C32/", "C64/", "^(linear|cross_entropy)/"],
     "autograd": ["/n(1|16)(/|$)", "/n(65536|1048576)(/|$)"],
+    "gemm": ["/nn/", "/tn/"],
 }
 
 
@@ -218,6 +220,27 @@ def autograd_table(ours, theirs):
     return "\n".join(lines)
 
 
+def gemm_table(ours, theirs):
+    """bench_gemm's two kernels and ops.py's torch.mm per shape: ms, and GFLOP/s of the small
+    product (2 m n k per call)."""
+    lines = ["| form | m x n x k | small_gemm ms | Eigen ms | torch.mm ms | GFLOP/s (small) | "
+             "Eigen / small | torch / small |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = {}
+    for side in (ours, theirs):
+        for name, v in side.items():
+            m = re.match(r"gemm/(\w+)/m(\d+)_n(\d+)_k(\d+)/(\w+)$", name)
+            if m:
+                rows.setdefault(m.groups()[:4], {})[m.group(5)] = v
+    for (form, mm, n, k), r in rows.items():
+        small, eig, tor = (r.get(x, (None, None)) for x in ("small", "eigen", "torch"))
+        ratio = lambda b: "n/a" if not (b[0] and small[0]) else f"{b[0] / small[0]:.2f}"  # noqa: E731
+        gflops = 2e-6 * int(mm) * int(n) * int(k) / small[0] if small[0] else None
+        lines.append(f"| {form} | {mm} x {n} x {k} | {fmt(small[0], 4)}{noisy(small[1])} | "
+                     f"{fmt(eig[0], 4)}{noisy(eig[1])} | {fmt(tor[0], 4)}{noisy(tor[1])} | "
+                     f"{fmt(gflops, 1)} | {ratio(eig)} | {ratio(tor)} |")
+    return "\n".join(lines)
+
+
 def verify(args):
     """Both sides run one iteration with a sum(relu(y)) loss and print checksums of the loss and
     of every gradient; they must agree to float rounding."""
@@ -259,7 +282,7 @@ def close(a, b, scale, rtol=2e-3):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", choices=["ops", "autograd", "all"], default="all")
+    ap.add_argument("--suite", choices=["ops", "autograd", "gemm", "all"], default="all")
     ap.add_argument("--build-dir", default="build-bench")
     ap.add_argument("--filter", default="", help="regex on the benchmark names")
     ap.add_argument("--repeats", type=int, default=7)
@@ -290,10 +313,11 @@ def main():
         ap.error("--clock cpu needs --threads 1: Google Benchmark's cpu_time is the main thread's")
     if args.verify:
         return verify(args)
-    suites = ["ops", "autograd"] if args.suite == "all" else [args.suite]
+    suites = list(EXE) if args.suite == "all" else [args.suite]
+    tables = {"ops": ops_table, "autograd": autograd_table, "gemm": gemm_table}
     for suite in suites:
         ours, theirs = (merge(r) for r in results(args, suite))
-        print(ops_table(ours, theirs) if suite == "ops" else autograd_table(ours, theirs))
+        print(tables[suite](ours, theirs))
         print()
     return 0
 

@@ -7,6 +7,7 @@ warm-up, then the median of repeats, each repeat a loop long enough to time reli
 
     python3 benchmarks/pytorch/ops.py                  # op suite, JSON {name: ms per iteration}
     python3 benchmarks/pytorch/ops.py --suite autograd # the chain-of-100 overhead suite
+    python3 benchmarks/pytorch/ops.py --suite gemm     # torch.mm on bench_gemm.cpp's shapes
     python3 benchmarks/pytorch/ops.py --verify         # checksums, compare with bench_ops --verify
 
 Where the C++ library has a fused op and PyTorch has none (the DARTS mixed op), the PyTorch side
@@ -237,6 +238,34 @@ def autograd_cases():
     return cases
 
 
+# bench_gemm.cpp's (m, n, k), in its order: C [m x n] = A B (form nn) or A^T B with A stored
+# k x m (form tn). torch.mm writes into a preallocated C, as the C++ kernels do, on one thread
+# whatever --threads says (the convolutions run these products one per image and thread).
+GEMM_SHAPES = [(16, 1024, 16), (32, 256, 32), (64, 64, 64), (16, 784, 16), (32, 196, 32), (64, 49, 64),
+               (36, 1024, 36), (72, 256, 72), (144, 64, 144), (144, 64, 576),
+               (64, 256, 288), (64, 256, 576), (64, 256, 1152), (144, 64, 1152),
+               (512, 49, 4608), (768, 1, 512)]
+
+
+def gemm_cases():
+    cases = []
+    for form in ("nn", "tn"):
+        for m, n, k in GEMM_SHAPES:
+
+            def make(form=form, m=m, n=n, k=k):
+                a = hashed((k, m) if form == "tn" else (m, k), 1)
+                a = a.t() if form == "tn" else a
+                b, c = hashed((k, n), 2), torch.empty(m, n)
+
+                def step():
+                    torch.mm(a, b, out=c)
+
+                return step
+
+            cases.append((f"gemm/{form}/m{m}_n{n}_k{k}/torch", make))
+    return cases
+
+
 def time_step(step, warmup_s, repeat_s, repeats, clock=time.perf_counter):
     """Median seconds per call: warm-up, then `repeats` loops of about repeat_s each."""
     t0, calls = clock(), 0
@@ -275,7 +304,7 @@ def verify(cases):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", choices=["ops", "autograd"], default="ops")
+    ap.add_argument("--suite", choices=["ops", "autograd", "gemm"], default="ops")
     ap.add_argument("--filter", default="", help="regex on the benchmark names")
     ap.add_argument("--verify", action="store_true", help="print checksums instead of timing")
     ap.add_argument("--repeats", type=int, default=7)
@@ -289,8 +318,8 @@ def main():
 
     if args.verify and args.suite != "ops":
         ap.error("--verify checks the op suite only")
-    torch.set_num_threads(args.threads)
-    cases = op_cases() if args.suite == "ops" else autograd_cases()
+    torch.set_num_threads(1 if args.suite == "gemm" else args.threads)
+    cases = {"ops": op_cases, "autograd": autograd_cases, "gemm": gemm_cases}[args.suite]()
     cases = [(n, m) for n, m in cases if re.search(args.filter, n)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
     if args.verify:
@@ -299,10 +328,7 @@ def main():
         return
     results = {}
     for name, make in cases:
-        if args.suite == "ops":
-            step = op_step(make)
-        else:
-            step = make()
+        step = op_step(make) if args.suite == "ops" else make()
         clock = time.perf_counter if args.clock == "wall" else time.process_time
         results[name] = 1e3 * time_step(step, args.warmup, args.repeat_time, args.repeats, clock)
         print(f"{name:40s} {results[name]:10.4f} ms", file=sys.stderr)

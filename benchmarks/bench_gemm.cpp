@@ -1,0 +1,142 @@
+// benchmarks/bench_gemm.cpp - the CPU convolutions' matrix products, one thread: our
+// register-tiled small product (ops/cpu/small_gemm.hpp) against Eigen's general product, on the
+// shapes the DARTS networks give them.
+//
+// Why it exists: conv.hpp's gemm sends a product with inner dimension k <= small_gemm::kMaxInner
+// to small_gemm and anything larger to Eigen. This benchmark is the measurement behind that
+// limit: both kernels on the 1x1 convolutions of the search network (C = 16) and of the
+// evaluation network (C = 36), on a sweep of k across the limit, and on one product far above it
+// (a 3x3 convolution of 512 channels on 7x7, where Eigen should win).
+//
+// Names: gemm/<form>/m<M>_n<N>_k<K>/<kernel>, kernel small or eigen. form nn: C = A B, the
+// forward product W X of a 1x1 convolution (A = W [Cout x Cin], B = one image [Cin x H*W]);
+// form tn: C = A^T B with A stored k x m, the data gradient W^T dY. C is written, not
+// accumulated, as in the convolutions. benchmarks/pytorch/ops.py --suite gemm times torch.mm on
+// the same shapes (names ending in /torch); compare_ops.py --suite gemm puts them side by side.
+//
+// One thread on purpose: the convolutions call these products once per image from inside their
+// own parallel loop, so a single product never runs on more than one thread. Eigen's own
+// threading is switched off (Eigen::setNbThreads(1)).
+//
+//   bench_gemm [Google Benchmark flags]
+// Before timing, every shape's two results are compared (relative to sum |a_ip b_pj|); a
+// difference beyond float rounding stops the run with an error, so a broken kernel cannot
+// produce a fast number.
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "bench_common.hpp"
+#include "datanas/ops/cpu/conv.hpp"
+
+namespace {
+
+using namespace datanas;
+using namespace datanas::bench;
+
+struct Shape3 {
+  index_t m, n, k;
+};
+
+// (m, n, k) = (output channels, H*W, input channels) of a 1x1 convolution; for tn, m and k are
+// the other way round (input channels, H*W, output channels) with the same A.
+const std::vector<Shape3>& shapes() {
+  static const std::vector<Shape3> v = {
+      // Search network, C = 16: the three resolutions' node convolutions.
+      {16, 1024, 16}, {32, 256, 32}, {64, 64, 64},
+      // The same on 28x28 inputs (Fashion-MNIST, datanas-search's default): 784 = 49 packets
+      // of 16 floats, 196 and 49 are not whole packets.
+      {16, 784, 16}, {32, 196, 32}, {64, 49, 64},
+      // Evaluation network, C = 36, and a cell preprocessing 4 x 144 channels to 144.
+      {36, 1024, 36}, {72, 256, 72}, {144, 64, 144}, {144, 64, 576},
+      // k across the limit (kMaxInner = 576) at two output sizes.
+      {64, 256, 288}, {64, 256, 576}, {64, 256, 1152}, {144, 64, 1152},
+      // Far above it: a 3x3 convolution of 512 channels on 7x7 (im2col, k = 9 * 512).
+      {512, 49, 4608},
+      // The auxiliary head's 2x2 convolution (128 -> 768 channels on 2x2: one output pixel).
+      {768, 1, 512}};
+  return v;
+}
+
+template <bool TA>
+void product(bool small, const Shape3& s, const F32* a, const F32* b, F32* c) {
+  // A is m x k (lda = k) or, for tn, stored k x m (lda = m); B is k x n; C is m x n.
+  const index_t lda = TA ? s.m : s.k;
+  if (small)
+    cpu::small_gemm::nn<TA>(s.m, s.n, s.k, a, lda, b, s.n, c, s.n, false);
+  else
+    cpu::conv_detail::eigen_gemm<TA, false>(s.m, s.n, s.k, a, lda, b, s.n, c, s.n, false);
+}
+
+/// The inputs of one shape, from the same hash as ops.py's (seeds 1 and 2).
+struct Operands {
+  TensorF a, b;
+  explicit Operands(const Shape3& s) : a(hashed({s.m * s.k}, 1)), b(hashed({s.k * s.n}, 2)) {}
+};
+
+/// Both kernels' C must agree to rounding: |c_small - c_eigen| <= (k + 1) eps sum_p |a_ip b_pj|
+/// (each side's error is below k eps times that sum; 2k covers both, k + 1 is what test_conv
+/// allows for one against an exact reference, and both here are far inside it in practice).
+template <bool TA>
+bool agree(const Shape3& s) {
+  const Operands o(s);
+  std::vector<F32> c1(std::size_t(s.m * s.n)), c2(c1.size());
+  product<TA>(true, s, o.a.data(), o.b.data(), c1.data());
+  product<TA>(false, s, o.a.data(), o.b.data(), c2.data());
+  const double eps = std::ldexp(1.0, -23);
+  for (index_t i = 0; i < s.m; ++i)
+    for (index_t j = 0; j < s.n; ++j) {
+      double mag = 0;
+      for (index_t p = 0; p < s.k; ++p) {
+        const F32 aip = TA ? o.a[p * s.m + i] : o.a[i * s.k + p];
+        mag += std::abs(double(aip) * double(o.b[p * s.n + j]));
+      }
+      const double d = std::abs(double(c1[i * s.n + j]) - double(c2[i * s.n + j]));
+      if (d > 2.0 * double(s.k + 1) * eps * mag) {
+        std::fprintf(stderr, "bench_gemm: %s %ld x %ld x %ld: small and Eigen differ at (%ld, %ld): %g vs %g\n",
+                     TA ? "tn" : "nn", long(s.m), long(s.n), long(s.k), long(i), long(j),
+                     double(c1[i * s.n + j]), double(c2[i * s.n + j]));
+        return false;
+      }
+    }
+  return true;
+}
+
+template <bool TA>
+void run(benchmark::State& state, Shape3 s, bool small) {
+  const Operands o(s);
+  TensorF c = TensorF::empty({s.m * s.n});
+  for (auto _ : state) {
+    product<TA>(small, s, o.a.data(), o.b.data(), c.data());
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOPS"] = benchmark::Counter(2.0 * double(s.m * s.n * s.k),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
+template <bool TA>
+bool register_form(const char* form) {
+  for (const Shape3& s : shapes()) {
+    if (!agree<TA>(s)) return false;
+    const std::string base = std::string("gemm/") + form + "/m" + std::to_string(s.m) + "_n" +
+                             std::to_string(s.n) + "_k" + std::to_string(s.k) + "/";
+    for (const bool small : {true, false})
+      benchmark::RegisterBenchmark((base + (small ? "small" : "eigen")).c_str(),
+                                   [s, small](benchmark::State& st) { run<TA>(st, s, small); })
+          ->Unit(benchmark::kMillisecond);
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Eigen::setNbThreads(1);
+  if (!register_form<false>("nn") || !register_form<true>("tn")) return 1;
+  benchmark::AddCustomContext("kMaxInner", std::to_string(cpu::small_gemm::kMaxInner));
+  return bench::run_benchmarks(argc, argv);
+}
