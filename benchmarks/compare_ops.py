@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs the datanas micro-benchmarks and their PyTorch twin, prints markdown tables.
 
-    python3 benchmarks/compare_ops.py --build-dir build-bench            # ops and autograd
+    python3 benchmarks/compare_ops.py --build-dir build-bench            # ops, autograd, gemm
     python3 benchmarks/compare_ops.py --suite ops --runs 3 --save out/   # keep the raw JSON
     python3 benchmarks/compare_ops.py --suite ops \
         --datanas-json-ops out/datanas_ops_*.json \
