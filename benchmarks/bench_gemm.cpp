@@ -3,10 +3,11 @@
 // shapes the DARTS networks give them.
 //
 // Why it exists: conv.hpp's gemm sends a product with inner dimension k <= small_gemm::kMaxInner
-// to small_gemm and anything larger to Eigen. This benchmark is the measurement behind that
-// limit: both kernels on the 1x1 convolutions of the search network (C = 16) and of the
-// evaluation network (C = 36), on a sweep of k across the limit, and on one product far above it
-// (a 3x3 convolution of 512 channels on 7x7, where Eigen should win).
+// (and at least a packet of columns) to small_gemm and anything else to Eigen. This benchmark is
+// the measurement behind that limit: both kernels on the 1x1 convolutions of the search network
+// (C = 16, on 32x32 and 28x28 inputs) and of the evaluation network (C = 36), on k from 288 to
+// 1152, on the limit itself (an im2col 3x3 convolution of 512 channels on 7x7) and on one
+// column (where Eigen's matrix-vector kernel wins).
 //
 // Names: gemm/<form>/m<M>_n<N>_k<K>/<kernel>, kernel small or eigen. form nn: C = A B, the
 // forward product W X of a 1x1 convolution (A = W [Cout x Cin], B = one image [Cin x H*W]);
@@ -44,6 +45,8 @@ struct Shape3 {
 // (m, n, k) = (output channels, H*W, input channels) of a 1x1 convolution; for tn, m and k are
 // the other way round (input channels, H*W, output channels) with the same A.
 const std::vector<Shape3>& shapes() {
+  // One line per group of shapes.
+  // clang-format off
   static const std::vector<Shape3> v = {
       // Search network, C = 16: the three resolutions' node convolutions.
       {16, 1024, 16}, {32, 256, 32}, {64, 64, 64},
@@ -52,12 +55,13 @@ const std::vector<Shape3>& shapes() {
       {16, 784, 16}, {32, 196, 32}, {64, 49, 64},
       // Evaluation network, C = 36, and a cell preprocessing 4 x 144 channels to 144.
       {36, 1024, 36}, {72, 256, 72}, {144, 64, 144}, {144, 64, 576},
-      // k across the limit (kMaxInner = 576) at two output sizes.
+      // Longer k at two output sizes (the limit was 576 before 06b4667).
       {64, 256, 288}, {64, 256, 576}, {64, 256, 1152}, {144, 64, 1152},
-      // Far above it: a 3x3 convolution of 512 channels on 7x7 (im2col, k = 9 * 512).
+      // The limit, kMaxInner: a 3x3 convolution of 512 channels on 7x7 (im2col, k = 9 * 512).
       {512, 49, 4608},
       // The auxiliary head's 2x2 convolution (128 -> 768 channels on 2x2: one output pixel).
       {768, 1, 512}};
+  // clang-format on
   return v;
 }
 
@@ -96,7 +100,8 @@ bool agree(const Shape3& s) {
       }
       const double d = std::abs(double(c1[i * s.n + j]) - double(c2[i * s.n + j]));
       if (d > 2.0 * double(s.k + 1) * eps * mag) {
-        std::fprintf(stderr, "bench_gemm: %s %ld x %ld x %ld: small and Eigen differ at (%ld, %ld): %g vs %g\n",
+        std::fprintf(stderr,
+                     "bench_gemm: %s %ld x %ld x %ld: the kernels differ at (%ld, %ld): %g vs %g\n",
                      TA ? "tn" : "nn", long(s.m), long(s.n), long(s.k), long(i), long(j),
                      double(c1[i * s.n + j]), double(c2[i * s.n + j]));
         return false;

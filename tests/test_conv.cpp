@@ -226,7 +226,8 @@ TEST_SUITE("cpu") {
     };
     for (const index_t m : {1, 3, 4, 5, 6, 7, 9, 11, 14, 16})
       for (const index_t n : {1, 3, 7, 16, 27, 33, 47, 64, 70, 131})
-        for (const index_t k : {index_t(0), index_t(1), index_t(9), index_t(16), kb + 1, 2 * kb + 3})
+        for (const index_t k :
+             {index_t(0), index_t(1), index_t(9), index_t(16), kb + 1, 2 * kb + 3})
           check_all(m, n, k);
     for (const index_t m : {5, 14})
       for (const index_t n : {3, 47, 131})

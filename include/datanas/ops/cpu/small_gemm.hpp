@@ -209,7 +209,8 @@ void product(index_t m, index_t n, index_t k, AR arows, AC acols, BR brows, T* c
       T* dst = panel + (p - k0) * V;
       std::fill(std::copy_n(brows(p) + j, cols, dst), dst + V, T(0));
     }
-    column_panel<1, true>(m, k0, k1, arows, acols, PanelRows<T, V>{panel, k0}, 0, c + j, ldc, acc, cols);
+    column_panel<1, true>(m, k0, k1, arows, acols, PanelRows<T, V>{panel, k0}, 0, c + j, ldc, acc,
+                          cols);
   }
 }
 
