@@ -9,11 +9,13 @@
 //     sep_conv / dil_conv convolutions of a DARTS cell.
 //   - direct GEMM: 1x1 kernel, stride 1, no padding (any groups): Y_n = W * X_n per sample.
 //   - shifted taps: any other stride-1 convolution with padding <= (k - 1) * dilation (a stem,
-//     NAS-Bench-201's nor_conv_3x3, the auxiliary head's 2x2): one zero-padded copy per sample,
-//     whose shifted rows small_gemm reads in place as the rows of the im2col matrix.
+//     NAS-Bench-201's nor_conv_3x3; not a large weight over few outputs, see conv_path): one
+//     zero-padded copy per sample, whose shifted rows small_gemm reads in place as the rows of
+//     the im2col matrix.
 //   - general: im2col + GEMM per sample and group (any stride, padding, dilation, groups).
-// The products (gemm below) run small_gemm::nn for inner dimensions up to 576, Eigen otherwise;
-// the shifted path always runs small_gemm::product.
+// The products (gemm below) run small_gemm::nn for inner dimensions up to kMaxInner (4608) and
+// at least a packet of columns, Eigen otherwise; the shifted path always runs
+// small_gemm::product.
 // All paths parallelise over samples (or planes) with OpenMP; each thread runs single-threaded
 // products on its own workspace slice, and weight gradients are summed from per-thread
 // partials, so no two threads ever write the same element. When the batch is too small to
@@ -228,7 +230,8 @@ void eigen_gemm(index_t m, index_t n, index_t k, const T* a, index_t lda, const 
 /// C[m x n] (+)= op(A) op(B) as eigen_gemm. With B stored k x n, at least one packet of columns
 /// and k <= small_gemm::kMaxInner, small_gemm::nn instead (benchmarks/bench_gemm.cpp: faster
 /// than Eigen on every such shape of the DARTS networks). With fewer columns than a packet (the
-/// auxiliary head's 2x2 convolution has one), its tiles would leave most lanes empty, while
+/// auxiliary head's 2x2 convolution on 2x2, by im2col, has one), its tiles would leave most
+/// lanes empty, while
 /// Eigen's matrix-vector kernel runs along k: 4x faster at 768 x 1 x 512, 1.1x at n = 4.
 template <bool TA, bool TB, class T>
 void gemm(index_t m, index_t n, index_t k, const T* a, index_t lda, const T* b, index_t ldb, T* c,
