@@ -102,10 +102,10 @@ inline void tile(index_t k0, index_t k1, AR arows, AC acols, BR brows, index_t j
   const T* ar[MR];
   for (int r = 0; r < MR; ++r) ar[r] = arows(r);
   P acc[MR][NV];
-  [[maybe_unused]] alignas(64) T part[V] = {};
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) {
       if constexpr (kTail) {
+        alignas(64) T part[V] = {};  // lanes past `cols` stay 0 and are never stored
         if (accumulate) std::copy_n(c + r * ldc, cols, part);
         acc[r][v] = accumulate ? ei::pload<P>(part) : ei::pset1<P>(T(0));
       } else {
@@ -125,6 +125,7 @@ inline void tile(index_t k0, index_t k1, AR arows, AC acols, BR brows, index_t j
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) {
       if constexpr (kTail) {
+        alignas(64) T part[V];
         ei::pstore(part, acc[r][v]);
         std::copy_n(part, cols, c + r * ldc);
       } else {
