@@ -57,7 +57,7 @@ def gbench_ms(doc, field="real_time"):
 GROUPS = {
     "ops": ["C16/", "C32/", "C64/", "^(linear|cross_entropy)/"],
     "autograd": ["/n(1|16)(/|$)", "/n(65536|1048576)(/|$)"],
-    "gemm": ["/nn/", "/tn/"],
+    "gemm": ["/nn/", "/tn/", "/nt/"],
 }
 
 

@@ -150,7 +150,8 @@ void check_fast_vs_general(const Shape& xs, const Shape& ws, Conv2dParams p, cpu
   }
 }
 
-/// conv_detail::gemm<TA, TB> (or, with kSmall, small_gemm::nn<TA> whatever the shape) against a
+/// conv_detail::gemm<TA, TB> (or, with kSmall, small_gemm::nn<TA> or small_gemm::nt whatever the
+/// shape) against a
 /// double-precision triple loop, on a C with a wider leading dimension (columns past n must stay
 /// untouched) and with and without accumulation.
 template <bool TA, bool TB, class T, bool kSmall = false>
@@ -171,7 +172,9 @@ void check_gemm(index_t m, index_t n, index_t k, std::uint64_t seed) {
   for (const bool acc : {false, true}) {
     CAPTURE(acc);
     std::vector<T> c = c0;
-    if constexpr (kSmall)
+    if constexpr (kSmall && TB)
+      cpu::small_gemm::nt(m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc, acc);
+    else if constexpr (kSmall)
       cpu::small_gemm::nn<TA>(m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc, acc);
     else
       cpu::conv_detail::gemm<TA, TB>(m, n, k, a.data(), lda, b.data(), ldb, c.data(), ldc, acc);
@@ -210,6 +213,9 @@ TEST_SUITE("cpu") {
     // packet (Eigen's path in gemm; small_gemm::nn is checked on them directly); k = 0 and on
     // both sides of the panel copy's block (kBlockK: 64 or 128); and, for a few shapes (the
     // reference costs m n k each), on both sides of small_gemm::kMaxInner (Eigen above it).
+    // A B^T (small_gemm::nt from a packet of columns and of inner indices, its panels
+    // transposed in V x V blocks): k below, at and past whole blocks (1, 7, 9, 16, kBlockK + 1,
+    // ...), and small_gemm::nt directly where gemm gives the shape to Eigen.
     const index_t kb = cpu::small_gemm::kBlockK<float>, kmax = cpu::small_gemm::kMaxInner;
     std::uint64_t seed = 900;
     auto check_all = [&](index_t m, index_t n, index_t k) {
@@ -218,16 +224,21 @@ TEST_SUITE("cpu") {
       check_gemm<false, true, float>(m, n, k, ++seed);
       check_gemm<false, false, double>(m, n, k, ++seed);
       check_gemm<true, false, double>(m, n, k, ++seed);
+      check_gemm<false, true, double>(m, n, k, ++seed);
       if (n < 16) {
         check_gemm<false, false, float, true>(m, n, k, ++seed);
         check_gemm<true, false, float, true>(m, n, k, ++seed);
         check_gemm<false, false, double, true>(m, n, k, ++seed);
       }
+      if (n < 16 || k < 16) {
+        check_gemm<false, true, float, true>(m, n, k, ++seed);
+        check_gemm<false, true, double, true>(m, n, k, ++seed);
+      }
     };
     for (const index_t m : {1, 3, 4, 5, 6, 7, 9, 11, 14, 16})
       for (const index_t n : {1, 3, 7, 16, 27, 33, 47, 64, 70, 131})
         for (const index_t k :
-             {index_t(0), index_t(1), index_t(9), index_t(16), kb + 1, 2 * kb + 3})
+             {index_t(0), index_t(1), index_t(7), index_t(9), index_t(16), kb + 1, 2 * kb + 3})
           check_all(m, n, k);
     for (const index_t m : {5, 14})
       for (const index_t n : {3, 47, 131})

@@ -239,7 +239,8 @@ def autograd_cases():
 
 
 # bench_gemm.cpp's (m, n, k), in its order: C [m x n] = A B (form nn) or A^T B with A stored
-# k x m (form tn). torch.mm writes into a preallocated C, as the C++ kernels do, on one thread
+# k x m (form tn), or A B^T with B stored n x k (form nt, the weight gradient: n and k of these
+# shapes exchanged, as bench_gemm does). torch.mm writes into a preallocated C, as the C++ kernels do, on one thread
 # whatever --threads says (the convolutions run these products one per image and thread).
 GEMM_SHAPES = [(16, 1024, 16), (32, 256, 32), (64, 64, 64), (16, 784, 16), (32, 196, 32), (64, 49, 64),
                (36, 1024, 36), (72, 256, 72), (144, 64, 144), (144, 64, 576),
@@ -249,13 +250,16 @@ GEMM_SHAPES = [(16, 1024, 16), (32, 256, 32), (64, 64, 64), (16, 784, 16), (32, 
 
 def gemm_cases():
     cases = []
-    for form in ("nn", "tn"):
+    for form in ("nn", "tn", "nt"):
         for m, n, k in GEMM_SHAPES:
+            if form == "nt":
+                n, k = k, n
 
             def make(form=form, m=m, n=n, k=k):
                 a = hashed((k, m) if form == "tn" else (m, k), 1)
                 a = a.t() if form == "tn" else a
-                b, c = hashed((k, n), 2), torch.empty(m, n)
+                b = hashed((n, k), 2).t() if form == "nt" else hashed((k, n), 2)
+                c = torch.empty(m, n)
 
                 def step():
                     torch.mm(a, b, out=c)

@@ -14,8 +14,8 @@
 //     the im2col matrix.
 //   - general: im2col + GEMM per sample and group (any stride, padding, dilation, groups).
 // The products (gemm below) run small_gemm::nn for inner dimensions up to kMaxInner (4608) and
-// at least a packet of columns, Eigen otherwise; the shifted path always runs
-// small_gemm::product.
+// at least a packet of columns, the weight gradients small_gemm::nt from a packet of columns and
+// of inner indices, Eigen otherwise; the shifted path always runs small_gemm::product.
 // All paths parallelise over samples (or planes) with OpenMP; each thread runs single-threaded
 // products on its own workspace slice, and weight gradients are summed from per-thread
 // partials, so no two threads ever write the same element. When the batch is too small to
@@ -227,18 +227,28 @@ void eigen_gemm(index_t m, index_t n, index_t k, const T* a, index_t lda, const 
   }
 }
 
-/// C[m x n] (+)= op(A) op(B) as eigen_gemm. With B stored k x n, at least one packet of columns
-/// and k <= small_gemm::kMaxInner, small_gemm::nn instead (benchmarks/bench_gemm.cpp: faster
-/// than Eigen on every such shape of the DARTS networks). With fewer columns than a packet (the
-/// auxiliary head's 2x2 convolution on 2x2, by im2col, has one), its tiles would leave most
-/// lanes empty, while
-/// Eigen's matrix-vector kernel runs along k: 4x faster at 768 x 1 x 512, 1.1x at n = 4.
+/// C[m x n] (+)= op(A) op(B) as eigen_gemm, or by small_gemm where it was measured faster
+/// (benchmarks/bench_gemm.cpp, one thread):
+///   - B stored k x n (nn, tn), at least one packet of columns and k <= small_gemm::kMaxInner:
+///     small_gemm::nn, faster on every such shape of the DARTS networks. With fewer columns than
+///     a packet (the auxiliary head's 2x2 convolution on 2x2, by im2col, has one), its tiles
+///     would leave most lanes empty, while Eigen's matrix-vector kernel runs along k: 4x faster
+///     at 768 x 1 x 512, 1.1x at n = 4.
+///   - A B^T (nt, a weight gradient dY X^T), at least one packet of columns and of inner indices:
+///     small_gemm::nt, 1.2-2x faster than Eigen from k = 8 (H*W of the image) to 12,544 on the
+///     DARTS networks' shapes; with fewer inner indices than a packet (the auxiliary head's 2x2
+///     convolution again: k = 1) Eigen's outer product is 1.5-2.7x faster.
 template <bool TA, bool TB, class T>
 void gemm(index_t m, index_t n, index_t k, const T* a, index_t lda, const T* b, index_t ldb, T* c,
           index_t ldc, bool accumulate) {
   if constexpr (!TB) {
     if (k <= small_gemm::kMaxInner && n >= kLanes<T>) {
       small_gemm::nn<TA>(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+      return;
+    }
+  } else if constexpr (!TA) {
+    if (k >= kLanes<T> && n >= kLanes<T>) {
+      small_gemm::nt(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
       return;
     }
   }

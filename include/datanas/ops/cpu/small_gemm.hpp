@@ -14,10 +14,13 @@
 // It serves the forward (W X) and data-gradient (W^T dY) products of the 1x1 and im2col
 // convolutions (conv.hpp's gemm). product() is the same kernel with operand rows (and A's
 // columns) addressed through offset tables: conv.hpp's shifted-taps path reads the rows of an
-// implicit im2col matrix from one padded plane. The im2col path's weight gradient (dY X^T: a
-// dot product along H*W per element of C) stays with Eigen: a register-tiled version was slower
-// at these sizes (its horizontal sums dominate); the shifted path computes the transpose,
-// X_taps dY^T, which is an ordinary product.
+// implicit im2col matrix from one padded plane. The weight gradient of the 1x1 and im2col paths,
+// dY X^T (nt()), is the same kernel again, with B's panels transposed while they are copied
+// (V x V blocks in registers): 1.4-1.7x Eigen's speed (bench_gemm, form nt). As dot products
+// along H*W instead (tiles of 2-4 x 2-4 packet accumulators, a horizontal sum per element of C),
+// a throwaway prototype ran at 0.37-1.7x Eigen's, slowest on 8x8 and 7x7 planes, where the
+// horizontal sums weigh most. The shifted path computes the transpose, X_taps dY^T, which is an
+// ordinary product.
 // Results equal Eigen's to rounding (the summation order differs), not bit for bit.
 // No allocation, no threading: callers split the work (conv.hpp's gemm_rows_parallel).
 #pragma once
@@ -70,6 +73,18 @@ struct PanelRows {
   index_t k0;
   const T* operator()(index_t p) const { return base + (p - k0) * W; }
 };
+/// ... or B stored transposed, n x k with row j at base + j * ld: B(p, j) = base[j * ld + p]. The
+/// operand X^T of a weight gradient dY X^T, read only through transposed copies of its panels
+/// (pack_panel), so a row pointer never exists.
+template <class T>
+struct TransposedRows {
+  const T* base;
+  index_t ld;
+};
+template <class BR>
+inline constexpr bool kTransposed = false;
+template <class T>
+inline constexpr bool kTransposed<TransposedRows<T>> = true;
 /// Where element p of a row of A lies from the row's start: p * stride...
 struct StridedCols {
   index_t stride;
@@ -162,6 +177,48 @@ template <class T>
 inline constexpr index_t kBlockK =
     std::min<index_t>(128, 16384 / index_t(kWide<T> * kLanes<T> * sizeof(T)));
 
+/// dst[(p - k0) * Wd + q] = B(p, j + q) for p in [k0, k1) and q < cols, 0 for q in [cols, Wd):
+/// a panel of B in the layout that tile() reads through PanelRows<T, Wd>. cols > Wd - V (a
+/// panel is whole packets but for the last). B stored transposed goes through V x V blocks
+/// transposed in registers: V rows of B^T read along V inner indices, stored as V packets.
+template <int Wd, class T, class BR>
+inline void pack_panel(index_t k0, index_t k1, BR brows, index_t j, index_t cols,
+                       T* __restrict dst) {
+  constexpr int V = kLanes<T>;
+  using P = Packet<T>;
+  if constexpr (kTransposed<BR>) {
+    for (index_t q0 = 0; q0 < cols; q0 += V) {
+      const index_t nq = std::min<index_t>(V, cols - q0);  // rows of B^T in this block
+      const T* src = brows.base + (j + q0) * brows.ld;
+      const index_t ld = brows.ld;
+      index_t p = k0;
+      for (; p + V <= k1; p += V) {
+// PacketBlock's argument is a packet type, whose vector attributes GCC drops and warns about (as
+// conv.hpp's dw_correlate_rows; Eigen silences the same warning in its own headers).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+        ei::PacketBlock<P, V> blk;
+#pragma GCC diagnostic pop
+        for (int r = 0; r < V; ++r)
+          blk.packet[r] = r < nq ? ei::ploadu<P>(src + r * ld + p) : ei::pset1<P>(T(0));
+        ei::ptranspose(blk);
+        for (int r = 0; r < V; ++r) ei::pstore(dst + (p - k0 + r) * Wd + q0, blk.packet[r]);
+      }
+      for (; p < k1; ++p)  // the last k mod V inner indices (a 7x7 or 14x14 plane's)
+        for (int r = 0; r < V; ++r) dst[(p - k0) * Wd + q0 + r] = r < nq ? src[r * ld + p] : T(0);
+    }
+  } else {
+    for (index_t p = k0; p < k1; ++p) {
+      const T* src = brows(p) + j;
+      T* d = dst + (p - k0) * Wd;
+      if (cols == Wd)
+        for (int v = 0; v < Wd / V; ++v) ei::pstore(d + v * V, ei::ploadu<P>(src + v * V));
+      else
+        std::fill(std::copy_n(src, cols, d), d + Wd, T(0));
+    }
+  }
+}
+
 /// C[m x n] (+)= A B with A(i, p) = arows(i)[acols(p)] (m x k) and B(p, j) = brows(p)[j]
 /// (k x n), C row-major with leading dimension ldc.
 ///
@@ -181,35 +238,38 @@ void product(index_t m, index_t n, index_t k, AR arows, AC acols, BR brows, T* c
       for (index_t i = 0; i < m; ++i) std::fill_n(c + i * ldc, n, T(0));
     return;
   }
-  const bool pack = m > kRows;
+  constexpr bool kTr = kTransposed<BR>;  // read only through packed panels
+  const bool pack = kTr || m > kRows;
   alignas(64) T panel[kb * W];
   for (index_t k0 = 0; k0 < k; k0 += kb) {
     const index_t k1 = std::min(k, k0 + kb);
     const bool acc = accumulate || k0 > 0;
     index_t j = 0;
     for (; j + W <= n; j += W) {
-      if (!pack) {
-        column_panel<kNV>(m, k0, k1, arows, acols, brows, j, c + j, ldc, acc);
-        continue;
+      if constexpr (!kTr) {
+        if (!pack) {
+          column_panel<kNV>(m, k0, k1, arows, acols, brows, j, c + j, ldc, acc);
+          continue;
+        }
       }
-      for (index_t p = k0; p < k1; ++p) {
-        const T* src = brows(p) + j;
-        T* dst = panel + (p - k0) * W;
-        for (int v = 0; v < kNV; ++v) ei::pstore(dst + v * V, ei::ploadu<Packet<T>>(src + v * V));
-      }
+      pack_panel<W>(k0, k1, brows, j, W, panel);
       column_panel<kNV>(m, k0, k1, arows, acols, PanelRows<T, W>{panel, k0}, 0, c + j, ldc, acc);
     }
-    for (; j + V <= n; j += V) column_panel<1>(m, k0, k1, arows, acols, brows, j, c + j, ldc, acc);
+    for (; j + V <= n; j += V) {
+      if constexpr (kTr) {
+        pack_panel<V>(k0, k1, brows, j, V, panel);
+        column_panel<1>(m, k0, k1, arows, acols, PanelRows<T, V>{panel, k0}, 0, c + j, ldc, acc);
+      } else {
+        column_panel<1>(m, k0, k1, arows, acols, brows, j, c + j, ldc, acc);
+      }
+    }
     if (j == n) continue;
     // The last n - j < V columns (7x7 and 14x14 planes leave 1 and 4): a zero-padded copy of
     // them, one packet a row, and tiles that write only those columns of C. One column at a
     // time instead, each element's sum is one chain of dependent multiply-adds: at 7x7 that
     // column alone took longer than the other 48 (bench_gemm, n = 49 and 196).
     const index_t cols = n - j;
-    for (index_t p = k0; p < k1; ++p) {
-      T* dst = panel + (p - k0) * V;
-      std::fill(std::copy_n(brows(p) + j, cols, dst), dst + V, T(0));
-    }
+    pack_panel<V>(k0, k1, brows, j, cols, panel);
     column_panel<1, true>(m, k0, k1, arows, acols, PanelRows<T, V>{panel, k0}, 0, c + j, ldc, acc,
                           cols);
   }
@@ -222,6 +282,16 @@ void nn(index_t m, index_t n, index_t k, const T* a, index_t lda, const T* b, in
         index_t ldc, bool accumulate) {
   product(m, n, k, StridedRows<T>{a, TA ? 1 : lda}, StridedCols{TA ? lda : 1},
           StridedRows<T>{b, ldb}, c, ldc, accumulate);
+}
+
+/// C[m x n] (+)= A B^T: A row-major m x k (lda), B row-major n x k (ldb), C row-major (ldc). The
+/// weight gradient dY X^T of the 1x1 and im2col convolutions (one image: A = dY [Cout x H*W],
+/// B = X [Cin x H*W]), through panels of B transposed into the layout nn() reads.
+template <class T>
+void nt(index_t m, index_t n, index_t k, const T* a, index_t lda, const T* b, index_t ldb, T* c,
+        index_t ldc, bool accumulate) {
+  product(m, n, k, StridedRows<T>{a, lda}, StridedCols{1}, TransposedRows<T>{b, ldb}, c, ldc,
+          accumulate);
 }
 
 }  // namespace datanas::cpu::small_gemm
