@@ -243,6 +243,11 @@ TEST_SUITE("cpu") {
     for (const index_t m : {5, 14})
       for (const index_t n : {3, 47, 131})
         for (const index_t k : {kmax, kmax + 1}) check_all(m, n, k);
+    // Rows past one and two blocks of kBlockM (the PTB decoder's products behind linear).
+    const index_t kbm = cpu::small_gemm::kBlockM;
+    for (const index_t m : {kbm + 1, 2 * kbm + 7})
+      for (const index_t n : {16, 47})
+        for (const index_t k : {index_t(9), kb + 1}) check_all(m, n, k);
   }
 
   TEST_CASE("conv2d forward values by hand") {

@@ -29,6 +29,19 @@ TEST_CASE("linear, matmul, embedding gradients") {
   check_gradients([&](auto& in) { return embedding(in[0], ids); }, {param({5, 3}, 8)});
 }
 
+TEST_CASE("linear and matmul past a packet and a row block of the small product") {
+  // The CPU products run small_gemm from a packet of columns (and, for A B^T, of inner indices)
+  // and split rows into blocks of kBlockM: 9 and 11 are two packets of doubles (AVX2) and a
+  // partial one, and kBlockM + 3 rows are one block and a partial one.
+  const index_t rows = cpu::small_gemm::kBlockM + 3;
+  check_gradients([](auto& in) { return linear(in[0], in[1], in[2]); },
+                  {param({rows, 9}, 20), param({11, 9}, 21), param({11}, 22)});
+  check_gradients([](auto& in) { return matmul(in[0], in[1]); },
+                  {param({rows, 9}, 23), param({9, 11}, 24)});
+  check_gradients([](auto& in) { return matmul(in[0], in[1]); },
+                  {param({11, rows}, 25), param({rows, 9}, 26)});
+}
+
 TEST_CASE("embedding looks up rows") {
   VarD w(TensorD::from({3, 2}, {0, 1, 10, 11, 20, 21}));
   auto y = embedding(w, Tensor<std::int32_t>::from({2}, {2, 0})).value();

@@ -3,8 +3,14 @@
 
 #include "datanas/autograd/variable.hpp"
 #include "datanas/ops/cpu/common.hpp"
+#include "datanas/ops/cpu/conv.hpp"
 
 namespace datanas {
+
+// The CPU products below are the convolutions' (cpu::conv_detail::gemm: small_gemm where it was
+// measured faster than Eigen, Eigen otherwise), split over row blocks on the threads. On the
+// PTB decoder (2,240 x 10,000 x 128..850) small_gemm ran 1.25-1.5x Eigen's product
+// (docs/benchmarks.md, "Linear layers on the small product").
 
 /// y = x w^T + b. x: [N, in]; w: [out, in] (torch layout); b: [out] or undefined -> [N, out].
 template <class T, class D>
@@ -18,11 +24,11 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& b) {
                 "], got ", b.defined() ? b.shape().str() : "");
   Var<T, D> y(Tensor<T, D>::empty({n, out}));
   if constexpr (is_cpu<D>) {
-    cpu::MatrixMap<T> ym(y.value().data(), n, out);
-    ym.noalias() = cpu::ConstMatrixMap<T>(x.value().data(), n, in) *
-                   cpu::ConstMatrixMap<T>(w.value().data(), out, in).transpose();
+    cpu::conv_detail::gemm_rows_parallel<false, true>(
+        n, out, in, x.value().data(), in, w.value().data(), in, y.value().data(), out, false);
     if (b.defined())
-      ym.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(b.value().data(), out);
+      cpu::MatrixMap<T>(y.value().data(), n, out).rowwise() +=
+          Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(b.value().data(), out);
   } else {
     DeviceOps<D>::linear_forward(x.value(), w.value(), b.defined() ? b.value() : Tensor<T, D>(), y.value());
   }
@@ -43,23 +49,21 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& b) {
         }
         return;
       }
-      cpu::ConstMatrixMap<T> dy(y.out_grad().data(), n, out);
-      if (x.requires_grad()) {
+      const T* dy = y.out_grad().data();
+      if (x.requires_grad()) {  // dx (+)= dy w
         auto [g, acc] = x.grad_slot();
-        cpu::MatrixMap<T> gm(g.data(), n, in);
-        cpu::ConstMatrixMap<T> wm(w.value().data(), out, in);
-        if (acc) gm.noalias() += dy * wm; else gm.noalias() = dy * wm;
+        cpu::conv_detail::gemm_rows_parallel<false, false>(n, in, out, dy, out, w.value().data(),
+                                                           in, g.data(), in, acc);
       }
-      if (w.requires_grad()) {
+      if (w.requires_grad()) {  // dw (+)= dy^T x
         auto [g, acc] = w.grad_slot();
-        cpu::MatrixMap<T> gm(g.data(), out, in);
-        cpu::ConstMatrixMap<T> xm(x.value().data(), n, in);
-        if (acc) gm.noalias() += dy.transpose() * xm; else gm.noalias() = dy.transpose() * xm;
+        cpu::conv_detail::gemm_rows_parallel<true, false>(out, in, n, dy, out, x.value().data(), in,
+                                                          g.data(), in, acc);
       }
       if (b.requires_grad()) {
         auto [g, acc] = b.grad_slot();
         Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>> gm(g.data(), out);
-        cpu::store(gm, dy.colwise().sum(), acc);
+        cpu::store(gm, cpu::ConstMatrixMap<T>(dy, n, out).colwise().sum(), acc);
       }
     });
   return y;
@@ -73,8 +77,8 @@ Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
   const index_t n = a.shape()[0], k = a.shape()[1], m = b.shape()[1];
   Var<T, D> y(Tensor<T, D>::empty({n, m}));
   if constexpr (is_cpu<D>)
-    cpu::MatrixMap<T>(y.value().data(), n, m).noalias() =
-        cpu::ConstMatrixMap<T>(a.value().data(), n, k) * cpu::ConstMatrixMap<T>(b.value().data(), k, m);
+    cpu::conv_detail::gemm_rows_parallel<false, false>(
+        n, m, k, a.value().data(), k, b.value().data(), m, y.value().data(), m, false);
   else
     DeviceOps<D>::matmul_forward(a.value(), b.value(), y.value());
   if (needs_grad(a, b))
@@ -90,18 +94,16 @@ Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b) {
         }
         return;
       }
-      cpu::ConstMatrixMap<T> dy(y.out_grad().data(), n, m);
-      if (a.requires_grad()) {
+      const T* dy = y.out_grad().data();
+      if (a.requires_grad()) {  // da (+)= dy b^T
         auto [g, acc] = a.grad_slot();
-        cpu::MatrixMap<T> gm(g.data(), n, k);
-        cpu::ConstMatrixMap<T> bm(b.value().data(), k, m);
-        if (acc) gm.noalias() += dy * bm.transpose(); else gm.noalias() = dy * bm.transpose();
+        cpu::conv_detail::gemm_rows_parallel<false, true>(n, k, m, dy, m, b.value().data(), m,
+                                                          g.data(), k, acc);
       }
-      if (b.requires_grad()) {
+      if (b.requires_grad()) {  // db (+)= a^T dy
         auto [g, acc] = b.grad_slot();
-        cpu::MatrixMap<T> gm(g.data(), k, m);
-        cpu::ConstMatrixMap<T> am(a.value().data(), n, k);
-        if (acc) gm.noalias() += am.transpose() * dy; else gm.noalias() = am.transpose() * dy;
+        cpu::conv_detail::gemm_rows_parallel<true, false>(k, m, n, a.value().data(), k, dy, m,
+                                                          g.data(), m, acc);
       }
     });
   return y;

@@ -43,9 +43,11 @@ inline constexpr int kWide = kLanes<T> >= 16 ? 4 : 2;
 /// measured (benchmarks/bench_gemm.cpp, one thread, float). Zen 3 (AVX2): nn() 1.2-1.6x faster
 /// at k = 16..1152 on the 1x1 shapes of the DARTS networks (m = 16..144, n = 49..1024), 1.4x at
 /// 256 x 196 x 2304 and 1.15-1.25x at 512 x 49 x 4608 (3x3 convolutions of 256 and 512
-/// channels). AVX-512 was measured only with an earlier kernel (rows read in place, columns past
-/// the last packet one by one): 1.3-1.8x at k = 16..64, 1.0-1.4x at 128..256.
-inline constexpr index_t kMaxInner = 4608;
+/// channels); with rows in blocks of kBlockM, 1.45x at 2240 x 128 x 10000 and 2240 x 850 x 10000
+/// (the data gradient of the PTB decoder, a linear layer onto 10,000 words). AVX-512 was
+/// measured only with an earlier kernel (rows read in place, columns past the last packet one by
+/// one): 1.3-1.8x at k = 16..64, 1.0-1.4x at 128..256.
+inline constexpr index_t kMaxInner = 10000;
 
 /// Where the rows of an operand start: row p at base + p * ld (an ordinary row-major matrix, or
 /// with ld = 1 a transposed one read down its columns)...
@@ -219,6 +221,14 @@ inline void pack_panel(index_t k0, index_t k1, BR brows, index_t j, index_t cols
   }
 }
 
+/// Rows of C per pass of product() (a multiple of kRows): the kBlockK inner indices of that many
+/// rows of A (120 KB of floats) stay in L2 while every column panel reads them. Without it, a
+/// product with thousands of rows (the PTB decoder behind linear: 2,240 x 10,000 x 128) read A
+/// from L3 once per panel and ran no faster than Eigen; blocked, 1.25-1.5x Eigen (measured with
+/// 96 to 480 rows alike, docs/benchmarks.md "Linear layers on the small product"). Splitting rows
+/// changes no element's sum.
+inline constexpr index_t kBlockM = 40 * kRows;
+
 /// C[m x n] (+)= A B with A(i, p) = arows(i)[acols(p)] (m x k) and B(p, j) = brows(p)[j]
 /// (k x n), C row-major with leading dimension ldc.
 ///
@@ -236,6 +246,12 @@ void product(index_t m, index_t n, index_t k, AR arows, AC acols, BR brows, T* c
   if (k == 0) {  // an empty sum
     if (!accumulate)
       for (index_t i = 0; i < m; ++i) std::fill_n(c + i * ldc, n, T(0));
+    return;
+  }
+  if (m > kBlockM) {
+    for (index_t i = 0; i < m; i += kBlockM)
+      product(std::min(kBlockM, m - i), n, k, arows.from(i), acols, brows, c + i * ldc, ldc,
+              accumulate);
     return;
   }
   constexpr bool kTr = kTransposed<BR>;  // read only through packed panels
