@@ -7,9 +7,9 @@
 // gradient A B^T with at least a packet of columns and of inner indices to small_gemm::nt. This
 // benchmark is the measurement behind those rules: both kernels on the 1x1 convolutions of the
 // search network (C = 16, on 32x32 and 28x28 inputs) and of the evaluation network (C = 36), on
-// k from 288 to 1152, on the limit itself (an im2col 3x3 convolution of 512 channels on 7x7) and
-// on one column (where Eigen's matrix-vector kernel wins; as nt, one inner index, where its
-// outer product does).
+// k from 288 to 1152, on an im2col 3x3 convolution of 512 channels on 7x7 (k = 4,608), on the
+// PTB decoder behind linear (thousands of rows, k = 10,000: kMaxInner) and on one column (where
+// Eigen's matrix-vector kernel wins; as nt, one inner index, where its outer product does).
 //
 // Names: gemm/<form>/m<M>_n<N>_k<K>/<kernel>, kernel small or eigen. form nn: C = A B, the
 // forward product W X of a 1x1 convolution (A = W [Cout x Cin], B = one image [Cin x H*W]);
@@ -65,8 +65,11 @@ const std::vector<Shape3>& shapes() {
       {36, 1024, 36}, {72, 256, 72}, {144, 64, 144}, {144, 64, 576},
       // Longer k at two output sizes (the limit was 576 before 06b4667).
       {64, 256, 288}, {64, 256, 576}, {64, 256, 1152}, {144, 64, 1152},
-      // The limit, kMaxInner: a 3x3 convolution of 512 channels on 7x7 (im2col, k = 9 * 512).
+      // A 3x3 convolution of 512 channels on 7x7 (im2col, k = 9 * 512; kMaxInner until a31521e).
       {512, 49, 4608},
+      // The PTB decoder behind linear (batch 64 x window 35 = 2,240 rows, 10,000 words, 128
+      // units): nn is its data gradient (k = 10,000 = kMaxInner), nt its forward x W^T.
+      {2240, 128, 10000},
       // The auxiliary head's 2x2 convolution (128 -> 768 channels on 2x2: one output pixel).
       {768, 1, 512}};
   // clang-format on

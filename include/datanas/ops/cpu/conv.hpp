@@ -13,7 +13,7 @@
 //     zero-padded copy per sample, whose shifted rows small_gemm reads in place as the rows of
 //     the im2col matrix.
 //   - general: im2col + GEMM per sample and group (any stride, padding, dilation, groups).
-// The products (gemm below) run small_gemm::nn for inner dimensions up to kMaxInner (4608) and
+// The products (gemm below) run small_gemm::nn for inner dimensions up to kMaxInner (10000) and
 // at least a packet of columns, the weight gradients small_gemm::nt from a packet of columns and
 // of inner indices, Eigen otherwise; the shifted path always runs small_gemm::product.
 // All paths parallelise over samples (or planes) with OpenMP; each thread runs single-threaded
