@@ -240,8 +240,9 @@ def autograd_cases():
 
 # bench_gemm.cpp's (m, n, k), in its order: C [m x n] = A B (form nn) or A^T B with A stored
 # k x m (form tn), or A B^T with B stored n x k (form nt, the weight gradient: n and k of these
-# shapes exchanged, as bench_gemm does). torch.mm writes into a preallocated C, as the C++ kernels do, on one thread
-# whatever --threads says (the convolutions run these products one per image and thread).
+# shapes exchanged, as bench_gemm does). torch.mm writes into a preallocated C, as the C++
+# kernels do, on one thread whatever --threads says (the convolutions run these products one
+# per image and thread).
 GEMM_SHAPES = [(16, 1024, 16), (32, 256, 32), (64, 64, 64), (16, 784, 16), (32, 196, 32), (64, 49, 64),
                (36, 1024, 36), (72, 256, 72), (144, 64, 144), (144, 64, 576),
                (64, 256, 288), (64, 256, 576), (64, 256, 1152), (144, 64, 1152),

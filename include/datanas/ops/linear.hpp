@@ -9,8 +9,8 @@ namespace datanas {
 
 // The CPU products below are the convolutions' (cpu::conv_detail::gemm: small_gemm where it was
 // measured faster than Eigen, Eigen otherwise), split over row blocks on the threads. On the
-// PTB decoder (2,240 x 10,000 x 128..850) small_gemm ran 1.25-1.5x Eigen's product
-// (docs/benchmarks.md, "Linear layers on the small product").
+// PTB decoder (2,240 rows x 10,000 words) small_gemm ran 1.25-1.5x Eigen's product, except the
+// forward at 850 units (parity) (docs/benchmarks.md, "PTB training: where the time goes").
 
 /// y = x w^T + b. x: [N, in]; w: [out, in] (torch layout); b: [out] or undefined -> [N, out].
 template <class T, class D>

@@ -235,9 +235,10 @@ void eigen_gemm(index_t m, index_t n, index_t k, const T* a, index_t lda, const 
 ///     would leave most lanes empty, while Eigen's matrix-vector kernel runs along k: 4x faster
 ///     at 768 x 1 x 512, 1.1x at n = 4.
 ///   - A B^T (nt, a weight gradient dY X^T), at least one packet of columns and of inner indices:
-///     small_gemm::nt, 1.2-2x faster than Eigen from k = 8 (H*W of the image) to 12,544 on the
-///     DARTS networks' shapes; with fewer inner indices than a packet (the auxiliary head's 2x2
-///     convolution again: k = 1) Eigen's outer product is 1.5-2.7x faster.
+///     small_gemm::nt, 1.4-1.8x faster than Eigen on the DARTS networks' shapes (form nt); in a
+///     throwaway timing 1.1x at k = 8 (H*W) and 1.5-1.7x at k = 3,136 and 12,544. With fewer
+///     inner indices than a packet (the auxiliary head's 2x2 convolution again: k = 1) Eigen's
+///     outer product is faster (1.5x at k = 4, 2.7x at k = 1).
 template <bool TA, bool TB, class T>
 void gemm(index_t m, index_t n, index_t k, const T* a, index_t lda, const T* b, index_t ldb, T* c,
           index_t ldc, bool accumulate) {

@@ -16,7 +16,7 @@
 // columns) addressed through offset tables: conv.hpp's shifted-taps path reads the rows of an
 // implicit im2col matrix from one padded plane. The weight gradient of the 1x1 and im2col paths,
 // dY X^T (nt()), is the same kernel again, with B's panels transposed while they are copied
-// (V x V blocks in registers): 1.4-1.7x Eigen's speed (bench_gemm, form nt). As dot products
+// (V x V blocks in registers): 1.4-1.8x Eigen's speed (bench_gemm, form nt). As dot products
 // along H*W instead (tiles of 2-4 x 2-4 packet accumulators, a horizontal sum per element of C),
 // a throwaway prototype ran at 0.37-1.7x Eigen's, slowest on 8x8 and 7x7 planes, where the
 // horizontal sums weigh most. The shifted path computes the transpose, X_taps dY^T, which is an
