@@ -69,8 +69,9 @@ const std::vector<Shape3>& shapes() {
       // A 3x3 convolution of 512 channels on 7x7 (im2col, k = 9 * 512; kMaxInner until a31521e).
       {512, 49, 4608},
       // The PTB decoder behind linear (batch 64 x window 35 = 2,240 rows, 10,000 words, 128
-      // units): nn is its data gradient (k = 10,000 = kMaxInner), nt its forward x W^T.
-      {2240, 128, 10000},
+      // units and the recipe's 850): nn is its data gradient (k = 10,000 = kMaxInner), nt its
+      // forward x W^T (at 850 units C's row blocks go in column chunks: kBlockN).
+      {2240, 128, 10000}, {2240, 850, 10000},
       // The auxiliary head's 2x2 convolution (128 -> 768 channels on 2x2: one output pixel).
       {768, 1, 512}};
   // clang-format on

@@ -141,7 +141,8 @@ void check_fast_vs_general(const Shape& xs, const Shape& ws, Conv2dParams p, cpu
   }
   const char* names[] = {"y", "dx", "dw", "db"};
   for (int i = 0; i < 4; ++i) {
-    CAPTURE(names[i]);
+    const std::string name = names[i];
+    CAPTURE(name);
     double scale = 1;
     for (index_t j = 0; j < ref[i].numel(); ++j) scale = std::max(scale, std::abs(ref[i][j]));
     const double fast = max_error(out[0][i], ref[i]), general = max_error(out[1][i], ref[i]);
@@ -248,6 +249,12 @@ TEST_SUITE("cpu") {
     for (const index_t m : {kbm + 1, 2 * kbm + 7})
       for (const index_t n : {16, 47})
         for (const index_t k : {index_t(9), kb + 1}) check_all(m, n, k);
+    // A row block of C beyond kChunkBytes with more than one inner block (the PTB decoder's
+    // forward at 850 units): columns in chunks of kBlockN, the last one a single column.
+    // (2,305 columns with kBlockM = 240, kBlockN = 256, 2 MiB.)
+    const index_t kbn = cpu::small_gemm::kBlockN;
+    const index_t chunks = cpu::small_gemm::kChunkBytes / (kbm * index_t(sizeof(float))) / kbn + 1;
+    check_all(kbm + 5, chunks * kbn + 1, kb + 1);
   }
 
   TEST_CASE("conv2d forward values by hand") {
@@ -670,6 +677,40 @@ TEST_SUITE("cpu") {
           }
         }
       }
+  }
+
+  TEST_CASE("shifted path: a block of C past small_gemm::kChunkBytes is read in column chunks") {
+    // One thread, so the forward product gets all 241 output channels: a block of 240 rows x
+    // 2,400 padded positions (2.3 MB of floats) with k = 144 > kBlockK, taken in chunks of
+    // kBlockN columns of the shifted rows. Against a double-precision im2col forward, within
+    // the rounding bound (k + 1) eps sum |w x| of each output (conv2d of |w| and |x|).
+    const Shape xs{1, 16, 48, 48}, ws{241, 16, 3, 3};
+    const Conv2dParams p{.padding = 1};
+    REQUIRE(cpu::conv_path(cpu::conv_geometry(xs, ws, nullptr, p)) == cpu::ConvPath::kShifted);
+    REQUIRE(240 * (47 * 50 + 48) * index_t(sizeof(float)) > cpu::small_gemm::kChunkBytes);
+    const auto xv = random_float(xs, 310), wv = random_float(ws, 311);
+#if defined(_OPENMP)
+    const int before = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
+    const Tensor<float, Cpu> y =
+        conv2d(Var<float, Cpu>(xv), Var<float, Cpu>(wv), Var<float, Cpu>(), p).value();
+#if defined(_OPENMP)
+    omp_set_num_threads(before);
+#endif
+    TensorD xd = TensorD::empty(xs), wd = TensorD::empty(ws), xa = TensorD::empty(xs),
+            wa = TensorD::empty(ws);
+    for (index_t i = 0; i < xv.numel(); ++i) xd[i] = xv[i], xa[i] = std::abs(double(xv[i]));
+    for (index_t i = 0; i < wv.numel(); ++i) wd[i] = wv[i], wa[i] = std::abs(double(wv[i]));
+    const TensorD want =
+        detail::conv2d(VarD(xd), VarD(wd), no_bias(), p, cpu::ConvAlgo::kGeneral).value();
+    const TensorD mag =
+        detail::conv2d(VarD(xa), VarD(wa), no_bias(), p, cpu::ConvAlgo::kGeneral).value();
+    const double eps = double(std::numeric_limits<float>::epsilon());
+    double worst = 0;
+    for (index_t i = 0; i < y.numel(); ++i)
+      worst = std::max(worst, std::abs(double(y[i]) - want[i]) / (145 * eps * mag[i] + 1e-30));
+    CHECK(worst < 1.0);
   }
 
   TEST_CASE("conv2d on one large sample (GEMMs split over rows) equals it inside a batch") {
