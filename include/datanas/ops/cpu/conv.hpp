@@ -450,25 +450,32 @@ void gemm_backward(const ConvGeom& g, ConvPath path, const T* x, const T* w, con
 ///                (dy padded by (k - 1) d - p: the full correlation with the flipped kernel)
 ///   weight grad  dW^T[(c,i,j), o] = sum_q Xp[c, q + i d Wp + j d] dYT[q, o]
 ///                (dy transposed, with zero rows at the junk positions)
-/// The last row needs only wo of its Wp columns, so the reads stay inside the padded plane.
+/// A row's right padding is the next row's left padding: Wp = w + p, not w + 2p (the padding
+/// is the same on both sides, and never wider than the kernel's reach, (k - 1) d). A read
+/// past the end of a row, at column w + p + t with t < p, lands on column t of the next row,
+/// which is padding too. So each output row has p junk columns instead of 2p: at 7x7 and 8x8
+/// the products cover 56 and 72 positions per plane instead of 64 and 80. The last row's reads
+/// end p elements past the plane's rows (ShiftPlane::size() counts them).
 
 /// One padded plane: the source plane of h x w copied at (top, left) of a rows x cols plane of
-/// zeros; a product then covers n() = (out_h - 1) * cols + out_w positions.
+/// zeros (cols = w + left: the right padding is the next row's left), with `left` more zeros
+/// after it for the last row's reads; a product then covers n() = (out_h - 1) * cols + out_w
+/// positions.
 struct ShiftPlane {
   index_t rows, cols, top, left;
   index_t out_h, out_w;
-  [[nodiscard]] index_t size() const { return rows * cols; }
+  [[nodiscard]] index_t size() const { return rows * cols + left; }
   [[nodiscard]] index_t n() const { return (out_h - 1) * cols + out_w; }
 };
 
 /// The padded input of the forward and weight-gradient products, and their output positions.
 inline ShiftPlane shift_x_plane(const ConvGeom& g) {
-  return {g.h + 2 * g.pad, g.w + 2 * g.pad, g.pad, g.pad, g.ho, g.wo};
+  return {g.h + 2 * g.pad, g.w + g.pad, g.pad, g.pad, g.ho, g.wo};
 }
 /// The padded dy of the data-gradient product, and its output positions (dx's plane).
 inline ShiftPlane shift_dy_plane(const ConvGeom& g) {
   const index_t ph = (g.kh - 1) * g.dil - g.pad, pw = (g.kw - 1) * g.dil - g.pad;
-  return {g.ho + 2 * ph, g.wo + 2 * pw, ph, pw, g.h, g.w};
+  return {g.ho + 2 * ph, g.wo + pw, ph, pw, g.h, g.w};
 }
 
 /// Copies `channels` planes of h x w from src (plane stride h * w) into their padded planes at
