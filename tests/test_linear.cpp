@@ -42,6 +42,39 @@ TEST_CASE("linear and matmul past a packet and a row block of the small product"
                   {param({11, rows}, 25), param({rows, 9}, 26)});
 }
 
+TEST_CASE("column_sums (linear's bias gradient): every block and partial, both precisions") {
+  // Columns in blocks of 1,024 and rows in partial sums of 64: shapes on both sides of each,
+  // written and accumulated, against a double sum within float's rounding bound.
+  auto check = [](auto zero, index_t rows, index_t cols) {
+    using T = decltype(zero);
+    CAPTURE(rows);
+    CAPTURE(cols);
+    PhiloxGenerator g(std::uint64_t(rows * 7919 + cols));
+    std::vector<T> x(std::size_t(rows * cols)), out(std::size_t(cols) + 1);
+    for (auto& v : x) v = T(2 * g.uniform() - 1);
+    for (const bool acc : {false, true}) {
+      CAPTURE(acc);
+      for (index_t j = 0; j <= cols; ++j) out[std::size_t(j)] = T(0.5);
+      cpu::column_sums(x.data(), rows, cols, out.data(), acc);
+      for (index_t j = 0; j < cols; ++j) {
+        double want = acc ? 0.5 : 0.0, mag = std::abs(want);
+        for (index_t i = 0; i < rows; ++i) {
+          want += double(x[std::size_t(i * cols + j)]);
+          mag += std::abs(double(x[std::size_t(i * cols + j)]));
+        }
+        const double bound = double(rows + 1) * double(std::numeric_limits<T>::epsilon()) * mag;
+        REQUIRE(std::abs(double(out[std::size_t(j)]) - want) <= bound + 1e-300);
+      }
+      REQUIRE(out[std::size_t(cols)] == T(0.5));  // past the last column: untouched
+    }
+  };
+  for (const index_t rows : {0, 1, 63, 64, 65, 200})
+    for (const index_t cols : {1, 7, 1023, 1024, 1025, 2100}) {
+      check(float(0), rows, cols);
+      check(double(0), rows, cols);
+    }
+}
+
 TEST_CASE("embedding looks up rows") {
   VarD w(TensorD::from({3, 2}, {0, 1, 10, 11, 20, 21}));
   auto y = embedding(w, Tensor<std::int32_t>::from({2}, {2, 0})).value();

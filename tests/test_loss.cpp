@@ -45,6 +45,45 @@ TEST_CASE("count_correct by hand: the first maximum wins ties, bad labels count 
                        doctest::Contains("labels must be [5], got [4]"), datanas::error);
 }
 
+TEST_CASE("first_argmax (count_correct's, in packets) is std::max_element's, ties included") {
+  // Values from a set of 4, so rows have many ties for the maximum: in one lane, across lanes
+  // of one packet and of different packets (a later packet's lower lane against an earlier
+  // packet's higher one), and in the tail past the last whole packet. Lengths below two
+  // packets (the scalar scan) and past one, with and without a tail.
+  PhiloxGenerator g(77);
+  auto check = [&](auto zero) {
+    using T = decltype(zero);
+    for (const index_t k : {1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 100, 1000, 10000})
+      for (int rep = 0; rep < 40; ++rep) {
+        std::vector<T> x(static_cast<std::size_t>(k));
+        for (auto& v : x) v = T(std::floor(4 * g.uniform()));
+        if (rep % 2) x[std::size_t(k - 1)] = T(9);  // a maximum alone in the tail or last lane
+        CAPTURE(k);
+        CAPTURE(rep);
+        REQUIRE(cpu::first_argmax(x.data(), k) == std::max_element(x.begin(), x.end()) - x.begin());
+      }
+    // A tie between index 2 (lane 2 of the first packet) and index V + 1 (lane 1 of the next).
+    const index_t v = cpu::kLanes<T>;
+    std::vector<T> x(std::size_t(4 * v), T(0));
+    x[2] = x[std::size_t(v + 1)] = T(1);
+    CHECK(cpu::first_argmax(x.data(), 4 * v) == 2);
+  };
+  check(float(0));
+  check(double(0));
+  // count_correct over wide rows: every row's label its argmax, then one past it.
+  TensorD logits = TensorD::empty({30, 1000});
+  Tensor<std::int32_t> labels = Tensor<std::int32_t>::empty({30}),
+                       next = Tensor<std::int32_t>::empty({30});
+  for (index_t i = 0; i < logits.numel(); ++i) logits[i] = std::floor(8 * g.uniform());
+  for (index_t r = 0; r < 30; ++r) {
+    const double* row = logits.data() + r * 1000;
+    labels[r] = std::int32_t(std::max_element(row, row + 1000) - row);
+    next[r] = labels[r] + 1;
+  }
+  CHECK(count_correct(logits, labels)[0] == 30);
+  CHECK(count_correct(logits, next)[0] == 0);
+}
+
 TEST_CASE("indicator_positive by hand: DATA's code w > 0") {
   const auto w = TensorD::from({5}, {0.0, 0.25, -0.5, 1e-300, 0.5});
   TensorD code = TensorD::empty({5});

@@ -62,8 +62,7 @@ Var<T, D> linear(const Var<T, D>& x, const Var<T, D>& w, const Var<T, D>& b) {
       }
       if (b.requires_grad()) {
         auto [g, acc] = b.grad_slot();
-        Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>> gm(g.data(), out);
-        cpu::store(gm, cpu::ConstMatrixMap<T>(dy, n, out).colwise().sum(), acc);
+        cpu::column_sums(dy, n, out, g.data(), acc);
       }
     });
   return y;

@@ -150,7 +150,7 @@ Tensor<std::int32_t, D> count_correct(const Tensor<T, D>& logits, const Tensor<s
     std::int32_t c = 0;
     for (index_t i = 0; i < n; ++i) {
       const T* row = logits.data() + i * k;
-      c += (std::max_element(row, row + k) - row) == labels.data()[i];
+      c += k > 0 && cpu::first_argmax(row, k) == labels.data()[i];
     }
     count.data()[0] = c;
   }
