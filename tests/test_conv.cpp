@@ -681,13 +681,18 @@ TEST_SUITE("cpu") {
 
   TEST_CASE("shifted path: a block of C past small_gemm::kChunkBytes is read in column chunks") {
     // One thread, so the forward product gets all 241 output channels: a block of 240 rows x
-    // 2,400 padded positions (2.3 MB of floats) with k = 144 > kBlockK, taken in chunks of
+    // 2,352 padded positions (2.3 MB of floats) with k = 144 > kBlockK, taken in chunks of
     // kBlockN columns of the shifted rows. Against a double-precision im2col forward, within
     // the rounding bound (k + 1) eps sum |w x| of each output (conv2d of |w| and |x|).
     const Shape xs{1, 16, 48, 48}, ws{241, 16, 3, 3};
     const Conv2dParams p{.padding = 1};
     REQUIRE(cpu::conv_path(cpu::conv_geometry(xs, ws, nullptr, p)) == cpu::ConvPath::kShifted);
-    REQUIRE(240 * (47 * 50 + 48) * index_t(sizeof(float)) > cpu::small_gemm::kChunkBytes);
+    const cpu::ConvGeom geom = cpu::conv_geometry(xs, ws, nullptr, p);
+    REQUIRE(240 *
+                cpu::conv_detail::round_up(cpu::conv_detail::shift_x_plane(geom).n(),
+                                           cpu::kLanes<float>) *
+                index_t(sizeof(float)) >
+            cpu::small_gemm::kChunkBytes);
     const auto xv = random_float(xs, 310), wv = random_float(ws, 311);
 #if defined(_OPENMP)
     const int before = omp_get_max_threads();
