@@ -135,35 +135,41 @@ TEST_CASE("a training step of the evaluation network makes no heap allocation af
 TEST_CASE("a PTB weight step (search and evaluation cells) makes no heap allocation after the first" *
           doctest::skip(!testing::kMallocCounting)) {
   // Every dropout on, the temporal penalty, clipping; the search cell with EGS per node (the
-  // all-none decision through zero_if_all_none) and the DARTS_V2 evaluation cell.
-  const spaces::rnn::RnnConfig c = testing::tiny_rnn_config();
-  const std::vector<data::Window> windows = testing::tiny_windows();
-  PhiloxGenerator init(31), noise(3), dropout(4);
-  using Space = spaces::rnn::RecurrentSearchSpace<spaces::rnn::DartsRnnOps, 4, estimators::EGS<2>>;
-  spaces::rnn::RnnSupernet<float, Space> search_net(c, init);
-  spaces::rnn::RnnEvalModel<float> eval_net(c, search::RNN_DARTS_V2, init);
-  const estimators::EstimatorConfig ec{1.0, search::Normalize::kSoftmax};
-  for (int model = 0; model < 2; ++model) {
-    CAPTURE(model);
-    auto params = model == 0 ? search_net.parameters() : eval_net.parameters();
-    optim::SGD<float> sgd(params, 1.0, 0.0, 5e-7);
-    Tensor<float> hidden = search_net.init_hidden(4);
-    std::size_t next = 0;
-    const auto step = [&] {
-      const data::Window& w = windows[next++];
-      (void)train::weight_step<float>(
-          w, hidden,
-          [&](const Tensor<std::int32_t>& in, const Tensor<float>& h) {
-            return model == 0 ? search_net.forward_sampled(in, h, ec, noise, dropout, false)
-                              : eval_net.forward(in, h, dropout);
-          },
-          params, sgd, 0.25, 1e-3, 1, long(next));
-    };
-    for (int i = 0; i < 3; ++i) step();
-    MallocCount allocs;
-    for (int i = 0; i < 3; ++i) step();
-    const long n = allocs.stop();
-    CHECK(n == 0);
+  // all-none decision through zero_if_all_none) and the DARTS_V2 evaluation cell; the cell
+  // weights' gradients per time step, then in groups of 3 products (GroupedMatmul).
+  for (bool grouped : {false, true}) {
+    CAPTURE(grouped);
+    spaces::rnn::RnnConfig c = testing::tiny_rnn_config();
+    if (grouped) c.grouped_weight_bytes = 0, c.grouped_weight_rows = 12;
+    const std::vector<data::Window> windows = testing::tiny_windows();
+    PhiloxGenerator init(31), noise(3), dropout(4);
+    using Space =
+        spaces::rnn::RecurrentSearchSpace<spaces::rnn::DartsRnnOps, 4, estimators::EGS<2>>;
+    spaces::rnn::RnnSupernet<float, Space> search_net(c, init);
+    spaces::rnn::RnnEvalModel<float> eval_net(c, search::RNN_DARTS_V2, init);
+    const estimators::EstimatorConfig ec{1.0, search::Normalize::kSoftmax};
+    for (int model = 0; model < 2; ++model) {
+      CAPTURE(model);
+      auto params = model == 0 ? search_net.parameters() : eval_net.parameters();
+      optim::SGD<float> sgd(params, 1.0, 0.0, 5e-7);
+      Tensor<float> hidden = search_net.init_hidden(4);
+      std::size_t next = 0;
+      const auto step = [&] {
+        const data::Window& w = windows[next++];
+        (void)train::weight_step<float>(
+            w, hidden,
+            [&](const Tensor<std::int32_t>& in, const Tensor<float>& h) {
+              return model == 0 ? search_net.forward_sampled(in, h, ec, noise, dropout, false)
+                                : eval_net.forward(in, h, dropout);
+            },
+            params, sgd, 0.25, 1e-3, 1, long(next));
+      };
+      for (int i = 0; i < 3; ++i) step();
+      MallocCount allocs;
+      for (int i = 0; i < 3; ++i) step();
+      const long n = allocs.stop();
+      CHECK(n == 0);
+    }
   }
 }
 

@@ -1,4 +1,6 @@
-// linear, matmul, embedding.
+// linear, matmul (and GroupedMatmul, its weight gradient in groups of products), embedding.
+#include <array>
+
 #include "gradcheck.hpp"
 
 using namespace datanas;
@@ -40,6 +42,81 @@ TEST_CASE("linear and matmul past a packet and a row block of the small product"
                   {param({rows, 9}, 23), param({9, 11}, 24)});
   check_gradients([](auto& in) { return matmul(in[0], in[1]); },
                   {param({11, rows}, 25), param({rows, 9}, 26)});
+}
+
+namespace {
+/// A recurrence through one weight w [4, 4]: h_{t+1} = tanh(h_t) w from h_0 = a0 [3, 4], six
+/// products in groups of `group`; with a side product (of `side`, [2, 4], a batch of another
+/// size: a new group) at step 2 whose output gets no gradient when `side_unused`, and is added
+/// to the result otherwise; and at step 4 a product of a0 whose output is dropped (its rows of
+/// the group's dy must add nothing). Without grad mode every product is a plain matmul.
+VarD grouped_recurrence(const VarD& a0, const VarD& w, const VarD& side, int group,
+                        bool side_unused) {
+  GroupedMatmul<double, Cpu> gm;
+  gm.start(w, group);
+  VarD h = a0, extra;
+  for (int t = 0; t < 6; ++t) {
+    h = gm(t == 0 ? h : tanh(h));
+    if (t == 2) extra = gm(side);
+    if (t == 4) (void)gm(a0);
+  }
+  gm.finish();
+  if (side_unused) return h;
+  return add(h, matmul(VarD(TensorD::full({3, 2}, 0.5)), extra));
+}
+}  // namespace
+
+TEST_CASE("GroupedMatmul: gradients of a recurrence in groups, short last group, unused products") {
+  // Groups of 1 (a product each), 2 and 4 (short last groups, and the side product's rows of
+  // another size opening a group mid-way), 100 (everything in one group).
+  for (int group : {1, 2, 4, 100})
+    for (bool unused : {false, true}) {
+      CAPTURE(group);
+      CAPTURE(unused);
+      check_gradients(
+          [&](auto& in) { return grouped_recurrence(in[0], in[1], in[2], group, unused); },
+          {param({3, 4}, 30), param({4, 4}, 31, -0.8, 0.8), param({2, 4}, 32)});
+    }
+}
+
+TEST_CASE("GroupedMatmul: the weight gradient of matmul's to rounding, added to an existing one") {
+  const TensorD a0 = random_tensor({3, 4}, 33), wv = random_tensor({4, 4}, 34, -0.8, 0.8),
+                side = random_tensor({2, 4}, 35);
+  auto grads = [&](int group) {  // two backward passes: the second adds to the first
+    VarD a(a0.clone(), true), w(wv.clone(), true), sd(side.clone(), true);
+    for (int pass = 0; pass < 2; ++pass) backward(sum(grouped_recurrence(a, w, sd, group, false)));
+    return std::array<TensorD, 3>{a.grad().clone(), w.grad().clone(), sd.grad().clone()};
+  };
+  const auto want = grads(1), got = grads(4);
+  for (int i = 0; i < 3; ++i)
+    for (index_t j = 0; j < want[std::size_t(i)].numel(); ++j)
+      CHECK(got[std::size_t(i)][j] == doctest::Approx(want[std::size_t(i)][j]).epsilon(1e-13));
+  // Without grad mode: matmul's values, nothing on the tape.
+  VarD a(a0.clone()), w(wv.clone(), true), sd(side.clone());
+  const TensorD with_grad = grouped_recurrence(a, w, sd, 2, false).value().clone();
+  clear_tape<double, Cpu>();
+  {
+    NoGradGuard no_grad;
+    const TensorD plain = grouped_recurrence(a, w, sd, 2, false).value();
+    CHECK(tape<double, Cpu>().size() == 0);
+    for (index_t j = 0; j < plain.numel(); ++j) CHECK(plain[j] == with_grad[j]);
+  }
+}
+
+TEST_CASE("GroupedMatmul errors") {
+  GroupedMatmul<double, Cpu> gm;
+  VarD x(TensorD::zeros({2, 3})), w(TensorD::zeros({4, 5}), true);
+  CHECK_THROWS_WITH_AS(gm(x), doctest::Contains("start() before the products"), datanas::error);
+  CHECK_THROWS_WITH_AS(gm.start(VarD(TensorD::zeros({4})), 2),
+                       doctest::Contains("weight must be [k, m], got [4]"), datanas::error);
+  CHECK_THROWS_WITH_AS(gm.start(w, 0), doctest::Contains("at least one product, got 0"),
+                       datanas::error);
+  gm.start(w, 2);
+  CHECK_THROWS_WITH_AS(gm(x), doctest::Contains("cannot multiply [2, 3] by [4, 5]"),
+                       datanas::error);
+  gm.finish();
+  CHECK_FALSE(gm.started());
+  clear_tape<double, Cpu>();
 }
 
 TEST_CASE("column_sums (linear's bias gradient): every block and partial, both precisions") {

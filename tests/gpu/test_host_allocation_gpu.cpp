@@ -160,28 +160,34 @@ TEST_CASE("a training step of the evaluation network on the GPU makes no host he
 TEST_CASE("a PTB weight step on the GPU makes no host heap allocation after the first" *
           doctest::skip(!testing::kMallocCounting)) {
   // The search cell (EGS per node, dense: the all-none decision on the device) on windows of
-  // the same length, every dropout on, the temporal penalty, clipping, SGD.
-  const spaces::rnn::RnnConfig c = testing::tiny_rnn_config();
-  const std::vector<data::Window> windows = testing::tiny_windows();
-  using Space = spaces::rnn::RecurrentSearchSpace<spaces::rnn::DartsRnnOps, 4, estimators::EGS<2>>;
-  PhiloxGenerator init(31), noise(3), dropout(4);
-  spaces::rnn::RnnSupernet<float, Space, Cuda> net(c, init);
-  auto params = net.parameters();
-  optim::SGD<float, Cuda> sgd(params, 1.0, 0.0, 5e-7);
-  Tensor<float, Cuda> hidden = net.init_hidden(4);
-  const estimators::EstimatorConfig ec{1.0, search::Normalize::kSoftmax};
-  std::size_t next = 0;
-  const auto step = [&] {
-    const data::Window& w = windows[next++];
-    (void)train::weight_step<float>(
-        w, hidden,
-        [&](const Tensor<std::int32_t>& in, const Tensor<float, Cuda>& h) {
-          return net.forward_sampled(in, h, ec, noise, dropout, false);
-        },
-        params, sgd, 0.25, 1e-3, 1, long(next));
-  };
-  for (int i = 0; i < 3; ++i) step();
-  check_none(host_allocations(step, 3));
+  // the same length, every dropout on, the temporal penalty, clipping, SGD; the cell weights'
+  // gradients per time step, then in groups of 3 products (GroupedMatmul).
+  for (bool grouped : {false, true}) {
+    CAPTURE(grouped);
+    spaces::rnn::RnnConfig c = testing::tiny_rnn_config();
+    if (grouped) c.grouped_weight_bytes = 0, c.grouped_weight_rows = 12;
+    const std::vector<data::Window> windows = testing::tiny_windows();
+    using Space =
+        spaces::rnn::RecurrentSearchSpace<spaces::rnn::DartsRnnOps, 4, estimators::EGS<2>>;
+    PhiloxGenerator init(31), noise(3), dropout(4);
+    spaces::rnn::RnnSupernet<float, Space, Cuda> net(c, init);
+    auto params = net.parameters();
+    optim::SGD<float, Cuda> sgd(params, 1.0, 0.0, 5e-7);
+    Tensor<float, Cuda> hidden = net.init_hidden(4);
+    const estimators::EstimatorConfig ec{1.0, search::Normalize::kSoftmax};
+    std::size_t next = 0;
+    const auto step = [&] {
+      const data::Window& w = windows[next++];
+      (void)train::weight_step<float>(
+          w, hidden,
+          [&](const Tensor<std::int32_t>& in, const Tensor<float, Cuda>& h) {
+            return net.forward_sampled(in, h, ec, noise, dropout, false);
+          },
+          params, sgd, 0.25, 1e-3, 1, long(next));
+    };
+    for (int i = 0; i < 3; ++i) step();
+    check_none(host_allocations(step, 3));
+  }
 }
 
 TEST_CASE("the simulator's allocations are left out, the library's are counted" *

@@ -1,9 +1,10 @@
 // The dense op family on the GPU against the CPU (tests/gpu/parity.hpp): linear and matmul
-// (cuBLAS), embedding, softmax / log-softmax / cross-entropy, channel concatenation and crop,
-// dropout and drop path; forward, and gradients written then accumulated. Plus what parity
-// cannot see: the embedding gradient's overwrite path is the CPU's bits, dropout draws the
-// CPU's masks bit for bit and consumes the same counters, and bad device labels / ids give NaN
-// instead of touching memory out of bounds; the device accuracy count equals the CPU's.
+// (cuBLAS; GroupedMatmul's weight gradient in groups), embedding, softmax / log-softmax /
+// cross-entropy, channel concatenation and crop, dropout and drop path; forward, and gradients
+// written then accumulated. Plus what parity cannot see: the embedding gradient's overwrite path is
+// the CPU's bits, dropout draws the CPU's masks bit for bit and consumes the same counters, and bad
+// device labels / ids give NaN instead of touching memory out of bounds; the device accuracy count
+// equals the CPU's.
 #include "parity.hpp"
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "datanas/ops/activation.hpp"
 #include "datanas/ops/arithmetic.hpp"
 #include "datanas/ops/dropout.hpp"
 #include "datanas/ops/linear.hpp"
@@ -85,6 +87,30 @@ TEST_CASE("matmul on the GPU matches the CPU") {
   // backward (a must be square).
   const Tensor<float> a = gpu_test::random_normal({6, 6}, gen);
   check_parity("matmul a a", {{a}}, [](auto xs, auto&) { return matmul(xs[0], xs[0]); });
+}
+
+TEST_CASE("GroupedMatmul on the GPU matches the CPU: a recurrence, short groups, unused products") {
+  // h_{t+1} = tanh(h_t) w over five products in groups of 2 (the last one short), a product of
+  // another batch size (a new group mid-way) added to the result, and one whose output is
+  // dropped (its rows of the group's dy stay zero).
+  PhiloxGenerator gen(29);
+  const Tensor<float> a0 = gpu_test::random_normal({5, 9}, gen),
+                      w = gpu_test::random_normal({9, 9}, gen, 0.4f),
+                      side = gpu_test::random_normal({3, 9}, gen),
+                      mix = gpu_test::random_normal({5, 3}, gen);
+  check_parity("grouped matmul", {{a0}, {w}, {side}, {mix, false}}, [](auto xs, auto&) {
+    using D = device_of<decltype(xs)>;
+    GroupedMatmul<float, D> gm;
+    gm.start(xs[1], 2);
+    Var<float, D> h = xs[0], extra;
+    for (int t = 0; t < 5; ++t) {
+      h = gm(t == 0 ? h : tanh(h));
+      if (t == 1) extra = gm(xs[2]);
+      if (t == 3) (void)gm(xs[0]);
+    }
+    gm.finish();
+    return add(h, matmul(xs[3], extra));
+  });
 }
 
 TEST_CASE("embedding on the GPU matches the CPU, repeated ids included") {

@@ -50,6 +50,11 @@ spaces::rnn::RnnConfig tiny_model() {
   c.dropouti = 0.2;
   c.dropoute = 0.1;
   c.init_range = 0.3;
+  // Every cell weight's gradient in groups of 3 products (GroupedMatmul, as at PTB's 850 units):
+  // the grouped products inside eager and captured steps; plain products are matmul's (parity
+  // tests of the op family).
+  c.grouped_weight_bytes = 0;
+  c.grouped_weight_rows = 12;
   return c;
 }
 

@@ -109,6 +109,48 @@ TEST_CASE("search cell (softmax): weight and alpha gradients through 3 time step
       inputs, 1e-5);
 }
 
+TEST_CASE("cell weights' gradients in groups of time steps: gradient checks, per-step values") {
+  // Every weight grouped (grouped_weight_bytes 0), in groups of 2 rows of a batch of 2 (one
+  // product each: the search cell's node 2 makes 3 a step) and of 6 (3 products: groups that
+  // straddle time steps, short last groups). A tiny model's weights are otherwise per step.
+  const auto ids = tokens(4, 2, 16);
+  for (index_t rows : {2, 6}) {
+    CAPTURE(rows);
+    RnnConfig grouped = tiny_config(0.3);
+    grouped.grouped_weight_bytes = 0;
+    grouped.grouped_weight_rows = rows;
+    PhiloxGenerator i1(7), i2(7), i3(8), i4(8);
+    RnnEvalModel<double> eval_grouped(grouped, search::RNN_DARTS_V2, i1),
+        eval_plain(tiny_config(0.3), search::RNN_DARTS_V2, i2);
+    RnnSupernet<double, SoftmaxSpace> net_grouped(grouped, i3), net_plain(tiny_config(0.3), i4);
+    check_gradients([&](auto&) { return window_logits(eval_grouped, ids); },
+                    eval_grouped.parameters(), 1e-6);
+    auto weights = [](const auto& net) {
+      PhiloxGenerator noise(1);
+      return net.mixing_weights({1.0, search::Normalize::kSoftmax}, noise);
+    };
+    auto search_inputs = net_grouped.parameters();
+    search_inputs.push_back(net_grouped.alpha());
+    check_gradients([&](auto&) { return window_logits(net_grouped, ids, weights(net_grouped)); },
+                    search_inputs, 1e-5);
+    // The same gradients as the per-step products, to rounding.
+    auto compare = [&](const auto& a, const auto& b, auto&& logits_of) {
+      auto pa = a.parameters(), pb = b.parameters();
+      for (auto* m : {&pa, &pb})
+        for (auto& p : *m) p.zero_grad();
+      clear_tape<double>();
+      backward(sum(logits_of(a)));
+      backward(sum(logits_of(b)));
+      for (std::size_t k = 0; k < pa.size(); ++k)
+        for (index_t i = 0; i < pa[k].value().numel(); ++i)
+          CHECK(pa[k].grad()[i] == doctest::Approx(pb[k].grad()[i]).epsilon(1e-12));
+    };
+    compare(eval_grouped, eval_plain, [&](const auto& m) { return window_logits(m, ids); });
+    compare(net_grouped, net_plain,
+            [&](const auto& m) { return window_logits(m, ids, weights(m)); });
+  }
+}
+
 TEST_CASE("search cell (SNAS soft Gumbel, per edge, relu normalisation): alpha gradient with fixed noise") {
   PhiloxGenerator init(5);
   RnnSupernet<double, GumbelSpace> net(tiny_config(0.0), init, search::Normalize::kRelu);
@@ -263,13 +305,17 @@ TEST_CASE("perplexity is exp(mean cross-entropy) over every predicted token (toy
   CHECK(train::perplexity(loss.mean()) == doctest::Approx(std::exp(sum / 4)).epsilon(1e-12));
 }
 
-TEST_CASE("model errors: untied sizes, bad dropout, wrong hidden shape") {
+TEST_CASE("model errors: untied sizes, bad dropout, bad grouping, wrong hidden shape") {
   PhiloxGenerator init(8);
   RnnConfig c = tiny_config(0.0);
   c.emsize = 4;
   CHECK_THROWS_WITH_AS((RnnEvalModel<double>(c, search::RNN_DARTS_V2, init)), doctest::Contains("emsize == nhid"), error);
   c = tiny_config(1.0);
   CHECK_THROWS_WITH_AS((RnnEvalModel<double>(c, search::RNN_DARTS_V2, init)), doctest::Contains("[0, 1)"), error);
+  c = tiny_config(0.0);
+  c.grouped_weight_rows = 0;
+  CHECK_THROWS_WITH_AS((RnnEvalModel<double>(c, search::RNN_DARTS_V2, init)),
+                       doctest::Contains("grouped_weight_rows >= 1, got 4194304 and 0"), error);
   RnnEvalModel<double> m(tiny_config(0.0), search::RNN_DARTS_V2, init);
   PhiloxGenerator gen(0);
   CHECK_THROWS_WITH_AS(m.forward(tokens(2, 2, 1), TensorD::zeros({3, 3}), gen), doctest::Contains("hidden state"), error);

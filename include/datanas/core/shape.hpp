@@ -35,6 +35,14 @@ class Shape {
     for (int i = 0; i < kMaxRank; ++i) n *= i < rank_ ? d_[i] : 1;
     return n;
   }
+  /// This shape with dimension i (< rank) set to d >= 0.
+  [[nodiscard]] Shape with_dim(int i, index_t d) const {
+    DATANAS_CHECK(i >= 0 && i < rank_ && d >= 0, "Shape: cannot set dimension ", i, " of ", str(),
+                  " to ", d);
+    Shape s = *this;
+    s.d_[std::size_t(i)] = d;
+    return s;
+  }
   // NCHW accessors for rank-4 shapes.
   [[nodiscard]] constexpr index_t n() const { return d_[0]; }
   [[nodiscard]] constexpr index_t c() const { return d_[1]; }

@@ -97,6 +97,16 @@ class Tensor {
     return t;
   }
 
+  /// The first n entries along dimension 0, as a view of the same storage from the same start
+  /// (a product over the filled prefix of a buffer's rows). 0 <= n <= dim(0).
+  [[nodiscard]] Tensor leading(index_t n) const {
+    DATANAS_CHECK(rank() >= 1 && n >= 0 && n <= shape_[0], "leading: cannot take ", n,
+                  " entries of dimension 0 of ", shape_.str());
+    Tensor t(*this);
+    t.shape_ = shape_.with_dim(0, n);
+    return t;
+  }
+
   // ---- on any device (a device queues the work on its current stream) ----------------------
   void fill(T v) const {
     if constexpr (is_cpu<D>)

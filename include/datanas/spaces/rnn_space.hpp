@@ -27,6 +27,7 @@
 // on the host (RnnSearchNetwork::forward_sampled).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <memory>
 #include <span>
@@ -132,6 +133,14 @@ struct RnnConfig {
   double dropouti = 0.2;   ///< locked dropout on the embedding output
   double dropoute = 0.0;   ///< embedding dropout (whole words); 0.1 for training from scratch
   double init_range = 0.04;
+  /// A cell weight (W0, W_i) of more than this many bytes takes its gradient over the window in
+  /// groups of about grouped_weight_rows rows (time steps x batch), one product per group
+  /// (GroupedMatmul; at 850 units a step ran 1.04-1.10x faster on one thread, no change was
+  /// measured on two; at 128 and 300 units, whose per-step gradients stay in cache, grouping
+  /// gained nothing or lost: docs/benchmarks.md). Speed only: the results are the same up to
+  /// rounding. 0 groups every weight.
+  index_t grouped_weight_bytes = index_t(4) << 20;
+  index_t grouped_weight_rows = 512;
 };
 
 /// The per-forward state of a cell: dropout masks and, for search cells, the mixing weights.
@@ -172,11 +181,15 @@ class RnnModel : public nn::Module<T, D> {
     for (double p : {cfg.dropout, cfg.dropouth, cfg.dropoutx, cfg.dropouti, cfg.dropoute})
       DATANAS_CHECK(p >= 0 && p < 1, "RNN model: dropout probabilities must be in [0, 1), got ", p);
     DATANAS_CHECK(steps >= 1, "RNN model: the cell needs at least one node");
+    DATANAS_CHECK(cfg.grouped_weight_bytes >= 0 && cfg.grouped_weight_rows >= 1,
+                  "RNN model: grouped_weight_bytes must be >= 0 and grouped_weight_rows >= 1, got ",
+                  cfg.grouped_weight_bytes, " and ", cfg.grouped_weight_rows);
     // Every weight U(-init_range, init_range) (DARTS' INITRANGE); the decoder bias is zero. Drawn
     // on the host in this order on every device.
     w0_ = nn::uniform_parameter<T, D>({cfg.emsize + cfg.nhid, 2 * cfg.nhid}, cfg.init_range, gen);
     ws_.resize(std::size_t(steps));
     for (auto& w : ws_) w = nn::uniform_parameter<T, D>({cfg.nhid, 2 * cfg.nhid}, cfg.init_range, gen);
+    products_.resize(ws_.size() + 1);
     encoder_ = nn::uniform_parameter<T, D>({cfg.vocab, cfg.emsize}, cfg.init_range, gen);
     decoder_bias_ = Var<T, D>(Tensor<T, D>::zeros({cfg.vocab}), true);
     this->register_parameter("encoder.weight", encoder_);
@@ -254,10 +267,18 @@ class RnnModel : public nn::Module<T, D> {
     Var<T, D> h(hidden);
     std::vector<Var<T, D>>& outs = outs_;
     outs.resize(std::size_t(steps));
+    const int group = int(std::clamp<index_t>(cfg_.grouped_weight_rows / batch, 1, 1 << 20));
+    for (std::size_t i = 0; i < products_.size(); ++i) {
+      const Var<T, D>& w = i == 0 ? w0_ : ws_[i - 1];
+      products_[i].finish();  // (left started by a forward that threw)
+      if (w.value().numel() * index_t(sizeof(T)) > cfg_.grouped_weight_bytes)
+        products_[i].start(w, group);
+    }
     for (index_t t = 0; t < steps; ++t) {
       h = cell(steps == 1 ? xs : slice_rows(xs, t * batch, batch), h, ctx);
       outs[std::size_t(t)] = h;
     }
+    for (auto& p : products_) p.finish();
     RnnOutput<T, D> out;
     out.raw = stack_rows<T, D>(outs);
     outs.clear();  // the handles go (stack_rows' tape entry keeps what backward needs)
@@ -280,12 +301,16 @@ class RnnModel : public nn::Module<T, D> {
 
   /// s0 = h + sigmoid(c0) (tanh(h0) - h), [c0 | h0] = [x * mx ; h * mh] W0.
   Var<T, D> init_state(const Var<T, D>& x, const Var<T, D>& h, const CellContext<T, D>& ctx) const {
-    const Var<T, D> ch = matmul(concat_cols(masked(x, ctx.x_mask), masked(h, ctx.h_mask)), w0_);
+    const Var<T, D> ch = product(0, concat_cols(masked(x, ctx.x_mask), masked(h, ctx.h_mask)), w0_);
     return highway(h, ch, RecurrentActivation::kTanh);
   }
   /// [c | h] = (s * mh) W_i.
   Var<T, D> gates(const Var<T, D>& s, int node, const CellContext<T, D>& ctx) const {
-    return matmul(masked(s, ctx.h_mask), ws_[std::size_t(node)]);
+    return product(std::size_t(node) + 1, masked(s, ctx.h_mask), ws_[std::size_t(node)]);
+  }
+  /// a w, with w's gradient taken in groups over the window when run() has started them.
+  Var<T, D> product(std::size_t i, const Var<T, D>& a, const Var<T, D>& w) const {
+    return products_[i].started() ? products_[i](a) : matmul(a, w);
   }
   /// The mean of the states `which` (one op: a weighted sum with constant weights 1/n).
   static Var<T, D> average(std::span<const Var<T, D>> states, std::span<const int> which) {
@@ -308,6 +333,11 @@ class RnnModel : public nn::Module<T, D> {
   // reentrant on one model (as the batch norms' running statistics already make it). Empty
   // between forwards.
   mutable std::vector<Var<T, D>> outs_;
+  // W0's and each W_i's products over the window, for the weights larger than
+  // cfg_.grouped_weight_bytes (run() starts and finishes them): their weight gradients in groups
+  // of cfg_.grouped_weight_rows rows, one product per group instead of per time step
+  // (GroupedMatmul says why). Sized once in the constructor.
+  mutable std::vector<GroupedMatmul<T, D>> products_;
 };
 
 /// The evaluation (train-from-scratch) model of a recurrent genotype. A node with several
