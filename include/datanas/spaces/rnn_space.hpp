@@ -135,8 +135,8 @@ struct RnnConfig {
   double init_range = 0.04;
   /// A cell weight (W0, W_i) of more than this many bytes takes its gradient over the window in
   /// groups of about grouped_weight_rows rows (time steps x batch), one product per group
-  /// (GroupedMatmul; at 850 units a step ran 1.04-1.10x faster on one thread, no change was
-  /// measured on two; at 128 and 300 units, whose per-step gradients stay in cache, grouping
+  /// (GroupedMatmul; at 850 units a step ran 1.04-1.10x faster on one thread, 0.98-1.18x on two
+  /// on a noisy host; at 128 and 300 units, whose per-step gradients stay in cache, grouping
   /// gained nothing or lost: docs/benchmarks.md). Speed only: the results are the same up to
   /// rounding. 0 groups every weight.
   index_t grouped_weight_bytes = index_t(4) << 20;
