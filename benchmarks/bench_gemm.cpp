@@ -72,6 +72,9 @@ const std::vector<Shape3>& shapes() {
       // units and the recipe's 850): nn is its data gradient (k = 10,000 = kMaxInner), nt its
       // forward x W^T (at 850 units C's row blocks go in column chunks: kBlockN).
       {2240, 128, 10000}, {2240, 850, 10000},
+      // The PTB cell's weight gradients at 850 units, tn (dW0 [1,700 x 1,700] and a dW_i [850 x
+      // 1,700] from 64 rows, one time step, or 512, a group of 8 steps: GroupedMatmul).
+      {1700, 1700, 64}, {1700, 1700, 512}, {850, 1700, 64}, {850, 1700, 512},
       // The auxiliary head's 2x2 convolution (128 -> 768 channels on 2x2: one output pixel).
       {768, 1, 512}};
   // clang-format on
