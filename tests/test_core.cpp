@@ -19,6 +19,11 @@ TEST_CASE("Shape basics and errors") {
   CHECK_FALSE(s == Shape{2, 3, 4});
   CHECK_THROWS_WITH_AS(Shape({1, 2, 3, 4, 5}), doctest::Contains("rank 5"), datanas::error);
   CHECK_THROWS_WITH_AS(Shape({1, -2}), doctest::Contains("negative dimension -2"), datanas::error);
+  CHECK(s.with_dim(1, 7) == Shape{2, 7, 4, 5});
+  CHECK(s == Shape{2, 3, 4, 5});  // a copy changed, not s
+  CHECK_THROWS_WITH_AS((void)s.with_dim(4, 1),
+                       doctest::Contains("cannot set dimension 4 of [2, 3, 4, 5]"), datanas::error);
+  CHECK_THROWS_WITH_AS((void)s.with_dim(0, -1), doctest::Contains("to -1"), datanas::error);
 }
 
 TEST_CASE("Tensor handles share storage; reshape is a view; from() checks its count") {
@@ -34,6 +39,18 @@ TEST_CASE("Tensor handles share storage; reshape is a view; from() checks its co
   CHECK(a[1] == 2);
   CHECK(a(1, 0) == 3);
   CHECK_THROWS_WITH_AS(a.reshape({3}), doctest::Contains("cannot view [2, 2] as [3]"), datanas::error);
+  // leading(n): the first n rows, same storage from the same start.
+  auto rows = Tensor<float>::from({3, 2}, {1, 2, 3, 4, 5, 6});
+  auto first = rows.leading(2);
+  CHECK(first.shape() == Shape{2, 2});
+  CHECK(first.same_storage(rows));
+  CHECK(first(1, 1) == 4);
+  CHECK(rows.leading(0).numel() == 0);
+  CHECK_THROWS_WITH_AS((void)rows.leading(4),
+                       doctest::Contains("cannot take 4 entries of dimension 0 of [3, 2]"),
+                       datanas::error);
+  CHECK_THROWS_WITH_AS((void)Tensor<float>::empty({}).leading(0),
+                       doctest::Contains("leading: cannot take 0"), datanas::error);
   CHECK_THROWS_WITH_AS(Tensor<float>::from({3}, {1, 2}), doctest::Contains("needs 3 values, got 2"),
                        datanas::error);
 }
