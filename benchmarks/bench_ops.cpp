@@ -228,6 +228,14 @@ std::vector<NamedCase> all_cases() {
                              [logits, labels] { return cross_entropy(logits, labels); },
                              /*scalar=*/true};
                }});
+  // The RNN search cell's batch norm: non-affine, batch statistics only, on a state [256, 300]
+  // (BatchNorm1d's layout; planes of one element, cpu::bn_rows).
+  v.push_back({"bn_rows/256x300", [] {
+                 VarF x = param({256, 300, 1, 1}, 1);
+                 return Case{{x}, [x] {
+                               return batch_norm2d(x, VarF(), VarF(), TensorF(), TensorF(), true);
+                             }};
+               }});
   return v;
 }
 

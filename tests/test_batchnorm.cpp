@@ -67,25 +67,31 @@ TEST_SUITE("cpu") {
 
   TEST_CASE("batch_norm2d float matches double") {
     // A large mean next to a small spread: the one-pass statistics must not cancel in float.
-    const TensorD xd = random_tensor({4, 3, 5, 7}, 50, 99.0, 101.0);
-    Tensor<float, Cpu> xf = Tensor<float, Cpu>::empty(xd.shape());
-    for (index_t i = 0; i < xd.numel(); ++i) xf[i] = float(xd[i]);
-    TensorD rmd = TensorD::zeros({3}), rvd = TensorD::full({3}, 1.0);
-    auto rmf = Tensor<float, Cpu>::zeros({3}), rvf = Tensor<float, Cpu>::full({3}, 1.0f);
-    TensorD yd = batch_norm2d(VarD(xd), VarD(), VarD(), rmd, rvd, true).value();
-    Tensor<float, Cpu> yf =
-        batch_norm2d(Var<float, Cpu>(xf), Var<float, Cpu>(), Var<float, Cpu>(), rmf, rvf, true)
-            .value();
-    for (index_t i = 0; i < yd.numel(); ++i)
-      CHECK(double(yf[i]) == doctest::Approx(yd[i]).epsilon(1e-3).scale(1));
-    for (index_t c = 0; c < 3; ++c) {
-      CHECK(double(rmf[c]) == doctest::Approx(rmd[c]).epsilon(1e-6));
-      CHECK(double(rvf[c]) == doctest::Approx(rvd[c]).epsilon(1e-4));
+    // [60, 3, 1, 1]: the same through the row path.
+    for (const Shape s : {Shape{4, 3, 5, 7}, Shape{60, 3, 1, 1}}) {
+      CAPTURE(s.str());
+      const TensorD xd = random_tensor(s, 50, 99.0, 101.0);
+      Tensor<float, Cpu> xf = Tensor<float, Cpu>::empty(xd.shape());
+      for (index_t i = 0; i < xd.numel(); ++i) xf[i] = float(xd[i]);
+      TensorD rmd = TensorD::zeros({3}), rvd = TensorD::full({3}, 1.0);
+      auto rmf = Tensor<float, Cpu>::zeros({3}), rvf = Tensor<float, Cpu>::full({3}, 1.0f);
+      TensorD yd = batch_norm2d(VarD(xd), VarD(), VarD(), rmd, rvd, true).value();
+      Tensor<float, Cpu> yf =
+          batch_norm2d(Var<float, Cpu>(xf), Var<float, Cpu>(), Var<float, Cpu>(), rmf, rvf, true)
+              .value();
+      for (index_t i = 0; i < yd.numel(); ++i)
+        CHECK(double(yf[i]) == doctest::Approx(yd[i]).epsilon(1e-3).scale(1));
+      for (index_t c = 0; c < 3; ++c) {
+        CHECK(double(rmf[c]) == doctest::Approx(rmd[c]).epsilon(1e-6));
+        CHECK(double(rvf[c]) == doctest::Approx(rvd[c]).epsilon(1e-4));
+      }
     }
   }
 
   TEST_CASE("batch_norm2d gradients (awkward shapes, batch 1 and 3)") {
-    for (Shape s : {Shape{1, 3, 5, 7}, Shape{3, 5, 2, 3}, Shape{2, 1, 1, 1}}) {
+    // Planes of one element (the last three) take the row path (cpu::bn_rows).
+    for (Shape s : {Shape{1, 3, 5, 7}, Shape{3, 5, 2, 3}, Shape{2, 1, 1, 1}, Shape{5, 7, 1, 1},
+                    Shape{3, 21, 1, 1}}) {
       CAPTURE(s.str());
       const index_t c = s.c();
       TensorD rm = TensorD::zeros({c}), rv = TensorD::full({c}, 1.0);
@@ -118,46 +124,52 @@ TEST_SUITE("cpu") {
   }
 
   TEST_CASE("batch_norm2d matches a naive reference on a larger input (the parallel path)") {
-    const Shape s{8, 6, 33, 31};
-    const index_t c = s.c(), m = s.n() * s.h() * s.w(), hw = s.h() * s.w();
-    const TensorD xv = random_tensor(s, 80, -3, 5), dy = random_tensor(s, 81);
-    VarD x(xv, true), gamma = param({c}, 82), beta = param({c}, 83);
-    TensorD rm = TensorD::zeros({c}), rv = TensorD::full({c}, 1.0);
-    VarD y = batch_norm2d(x, gamma, beta, rm, rv, true);
-    y.grad_slot().g.copy_from(dy);
-    tape<double, Cpu>().run_backward();
-    for (index_t ch = 0; ch < c; ++ch) {
-      CAPTURE(ch);
-      double mean = 0, var = 0;
-      for (index_t n = 0; n < s.n(); ++n)
-        for (index_t i = 0; i < hw; ++i) mean += xv[(n * c + ch) * hw + i];
-      mean /= double(m);
-      for (index_t n = 0; n < s.n(); ++n)
-        for (index_t i = 0; i < hw; ++i) var += std::pow(xv[(n * c + ch) * hw + i] - mean, 2);
-      var /= double(m);
-      const double invstd = 1 / std::sqrt(var + 1e-5), g = gamma.value()[ch];
-      double sdy = 0, sdyx = 0;
-      for (index_t n = 0; n < s.n(); ++n)
-        for (index_t i = 0; i < hw; ++i) {
-          const index_t at = (n * c + ch) * hw + i;
-          sdy += dy[at];
-          sdyx += dy[at] * (xv[at] - mean) * invstd;
-        }
-      CHECK(rm[ch] == doctest::Approx(0.1 * mean).epsilon(1e-12));
-      CHECK(rv[ch] == doctest::Approx(0.9 + 0.1 * var * double(m) / double(m - 1)).epsilon(1e-12));
-      CHECK(gamma.grad()[ch] == doctest::Approx(sdyx).epsilon(1e-10));
-      CHECK(beta.grad()[ch] == doctest::Approx(sdy).epsilon(1e-10));
-      double ey = 0, edx = 0;
-      for (index_t n = 0; n < s.n(); ++n)
-        for (index_t i = 0; i < hw; ++i) {
-          const index_t at = (n * c + ch) * hw + i;
-          const double xhat = (xv[at] - mean) * invstd;
-          ey = std::max(ey, std::abs(y.value()[at] - (g * xhat + beta.value()[ch])));
-          const double dx = g * invstd * (dy[at] - sdy / double(m) - xhat * sdyx / double(m));
-          edx = std::max(edx, std::abs(x.grad()[at] - dx));
-        }
-      CHECK(ey < 1e-12);
-      CHECK(edx < 1e-12);
+    // [300, 530, 1, 1]: the row path in three blocks of channels (192, 192, 146), a state of the
+    // RNN search cell with more channels than one block.
+    for (const Shape s : {Shape{8, 6, 33, 31}, Shape{300, 530, 1, 1}}) {
+      CAPTURE(s.str());
+      const index_t c = s.c(), m = s.n() * s.h() * s.w(), hw = s.h() * s.w();
+      const TensorD xv = random_tensor(s, 80, -3, 5), dy = random_tensor(s, 81);
+      VarD x(xv, true), gamma = param({c}, 82), beta = param({c}, 83);
+      TensorD rm = TensorD::zeros({c}), rv = TensorD::full({c}, 1.0);
+      VarD y = batch_norm2d(x, gamma, beta, rm, rv, true);
+      y.grad_slot().g.copy_from(dy);
+      tape<double, Cpu>().run_backward();
+      for (index_t ch = 0; ch < c; ++ch) {
+        CAPTURE(ch);
+        double mean = 0, var = 0;
+        for (index_t n = 0; n < s.n(); ++n)
+          for (index_t i = 0; i < hw; ++i) mean += xv[(n * c + ch) * hw + i];
+        mean /= double(m);
+        for (index_t n = 0; n < s.n(); ++n)
+          for (index_t i = 0; i < hw; ++i) var += std::pow(xv[(n * c + ch) * hw + i] - mean, 2);
+        var /= double(m);
+        const double invstd = 1 / std::sqrt(var + 1e-5), g = gamma.value()[ch];
+        double sdy = 0, sdyx = 0;
+        for (index_t n = 0; n < s.n(); ++n)
+          for (index_t i = 0; i < hw; ++i) {
+            const index_t at = (n * c + ch) * hw + i;
+            sdy += dy[at];
+            sdyx += dy[at] * (xv[at] - mean) * invstd;
+          }
+        CHECK(rm[ch] == doctest::Approx(0.1 * mean).epsilon(1e-12));
+        CHECK(rv[ch] ==
+              doctest::Approx(0.9 + 0.1 * var * double(m) / double(m - 1)).epsilon(1e-12));
+        CHECK(gamma.grad()[ch] == doctest::Approx(sdyx).epsilon(1e-10));
+        CHECK(beta.grad()[ch] == doctest::Approx(sdy).epsilon(1e-10));
+        double ey = 0, edx = 0;
+        for (index_t n = 0; n < s.n(); ++n)
+          for (index_t i = 0; i < hw; ++i) {
+            const index_t at = (n * c + ch) * hw + i;
+            const double xhat = (xv[at] - mean) * invstd;
+            ey = std::max(ey, std::abs(y.value()[at] - (g * xhat + beta.value()[ch])));
+            const double dx = g * invstd * (dy[at] - sdy / double(m) - xhat * sdyx / double(m));
+            edx = std::max(edx, std::abs(x.grad()[at] - dx));
+          }
+        CHECK(ey < 1e-12);
+        CHECK(edx < 1e-12);
+      }
+      clear_tape<double, Cpu>();
     }
   }
 

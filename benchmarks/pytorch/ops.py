@@ -148,6 +148,13 @@ def cross_entropy_case():
     return [logits], lambda: F.cross_entropy(logits, labels), True
 
 
+def bn_rows_case():
+    # The RNN search cell's batch norm (DARTS: BatchNorm1d(affine=False) on a [256, 300] state),
+    # with batch statistics only, as datanas keeps no running ones there.
+    x = param((256, 300), 1)
+    return [x], lambda: F.batch_norm(x, None, None, None, None, True, 0.1, 1e-5), False
+
+
 def op_cases():
     """(name, factory) in the order of bench_ops.cpp."""
     cases = []
@@ -189,6 +196,7 @@ def op_cases():
                       lambda batch=batch, c=c, hw=hw: wide_conv_case(batch, c, hw)))
     cases.append(("linear/64x256to10", linear_case))
     cases.append(("cross_entropy/64x10", cross_entropy_case))
+    cases.append(("bn_rows/256x300", bn_rows_case))
     return cases
 
 
