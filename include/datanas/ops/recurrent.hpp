@@ -43,18 +43,20 @@ void weighted_activation(RecurrentActivation a, T w, const ConstArrayMap<T>& h, 
   }
 }
 
-/// out (=|+=) w * f'(h). relu' is 0 at exactly 0 (PyTorch's convention).
+/// out (=|+=) w * f'(h), given fh = f(h) (tanh' = 1 - tanh^2 and sigmoid' = s (1 - s) come from
+/// the value, without a second exp). relu' is 0 at exactly 0 (PyTorch's convention).
 template <class T, class Out>
-void weighted_derivative(RecurrentActivation a, T w, const ConstArrayMap<T>& h, Out&& out, bool accumulate) {
+void weighted_derivative(RecurrentActivation a, T w, const ConstArrayMap<T>& h,
+                         const ConstArrayMap<T>& fh, Out&& out, bool accumulate) {
   switch (a) {
     case RecurrentActivation::kNone: if (!accumulate) out.setZero(); break;
-    case RecurrentActivation::kTanh: store(out, w * (T(1) - h.tanh().square()), accumulate); break;
-    case RecurrentActivation::kRelu: store(out, w * (h > T(0)).template cast<T>(), accumulate); break;
-    case RecurrentActivation::kSigmoid: {
-      const auto s = T(1) / (T(1) + (-h).exp());
-      store(out, w * s * (T(1) - s), accumulate);
+    case RecurrentActivation::kTanh:
+      store(out, w * (T(1) - fh.square()), accumulate);
       break;
-    }
+    case RecurrentActivation::kRelu: store(out, w * (h > T(0)).template cast<T>(), accumulate); break;
+    case RecurrentActivation::kSigmoid:
+      store(out, w * fh * (T(1) - fh), accumulate);
+      break;
     case RecurrentActivation::kIdentity:
       if (accumulate) out += w; else out.setConstant(w);
       break;
@@ -144,20 +146,26 @@ Var<T, D> highway_impl(const Var<T, D>& s, const Var<T, D>& ch, const Var<T, D>&
     Var<T> y(Tensor<T>::empty(s.shape()));
     const T *sp = s.value().data(), *cp = ch.value().data();
     T* yp = y.value().data();
-    cpu::parallel_for(rows, hid * (k_ops + 2), [&](index_t r) {
-      const T* c = cp + r * 2 * hid;
-      cpu::ConstArrayMap<T> cv(c, hid), hv(c + hid, hid), sv(sp + r * hid, hid);
-      cpu::ArrayMap<T> yv(yp + r * hid, hid);
-      bool first = true;
-      for (int k = 0; k < k_ops; ++k)
-        if (t.on[std::size_t(k)]) {
-          cpu::weighted_activation(acts[std::size_t(k)], t.w[std::size_t(k)], hv, yv, !first);
-          first = false;
-        }
-      if (first) yv.setZero();
-      const auto sig = T(1) / (T(1) + (-cv).exp());
-      yv = t.wsum * (T(1) - sig) * sv + sig * yv;
-    });
+    // sig(c) goes through a row of scratch: as an Eigen expression it is evaluated, exp and
+    // all, at every use (twice here, up to 13 times per element in the backward below).
+    cpu::parallel_range_scratch<T>(
+        rows, hid * (k_ops + 2), hid, [&](index_t r0, index_t r1, T* scratch) {
+          cpu::ArrayMap<T> sig(scratch, hid);
+          for (index_t r = r0; r < r1; ++r) {
+            const T* c = cp + r * 2 * hid;
+            cpu::ConstArrayMap<T> cv(c, hid), hv(c + hid, hid), sv(sp + r * hid, hid);
+            cpu::ArrayMap<T> yv(yp + r * hid, hid);
+            bool first = true;
+            for (int k = 0; k < k_ops; ++k)
+              if (t.on[std::size_t(k)]) {
+                cpu::weighted_activation(acts[std::size_t(k)], t.w[std::size_t(k)], hv, yv, !first);
+                first = false;
+              }
+            if (first) yv.setZero();
+            sig = T(1) / (T(1) + (-cv).exp());
+            yv = t.wsum * (T(1) - sig) * sv + sig * yv;
+          }
+        });
     if (needs_grad(s, ch, w)) {
       record(y, [s, ch, w, y = GradRef(y), offset, acts, skip_zero_weights] {
         const HighwayTerms<T> t(w, offset, acts, skip_zero_weights);
@@ -180,42 +188,55 @@ Var<T, D> highway_impl(const Var<T, D>& s, const Var<T, D>& ch, const Var<T, D>&
           auto slot = ch.grad_slot();
           gch = slot.g, acc_ch = slot.accumulate;
         }
-        cpu::parallel_for(rows, hid * (2 * k_ops + 4), [&](index_t r) {
-          const T* c = cp + r * 2 * hid;
-          cpu::ConstArrayMap<T> cv(c, hid), hv(c + hid, hid), sv(sp + r * hid, hid), g(dy + r * hid, hid);
-          cpu::ArrayMap<T> fv(fsum.data() + r * hid, hid), dv(dsum.data() + r * hid, hid);
-          bool first = true;
-          for (int k = 0; k < k_ops; ++k)
-            if (t.on[std::size_t(k)]) {
-              cpu::weighted_activation(acts[std::size_t(k)], t.w[std::size_t(k)], hv, fv, !first);
-              cpu::weighted_derivative(acts[std::size_t(k)], t.w[std::size_t(k)], hv, dv, !first);
-              first = false;
-            }
-          if (first) {
-            fv.setZero();
-            dv.setZero();
-          }
-          const auto sig = T(1) / (T(1) + (-cv).exp());
-          if (gs.defined())
-            cpu::store(cpu::ArrayMap<T>(gs.data() + r * hid, hid), g * t.wsum * (T(1) - sig), acc_s);
-          if (gch.defined()) {
-            cpu::store(cpu::ArrayMap<T>(gch.data() + r * 2 * hid, hid),
-                       g * (fv - t.wsum * sv) * sig * (T(1) - sig), acc_ch);
-            cpu::store(cpu::ArrayMap<T>(gch.data() + r * 2 * hid + hid, hid), g * sig * dv, acc_ch);
-          }
-          if (want_w) {
-            // dL/dw_k = sum dy (s + sig (f_k(h) - s)) = sum dy s (1 - sig) + sum dy sig f_k(h)
-            const T base = (g * sv * (T(1) - sig)).sum();
-            for (int k = 0; k < k_ops; ++k) {
-              T v = 0;
-              if (t.on[std::size_t(k)]) {
-                cpu::weighted_activation(acts[std::size_t(k)], T(1), hv, fv, false);  // fv is free now
-                v = base + (g * sig * fv).sum();
+        // Per row, sig(c) and each term's f_k(h) are computed once, in two rows of scratch:
+        // the derivatives come from the values, and dL/dw_k reuses f_k(h).
+        cpu::parallel_range_scratch<T>(
+            rows, hid * (2 * k_ops + 4), 2 * hid, [&](index_t r0, index_t r1, T* scratch) {
+              cpu::ArrayMap<T> sig(scratch, hid), fk(scratch + hid, hid);
+              const cpu::ConstArrayMap<T> fkc(scratch + hid, hid);
+              for (index_t r = r0; r < r1; ++r) {
+                const T* c = cp + r * 2 * hid;
+                cpu::ConstArrayMap<T> cv(c, hid), hv(c + hid, hid), sv(sp + r * hid, hid),
+                    g(dy + r * hid, hid);
+                cpu::ArrayMap<T> fv(fsum.data() + r * hid, hid), dv(dsum.data() + r * hid, hid);
+                sig = T(1) / (T(1) + (-cv).exp());
+                T* wrow = want_w ? wpart.data() + r * k_ops : nullptr;
+                bool first = true;
+                for (int k = 0; k < k_ops; ++k) {
+                  if (!t.on[std::size_t(k)]) {
+                    if (wrow) wrow[k] = T(0);
+                    continue;
+                  }
+                  const RecurrentActivation a = acts[std::size_t(k)];
+                  cpu::weighted_activation(a, T(1), hv, fk, false);
+                  const T wk = t.w[std::size_t(k)];
+                  cpu::store(fv, wk * fkc, !first);
+                  cpu::weighted_derivative(a, wk, hv, fkc, dv, !first);
+                  // dL/dw_k = sum dy (s + sig (f_k(h) - s)) = sum dy s (1 - sig) + sum dy sig
+                  // f_k(h); the first sum is added below.
+                  if (wrow) wrow[k] = (g * sig * fkc).sum();
+                  first = false;
+                }
+                if (first) {
+                  fv.setZero();
+                  dv.setZero();
+                }
+                if (gs.defined())
+                  cpu::store(cpu::ArrayMap<T>(gs.data() + r * hid, hid), g * t.wsum * (T(1) - sig),
+                             acc_s);
+                if (gch.defined()) {
+                  cpu::store(cpu::ArrayMap<T>(gch.data() + r * 2 * hid, hid),
+                             g * (fv - t.wsum * sv) * sig * (T(1) - sig), acc_ch);
+                  cpu::store(cpu::ArrayMap<T>(gch.data() + r * 2 * hid + hid, hid), g * sig * dv,
+                             acc_ch);
+                }
+                if (wrow) {
+                  const T base = (g * sv * (T(1) - sig)).sum();
+                  for (int k = 0; k < k_ops; ++k)
+                    if (t.on[std::size_t(k)]) wrow[k] = base + wrow[k];
+                }
               }
-              wpart[r * k_ops + k] = v;
-            }
-          }
-        });
+            });
         if (want_w) {
           auto [gw, acc] = w.grad_slot();
           if (!acc) gw.fill(T(0));
