@@ -14,10 +14,39 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "datanas/ops/cpu/common.hpp"
 
 namespace datanas::cpu {
+
+namespace bn_detail {
+
+/// A channel's mean and 1 / sqrt(var + eps). Training: from the sums s1 = sum(x - shift) and s2 =
+/// sum((x - shift)^2) over its m values, updating the running statistics when given (momentum;
+/// the unbiased variance, torch.nn.BatchNorm2d). Evaluation: from the running statistics.
+template <class T>
+std::pair<double, double> channel_stats(bool training, double shift, double s1, double s2, double m,
+                                        T* running_mean, T* running_var, index_t ch, T momentum,
+                                        T eps) {
+  double mean, var;
+  if (training) {
+    const double md = s1 / m;
+    mean = shift + md;
+    var = std::max(0.0, s2 / m - md * md);
+    if (running_mean) {
+      running_mean[ch] = T((1 - double(momentum)) * running_mean[ch] + double(momentum) * mean);
+      running_var[ch] =
+          T((1 - double(momentum)) * running_var[ch] + double(momentum) * var * m / (m - 1));
+    }
+  } else {
+    mean = double(running_mean[ch]);
+    var = double(running_var[ch]);
+  }
+  return {mean, 1.0 / std::sqrt(var + double(eps))};
+}
+
+}  // namespace bn_detail
 
 namespace bn_rows {
 
@@ -47,11 +76,11 @@ void forward(const T* xp, index_t n, index_t c, const T* gamma, const T* beta, T
     const index_t w = c1 - c0;
     double s1[kBlock], s2[kBlock];
     T av[kBlock], mv[kBlock], bv[kBlock];
+    std::fill_n(s1, w, 0.0);
+    std::fill_n(s2, w, 0.0);
     if (training) {
       // The shift is each channel's first value (the plane loop's mean of the first plane).
       const T* shift = xp + c0;
-      std::fill_n(s1, w, 0.0);
-      std::fill_n(s2, w, 0.0);
       for (index_t i = 0; i < n; ++i) {
         const T* xr = xp + i * c + c0;
         for (index_t j = 0; j < w; ++j) {
@@ -61,24 +90,11 @@ void forward(const T* xp, index_t n, index_t c, const T* gamma, const T* beta, T
         }
       }
     }
-    const double m = double(n);
     for (index_t j = 0; j < w; ++j) {
       const index_t ch = c0 + j;
-      double mean, var;
-      if (training) {
-        const double md = s1[j] / m;
-        mean = double(xp[ch]) + md;
-        var = std::max(0.0, s2[j] / m - md * md);
-        if (running_mean) {
-          running_mean[ch] = T((1 - double(momentum)) * running_mean[ch] + double(momentum) * mean);
-          running_var[ch] =
-              T((1 - double(momentum)) * running_var[ch] + double(momentum) * var * m / (m - 1));
-        }
-      } else {
-        mean = double(running_mean[ch]);
-        var = double(running_var[ch]);
-      }
-      const double invstd = 1.0 / std::sqrt(var + double(eps));
+      const auto [mean, invstd] =
+          bn_detail::channel_stats(training, training ? double(xp[ch]) : 0.0, s1[j], s2[j],
+                                   double(n), running_mean, running_var, ch, momentum, eps);
       mean_out[ch] = T(mean);
       invstd_out[ch] = T(invstd);
       av[j] = T((gamma ? double(gamma[ch]) : 1.0) * invstd);
@@ -173,28 +189,18 @@ void batchnorm_forward(const Tensor<T, Cpu>& x, const T* gamma, const T* beta, T
   parallel_for(c, m, [&](index_t ch) {
     const T* xc = xp + ch * hw;
     T* yc = yp + ch * hw;
-    double mean, var;
+    double shift = 0, s1 = 0, s2 = 0;
     if (training) {
-      const T shift = ConstArrayMap<T>(xc, hw).mean();
-      double s1 = 0, s2 = 0;
+      const T sh = ConstArrayMap<T>(xc, hw).mean();
+      shift = double(sh);
       for (index_t i = 0; i < n; ++i) {
-        const auto d = ConstArrayMap<T>(xc + i * plane_stride, hw) - shift;
+        const auto d = ConstArrayMap<T>(xc + i * plane_stride, hw) - sh;
         s1 += double(d.sum());
         s2 += double(d.square().sum());
       }
-      const double md = s1 / double(m);
-      mean = double(shift) + md;
-      var = std::max(0.0, s2 / double(m) - md * md);
-      if (running_mean) {
-        running_mean[ch] = T((1 - double(momentum)) * running_mean[ch] + double(momentum) * mean);
-        running_var[ch] = T((1 - double(momentum)) * running_var[ch] +
-                            double(momentum) * var * double(m) / double(m - 1));
-      }
-    } else {
-      mean = double(running_mean[ch]);
-      var = double(running_var[ch]);
     }
-    const double invstd = 1.0 / std::sqrt(var + double(eps));
+    const auto [mean, invstd] = bn_detail::channel_stats(
+        training, shift, s1, s2, double(m), running_mean, running_var, ch, momentum, eps);
     mean_out[ch] = T(mean);
     invstd_out[ch] = T(invstd);
     // (x - mean) * a + beta rather than torch's x * a + (beta - mean * a): the same speed (the
