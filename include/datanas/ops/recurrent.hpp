@@ -173,9 +173,8 @@ Var<T, D> highway_impl(const Var<T, D>& s, const Var<T, D>& ch, const Var<T, D>&
         const int k_ops = int(acts.size());
         const T* dy = y.out_grad().data();
         const T *sp = s.value().data(), *cp = ch.value().data();
-        // sum_k w_k f_k'(h) per element, and per-row partial dL/dw_k, summed in row order
-        // afterwards (deterministic whatever the thread count).
-        Tensor<T> fsum = Tensor<T>::empty({rows, hid}), dsum = Tensor<T>::empty({rows, hid});
+        // Per-row partial dL/dw_k, summed in row order afterwards (deterministic whatever the
+        // thread count).
         const bool want_w = w.defined() && w.requires_grad();
         Tensor<T> wpart = want_w ? Tensor<T>::empty({rows, k_ops}) : Tensor<T>();
         Tensor<T> gs, gch;
@@ -188,17 +187,18 @@ Var<T, D> highway_impl(const Var<T, D>& s, const Var<T, D>& ch, const Var<T, D>&
           auto slot = ch.grad_slot();
           gch = slot.g, acc_ch = slot.accumulate;
         }
-        // Per row, sig(c) and each term's f_k(h) are computed once, in two rows of scratch:
-        // the derivatives come from the values, and dL/dw_k reuses f_k(h).
+        // Per row, in four rows of scratch: sig(c) and each term's f_k(h), computed once (the
+        // derivatives come from the values, and dL/dw_k reuses f_k(h)), and the row's
+        // sum_k w_k f_k(h) and sum_k w_k f_k'(h).
         cpu::parallel_range_scratch<T>(
-            rows, hid * (2 * k_ops + 4), 2 * hid, [&](index_t r0, index_t r1, T* scratch) {
-              cpu::ArrayMap<T> sig(scratch, hid), fk(scratch + hid, hid);
+            rows, hid * (2 * k_ops + 4), 4 * hid, [&](index_t r0, index_t r1, T* scratch) {
+              cpu::ArrayMap<T> sig(scratch, hid), fk(scratch + hid, hid),
+                  fv(scratch + 2 * hid, hid), dv(scratch + 3 * hid, hid);
               const cpu::ConstArrayMap<T> fkc(scratch + hid, hid);
               for (index_t r = r0; r < r1; ++r) {
                 const T* c = cp + r * 2 * hid;
                 cpu::ConstArrayMap<T> cv(c, hid), hv(c + hid, hid), sv(sp + r * hid, hid),
                     g(dy + r * hid, hid);
-                cpu::ArrayMap<T> fv(fsum.data() + r * hid, hid), dv(dsum.data() + r * hid, hid);
                 sig = T(1) / (T(1) + (-cv).exp());
                 T* wrow = want_w ? wpart.data() + r * k_ops : nullptr;
                 bool first = true;
