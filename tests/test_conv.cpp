@@ -209,8 +209,9 @@ void check_gemm(index_t m, index_t n, index_t k, std::uint64_t seed) {
 TEST_SUITE("cpu") {
   TEST_CASE("the convolutions' GEMM: small register-tiled and Eigen products, every tail") {
     // Rows: whole 6-row tiles and every remainder, alone (B read in place) and after whole tiles
-    // (B's panels copied first); columns: whole panels, single packets and a partial packet
-    // after them (for 8- and 16-lane floats, 4- and 8-lane doubles), and fewer columns than a
+    // (B's panels copied first); columns: whole panels, every count of packets short of a panel
+    // (1 to 3 with AVX-512's 4-packet panels: 33, 49, 112 floats) and a partial packet after
+    // them (for 8- and 16-lane floats, 4- and 8-lane doubles), and fewer columns than a
     // packet (Eigen's path in gemm; small_gemm::nn is checked on them directly); k = 0 and on
     // both sides of the panel copy's block (kBlockK: 64 or 128); and, for a few shapes (the
     // reference costs m n k each), on both sides of small_gemm::kMaxInner (Eigen above it).
@@ -237,7 +238,7 @@ TEST_SUITE("cpu") {
       }
     };
     for (const index_t m : {1, 3, 4, 5, 6, 7, 9, 11, 14, 16})
-      for (const index_t n : {1, 3, 7, 16, 27, 33, 47, 64, 70, 131})
+      for (const index_t n : {1, 3, 7, 16, 27, 33, 47, 49, 64, 70, 112, 131})
         for (const index_t k :
              {index_t(0), index_t(1), index_t(7), index_t(9), index_t(16), kb + 1, 2 * kb + 3})
           check_all(m, n, k);
