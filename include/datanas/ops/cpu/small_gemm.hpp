@@ -311,10 +311,10 @@ void product(index_t m, index_t n, index_t k, AR arows, AC acols, BR brows, T* c
       }
       j += Wd;
     };
-    [&]<int... R>(std::integer_sequence<int, R...>, index_t nv) {
+    const auto by_count = [&]<int... R>(std::integer_sequence<int, R...>, index_t nv) {
       ((nv == R + 1 ? packets.template operator()<R + 1>() : void()), ...);
-    }
-    (std::make_integer_sequence<int, kNV - 1>{}, (n - j) / V);
+    };
+    by_count(std::make_integer_sequence<int, kNV - 1>{}, (n - j) / V);
     if (j == n) continue;
     // The last n - j < V columns (7x7 and 14x14 planes leave 1 and 4): a zero-padded copy of
     // them, one packet a row, and tiles that write only those columns of C. One column at a
