@@ -45,7 +45,7 @@ inline constexpr int kWide = kLanes<T> >= 16 ? 4 : 2;
 /// 256 x 196 x 2304 and 1.15-1.25x at 512 x 49 x 4608 (3x3 convolutions of 256 and 512
 /// channels); with rows in blocks of kBlockM, 1.45x at 2240 x 128 x 10000 and 2240 x 850 x 10000
 /// (the data gradient of the PTB decoder, a linear layer onto 10,000 words). Zen 5 (AVX-512,
-/// 2026-12-02): 1.1-1.75x on every 1x1 shape above and 1.05-1.63x on the decoder's; slower only
+/// 2026-12-02): 1.02-1.75x on every 1x1 shape above and 1.05-1.63x on the decoder's; slower only
 /// at 512 x 49 x 4608 as A B (0.73x: 49 columns fill 4 packets of 16, where Eigen vectorises
 /// the 512 rows), still 1.4x torch.mm there.
 inline constexpr index_t kMaxInner = 10000;
