@@ -321,6 +321,48 @@ TEST_CASE("a capture refuses host reads and host copies, and leaves the stream u
   cuda::detail::current_stream_slot() = saved;
 }
 
+TEST_CASE("nothing is freed to the system while a graph captures (cudaFree would end it)") {
+  auto& alloc = CachingAllocator<Cuda>::instance();
+  // A tensor that outlives its stream: released eagerly, its block would be freed at once.
+  Tensor<float, Cuda> orphan;
+  {
+    cuda::Stream gone;
+    cuda::StreamGuard on_gone(gone);
+    orphan = Tensor<float, Cuda>::empty({6000});  // 24,064 bytes
+  }
+  cuda::Stream stream;
+  cuda::StreamGuard on(stream);
+  const Tensor<float, Cuda> x = random_device({1000}, 6);
+  { const auto t = Tensor<float, Cuda>::empty({4000}); }  // something cached, for the retry below
+  StepGraph<Cuda> g;
+  const std::size_t cached = alloc.stats().bytes_cached;
+  const Tensor<float, Cuda> y = g.capture([&] {
+    orphan = {};  // released inside the capture: kept cached until the capture ends
+    CHECK(alloc.stats().bytes_cached == cached + 24064);
+    Tensor<float, Cuda> out = Tensor<float, Cuda>::empty({1000});
+    out.copy_from(x);
+    return out;
+  });
+  REQUIRE(g.ready());                           // the capture was not invalidated
+  CHECK(alloc.stats().bytes_cached == cached);  // and then it went back to the system
+  g.replay();
+  CHECK(same_bits(y, x));
+  g.reset();
+
+  // empty_cache() is refused; an allocation that fails does not free the cache to retry.
+  CHECK_THROWS_WITH_AS(
+      StepGraph<Cuda>().capture([&] { CachingAllocator<Cuda>::instance().empty_cache(); }),
+      doctest::Contains("while a CUDA graph is being captured"), error);
+  CHECK_THROWS_WITH_AS(
+      StepGraph<Cuda>().capture([] { (void)Tensor<float, Cuda>::empty({index_t(1) << 48}); }),
+      doctest::Contains("the cache is not freed while a CUDA graph captures"), error);
+  CHECK(cuda::capturing_graph() == nullptr);
+  // Outside a capture both work again, and the stream still runs.
+  alloc.empty_cache();
+  CHECK(alloc.stats().bytes_cached == 0);
+  CHECK(same_bits(x.clone(), x));
+}
+
 TEST_CASE("a graph's memory stays its own while it lives and returns to the stream after") {
   cuda::Stream stream;
   cuda::StreamGuard on(stream);

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <map>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -371,6 +372,33 @@ TEST_CASE("conv2d plans a shape once and reuses it") {
                     "status 0)") != std::string::npos);
 #endif
 }
+
+#if DATANAS_CUDA_SIM
+TEST_CASE("a cuDNN built for another CUDA major version is refused when its first handle is made") {
+  // The handle is per thread and made once: a fresh thread makes one, with the simulated cuDNN
+  // saying it was built for CUDA 12.8 while the runtime is 13.0.
+  auto handle_error = [] {
+    std::string message;
+    std::thread t([&] {
+      try {
+        (void)cuda::dnn_host::cudnn_handle();
+      } catch (const datanas::error& e) {
+        message = e.what();
+      }
+    });
+    t.join();
+    return message;
+  };
+  cudasim::cudnn_detail::built_for_cudart = 12080;
+  const std::string refused = handle_error();
+  cudasim::cudnn_detail::built_for_cudart = CUDART_VERSION;
+  CHECK(refused.find(
+            "cuDNN 90000 was built for CUDA 12.8 but this program runs the CUDA 13.0 runtime: "
+            "install the cuDNN 9 build for CUDA 13 (e.g. the nvidia-cudnn-cu13 wheel)") !=
+        std::string::npos);
+  CHECK(handle_error().empty());
+}
+#endif
 
 TEST_CASE("the convolution algorithm: deterministic, within the workspace cap, FMA math for float") {
   // Synthetic heuristics lists (the choice is host code; the simulated cuDNN always offers a

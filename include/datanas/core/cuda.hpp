@@ -190,9 +190,14 @@ class CachingAllocator<Cuda> : public detail::GuardedCache<detail::CudaMemory> {
 
   /// Gives every cached whole block back to the system (live tensors, the segments they are cut
   /// from, and the pools of live graphs are untouched). cudaFree waits for the device, so this
-  /// synchronises: call it outside steps.
+  /// synchronises: call it outside steps, and never while a StepGraph captures (on any thread:
+  /// the wait would end that capture), which throws.
   void empty_cache() {
     std::lock_guard lock(mutex_);
+    DATANAS_CHECK(
+        captures_ == 0,
+        "cuda allocator: empty_cache() while a CUDA graph is being captured "
+        "(cudaFree would wait for the device and end the capture); call it after the capture");
     cache_.discard_whole([this](std::uint64_t pool) { return !graph_pools_.contains(pool); });
   }
 
@@ -206,6 +211,7 @@ class CachingAllocator<Cuda> : public detail::GuardedCache<detail::CudaMemory> {
  private:
   friend class cuda::Stream;
   friend class GraphPool;
+  friend class StepGraph<Cuda>;
   using Block = detail::Block;
 
   // Small segments by default (set_small_segments): they serve steps whose tensors vary (EGS's
@@ -217,10 +223,29 @@ class CachingAllocator<Cuda> : public detail::GuardedCache<detail::CudaMemory> {
   // Caller holds mutex_. A freed block of a destroyed stream leaves for the system as soon as
   // its segment is whole: that stream was synchronised when it was destroyed, and no other
   // stream may use the block without ordering itself (file comment), so the memory is idle.
+  // While a graph captures (on any thread) it stays cached instead, until end_capture().
   void give_back(Block* b) {
     Block* merged = cache_.put(b);
-    if (merged->stream != 0 && !live_streams_.contains(merged->stream) && cache_.whole(merged))
+    if (captures_ == 0 && merged->stream != 0 && !live_streams_.contains(merged->stream) &&
+        cache_.whole(merged))
       cache_.discard(merged);
+  }
+
+  /// Called by StepGraph::capture around a capture. cudaFree waits for the whole device, which
+  /// a capturing stream cannot do: the capture would be invalidated. So while any capture is
+  /// under way nothing goes back to the system (a destroyed stream's memory, the out-of-memory
+  /// retry); when the last one ends, the destroyed streams' whole segments leave as they would
+  /// have.
+  void begin_capture() {
+    std::lock_guard lock(mutex_);
+    ++captures_;
+  }
+  void end_capture() {
+    std::lock_guard lock(mutex_);
+    if (--captures_ > 0) return;
+    cache_.discard_whole([this](std::uint64_t pool) {
+      return pool != 0 && !live_streams_.contains(pool) && !graph_pools_.contains(pool);
+    });
   }
 
   /// A graph pool (GraphPool): free blocks of its own on the stream of its graphs.
@@ -250,14 +275,14 @@ class CachingAllocator<Cuda> : public detail::GuardedCache<detail::CudaMemory> {
   void retire_stream(std::uint64_t id) {
     std::lock_guard lock(mutex_);
     live_streams_.erase(id);
-    cache_.discard_whole([id](std::uint64_t pool) { return pool == id; });
+    if (captures_ == 0) cache_.discard_whole([id](std::uint64_t pool) { return pool == id; });
   }
 
   // Caller holds mutex_. On out-of-memory, frees this allocator's cache and tries once more.
   void* system_allocate(std::size_t bytes) {
     void* p = nullptr;
     cudaError_t e = cudaMalloc(&p, bytes);
-    if (e == cudaErrorMemoryAllocation && cache_.cached_bytes() > 0) {
+    if (e == cudaErrorMemoryAllocation && cache_.cached_bytes() > 0 && captures_ == 0) {
       (void)cudaGetLastError();
       cache_.discard_whole([this](std::uint64_t pool) { return !graph_pools_.contains(pool); });
       e = cudaMalloc(&p, bytes);
@@ -266,14 +291,16 @@ class CachingAllocator<Cuda> : public detail::GuardedCache<detail::CudaMemory> {
     (void)cudaGetLastError();
     if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver)
       cuda::require_device("cuda allocator");  // throws the "no CUDA device" message
-    throw error(datanas::detail::concat("cuda allocator: cudaMalloc of ", bytes, " bytes failed: ",
-                                        cudaGetErrorString(e), " (", stats_.bytes_in_use,
-                                        " bytes held by tensors, ", cache_.cached_bytes(), " cached)"));
+    throw error(datanas::detail::concat(
+        "cuda allocator: cudaMalloc of ", bytes, " bytes failed: ", cudaGetErrorString(e), " (",
+        stats_.bytes_in_use, " bytes held by tensors, ", cache_.cached_bytes(), " cached",
+        captures_ > 0 ? "; the cache is not freed while a CUDA graph captures" : "", ")"));
   }
 
   // mutex_, stats_ and cache_ are GuardedCache's (the cache, destroyed after these, needs none
   // of them).
   bool poison_ = false;
+  int captures_ = 0;  // StepGraph captures under way, on all threads
   std::unordered_set<std::uint64_t> live_streams_;
   std::unordered_set<std::uint64_t> graph_pools_;
 };
@@ -580,15 +607,18 @@ class StepGraph<Cuda> {
   class Capturing {
    public:
     explicit Capturing(StepGraph& g) : previous_(cuda::detail::current_stream_slot()) {
+      CachingAllocator<Cuda>::instance().begin_capture();
       cuda::detail::current_stream_slot().pool = g.pool_->id;
       cuda::detail::capturing_slot() = &g;
     }
     ~Capturing() { end(); }
+    /// After cudaStreamEndCapture (the allocator may then free memory again).
     void end() {
       if (done_) return;
       done_ = true;
       cuda::detail::current_stream_slot() = previous_;
       cuda::detail::capturing_slot() = nullptr;
+      CachingAllocator<Cuda>::instance().end_capture();
     }
 
    private:
@@ -605,9 +635,15 @@ class StepGraph<Cuda> {
     std::size_t n = 0;
     (void)cudaGraphGetNodes(g, nullptr, &n);
     nodes_ = n;
-    const cudaError_t e = cudaGraphInstantiate(&exec_, g, 0);
+    // Into a local: what a failed instantiation leaves in its output is not documented.
+    // AutoFreeOnLaunch (as PyTorch's graphs): a library may allocate inside the capture
+    // (cuBLAS takes its workspace with cudaMallocAsync since CUDA 12.2) and keep it; without the
+    // flag, a graph holding an unfreed allocation fails its next launch (cudaGraphLaunch).
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&exec, g, cudaGraphInstantiateFlagAutoFreeOnLaunch);
     (void)cudaGraphDestroy(g);
     DATANAS_CUDA_CHECK(e);
+    exec_ = exec;
   }
 
   cuda::StreamRef stream_;

@@ -573,6 +573,13 @@ inline cudnnStatus_t set_tensor(const char* fn, cudnnTensorDescriptor_t d, cudnn
 
 inline size_t cudnnGetVersion(void) { return CUDNN_VERSION; }
 
+namespace cudasim::cudnn_detail {
+/// The CUDA runtime version this cuDNN reports it was built for (cudnnGetCudartVersion); a test
+/// sets another to see the library refuse a cuDNN built for another CUDA major version.
+inline size_t built_for_cudart = CUDART_VERSION;
+}  // namespace cudasim::cudnn_detail
+inline size_t cudnnGetCudartVersion(void) { return cudasim::cudnn_detail::built_for_cudart; }
+
 inline const char* cudnnGetErrorString(cudnnStatus_t status) {
   switch (status) {
 #define CUDASIM_CUDNN_NAME(s) \

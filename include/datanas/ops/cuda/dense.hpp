@@ -43,9 +43,12 @@ struct CublasHandle {
   CublasHandle() = default;
   CublasHandle(const CublasHandle&) = delete;
   CublasHandle& operator=(const CublasHandle&) = delete;
-  // Destructors only log; at thread exit the status no longer matters.
+  // Unbound first (the last stream it was given may be destroyed already); at thread exit the
+  // status no longer matters.
   ~CublasHandle() {
-    if (h) (void)cublasDestroy(h);
+    if (!h) return;
+    (void)cublasSetStream(h, nullptr);
+    (void)cublasDestroy(h);
   }
 };
 

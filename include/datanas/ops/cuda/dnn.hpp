@@ -123,6 +123,23 @@ namespace dnn_host {
 /// taken only when none of the heuristics' candidates fits.
 inline constexpr std::size_t kConvWorkspaceCap = std::size_t(256) << 20;
 
+/// Refuses a cuDNN library built for another CUDA major version than the runtime this program
+/// runs (a cuDNN wheel for CUDA 12 beside a CUDA 13 toolkit): it links, since cuDNN 9 loads its
+/// engines and its cuBLASLt at run time, and would fail only inside the first convolution. Also
+/// a library of another major version than the header compiled against.
+inline void check_cudnn_build() {
+  int runtime = 0;
+  DATANAS_CUDA_CHECK(cudaRuntimeGetVersion(&runtime));
+  const std::size_t built = cudnnGetCudartVersion(), version = cudnnGetVersion();
+  DATANAS_CHECK(
+      built / 1000 == std::size_t(runtime) / 1000, "cuDNN ", version, " was built for CUDA ",
+      built / 1000, ".", built % 1000 / 10, " but this program runs the CUDA ", runtime / 1000, ".",
+      runtime % 1000 / 10, " runtime: install the cuDNN 9 build for CUDA ", runtime / 1000,
+      " (e.g. the nvidia-cudnn-cu", runtime / 1000, " wheel) or point -Dcudnn_root at it");
+  DATANAS_CHECK(version / 10000 == CUDNN_MAJOR, "cuDNN library ", version,
+                " does not match the cudnn.h (", CUDNN_VERSION, ") datanas was compiled with");
+}
+
 /// This thread's cuDNN handle, bound to the current stream. Created on the first call in the
 /// thread, destroyed when the thread exits (for the main thread: before the CUDA runtime's own
 /// exit handlers, since thread_local objects die before static ones).
@@ -130,12 +147,17 @@ inline cudnnHandle_t cudnn_handle() {
   struct Slot {
     cudnnHandle_t h = nullptr;
     ~Slot() {
-      if (h) (void)cudnnDestroy(h);  // at exit the runtime may be going away: ignore failures
+      // Unbound first: the last stream it was given may be destroyed already. At exit the
+      // runtime may be going away: failures are ignored.
+      if (!h) return;
+      (void)cudnnSetStream(h, nullptr);
+      (void)cudnnDestroy(h);
     }
   };
   thread_local Slot slot;
   if (!slot.h) {
     require_device("cuDNN");
+    check_cudnn_build();
     DATANAS_CUDNN_CHECK(cudnnCreate(&slot.h));
   }
   DATANAS_CUDNN_CHECK(cudnnSetStream(slot.h, current_stream().handle));

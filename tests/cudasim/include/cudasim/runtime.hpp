@@ -716,6 +716,12 @@ inline cudaError_t cudaGetDeviceCount(int* count) {
   *count = 1;
   return cudaSuccess;
 }
+/// The simulator stands in for the CUDA 13.0 runtime.
+#define CUDART_VERSION 13000
+inline cudaError_t cudaRuntimeGetVersion(int* version) {
+  *version = CUDART_VERSION;
+  return cudaSuccess;
+}
 /// The fields of cudaDeviceProp that datanas reads, describing the simulator itself.
 struct cudaDeviceProp {
   char name[256];
@@ -913,9 +919,12 @@ inline cudaError_t cudaGraphGetNodes(cudaGraph_t g, cudaGraphNode_t* nodes, std:
   *count = g->nodes.size();
   return cudaSuccess;
 }
+/// The graphs recorded here never hold allocation nodes (the stand-in libraries allocate
+/// nothing), so the flag changes nothing; other flags are not simulated.
+enum cudaGraphInstantiateFlags { cudaGraphInstantiateFlagAutoFreeOnLaunch = 1 };
 inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t g,
-                                        unsigned long long = 0) {
-  if (!exec || !g) return cudasim::fail(cudaErrorInvalidValue);
+                                        unsigned long long flags = 0) {
+  if (!exec || !g || (flags & ~1ull)) return cudasim::fail(cudaErrorInvalidValue);
   *exec = new cudasim::Graph(*g);
   return cudaSuccess;
 }
