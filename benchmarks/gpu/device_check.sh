@@ -97,10 +97,23 @@ cuda_root=$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x/x)")"
 echo "cuda:   $cuda_root; cudart/cublas there: $(ls "$cuda_root"/lib64/libcudart.so "$cuda_root"/lib64/libcublas.so 2>/dev/null | tr '\n' ' ')"
 
 # cuBLAS: meson's CUDA dependency looks for it inside the toolkit, but an image may ship it only
-# as the Python wheel nvidia-cublas. Then build a shadow toolkit (links to the real one, plus the
-# wheel's headers and libraries) and point CUDA_PATH at it.
+# as a Python wheel: nvidia-cublas-cu12 in site-packages/nvidia/cublas, or the CUDA 13 wheels
+# (PyTorch's cu13 builds) in site-packages/nvidia/cu13, beside the other CUDA 13 libraries. Then
+# build a shadow toolkit (links to the real one, plus the wheel's cuBLAS headers and libraries
+# only, so the toolkit's own runtime stays the one linked) and point CUDA_PATH at it.
+find_cublas_wheel() {
+  python3 - << 'PY' 2> /dev/null
+import glob, os
+import nvidia
+for base in nvidia.__path__:
+    for sub in ("cublas", "cu13", "cu12"):
+        if glob.glob(os.path.join(base, sub, "lib", "libcublas.so.*")):
+            print(os.path.join(base, sub))
+            raise SystemExit
+PY
+}
 if [ ! -e "$cuda_root/lib64/libcublas.so" ] || [ "${FORCE_CUDA_SHADOW:-0}" = 1 ]; then
-  cublas_dir=${CUBLAS_DIR:-$(python3 -c 'import nvidia.cublas as c; print(list(c.__path__)[0])' 2>/dev/null)}
+  cublas_dir=${CUBLAS_DIR:-$(find_cublas_wheel)}
   if [ -n "$cublas_dir" ] && [ -d "$cublas_dir/lib" ]; then
     shadow=/tmp/datanas-cuda-shadow
     echo "cuBLAS not in $cuda_root/lib64 (or FORCE_CUDA_SHADOW=1): shadow toolkit $shadow with the wheel at $cublas_dir"
@@ -110,14 +123,15 @@ if [ ! -e "$cuda_root/lib64/libcublas.so" ] || [ "${FORCE_CUDA_SHADOW:-0}" = 1 ]
     done
     ln -s "$cuda_root"/include/* "$shadow/include/"
     ln -s "$cuda_root"/lib64/* "$shadow/lib64/"
-    [ -d "$cublas_dir/include" ] && ln -sf "$cublas_dir"/include/* "$shadow/include/"
-    ln -sf "$cublas_dir"/lib/* "$shadow/lib64/"
+    ln -sf "$cublas_dir"/include/cublas* "$shadow/include/" 2> /dev/null
+    ln -sf "$cublas_dir"/lib/libcublas* "$shadow/lib64/"
     for lib in libcublas libcublasLt; do  # wheels carry only the versioned names
       v=$(ls "$cublas_dir/lib/$lib.so."* 2>/dev/null | head -1)
       [ -n "$v" ] && ln -sf "$v" "$shadow/lib64/$lib.so"
     done
     unset CUDA_ROOT
-    export CUDA_PATH="$shadow" CUDA_HOME="$shadow" LD_LIBRARY_PATH="$cublas_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # The shadow's lib64, not the wheel's lib: that one may also hold a CUDA runtime.
+    export CUDA_PATH="$shadow" CUDA_HOME="$shadow" LD_LIBRARY_PATH="$shadow/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   else
     echo "WARNING: no libcublas.so in $cuda_root/lib64 and no nvidia-cublas wheel: configure will fail"
   fi
