@@ -98,6 +98,30 @@ TEST_CASE("broken IDX files get errors naming the file and the problem") {
   write_gz(tmp_path("badlabel.gz"), lab);
   CHECK_THROWS_WITH_AS(data::read_idx_labels(tmp_path("badlabel.gz")),
                        doctest::Contains("label 12 of item 1 is not a class in [0, 10)"), datanas::error);
+  // Headers announcing far more than the file holds are refused before anything is allocated
+  // (found by fuzzing: 17 bytes claiming 2^32 - 1 images of 4096 x 4096 asked for terabytes).
+  write_raw(tmp_path("huge.raw"), image_file(0xffffffffu, 4096, 4096, 1));
+  CHECK_THROWS_WITH_AS(
+      data::read_idx_images(tmp_path("huge.raw")),
+      doctest::Contains("the header announces 72057594021150720 bytes of pixels but the "
+                        "file (17 bytes) cannot hold them"),
+      datanas::error);
+  write_gz(tmp_path("huge.gz"), image_file(1u << 20, 64, 64, 1));
+  CHECK_THROWS_WITH_AS(data::read_idx_images(tmp_path("huge.gz")),
+                       doctest::Contains("bytes of pixels but the gzip file"), datanas::error);
+  write_raw(tmp_path("short.raw"), image_file(3, 2, 2, 11));  // a plain file one byte short
+  CHECK_THROWS_WITH_AS(
+      data::read_idx_images(tmp_path("short.raw")),
+      doctest::Contains("the header announces 12 bytes of pixels but the file (27 bytes)"),
+      datanas::error);
+  std::vector<unsigned char> many = be32(0x801);
+  const auto big = be32((1u << 28) - 1);
+  many.insert(many.end(), big.begin(), big.end());
+  many.push_back(1);
+  write_raw(tmp_path("many.raw"), many);
+  CHECK_THROWS_WITH_AS(data::read_idx_labels(tmp_path("many.raw")),
+                       doctest::Contains("the header announces 268435455 bytes of labels"),
+                       datanas::error);
   CHECK_THROWS_WITH_AS(data::FashionMnist::load(tmp_path("no-such-dir")),
                        doctest::Contains("does not exist"), datanas::error);
 }

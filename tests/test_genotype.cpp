@@ -250,6 +250,18 @@ TEST_CASE("malformed genotype text names the offset and what was expected") {
       "99999999999", "expected an integer, found '9'");
   add("Genotype(normal=[('a', 0), ('b', 0)], [2], reduce=[], reduce_concat=[2])", "[2]",
       "expected 'name=' (positional fields cannot follow keyword fields), found '['");
+  // list( nested without bound once overflowed the stack (found by fuzzing): 4 levels parse,
+  // the fifth is refused, and so is a million.
+  CHECK(parse_genotype("normal=[], normal_concat=list(list(list(list([2])))), reduce=[], "
+                       "reduce_concat=[2]")
+            .normal.concat == std::vector<int>{2});
+  add("normal=[], normal_concat=list(list(list(list(list([2]))))), reduce=[], reduce_concat=[2]",
+      "list([2])", "expected a concat list, not list(...) nested more than 4 deep, found 'l'");
+  std::string deep = "normal=[], normal_concat=";
+  for (int i = 0; i < 1000000; ++i) deep += "list(";
+  add(deep, "list(list(list(list(list(",
+      "expected a concat list, not list(...) nested more than 4 deep, found 'l'");
+  cases.back().offset = std::string("normal=[], normal_concat=").size() + 4 * 5;
   for (const auto& c : cases) {
     CAPTURE(c.text);
     const std::string expected =
@@ -464,6 +476,21 @@ TEST_CASE("strict JSON: malformed documents name the offset and what was expecte
   }
   CHECK_THROWS_WITH_AS((void)io::parse_json(std::string(300, '[') + std::string(300, ']'), "x"),
                        doctest::Contains("expected at most 256 levels of nesting"), datanas::error);
+  // Duplicate keys in a large object: found past the scan, with the same message (a scan per
+  // key made 150,000 keys take about 15 s; found by fuzzing).
+  std::string big = "{";
+  for (int i = 0; i < 150000; ++i)
+    big += "\"k" + std::to_string(i) + "\": " + std::to_string(i) + ", ";
+  const io::Json parsed = io::parse_json(big.substr(0, big.size() - 2) + "}", "x");
+  CHECK(parsed.as_object().size() == 150000);
+  CHECK(parsed.at("k149999").as_integer() == 149999);
+  const std::string where =
+      datanas::detail::concat("offset ", big.size(), " (line 1, column ", big.size() + 1,
+                              "): expected a key other than the duplicate \"k20\"");
+  CHECK_THROWS_WITH_AS((void)io::parse_json(big + "\"k20\": 0}", "x"),
+                       doctest::Contains(where.c_str()), datanas::error);
+  CHECK_THROWS_WITH_AS((void)io::parse_json("{\"a\": 1, \"b\": 2, \"a\": 3}", "x"),
+                       doctest::Contains("duplicate \"a\""), datanas::error);
 }
 
 TEST_SUITE_END();

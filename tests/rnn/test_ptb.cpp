@@ -148,6 +148,15 @@ TEST_CASE("recurrent genotype errors name what is wrong") {
                        doctest::Contains("concat[1] = 2"), error);
   CHECK_THROWS_WITH_AS(parse_recurrent_genotype("Genotype(recurrent=[('relu' 0)], concat=range(1, 2))"),
                        doctest::Contains("expected ','"), error);
+  // A huge range is refused before anything is allocated (found by fuzzing: range(2147483647)
+  // pushed 2^31 ints).
+  CHECK_THROWS_WITH_AS(
+      parse_recurrent_genotype("Genotype(recurrent=[('relu', 0)], concat=range(2147483647))"),
+      doctest::Contains("expected a range of at most 4096 elements"), error);
+  CHECK_THROWS_WITH_AS(
+      parse_recurrent_genotype(
+          "Genotype(recurrent=[('relu', 0)], concat=range(-2147483648, 2147483647))"),
+      doctest::Contains("expected a range of at most 4096 elements"), error);
   CHECK_THROWS_WITH_AS(parse_recurrent_genotype("Genotype(recurrent=[('relu', 0)])"),
                        doctest::Contains("a 'concat' field"), error);
   CHECK_THROWS_WITH_AS(search::recurrent_genotype_from_json("{\"recurrent\": [[\"relu\", \"0\"]], \"concat\": [1]}"),

@@ -24,6 +24,9 @@ class GzFile {
     DATANAS_CHECK(std::filesystem::exists(path), "cannot open '", path, "': no such file");
     f_ = gzopen(path.c_str(), "rb");
     DATANAS_CHECK(f_ != nullptr, "cannot open '", path, "'");
+    std::error_code ec;
+    file_bytes_ = std::filesystem::file_size(path, ec);
+    if (ec) file_bytes_ = 0;
   }
   GzFile(const GzFile&) = delete;
   GzFile& operator=(const GzFile&) = delete;
@@ -53,6 +56,19 @@ class GzFile {
     read(b, 4, what);
     return (std::uint32_t(b[0]) << 24) | (std::uint32_t(b[1]) << 16) | (std::uint32_t(b[2]) << 8) | b[3];
   }
+  /// Throws unless `n` more bytes of `what` can come from this file: a header's counts are
+  /// checked against the file before they size an allocation (a 17-byte file claiming 2^32
+  /// images would otherwise ask for terabytes). A plain file holds exactly what is left of it;
+  /// deflate expands at most 1032 to 1 (zlib's technical notes), so a gzip file of S bytes
+  /// holds at most 1032 S. Call after the header (gzdirect is known then).
+  void check_room(std::uintmax_t n, const char* what) {
+    const bool plain = gzdirect(f_) == 1;
+    const std::uintmax_t room =
+        plain ? (file_bytes_ > offset_ ? file_bytes_ - offset_ : 0) : file_bytes_ * 1032u;
+    DATANAS_CHECK(n <= room, "'", path_, "': the header announces ", n, " bytes of ", what,
+                  " but the ", plain ? "file" : "gzip file", " (", file_bytes_,
+                  " bytes) cannot hold them: truncated or not this file");
+  }
   /// True when nothing follows (trailing garbage means a wrong or damaged file).
   bool at_end() {
     unsigned char c;
@@ -64,6 +80,7 @@ class GzFile {
   std::string path_;
   gzFile f_ = nullptr;
   std::size_t offset_ = 0;
+  std::uintmax_t file_bytes_ = 0;
 };
 }  // namespace detail
 
@@ -78,6 +95,7 @@ inline Tensor<float> read_idx_images(const std::string& path) {
   DATANAS_CHECK(n > 0 && rows > 0 && cols > 0 && rows <= 4096 && cols <= 4096, "'", path,
                 "': implausible header: ", n, " images of ", rows, "x", cols);
   const std::size_t count = std::size_t(n) * rows * cols;
+  f.check_room(count, "pixels");
   Tensor<float> out = Tensor<float>::empty({index_t(n), 1, index_t(rows), index_t(cols)});
   // Read the bytes into the tail of the float buffer, then widen front to back in place.
   auto* bytes = reinterpret_cast<unsigned char*>(out.data()) + 3 * count;
@@ -96,6 +114,7 @@ inline Tensor<std::int32_t> read_idx_labels(const std::string& path, int num_cla
                 magic, ", expected 0x801)");
   const std::uint32_t n = f.read_be32("the label count");
   DATANAS_CHECK(n > 0 && n < (1u << 28), "'", path, "': implausible label count ", n);
+  f.check_room(n, "labels");
   Tensor<std::int32_t> out = Tensor<std::int32_t>::empty({index_t(n)});
   auto* bytes = reinterpret_cast<unsigned char*>(out.data()) + 3 * std::size_t(n);
   f.read(bytes, n, "labels");

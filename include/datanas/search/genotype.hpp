@@ -449,7 +449,9 @@ class GenotypeParser {
     return nodes;
   }
 
-  std::vector<int> parse_concat() {
+  // depth: how many list( wrap this one. Bounded, so that text nesting list( a million times
+  // is an error rather than a stack overflow.
+  std::vector<int> parse_concat(int depth = 0) {
     std::vector<int> v;
     if (peek('[') || peek('(')) {
       const char close = peek('[') ? ']' : ')';
@@ -473,9 +475,13 @@ class GenotypeParser {
     const std::string fn = ident();
     skip();
     if (fn == "list" && peek('(')) {  // list(range(2, 6))
+      if (depth >= 4) {
+        pos_ = b;
+        fail("a concat list, not list(...) nested more than 4 deep");
+      }
       ++pos_;
       skip();
-      v = parse_concat();
+      v = parse_concat(depth + 1);
       skip();
       expect(')', "')' closing list(");
       return v;

@@ -286,6 +286,8 @@ class RecurrentParser {
       b = a;
       a = 0;
     }
+    // A cell has a few nodes: a range past that is a typo, not a request for gigabytes.
+    if ((long long)b - a > 4096) fail("a range of at most 4096 elements");
     expect(')');
     for (int i = a; i < b; ++i) out.push_back(i);
     return out;
