@@ -26,7 +26,7 @@ class GzFile {
     DATANAS_CHECK(f_ != nullptr, "cannot open '", path, "'");
     std::error_code ec;
     file_bytes_ = std::filesystem::file_size(path, ec);
-    if (ec) file_bytes_ = 0;
+    if (ec) file_bytes_ = kUnknownSize;  // not a regular file (a pipe): no bound
   }
   GzFile(const GzFile&) = delete;
   GzFile& operator=(const GzFile&) = delete;
@@ -62,6 +62,7 @@ class GzFile {
   /// deflate expands at most 1032 to 1 (zlib's technical notes), so a gzip file of S bytes
   /// holds at most 1032 S. Call after the header (gzdirect is known then).
   void check_room(std::uintmax_t n, const char* what) {
+    if (file_bytes_ == kUnknownSize) return;
     const bool plain = gzdirect(f_) == 1;
     const std::uintmax_t room =
         plain ? (file_bytes_ > offset_ ? file_bytes_ - offset_ : 0) : file_bytes_ * 1032u;
@@ -80,7 +81,8 @@ class GzFile {
   std::string path_;
   gzFile f_ = nullptr;
   std::size_t offset_ = 0;
-  std::uintmax_t file_bytes_ = 0;
+  static constexpr std::uintmax_t kUnknownSize = ~std::uintmax_t(0);
+  std::uintmax_t file_bytes_ = kUnknownSize;
 };
 }  // namespace detail
 
