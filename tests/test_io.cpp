@@ -72,6 +72,12 @@ TEST_CASE("bad flags are named in the error") {
   CHECK_THROWS_WITH_AS(Flags().parse({"--epochs", "3x"}), doctest::Contains("--epochs: '3x' is not a valid integer"),
                        datanas::error);
   CHECK_THROWS_WITH_AS(Flags().parse({"--lr"}), doctest::Contains("--lr needs a value"), datanas::error);
+  // from_chars reads these; a flag never means them (found by fuzzing).
+  for (const char* v : {"--lr=nan", "--lr=inf", "--lr=-infinity", "--lr=NaN"})
+    CHECK_THROWS_WITH_AS(Flags().parse({v}), doctest::Contains("' is not a finite number"),
+                         datanas::error);
+  CHECK_THROWS_WITH_AS(Flags().parse({"--lr", "1e999"}),
+                       doctest::Contains("--lr: '1e999' is not a valid number"), datanas::error);
   CHECK_THROWS_WITH_AS(Flags().parse({"--dataset", "mnist"}),
                        doctest::Contains("'mnist' is not one of {fashion-mnist, cifar10}"), datanas::error);
   CHECK_THROWS_WITH_AS(Flags().parse({"--sparse=yes"}), doctest::Contains("--sparse: 'yes' is not true/false"),

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <ostream>
@@ -42,6 +43,10 @@ class ArgParser {
       const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
       DATANAS_CHECK(ec == std::errc() && p == s.data() + s.size(), "--", flag, ": '", s,
                     "' is not a valid ", std::is_floating_point_v<N> ? "number" : "integer");
+      // from_chars also reads "nan" and "inf": no flag means either (a NaN learning rate would
+      // only show as a diverged run).
+      if constexpr (std::is_floating_point_v<N>)
+        DATANAS_CHECK(std::isfinite(out), "--", flag, ": '", s, "' is not a finite number");
       *v = out;
     });
   }
