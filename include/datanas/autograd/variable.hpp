@@ -104,6 +104,9 @@ class NodePool {
 
 /// Where a backward kernel writes an input's gradient: into `g`, adding when `accumulate`,
 /// overwriting otherwise (the first writer overwrites, so gradients need no zero fill).
+/// A backward function whose nested lambda (a parallel_for body) uses g or accumulate unpacks
+/// the slot into plain variables, not `auto [g, acc]`: clang before 16 cannot capture a
+/// structured binding in a lambda (P1091), and the library builds with clang 14 too.
 template <class T, class D>
 struct GradSlot {
   Tensor<T, D> g;

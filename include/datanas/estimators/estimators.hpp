@@ -204,7 +204,8 @@ Var<T, D> mixing_weights(Kind kind, int M, const Var<T, D>& alpha, const GroupLa
         auto [ga, acc] = alpha.grad_slot();
         T* gap = ga.data();
         for (int g = 0; g < layout.count(); ++g) {
-          const auto [o, n] = layout.group(g);
+          const auto group = layout.group(g);  // not bound as [o, n]: the lambdas below use
+          const index_t o = group.first, n = group.second;  // them (clang < 16, see GradSlot)
           T gl[512];  // dL/dlog p of this group; groups are at most 5 edges x K ops
           DATANAS_CHECK(n <= 512, "estimator: group of ", n, " logits exceeds 512");
           for (index_t k = 0; k < n; ++k) gl[k] = 0;

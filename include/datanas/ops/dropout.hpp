@@ -48,7 +48,9 @@ Var<T, D> dropout(const Var<T, D>& x, double p, bool training, PhiloxGenerator& 
   });
   if (needs_grad(x))
     record(y, [x = GradRef(x), y = GradRef(y), mask_scale] {
-      auto [g, acc] = x.grad_slot();
+      auto slot = x.grad_slot();  // plain variables, not [g, acc]: see GradSlot
+      auto& g = slot.g;
+      const bool acc = slot.accumulate;
       const T* dy = y.out_grad().data();
       T* gp = g.data();
       cpu::parallel_range(g.numel(), 8, [&](index_t b, index_t e) {

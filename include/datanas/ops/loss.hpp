@@ -10,11 +10,12 @@
 namespace datanas {
 
 namespace detail {
-/// (rows, K) view of a rank-1 [K] or rank-2 [rows, K] tensor.
-inline std::pair<index_t, index_t> rows_cols(const Shape& s, const char* op) {
+/// Rows of a [K] (one row) or [rows, K] input. Plain index_t results rather than a pair: the
+/// backward lambdas capture rows and K, and clang < 16 cannot capture structured bindings.
+inline index_t rows_of(const Shape& s, const char* op) {
   DATANAS_CHECK(s.rank() == 1 || s.rank() == 2, op, ": input must be [K] or [rows, K], got ",
                 s.str());
-  return s.rank() == 1 ? std::pair{index_t(1), s[0]} : std::pair{s[0], s[1]};
+  return s.rank() == 1 ? index_t(1) : s[0];
 }
 
 /// Row-wise log-softmax of x into y (max-shifted, so large logits do not overflow).
@@ -32,7 +33,7 @@ void log_softmax_rows(const T* x, T* y, index_t rows, index_t k) {
 /// softmax(x)_i = exp(x_i) / sum_j exp(x_j) over the last dimension. x: [K] or [rows, K].
 template <class T, class D>
 Var<T, D> softmax(const Var<T, D>& x) {
-  const auto [rows, k] = detail::rows_cols(x.shape(), "softmax");
+  const index_t rows = detail::rows_of(x.shape(), "softmax"), k = x.shape()[x.shape().rank() - 1];
   Var<T, D> y(Tensor<T, D>::empty(x.shape()));
   if constexpr (is_cpu<D>) {
     detail::log_softmax_rows(x.value().data(), y.value().data(), rows, k);
@@ -42,7 +43,9 @@ Var<T, D> softmax(const Var<T, D>& x) {
   }
   if (needs_grad(x))
     record(y, [x = GradRef(x), y, rows, k] {  // reads y, not x
-      auto [g, acc] = x.grad_slot();
+      auto slot = x.grad_slot();              // plain variables, not [g, acc]: see GradSlot
+      auto& g = slot.g;
+      const bool acc = slot.accumulate;
       if constexpr (!is_cpu<D>) {
         DeviceOps<D>::softmax_backward(y.value(), y.out_grad(), rows, k, g, acc);
         return;
@@ -60,7 +63,8 @@ Var<T, D> softmax(const Var<T, D>& x) {
 /// log softmax(x) over the last dimension. x: [K] or [rows, K].
 template <class T, class D>
 Var<T, D> log_softmax(const Var<T, D>& x) {
-  const auto [rows, k] = detail::rows_cols(x.shape(), "log_softmax");
+  const index_t rows = detail::rows_of(x.shape(), "log_softmax"),
+                k = x.shape()[x.shape().rank() - 1];
   Var<T, D> y(Tensor<T, D>::empty(x.shape()));
   if constexpr (is_cpu<D>)
     detail::log_softmax_rows(x.value().data(), y.value().data(), rows, k);
@@ -68,7 +72,9 @@ Var<T, D> log_softmax(const Var<T, D>& x) {
     DeviceOps<D>::log_softmax_forward(x.value(), rows, k, false, y.value());
   if (needs_grad(x))
     record(y, [x = GradRef(x), y, rows, k] {  // reads y, not x
-      auto [g, acc] = x.grad_slot();
+      auto slot = x.grad_slot();              // plain variables, not [g, acc]: see GradSlot
+      auto& g = slot.g;
+      const bool acc = slot.accumulate;
       if constexpr (!is_cpu<D>) {
         DeviceOps<D>::log_softmax_backward(y.value(), y.out_grad(), rows, k, g, acc);
         return;
@@ -121,7 +127,9 @@ Var<T, D> cross_entropy(const Var<T, D>& logits, const Tensor<std::int32_t, D>& 
   y.value().data()[0] = loss / T(n);
   if (needs_grad(logits))
     record(y, [logits = GradRef(logits), labels, logp, y = GradRef(y), n, k] {  // reads logp
-      auto [g, acc] = logits.grad_slot();
+      auto slot = logits.grad_slot();  // plain variables, not [g, acc]: see GradSlot
+      auto& g = slot.g;
+      const bool acc = slot.accumulate;
       const T scale = y.out_grad().data()[0] / T(n);
       const std::int32_t* lp = labels.data();
       cpu::parallel_for(n, k, [&](index_t i) {

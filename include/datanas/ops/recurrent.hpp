@@ -292,9 +292,12 @@ Var<T, D> mul_mask(const Var<T, D>& x, const Tensor<T, D>& m) {
     DeviceOps<D>::mul_mask_forward(x.value(), m, y.value());
   }
   if (needs_grad(x))
-    record(y, [x = GradRef(x), y = GradRef(y), m, n, p] {
-      auto [g, acc] = x.grad_slot();
+    record(y, [x = GradRef(x), y = GradRef(y), m] {
+      auto slot = x.grad_slot();  // plain variables, not [g, acc]: see GradSlot
+      auto& g = slot.g;
+      const bool acc = slot.accumulate;
       if constexpr (is_cpu<D>) {
+        const index_t n = g.numel(), p = m.numel();
         const T *dy = y.out_grad().data(), *mp = m.data();
         T* gp = g.data();
         cpu::parallel_for(n / p, p, [&](index_t r) {
@@ -327,9 +330,12 @@ Var<T, D> scale_rows(const Var<T, D>& x, const Tensor<T, D>& scale) {
     DeviceOps<D>::scale_rows_forward(x.value(), scale, y.value());
   }
   if (needs_grad(x))
-    record(y, [x = GradRef(x), y = GradRef(y), scale, rows, cols] {
-      auto [g, acc] = x.grad_slot();
+    record(y, [x = GradRef(x), y = GradRef(y), scale] {
+      auto slot = x.grad_slot();  // plain variables, not [g, acc]: see GradSlot
+      auto& g = slot.g;
+      const bool acc = slot.accumulate;
       if constexpr (is_cpu<D>) {
+        const index_t rows = g.shape()[0], cols = g.shape()[1];
         const T *dy = y.out_grad().data(), *sp = scale.data();
         cpu::parallel_for(rows, cols, [&](index_t r) {
           cpu::store(cpu::ArrayMap<T>(g.data() + r * cols, cols),
@@ -378,18 +384,22 @@ Var<T, D> zero_if_all_none(const Var<T, D>& x, const Tensor<T, D>& w, index_t of
   } else {
     DeviceOps<D>::zero_if_all_none_forward(acts, edges, w, offset, x.value(), y.value());
   }
-  if (needs_grad(x))
-    record(y, [x = GradRef(x), y = GradRef(y), w, offset, edges, acts, keep] {
+  if (!needs_grad(x)) return y;
+  // Two closures, each holding only what its backend reads: the CPU decided `keep` above; a
+  // device's kernel decides again from the weights.
+  if constexpr (is_cpu<D>)
+    record(y, [x = GradRef(x), y = GradRef(y), keep] {
       auto [g, acc] = x.grad_slot();
-      if constexpr (is_cpu<D>) {
-        if (keep)
-          cpu::store(cpu::ArrayMap<T>(g.data(), g.numel()), cpu::ConstArrayMap<T>(y.out_grad().data(), g.numel()),
-                     acc);
-        else if (!acc)
-          g.fill(T(0));
-      } else {
-        DeviceOps<D>::zero_if_all_none_backward(acts, edges, w, offset, y.out_grad(), g, acc);
-      }
+      if (keep)
+        cpu::store(cpu::ArrayMap<T>(g.data(), g.numel()),
+                   cpu::ConstArrayMap<T>(y.out_grad().data(), g.numel()), acc);
+      else if (!acc)
+        g.fill(T(0));
+    });
+  else
+    record(y, [x = GradRef(x), y = GradRef(y), w, offset, edges, acts] {
+      auto [g, acc] = x.grad_slot();
+      DeviceOps<D>::zero_if_all_none_backward(acts, edges, w, offset, y.out_grad(), g, acc);
     });
   return y;
 }
@@ -412,7 +422,7 @@ Var<T, D> concat_cols(const Var<T, D>& a, const Var<T, D>& b) {
     DeviceOps<D>::concat_cols_forward(a.value(), b.value(), y.value());
   }
   if (needs_grad(a, b))
-    record(y, [a = GradRef(a), b = GradRef(b), y = GradRef(y), n, ca, cb, c] {
+    record(y, [a = GradRef(a), b = GradRef(b), y = GradRef(y), ca, cb] {
       const T* dy = y.out_grad().data();
       for (auto [in, off, w] : {std::tuple{&a, index_t(0), ca}, std::tuple{&b, ca, cb}}) {
         if (!in->requires_grad()) continue;
@@ -421,7 +431,8 @@ Var<T, D> concat_cols(const Var<T, D>& a, const Var<T, D>& b) {
           DeviceOps<D>::concat_cols_backward(y.out_grad(), off, g, acc);
         } else {
           T* gp = g.data();
-          cpu::parallel_for(n, w, [&, off = off, w = w](index_t r) {
+          const index_t n = g.shape()[0], c = ca + cb;
+          cpu::parallel_for(n, w, [&, off = off, w = w, acc = acc](index_t r) {
             cpu::store(cpu::ArrayMap<T>(gp + r * w, w), cpu::ConstArrayMap<T>(dy + r * c + off, w), acc);
           });
         }
@@ -497,9 +508,10 @@ Var<T, D> slice_rows(const Var<T, D>& x, index_t first, index_t count) {
   else
     DeviceOps<D>::slice_rows_forward(x.value(), off, y.value());
   if (needs_grad(x))
-    record(y, [x = GradRef(x), y = GradRef(y), off, n] {
+    record(y, [x = GradRef(x), y = GradRef(y), off] {
       auto [g, acc] = x.grad_slot();
       if (!acc) g.fill(T(0));
+      const index_t n = y.out_grad().numel();
       if constexpr (is_cpu<D>)
         cpu::ArrayMap<T>(g.data() + off, n) += cpu::ConstArrayMap<T>(y.out_grad().data(), n);
       else

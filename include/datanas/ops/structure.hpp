@@ -127,7 +127,9 @@ Var<T, D> crop(const Var<T, D>& x, int top, int left) {
   });
   if (needs_grad(x))
     record(y, [x = GradRef(x), y = GradRef(y), top, left, h, w, ho, wo, planes] {
-      auto [g, acc] = x.grad_slot();
+      auto slot = x.grad_slot();  // plain variables, not [g, acc]: see GradSlot
+      auto& g = slot.g;
+      const bool acc = slot.accumulate;
       const T* dy = y.out_grad().data();
       T* gp = g.data();
       cpu::parallel_for(planes, h * w, [&](index_t p) {
