@@ -50,7 +50,8 @@ TEST_CASE("linear on the GPU matches the CPU, with and without bias") {
   PhiloxGenerator gen(21);
   // (N, in, out): batch 1 and 5, odd sizes, a one-feature input, a PTB-like decoder slice.
   const std::array<std::array<index_t, 3>, 5> sizes{{{1, 7, 5}, {5, 13, 9}, {5, 1, 3}, {1, 1, 1}, {70, 850, 333}}};
-  for (const auto& [n, in, out] : sizes) {
+  for (const auto& s : sizes) {
+    const index_t n = s[0], in = s[1], out = s[2];  // not [n, in, out]: CAPTURE needs variables
     CAPTURE(n);
     CAPTURE(in);
     CAPTURE(out);
@@ -73,7 +74,8 @@ TEST_CASE("linear on the GPU matches the CPU, with and without bias") {
 TEST_CASE("matmul on the GPU matches the CPU") {
   PhiloxGenerator gen(22);
   const std::array<std::array<index_t, 3>, 5> sizes{{{1, 1, 1}, {3, 7, 5}, {17, 33, 9}, {2, 1, 11}, {1, 64, 3}}};
-  for (const auto& [n, k, m] : sizes) {
+  for (const auto& s : sizes) {
+    const index_t n = s[0], k = s[1], m = s[2];
     CAPTURE(n);
     CAPTURE(k);
     CAPTURE(m);
@@ -210,7 +212,8 @@ TEST_CASE("softmax and log_softmax on the GPU match the CPU, large logits includ
 TEST_CASE("cross_entropy on the GPU matches the CPU") {
   PhiloxGenerator gen(26);
   const std::array<std::array<index_t, 2>, 6> sizes{{{1, 1}, {1, 10}, {5, 7}, {96, 10}, {33, 257}, {64, 10000}}};
-  for (const auto& [n, k] : sizes) {
+  for (const auto& s : sizes) {
+    const index_t n = s[0], k = s[1];
     CAPTURE(n);
     CAPTURE(k);
     for (int kind : {0, 1, 2}) {

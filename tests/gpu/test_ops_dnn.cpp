@@ -589,9 +589,10 @@ TEST_CASE("BatchNorm2d's running statistics on the GPU follow the CPU's") {
         const auto hc = buffers(bc), hg = buffers(bg);
         REQUIRE(hc.size() == 2);
         REQUIRE(hg.size() == 2);
-        for (const auto& [name, t] : hc) {
+        for (const auto& entry : hc) {
+          const std::string& name = entry.first;  // not [name, t]: CAPTURE needs a variable
           CAPTURE(name);
-          CHECK(gpu_test::rel_err(hg.at(name), t) <= 1e-6);
+          CHECK(gpu_test::rel_err(hg.at(name), entry.second) <= 1e-6);
         }
       }
     }
