@@ -412,9 +412,10 @@ void gemm_backward(const ConvGeom& g, ConvPath path, const T* x, const T* w, con
     };
     for (index_t n = b; n < e; ++n)
       for (index_t gi = 0; gi < g.groups; ++gi) {
-        const T* xs = x + (n * g.cin + gi * cg) * g.h * g.w;
+        // x is null when only dx is wanted, w when only dw is (no offset from a null pointer).
+        const T* xs = x ? x + (n * g.cin + gi * cg) * g.h * g.w : nullptr;
         const T* dys = dy + (n * g.cout + gi * og) * p;
-        const T* wg = w + gi * og * kg;
+        const T* wg = w ? w + gi * og * kg : nullptr;
         if (dw)
           gemm_rows_parallel<false, true>(og, kg, p, dys, p, gemm_operand(g, direct, cg, xs, col), p,
                                           part + gi * og * kg, kg, true);
@@ -1027,7 +1028,6 @@ void dw_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, 
     for (index_t q = q0; q < q1; ++q) {
       const index_t c = q % g.cin;
       const T* dyq = dy + q * g.ho * g.wo;
-      const T* wk = w + c * K * K;
       if (dw) {
         xl.fill(x + q * g.h * g.w, xb, g.relu_input);
         dyl.fill(dyq, dyb);
@@ -1035,6 +1035,7 @@ void dw_backward(const ConvGeom& g, const T* x, const T* w, const T* dy, T* dx, 
                                 parts.data() + t * wsize + c * K * K);
       }
       if (!dx) continue;
+      const T* wk = w + c * K * K;  // here, not above: w is null when only dw is wanted
       T* dxq = dx + q * g.h * g.w;
       const T* mask_x = g.relu_masks_dx ? x + q * g.h * g.w : nullptr;
       if constexpr (S == 1) {
