@@ -5,8 +5,8 @@
 //
 // `ignored` lets a caller leave some allocations out: the GPU tests on the CUDA simulator skip
 // the simulator's own (its kernels run on the host), so that only the library's remain.
-// AddressSanitizer interposes the allocator itself, so under it nothing is counted and
-// `kMallocCounting` is false: tests then skip their checks.
+// AddressSanitizer interposes the allocator itself, so under it (DATANAS_ASAN: g++'s or clang's)
+// nothing is counted and `kMallocCounting` is false: tests then skip their checks.
 #pragma once
 
 #include <malloc.h>
@@ -15,6 +15,9 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdlib>
+
+#include "datanas/detail/sanitizer.hpp"
+
 // Its posix_memalign declaration (Eigen includes it) must come before the definition below.
 #if __has_include(<mm_malloc.h>)
 #include <mm_malloc.h>
@@ -22,7 +25,7 @@
 
 namespace datanas::testing {
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(DATANAS_ASAN)
 inline constexpr bool kMallocCounting = false;
 #else
 inline constexpr bool kMallocCounting = true;
@@ -61,7 +64,7 @@ class MallocCount {
 
 }  // namespace datanas::testing
 
-#if !defined(__SANITIZE_ADDRESS__)
+#if !defined(DATANAS_ASAN)
 extern "C" {
 void* __libc_malloc(std::size_t);
 void* __libc_calloc(std::size_t, std::size_t);

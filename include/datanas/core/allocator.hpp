@@ -21,24 +21,7 @@
 #include "datanas/core/block_cache.hpp"
 #include "datanas/core/device.hpp"
 #include "datanas/core/error.hpp"
-
-// GCC defines __SANITIZE_ADDRESS__ under -fsanitize=address; clang answers
-// __has_feature(address_sanitizer) (clang 14 defines no macro).
-#if defined(__SANITIZE_ADDRESS__)
-#define DATANAS_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define DATANAS_ASAN 1
-#endif
-#endif
-#if defined(DATANAS_ASAN)
-#include <sanitizer/asan_interface.h>
-#define DATANAS_ASAN_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
-#define DATANAS_ASAN_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
-#else
-#define DATANAS_ASAN_POISON(p, n) ((void)(p), (void)(n))
-#define DATANAS_ASAN_UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
+#include "datanas/detail/sanitizer.hpp"
 
 namespace datanas {
 

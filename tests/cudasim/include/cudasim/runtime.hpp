@@ -39,7 +39,9 @@
 #pragma once
 
 #include <ucontext.h>
-#if defined(__SANITIZE_ADDRESS__)
+
+#include "datanas/detail/sanitizer.hpp"  // DATANAS_ASAN, for g++ and clang
+#if defined(DATANAS_ASAN)
 #include <sanitizer/common_interface_defs.h>
 #define CUDASIM_PAGED_DEVICE_MEMORY 0
 #elif defined(__linux__)
@@ -448,23 +450,23 @@ inline void set_schedule(Schedule s) { schedule() = s; }
 
 /// Scheduler -> thread t, until t suspends or finishes.
 inline void resume(Block& b, SimThread& t) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(DATANAS_ASAN)
   __sanitizer_start_switch_fiber(&b.asan_fake_stack, t.stack.base, t.stack.bytes);
 #endif
   switch_context(b.scheduler, t.context);
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(DATANAS_ASAN)
   __sanitizer_finish_switch_fiber(b.asan_fake_stack, nullptr, nullptr);
 #endif
 }
 
 /// Thread t -> scheduler; returns when the scheduler resumes t (never if `finished`).
 inline void suspend(Block& b, SimThread& t, bool finished) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(DATANAS_ASAN)
   __sanitizer_start_switch_fiber(finished ? nullptr : &t.asan_fake_stack, b.scheduler_stack,
                                  b.scheduler_stack_bytes);
 #endif
   switch_context(t.context, b.scheduler);
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(DATANAS_ASAN)
   __sanitizer_finish_switch_fiber(t.asan_fake_stack, nullptr, nullptr);
 #else
   (void)b;
@@ -474,7 +476,7 @@ inline void suspend(Block& b, SimThread& t, bool finished) {
 
 inline void thread_entry() {
   Block& b = block();
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(DATANAS_ASAN)
   __sanitizer_finish_switch_fiber(nullptr, &b.scheduler_stack, &b.scheduler_stack_bytes);
 #endif
   SimThread& t = *b.threads[std::size_t(b.current)];
