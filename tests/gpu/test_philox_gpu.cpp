@@ -28,10 +28,16 @@ TEST_CASE("Gumbel samples on the GPU match the CPU's") {
   gpu_test::philox(true, 5, 0, n, on_gpu.data());
   PhiloxGenerator cpu(5, 0);
   const auto base = cpu.reserve(std::uint64_t(n));
+  // The same floats, not merely close ones: computed in double and rounded once
+  // (gumbel_from_bits), the host's and the device's logs agree after rounding except within
+  // about 2^-52 of a float rounding boundary, which none of these 4099 draws comes near.
+  int differ = 0;
   for (std::int64_t i = 0; i < n; ++i) {
     const float c = gumbel_from_bits(cpu.bits_at(base, std::uint64_t(i)));
-    // logf may differ by an ulp between host libm and the device; the uniforms are exact.
-    CHECK(on_gpu[std::size_t(i)] == doctest::Approx(c).epsilon(1e-6));
+    if (on_gpu[std::size_t(i)] != c) {
+      if (differ++ < 5) MESSAGE("draw ", i, ": GPU ", on_gpu[std::size_t(i)], ", CPU ", c);
+    }
   }
+  CHECK(differ == 0);
 }
 }

@@ -49,9 +49,22 @@ DATANAS_HD float uniform_open01(std::uint32_t bits) {
   return (float(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);
 }
 
-/// Standard Gumbel(0, 1) sample g = -log(-log u).
+// exp and log where a CPU result and a GPU result must be the same float. The host's expf/logf
+// (glibc) and the device's (CUDA, up to 2 ulp) may differ by an ulp for the same argument, and
+// an ulp in a Gumbel sample or a log-probability is enough to flip the argmax of a near tie, so
+// that a hard estimator would pick another op on the GPU than on the CPU. In double, both
+// libraries are within an ulp of the exact value; rounded once to float, they agree unless the
+// exact value lies within about 2^-52 (relative) of a float rounding boundary, a chance of
+// about 2^-28 per call. The double overloads are the plain functions.
+DATANAS_HD float exp_once(float x) { return float(exp(double(x))); }
+DATANAS_HD double exp_once(double x) { return exp(x); }
+DATANAS_HD float log_once(float x) { return float(log(double(x))); }
+DATANAS_HD double log_once(double x) { return log(x); }
+
+/// Standard Gumbel(0, 1) sample g = -log(-log u), in double and rounded once (see exp_once):
+/// the same float on the CPU and the GPU.
 DATANAS_HD float gumbel_from_bits(std::uint32_t bits) {
-  return -logf(-logf(uniform_open01(bits)));
+  return float(-log(-log(double(uniform_open01(bits)))));
 }
 
 /// A stream of Philox numbers: (seed, offset) is its whole state. Each call of next_block()

@@ -66,16 +66,16 @@ void log_probs(const T* a, index_t n, Normalize norm, T* lp) {
     T m = a[0];
     for (index_t k = 1; k < n; ++k) m = std::max(m, a[k]);
     T s = 0;
-    for (index_t k = 0; k < n; ++k) s += std::exp(a[k] - m);
-    const T lse = m + std::log(s);
+    for (index_t k = 0; k < n; ++k) s += exp_once(a[k] - m);
+    const T lse = m + log_once(s);
     for (index_t k = 0; k < n; ++k) lp[k] = a[k] - lse;
     return;
   }
   T r = 0;
   for (index_t k = 0; k < n; ++k) r += std::max(a[k], T(0));
   for (index_t k = 0; k < n; ++k)
-    lp[k] = r > 0 ? (a[k] > 0 ? std::log(a[k] / r) : -std::numeric_limits<T>::infinity())
-                  : -std::log(T(n));
+    lp[k] = r > 0 ? (a[k] > 0 ? log_once(a[k] / r) : -std::numeric_limits<T>::infinity())
+                  : -log_once(T(n));
 }
 
 /// y = softmax((lp + g) / tau) for one draw; returns the argmax (first on ties).
@@ -93,7 +93,7 @@ index_t gumbel_softmax(const T* lp, index_t n, double tau, const PhiloxGenerator
     }
   }
   T sum = 0;
-  for (index_t k = 0; k < n; ++k) sum += (y[k] = std::exp(y[k] - mx));
+  for (index_t k = 0; k < n; ++k) sum += (y[k] = exp_once(y[k] - mx));
   for (index_t k = 0; k < n; ++k) y[k] /= sum;
   return best;
 }
@@ -161,7 +161,7 @@ Var<T, D> mixing_weights(Kind kind, int M, const Var<T, D>& alpha, const GroupLa
       detail::log_probs(ap + o, n, cfg.normalize, lp + o);
       switch (kind) {
         case Kind::kSoftmax:
-          for (index_t k = 0; k < n; ++k) wp[o + k] = std::exp(lp[o + k]);
+          for (index_t k = 0; k < n; ++k) wp[o + k] = exp_once(lp[o + k]);
           break;
         case Kind::kSoftGumbel:
           detail::gumbel_softmax(lp + o, n, cfg.tau, gen, base, std::uint64_t(o), ys + o);
@@ -217,7 +217,7 @@ Var<T, D> mixing_weights(Kind kind, int M, const Var<T, D>& alpha, const GroupLa
           };
           switch (kind) {
             case Kind::kSoftmax:
-              for (index_t k = 0; k < n; ++k) gl[k] = gw[o + k] * std::exp(lp[o + k]);
+              for (index_t k = 0; k < n; ++k) gl[k] = gw[o + k] * exp_once(lp[o + k]);
               break;
             case Kind::kSoftGumbel:
             case Kind::kHardGumbel:
@@ -240,7 +240,7 @@ Var<T, D> mixing_weights(Kind kind, int M, const Var<T, D>& alpha, const GroupLa
             T sg = 0;
             for (index_t k = 0; k < n; ++k) sg += gl[k];
             for (index_t k = 0; k < n; ++k) {
-              const T d = gl[k] - std::exp(lp[o + k]) * sg;
+              const T d = gl[k] - exp_once(lp[o + k]) * sg;
               gap[o + k] = acc ? gap[o + k] + d : d;
             }
           } else {

@@ -2,8 +2,11 @@
 // weights w [E * K] for Softmax, SoftGumbel, HardGumbel and EGS<M> (ALGORITHMS.md §2), and its
 // backward. The CPU op (estimators::mixing_weights) is the specification; these kernels follow it
 // statement by statement, in the same summation order, so that for the same (seed, base) they
-// select the same ops and their values agree to rounding (device expf/logf may differ from the
-// host's by an ulp).
+// select the same ops and their values agree to rounding. Every exp and log is exp_once /
+// log_once (core/random.hpp: in double, rounded once), so the argmax's inputs, log p and the
+// Gumbel samples, are the same floats on both devices, where expf/logf could differ by an ulp
+// and flip a near tie; only a multiply-add that nvcc contracts (the backward's) may round
+// differently.
 //
 // One launch covers every group of a cell type: one thread block per group. Within a block the
 // reductions over a group (log-sum-exp, sum(b), the gradient dot products) run on one thread in
@@ -35,11 +38,6 @@ namespace datanas::cuda {
 
 namespace estimator_detail {
 
-__device__ __forceinline__ float dexp(float x) { return expf(x); }
-__device__ __forceinline__ double dexp(double x) { return exp(x); }
-__device__ __forceinline__ float dlog(float x) { return logf(x); }
-__device__ __forceinline__ double dlog(double x) { return log(x); }
-
 /// log p of one group of n logits (estimators::detail::log_probs): -inf where relu gives p = 0,
 /// uniform when no logit of the group is positive.
 template <class T>
@@ -48,15 +46,15 @@ __device__ void log_probs(const T* a, std::int64_t n, bool relu, T* lp) {
     T m = a[0];
     for (std::int64_t k = 1; k < n; ++k) m = m < a[k] ? a[k] : m;  // std::max(m, a[k])
     T s = 0;
-    for (std::int64_t k = 0; k < n; ++k) s += dexp(a[k] - m);
-    const T lse = m + dlog(s);
+    for (std::int64_t k = 0; k < n; ++k) s += exp_once(a[k] - m);
+    const T lse = m + log_once(s);
     for (std::int64_t k = 0; k < n; ++k) lp[k] = a[k] - lse;
     return;
   }
   T r = 0;
   for (std::int64_t k = 0; k < n; ++k) r += a[k] < T(0) ? T(0) : a[k];  // std::max(a[k], 0)
   for (std::int64_t k = 0; k < n; ++k)
-    lp[k] = r > 0 ? (a[k] > 0 ? dlog(a[k] / r) : -T(INFINITY)) : -dlog(T(n));
+    lp[k] = r > 0 ? (a[k] > 0 ? log_once(a[k] / r) : -T(INFINITY)) : -log_once(T(n));
 }
 
 /// y = softmax((lp + g) / tau) for one draw whose noise starts at word `first` of the call's
@@ -77,7 +75,7 @@ __device__ std::int64_t gumbel_softmax(const T* lp, std::int64_t n, double tau, 
     }
   }
   T sum = 0;
-  for (std::int64_t k = 0; k < n; ++k) sum += (y[k] = dexp(y[k] - mx));
+  for (std::int64_t k = 0; k < n; ++k) sum += (y[k] = exp_once(y[k] - mx));
   for (std::int64_t k = 0; k < n; ++k) y[k] /= sum;
   return best;
 }
@@ -106,7 +104,7 @@ __global__ void __launch_bounds__(kEstimatorThreads)
   __syncthreads();  // log p of the group is read by every thread below
 
   if constexpr (K == EstimatorKind::kSoftmax) {
-    for (std::int64_t k = tid; k < n; k += blockDim.x) w[o + k] = ed::dexp(lp[o + k]);
+    for (std::int64_t k = tid; k < n; k += blockDim.x) w[o + k] = exp_once(lp[o + k]);
   } else {
     if (tid < p.draws)
       selected[tid] = ed::gumbel_softmax(lp + o, n, p.tau, p.seed, p.counter_base(),
@@ -160,7 +158,7 @@ __global__ void __launch_bounds__(kEstimatorThreads)
   __shared__ T norm_r, norm_sg;           // sum of positive logits, sum of their dL/dlog p
 
   if constexpr (K == EstimatorKind::kSoftmax) {
-    for (std::int64_t k = tid; k < n; k += blockDim.x) gl[k] = gw[o + k] * ed::dexp(lp[o + k]);
+    for (std::int64_t k = tid; k < n; k += blockDim.x) gl[k] = gw[o + k] * exp_once(lp[o + k]);
   } else if constexpr (K == EstimatorKind::kSoftGumbel || K == EstimatorKind::kHardGumbel) {
     // Straight through for HardGumbel: dL/dy = dL/dw.
     if (tid == 0) {
@@ -221,7 +219,7 @@ __global__ void __launch_bounds__(kEstimatorThreads)
   for (std::int64_t k = tid; k < n; k += blockDim.x) {
     T d;
     if (!p.relu)
-      d = gl[k] - ed::dexp(lp[o + k]) * norm_sg;
+      d = gl[k] - exp_once(lp[o + k]) * norm_sg;
     else
       d = (norm_r > 0 && a[k] > 0) ? gl[k] / a[k] - norm_sg / norm_r : T(0);
     galpha[o + k] = accumulate ? galpha[o + k] + d : d;
