@@ -5,26 +5,29 @@
 
 namespace datanas::cuda {
 
-#define DATANAS_INSTANTIATE_ELEMENTWISE(T)                                                          \
-  template void fill<T>(std::int64_t, T, T*, cudaStream_t);                                         \
-  template void add<T>(std::int64_t, const T*, const T*, T*, cudaStream_t);                         \
-  template void scale<T>(std::int64_t, T, const T*, T*, cudaStream_t);                              \
-  template void store_grad<T>(std::int64_t, T, const T*, T*, bool, cudaStream_t);                   \
-  template void indicator_positive<T>(std::int64_t, const T*, T*, cudaStream_t);                   \
-  template void relu_forward<T>(std::int64_t, const T*, T*, cudaStream_t);                          \
-  template void relu_backward<T>(std::int64_t, const T*, const T*, T*, bool, cudaStream_t);         \
-  template void activation_forward<T>(int, std::int64_t, const T*, T*, cudaStream_t);               \
-  template void activation_backward<T>(int, std::int64_t, const T*, const T*, T*, bool,             \
-                                       cudaStream_t);                                               \
-  template void sum<T>(std::int64_t, const T*, T, T*, T*, cudaStream_t);                            \
-  template void broadcast_grad<T>(std::int64_t, T, const T*, T*, bool, cudaStream_t);               \
-  template void check_weighted_terms<T>(const WeightedTerms<T>&, int);                              \
-  template void weighted_sum_forward<T>(std::int64_t, const WeightedTerms<T>&, const T*, int, T*,   \
-                                        cudaStream_t);                                              \
-  template void weighted_sum_backward_x<T>(std::int64_t, const WeightedGrads<T>&, const T*, int,    \
-                                           const T*, cudaStream_t);                                 \
-  template void weighted_sum_backward_w<T>(std::int64_t, const WeightedTerms<T>&, const T*, int,    \
-                                           T*, bool, T*, cudaStream_t);
+#define DATANAS_INSTANTIATE_ELEMENTWISE(T)                                                        \
+  template void fill<T>(std::int64_t, T, T*, cudaStream_t);                                       \
+  template void add<T>(std::int64_t, const T*, const T*, T*, cudaStream_t);                       \
+  template void scale<T>(std::int64_t, T, const T*, T*, cudaStream_t);                            \
+  template void store_grad<T>(std::int64_t, T, const T*, T*, bool, cudaStream_t);                 \
+  template void indicator_positive<T>(std::int64_t, const T*, T*, cudaStream_t);                  \
+  template void relu_forward<T>(std::int64_t, const T*, T*, cudaStream_t);                        \
+  template void relu_backward<T>(std::int64_t, const T*, const T*, T*, bool, cudaStream_t);       \
+  template void activation_forward<T>(int, std::int64_t, const T*, T*, cudaStream_t);             \
+  template void activation_backward<T>(int, std::int64_t, const T*, const T*, T*, bool,           \
+                                       cudaStream_t);                                             \
+  template void sum<T>(std::int64_t, const T*, T, T*, T*, cudaStream_t);                          \
+  template void broadcast_grad<T>(std::int64_t, T, const T*, T*, bool, cudaStream_t);             \
+  template void check_weighted_terms<T>(const WeightedTerms<T>&, int);                            \
+  template void weighted_sum_forward<T>(std::int64_t, const WeightedTerms<T>&, const T*, int, T*, \
+                                        cudaStream_t);                                            \
+  template void weighted_sum_backward_x<T>(std::int64_t, const WeightedGrads<T>&, const T*, int,  \
+                                           const T*, cudaStream_t);                               \
+  template void weighted_sum_backward_w<T>(std::int64_t, const WeightedTerms<T>&, const T*, int,  \
+                                           T*, bool, T*, cudaStream_t);                           \
+  template void weighted_sum_backward<T>(std::int64_t, const WeightedTerms<T>&,                   \
+                                         const WeightedGrads<T>&, const T*, int, const T*, T*,    \
+                                         bool, T*, cudaStream_t);
 
 DATANAS_INSTANTIATE_ELEMENTWISE(float)
 template void fill<std::int32_t>(std::int64_t, std::int32_t, std::int32_t*, cudaStream_t);

@@ -57,4 +57,11 @@ inline void weighted_sum_backward_w(std::int64_t n, int count, const float* cons
                                     cudaStream_t stream) {
   cuda::weighted_sum_backward_w(n, terms_of(count, xs, index), dy, m, gw, accumulate, workspace, stream);
 }
+inline void weighted_sum_backward(std::int64_t n, int count, const float* const* xs,
+                                  const int* index, const cuda::WeightedGrads<float>& grads,
+                                  const float* w, int m, const float* dy, float* gw,
+                                  bool accumulate, float* workspace, cudaStream_t stream) {
+  cuda::weighted_sum_backward(n, terms_of(count, xs, index), grads, w, m, dy, gw, accumulate,
+                              workspace, stream);
+}
 }  // namespace datanas::gpu_test

@@ -211,6 +211,62 @@ TEST_CASE("weighted_sum with an index map and a symbolic zero matches the CPU mi
     gpu_test::weighted_sum_backward_w(n, kTerms, ptrs.data(), index.data(), dgy.data(), kWeights,
                                       gw_again.data(), false, workspace.data(), s);
     CHECK(rel_err(cuda::to_host(gw_again), gw_host) == 0.0);
+
+    // Both gradients in one pass over dy (weighted_sum_backward): the separate launches' bits,
+    // with terms 0 and 4 sharing a buffer (4 adds), term 1 a symbolic zero, term 3 adding to
+    // what its buffer holds, and dL/dw written or added.
+    {
+      const Tensor<float> g3 = random_tensor(n, gen);
+      auto run = [&](bool fused, bool acc_w) {
+        const DTensor shared = poisoned(n), b2 = poisoned(n), b3 = cuda::to_device(g3);
+        const DTensor g = acc_w ? cuda::to_device(gw0) : poisoned(kWeights);
+        cuda::WeightedGrads<float> grads;
+        grads.count = kTerms;
+        float* bufs[kTerms] = {shared.data(), nullptr, b2.data(), b3.data(), shared.data()};
+        for (int t = 0; t < kTerms; ++t) {
+          grads.g[t] = bufs[t];
+          grads.index[t] = index[std::size_t(t)];
+        }
+        grads.accumulate = (1u << 3) | (1u << 4);
+        if (fused) {
+          gpu_test::weighted_sum_backward(n, kTerms, ptrs.data(), index.data(), grads, dw.data(),
+                                          kWeights, dgy.data(), g.data(), acc_w, workspace.data(),
+                                          s);
+        } else {
+          gpu_test::weighted_sum_backward_w(n, kTerms, ptrs.data(), index.data(), dgy.data(),
+                                            kWeights, g.data(), acc_w, workspace.data(), s);
+          gpu_test::weighted_sum_backward_x(n, grads, dw.data(), kWeights, dgy.data(), s);
+        }
+        return std::vector<Tensor<float>>{cuda::to_host(shared), cuda::to_host(b2),
+                                          cuda::to_host(b3), cuda::to_host(g)};
+      };
+      for (bool acc_w : {false, true}) {
+        CAPTURE(acc_w);
+        const auto fused = run(true, acc_w), separate = run(false, acc_w);
+        for (std::size_t i = 0; i < fused.size(); ++i) {
+          CAPTURE(i);
+          CHECK(rel_err(fused[i], separate[i]) == 0.0);
+        }
+        CHECK(rel_err(fused[0], plus(vxs[0].grad(), vxs[4].grad())) < 1e-6);
+        CHECK(rel_err(fused[3], acc_w ? plus(gw0, vw.grad()) : vw.grad()) < 1e-4);
+      }
+      // terms and grads must describe the same terms.
+      cuda::WeightedGrads<float> bad;
+      bad.count = kTerms - 1;
+      CHECK_THROWS_WITH_AS(gpu_test::weighted_sum_backward(n, kTerms, ptrs.data(), index.data(),
+                                                           bad, dw.data(), kWeights, dgy.data(),
+                                                           gw.data(), false, workspace.data(), s),
+                           doctest::Contains("5 terms but 4 term gradients"), datanas::error);
+      bad.count = kTerms;
+      const DTensor b = poisoned(n);
+      bad.g[2] = b.data();
+      bad.index[2] = 1;  // term 2's weight is 2
+      CHECK_THROWS_WITH_AS(gpu_test::weighted_sum_backward(n, kTerms, ptrs.data(), index.data(),
+                                                           bad, dw.data(), kWeights, dgy.data(),
+                                                           gw.data(), false, workspace.data(), s),
+                           doctest::Contains("term 2 has weight index 2 but its gradient 1"),
+                           datanas::error);
+    }
   }
 }
 

@@ -197,17 +197,15 @@ Var<T, D> weighted_sum(std::type_identity_t<std::span<const Var<T, D>>> xs, cons
     record(y, [pos, k, ids, w, y = GradRef(y)] {
       const auto& tp = tape<T, D>();
       if constexpr (!is_cpu<D>) {
-        if (w.requires_grad()) {
-          const T* ptrs[kMaxMixedTerms];
-          for (int i = 0; i < k; ++i) {
-            const Var<T, D>& x = tp.stashed(pos + i);
-            ptrs[i] = is_zero(x) ? nullptr : x.value().data();
-          }
-          auto [gw, acc] = w.grad_slot();
-          DeviceOps<D>::weighted_sum_backward_w(k, ptrs, ids.v, y.out_grad(), gw, acc);
+        const T* ptrs[kMaxMixedTerms];
+        for (int i = 0; i < k; ++i) {
+          const Var<T, D>& x = tp.stashed(pos + i);
+          ptrs[i] = is_zero(x) ? nullptr : x.value().data();
         }
-        // Every term's gradient in one launch that reads dy once. grad_slot() in term order: a
-        // Var that is two terms gets its buffer overwritten by the first, added to by the second.
+        GradSlot<T, D> gw{Tensor<T, D>(), false};
+        if (w.requires_grad()) gw = w.grad_slot();
+        // grad_slot() in term order: a Var that is two terms gets its buffer overwritten by the
+        // first, added to by the second.
         T* gp[kMaxMixedTerms];
         bool acc[kMaxMixedTerms];
         bool any_x = false;
@@ -221,7 +219,14 @@ Var<T, D> weighted_sum(std::type_identity_t<std::span<const Var<T, D>>> xs, cons
           acc[i] = a;
           any_x = true;
         }
-        if (any_x) DeviceOps<D>::weighted_sum_backward_x(k, gp, ids.v, acc, w.value(), y.out_grad());
+        // Both gradients in one pass over dy when both are wanted, else the one that is.
+        if (any_x && gw.g.defined())
+          DeviceOps<D>::weighted_sum_backward(k, ptrs, gp, ids.v, acc, w.value(), y.out_grad(),
+                                              gw.g, gw.accumulate);
+        else if (gw.g.defined())
+          DeviceOps<D>::weighted_sum_backward_w(k, ptrs, ids.v, y.out_grad(), gw.g, gw.accumulate);
+        else if (any_x)
+          DeviceOps<D>::weighted_sum_backward_x(k, gp, ids.v, acc, w.value(), y.out_grad());
         return;
       }
       // One blocked pass (ops/cpu/weighted_sum.hpp) for dL/dw and every term's gradient.

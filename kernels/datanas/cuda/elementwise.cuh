@@ -132,6 +132,50 @@ __global__ void __launch_bounds__(kElementwiseThreads)
   if (threadIdx.x == 0) partial[std::int64_t(t) * gridDim.x + blockIdx.x] = sums[0];
 }
 
+/// Both gradients of a weighted sum in one pass that reads dy once: per element,
+/// WeightedGradsOp's g[t] (+)= w[index[t]] dy in term order (so terms may share a buffer), and
+/// per term this block's share of <x[t], dy> into partial[t * gridDim.x + blockIdx.x]. The
+/// grid-stride order and the tree are dot_partials_kernel's for the same gridDim.x, so dL/dw gets
+/// the same bits as from the separate launches; dy is read once instead of once per term plus
+/// once for the term gradients. The sums live in registers: the term loops run to the
+/// compile-time bound with the run-time count as a guard (uniform over the block, so the
+/// barriers inside are reached by every thread).
+template <class T>
+__global__ void __launch_bounds__(kElementwiseThreads)
+    weighted_grads_dot_kernel(std::int64_t n, WeightedTerms<T> terms, WeightedGrads<T> grads,
+                              const T* w, const T* dy, T* partial) {
+  __shared__ T sums[kElementwiseThreads];
+  T acc[kMaxWeightedTerms];
+#pragma unroll
+  for (int t = 0; t < kMaxWeightedTerms; ++t) acc[t] = 0;
+  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
+  for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const T d = dy[i];
+#pragma unroll
+    for (int t = 0; t < kMaxWeightedTerms; ++t) {
+      if (t >= terms.count) break;
+      if (const T* x = terms.x[t]) acc[t] += x[i] * d;
+      if (T* g = grads.g[t]) {
+        const T v = w[grads.index[t]] * d;
+        g[i] = (grads.accumulate >> t) & 1u ? g[i] + v : v;
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kMaxWeightedTerms; ++t) {
+    if (t >= terms.count) break;
+    // Thread 0's read of sums[0] below comes after the tree's last barrier, and only thread 0
+    // writes sums[0] for the next term: no barrier needed between terms.
+    sums[threadIdx.x] = acc[t];
+    __syncthreads();
+    for (int half = kElementwiseThreads / 2; half > 0; half /= 2) {
+      if (int(threadIdx.x) < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[std::int64_t(t) * gridDim.x + blockIdx.x] = sums[0];
+  }
+}
+
 /// gw (+)= the per-term dot products, summed from the partials in order on one thread (m
 /// weights, at most kMaxWeightedTerms terms: a few hundred additions).
 template <class T>
@@ -314,15 +358,23 @@ void weighted_sum_forward(std::int64_t n, const WeightedTerms<T>& terms, const T
   check_weighted_terms(terms, m);
   elementwise_detail::launch_map(n, elementwise_detail::WeightedSumOp<T>{terms, w, y}, stream);
 }
-/// dL/dx[t] (+)= w[index[t]] * dy for every term with a gradient buffer (see WeightedGrads).
+namespace elementwise_detail {
+/// Throws datanas::error unless `grads` is a valid set of term gradients over m weights.
 template <class T>
-void weighted_sum_backward_x(std::int64_t n, const WeightedGrads<T>& grads, const T* w, int m, const T* dy,
-                             cudaStream_t stream) {
+void check_weighted_grads(const WeightedGrads<T>& grads, int m) {
   DATANAS_CHECK(grads.count >= 1 && grads.count <= kMaxWeightedTerms, "cuda weighted_sum: ", grads.count,
                 " term gradients, must be in [1, ", kMaxWeightedTerms, "]");
   for (int t = 0; t < grads.count; ++t)
     DATANAS_CHECK(!grads.g[t] || (grads.index[t] >= 0 && grads.index[t] < m), "cuda weighted_sum: weight index ",
                   grads.index[t], " of term ", t, " out of range for ", m, " weights");
+}
+}  // namespace elementwise_detail
+
+/// dL/dx[t] (+)= w[index[t]] * dy for every term with a gradient buffer (see WeightedGrads).
+template <class T>
+void weighted_sum_backward_x(std::int64_t n, const WeightedGrads<T>& grads, const T* w, int m,
+                             const T* dy, cudaStream_t stream) {
+  elementwise_detail::check_weighted_grads(grads, m);
   elementwise_detail::launch_map(n, elementwise_detail::WeightedGradsOp<T>{grads, w, dy}, stream);
 }
 /// dL/dw (+)= sum over t of onehot(index[t]) * <x[t], dy>; gw has m elements. Without
@@ -334,6 +386,25 @@ void weighted_sum_backward_w(std::int64_t n, const WeightedTerms<T>& terms, cons
   const unsigned blocks = elementwise_detail::dot_blocks(n);
   cuda::launch(elementwise_detail::dot_partials_kernel<T>, dim3(blocks, unsigned(terms.count)),
                kElementwiseThreads, stream, n, terms, dy, workspace);
+  cuda::launch(elementwise_detail::dot_finish_kernel<T>, 1, 32, stream, terms, int(blocks),
+               workspace, m, gw, accumulate);
+}
+/// weighted_sum_backward_x and weighted_sum_backward_w together, bit for bit, in two launches
+/// instead of three (weighted_grads_dot_kernel, then the partials' sum).
+template <class T>
+void weighted_sum_backward(std::int64_t n, const WeightedTerms<T>& terms,
+                           const WeightedGrads<T>& grads, const T* w, int m, const T* dy, T* gw,
+                           bool accumulate, T* workspace, cudaStream_t stream) {
+  check_weighted_terms(terms, m);
+  elementwise_detail::check_weighted_grads(grads, m);
+  DATANAS_CHECK(grads.count == terms.count, "cuda weighted_sum: ", terms.count, " terms but ",
+                grads.count, " term gradients");
+  for (int t = 0; t < terms.count; ++t)
+    DATANAS_CHECK(!grads.g[t] || grads.index[t] == terms.index[t], "cuda weighted_sum: term ", t,
+                  " has weight index ", terms.index[t], " but its gradient ", grads.index[t]);
+  const unsigned blocks = elementwise_detail::dot_blocks(n);
+  cuda::launch(elementwise_detail::weighted_grads_dot_kernel<T>, blocks, kElementwiseThreads,
+               stream, n, terms, grads, w, dy, workspace);
   cuda::launch(elementwise_detail::dot_finish_kernel<T>, 1, 32, stream, terms, int(blocks),
                workspace, m, gw, accumulate);
 }

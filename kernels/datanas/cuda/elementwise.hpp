@@ -101,6 +101,13 @@ void weighted_sum_backward_x(std::int64_t n, const WeightedGrads<T>& grads, cons
 template <class T>
 void weighted_sum_backward_w(std::int64_t n, const WeightedTerms<T>& terms, const T* dy, int m, T* gw,
                              bool accumulate, T* workspace, cudaStream_t stream);
+/// Both of the above in one pass that reads dy once (and the partials' sum): the same bits.
+/// terms and grads describe the same terms (equal counts; equal indices where grads.g[t] is set).
+/// workspace: weighted_sum_dw_workspace(n, terms.count) elements.
+template <class T>
+void weighted_sum_backward(std::int64_t n, const WeightedTerms<T>& terms,
+                           const WeightedGrads<T>& grads, const T* w, int m, const T* dy, T* gw,
+                           bool accumulate, T* workspace, cudaStream_t stream);
 
 /// y = (x > 0) ? 1 : 0: DATA's binary code of a sampled architecture (w > 0).
 template <class T>

@@ -116,18 +116,34 @@ struct ElementwiseOps {
     cuda::weighted_sum_backward_w<T>(dy.numel(), terms(k, xs, ids), dy.data(), int(gw.numel()),
                                      gw.data(), accumulate, work.data(), stream());
   }
+  /// The term gradients gs[i] (nullptr: none) with weight index ids[i], added to when acc[i].
+  template <class T>
+  static WeightedGrads<T> grads(int k, T* const* gs, const int* ids, const bool* acc) {
+    WeightedGrads<T> g;
+    g.count = k;
+    for (int i = 0; i < k; ++i) {
+      g.g[i] = gs[i];
+      g.index[i] = ids[i];
+      if (acc[i]) g.accumulate |= std::uint32_t(1) << i;
+    }
+    return g;
+  }
   /// dL/dxs[i] (+)= w[ids[i]] dy for each i with gs[i] set (added when acc[i]), in one launch.
   template <class T>
   static void weighted_sum_backward_x(int k, T* const* gs, const int* ids, const bool* acc, const DTensor<T>& w,
                                       const DTensor<T>& dy) {
-    WeightedGrads<T> grads;
-    grads.count = k;
-    for (int i = 0; i < k; ++i) {
-      grads.g[i] = gs[i];
-      grads.index[i] = ids[i];
-      if (acc[i]) grads.accumulate |= std::uint32_t(1) << i;
-    }
-    cuda::weighted_sum_backward_x<T>(dy.numel(), grads, w.data(), int(w.numel()), dy.data(), stream());
+    cuda::weighted_sum_backward_x<T>(dy.numel(), grads(k, gs, ids, acc), w.data(), int(w.numel()),
+                                     dy.data(), stream());
+  }
+  /// weighted_sum_backward_w and weighted_sum_backward_x at once, in one pass over dy.
+  template <class T>
+  static void weighted_sum_backward(int k, const T* const* xs, T* const* gs, const int* ids,
+                                    const bool* acc, const DTensor<T>& w, const DTensor<T>& dy,
+                                    const DTensor<T>& gw, bool accumulate) {
+    DTensor<T> work = DTensor<T>::empty({index_t(weighted_sum_dw_workspace(dy.numel(), k))});
+    cuda::weighted_sum_backward<T>(dy.numel(), terms(k, xs, ids), grads(k, gs, ids, acc), w.data(),
+                                   int(w.numel()), dy.data(), gw.data(), accumulate, work.data(),
+                                   stream());
   }
 };
 
