@@ -110,6 +110,19 @@ struct WeightedGradsOp {
   }
 };
 
+/// The block's sum of v into sums[0] (kElementwiseThreads values, a fixed tree: deterministic).
+/// Every thread of the block calls it; it returns after a barrier, and only thread 0 may then
+/// read sums[0] (the next call's writes may follow at once).
+template <class T>
+__device__ void tree_sum(T v, T* sums) {
+  sums[threadIdx.x] = v;
+  __syncthreads();
+  for (int half = kElementwiseThreads / 2; half > 0; half /= 2) {
+    if (int(threadIdx.x) < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+    __syncthreads();
+  }
+}
+
 /// partial[t * gridDim.x + block] = this block's share of <x[t], dy>; blockIdx.y is the term.
 template <class T>
 __global__ void __launch_bounds__(kElementwiseThreads)
@@ -123,12 +136,7 @@ __global__ void __launch_bounds__(kElementwiseThreads)
     for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
       acc += x[i] * dy[i];
   }
-  sums[threadIdx.x] = acc;
-  __syncthreads();
-  for (int half = kElementwiseThreads / 2; half > 0; half /= 2) {
-    if (int(threadIdx.x) < half) sums[threadIdx.x] += sums[threadIdx.x + half];
-    __syncthreads();
-  }
+  tree_sum(acc, sums);
   if (threadIdx.x == 0) partial[std::int64_t(t) * gridDim.x + blockIdx.x] = sums[0];
 }
 
@@ -164,14 +172,9 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 #pragma unroll
   for (int t = 0; t < kMaxWeightedTerms; ++t) {
     if (t >= terms.count) break;
-    // Thread 0's read of sums[0] below comes after the tree's last barrier, and only thread 0
-    // writes sums[0] for the next term: no barrier needed between terms.
-    sums[threadIdx.x] = acc[t];
-    __syncthreads();
-    for (int half = kElementwiseThreads / 2; half > 0; half /= 2) {
-      if (int(threadIdx.x) < half) sums[threadIdx.x] += sums[threadIdx.x + half];
-      __syncthreads();
-    }
+    // Only thread 0 reads sums[0], and only it writes sums[0] for the next term: no barrier
+    // needed between terms.
+    tree_sum(acc[t], sums);
     if (threadIdx.x == 0) partial[std::int64_t(t) * gridDim.x + blockIdx.x] = sums[0];
   }
 }
@@ -256,12 +259,7 @@ __global__ void __launch_bounds__(kElementwiseThreads)
   const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
   for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
     acc += x[i];
-  sums[threadIdx.x] = acc;
-  __syncthreads();
-  for (int half = kElementwiseThreads / 2; half > 0; half /= 2) {
-    if (int(threadIdx.x) < half) sums[threadIdx.x] += sums[threadIdx.x + half];
-    __syncthreads();
-  }
+  tree_sum(acc, sums);
   if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];
 }
 template <class T>
