@@ -16,6 +16,7 @@
 #include "datanas/cuda/elementwise.hpp"
 #include "datanas/cuda/launch.cuh"
 #include "datanas/cuda/map.cuh"
+#include "datanas/cuda/reduce.cuh"
 
 namespace datanas::cuda {
 
@@ -110,19 +111,6 @@ struct WeightedGradsOp {
   }
 };
 
-/// The block's sum of v into sums[0] (kElementwiseThreads values, a fixed tree: deterministic).
-/// Every thread of the block calls it; it returns after a barrier, and only thread 0 may then
-/// read sums[0] (the next call's writes may follow at once).
-template <class T>
-__device__ void tree_sum(T v, T* sums) {
-  sums[threadIdx.x] = v;
-  __syncthreads();
-  for (int half = kElementwiseThreads / 2; half > 0; half /= 2) {
-    if (int(threadIdx.x) < half) sums[threadIdx.x] += sums[threadIdx.x + half];
-    __syncthreads();
-  }
-}
-
 /// partial[t * gridDim.x + block] = this block's share of <x[t], dy>; blockIdx.y is the term.
 template <class T>
 __global__ void __launch_bounds__(kElementwiseThreads)
@@ -136,8 +124,8 @@ __global__ void __launch_bounds__(kElementwiseThreads)
     for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
       acc += x[i] * dy[i];
   }
-  tree_sum(acc, sums);
-  if (threadIdx.x == 0) partial[std::int64_t(t) * gridDim.x + blockIdx.x] = sums[0];
+  const T s = block_tree_sum<kElementwiseThreads>(acc, sums);
+  if (threadIdx.x == 0) partial[std::int64_t(t) * gridDim.x + blockIdx.x] = s;
 }
 
 /// Both gradients of a weighted sum in one pass that reads dy once: per element,
@@ -172,10 +160,9 @@ __global__ void __launch_bounds__(kElementwiseThreads)
 #pragma unroll
   for (int t = 0; t < kMaxWeightedTerms; ++t) {
     if (t >= terms.count) break;
-    // Only thread 0 reads sums[0], and only it writes sums[0] for the next term: no barrier
-    // needed between terms.
-    tree_sum(acc[t], sums);
-    if (threadIdx.x == 0) partial[std::int64_t(t) * gridDim.x + blockIdx.x] = sums[0];
+    // No barrier needed between terms (block_tree_sum: only thread 0 touches sums[0]).
+    const T s = block_tree_sum<kElementwiseThreads>(acc[t], sums);
+    if (threadIdx.x == 0) partial[std::int64_t(t) * gridDim.x + blockIdx.x] = s;
   }
 }
 
@@ -259,8 +246,8 @@ __global__ void __launch_bounds__(kElementwiseThreads)
   const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
   for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
     acc += x[i];
-  tree_sum(acc, sums);
-  if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];
+  const T s = block_tree_sum<kElementwiseThreads>(acc, sums);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 template <class T>
 __global__ void sum_finish_kernel(int blocks, const T* partial, T s, T* y) {

@@ -14,10 +14,11 @@
 #include <cstdint>
 
 #include "datanas/core/error.hpp"
-#include "datanas/cuda/map.cuh"
 #include "datanas/cuda/check.cuh"
 #include "datanas/cuda/launch.cuh"
+#include "datanas/cuda/map.cuh"
 #include "datanas/cuda/optim.hpp"
+#include "datanas/cuda/reduce.cuh"
 
 namespace datanas::cuda {
 
@@ -37,17 +38,6 @@ __global__ void scalar_kernel(F f) {
 template <class F>
 void launch_scalar(F f, cudaStream_t stream) {
   cuda::launch(scalar_kernel<F>, 1, 32, stream, f);
-}
-
-/// The sum of v over the block's kOptimThreads threads in a fixed tree; every thread gets it.
-__device__ __forceinline__ double block_sum(double v, double* sh) {
-  sh[threadIdx.x] = v;
-  __syncthreads();
-  for (int half = kOptimThreads / 2; half > 0; half /= 2) {
-    if (int(threadIdx.x) < half) sh[threadIdx.x] += sh[threadIdx.x + half];
-    __syncthreads();
-  }
-  return sh[0];
 }
 
 /// Up to kTensorChunk tensors of one multi-tensor launch, passed by value.
@@ -73,7 +63,7 @@ __global__ void __launch_bounds__(kOptimThreads)
     const double v = double(x[i]);
     acc += v * v;
   }
-  const double s = block_sum(acc, sh);
+  const double s = block_tree_sum<kOptimThreads>(acc, sh);
   if (threadIdx.x == 0) partial[std::int64_t(t) * gridDim.x + blockIdx.x] = s;
 }
 
@@ -85,7 +75,7 @@ __global__ void __launch_bounds__(kOptimThreads)
   __shared__ double sh[kOptimThreads];
   double acc = 0;
   for (std::int64_t i = threadIdx.x; i < count; i += kOptimThreads) acc += partial[i];
-  const double sq = block_sum(acc, sh);
+  const double sq = block_tree_sum<kOptimThreads>(acc, sh);
   if (threadIdx.x != 0) return;
   if (out.sq_value) out.sq_value[0] = T(sq);
   const double norm = sqrt(sq);
@@ -257,7 +247,7 @@ __global__ void __launch_bounds__(kOptimThreads)
     const T d = p[i] - code[i];
     acc += double(d < T(0) ? -d : d);
   }
-  const double s = block_sum(acc, sh);
+  const double s = block_tree_sum<kOptimThreads>(acc, sh);
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 template <class T>

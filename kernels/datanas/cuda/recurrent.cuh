@@ -14,10 +14,11 @@
 #include <cstdint>
 
 #include "datanas/core/error.hpp"
-#include "datanas/cuda/map.cuh"
 #include "datanas/cuda/check.cuh"
 #include "datanas/cuda/launch.cuh"
+#include "datanas/cuda/map.cuh"
 #include "datanas/cuda/recurrent.hpp"
+#include "datanas/cuda/reduce.cuh"
 
 namespace datanas::cuda {
 
@@ -157,14 +158,9 @@ __global__ void __launch_bounds__(kRecurrentThreads)
 #pragma unroll
   for (int k = 0; k < kMaxHighwayTerms; ++k) {
     if (k >= terms.count) break;  // uniform: every thread leaves at the same k
-    sums[threadIdx.x] = part[k];
-    __syncthreads();
-    for (int half = kRecurrentThreads / 2; half > 0; half /= 2) {
-      if (int(threadIdx.x) < half) sums[threadIdx.x] += sums[threadIdx.x + half];
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) partial[std::int64_t(k) * gridDim.x + blockIdx.x] = sums[0];
-    __syncthreads();  // sums[0] is read before the next term overwrites it
+    // No barrier needed between terms (block_tree_sum: only thread 0 touches sums[0]).
+    const T s = block_tree_sum<kRecurrentThreads>(part[k], sums);
+    if (threadIdx.x == 0) partial[std::int64_t(k) * gridDim.x + blockIdx.x] = s;
   }
 }
 
@@ -277,13 +273,8 @@ __global__ void __launch_bounds__(kRecurrentThreads)
     const T d = x[i + width] - x[i];
     acc += d * d;
   }
-  sums[threadIdx.x] = acc;
-  __syncthreads();
-  for (int half = kRecurrentThreads / 2; half > 0; half /= 2) {
-    if (int(threadIdx.x) < half) sums[threadIdx.x] += sums[threadIdx.x + half];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[blockIdx.x] = sums[0];
+  const T s = block_tree_sum<kRecurrentThreads>(acc, sums);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
 /// y[0] = (sum of the partials in order) / count, the division in double as on the CPU.
