@@ -111,7 +111,9 @@ struct OptimOps {
   static DTensor<T> clip_grad_norm(std::span<const DTensor<T>> grads, double max_norm) {
     List<T> l(grads);
     // One launch scales a chunk's tensors in parallel: a tensor listed twice would be scaled by
-    // two blocks at once (a race), where the CPU scales it twice.
+    // two blocks at once (a race), where the CPU scales it twice. Equal base pointers are the
+    // only way two tensors overlap (a tensor's data is its storage block's start, and live
+    // blocks are disjoint), so comparing them is exact.
     thread_local std::vector<T*> sorted;  // reused: no heap allocation per step after the first
     sorted.assign(l.x.begin(), l.x.end());
     std::sort(sorted.begin(), sorted.end());
