@@ -1,8 +1,8 @@
 // The CUDA simulator's own tests: the semantics the GPU tests rely on when they run on it
 // (barriers, warp shuffles, launch limits, stream capture), and its ability to expose a race.
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <doctest/doctest.h>
-
 #include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -10,6 +10,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -357,4 +358,57 @@ TEST_CASE(
   CHECK(c.read_bytes == 68 * sizeof(float));
   CHECK(c.largest_read == 64 * sizeof(float));
   CHECK(c.uploads == 1);
+}
+
+TEST_CASE("the cuBLAS stand-in keeps a user workspace until the stream is set again, and uses it") {
+  // C [2, 2] = A [2, 3] B [3, 2], column-major.
+  const std::vector<float> a{1, 2, 3, 4, 5, 6}, b{1, 0, -1, 2, 1, 0};
+  float *da = nullptr, *db = nullptr, *dc = nullptr;
+  char* ws = nullptr;
+  REQUIRE(cudaMalloc(&da, 6 * sizeof(float)) == cudaSuccess);
+  REQUIRE(cudaMalloc(&db, 6 * sizeof(float)) == cudaSuccess);
+  REQUIRE(cudaMalloc(&dc, 4 * sizeof(float)) == cudaSuccess);
+  REQUIRE(cudaMalloc(reinterpret_cast<void**>(&ws), 8192) == cudaSuccess);
+  REQUIRE(cudaMemcpy(da, a.data(), 6 * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+  REQUIRE(cudaMemcpy(db, b.data(), 6 * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreate(&s) == cudaSuccess);
+  cublasHandle_t h = nullptr;
+  REQUIRE(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS);
+  REQUIRE(cublasSetStream(h, s) == CUBLAS_STATUS_SUCCESS);
+  const float one = 1, zero = 0;
+  const auto gemm = [&](float* c) {
+    return cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &one, da, 2, db, 3, &zero, c, 2);
+  };
+  const std::uint64_t own = cudasim::counters().cublas_own_workspace;
+  CHECK(gemm(dc) == CUBLAS_STATUS_SUCCESS);
+  CHECK(cudasim::counters().cublas_own_workspace == own + 1);  // cuBLAS's own pool
+
+  CHECK(cublasSetWorkspace(h, ws + 16, 1024) == CUBLAS_STATUS_INVALID_VALUE);  // not 256-aligned
+  CHECK(cublasSetWorkspace(h, nullptr, 1024) == CUBLAS_STATUS_INVALID_VALUE);
+  REQUIRE(cublasSetWorkspace(h, ws, 8192) == CUBLAS_STATUS_SUCCESS);
+  REQUIRE(cudaMemset(dc, 0xff, 4 * sizeof(float)) == cudaSuccess);
+  CHECK(gemm(dc) == CUBLAS_STATUS_SUCCESS);
+  CHECK(cudasim::counters().cublas_own_workspace == own + 1);
+  std::vector<float> c(4);
+  REQUIRE(cudaMemcpy(c.data(), dc, 4 * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess);
+  CHECK(c == std::vector<float>{-4, -4, 5, 8});
+  unsigned char first = 0, last = 0;
+  REQUIRE(cudaMemcpy(&first, ws, 1, cudaMemcpyDeviceToHost) == cudaSuccess);
+  REQUIRE(cudaMemcpy(&last, ws + 8191, 1, cudaMemcpyDeviceToHost) == cudaSuccess);
+  CHECK(first == 0x5a);  // the GEMM wrote its scratch at both ends
+  CHECK(last == 0x5a);
+  // An operand inside the workspace would be overwritten on a GPU: refused here.
+  CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 2, 2, 3, &one, da, 2, db, 3, &zero,
+                    reinterpret_cast<float*>(ws + 4096), 2) == CUBLAS_STATUS_INVALID_VALUE);
+
+  REQUIRE(cublasSetStream(h, s) == CUBLAS_STATUS_SUCCESS);  // back on cuBLAS's own pool
+  CHECK(gemm(dc) == CUBLAS_STATUS_SUCCESS);
+  CHECK(cudasim::counters().cublas_own_workspace == own + 2);
+
+  REQUIRE(cublasDestroy(h) == CUBLAS_STATUS_SUCCESS);
+  REQUIRE(cudaStreamDestroy(s) == cudaSuccess);
+  for (void* p : {static_cast<void*>(da), static_cast<void*>(db), static_cast<void*>(dc),
+                  static_cast<void*>(ws)})
+    REQUIRE(cudaFree(p) == cudaSuccess);
 }

@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "datanas/core/cuda.hpp"
+#include "datanas/ops/cuda/dense.hpp"
 #include "gpu_helpers.hpp"
 
 int main(int argc, char** argv) {
@@ -19,6 +20,13 @@ int main(int argc, char** argv) {
   // that way, and the simulator's guard pages catch a kernel running past a block's end only
   // then. The cases that test small segments (the default) turn them on (parity.hpp).
   datanas::CachingAllocator<datanas::Cuda>::instance().set_small_segments(false);
+#if DATANAS_CUDA_SIM
+  // The simulated GEMMs use no scratch, but the poisoning above is a memset of every block:
+  // with the default workspace (32 MiB, as the simulator reports sm_90) it would take most of
+  // the simulated suite's time. 64 KiB here; test_ops_dense.cpp tests the default, and on a GPU
+  // every test uses it.
+  datanas::cuda::set_cublas_workspace(64 << 10);
+#endif
   doctest::Context ctx(argc, argv);
   return ctx.run();
 }

@@ -91,6 +91,49 @@ TEST_CASE("matmul on the GPU matches the CPU") {
   check_parity("matmul a a", {{a}}, [](auto xs, auto&) { return matmul(xs[0], xs[0]); });
 }
 
+TEST_CASE("every cuBLAS call gets its workspace from the caching allocator, for the call only") {
+  // Whatever the test program chose (the simulated suite uses a small one), restored at the end.
+  struct Restore {
+    std::size_t bytes = cuda::cublas_workspace_bytes();
+    ~Restore() { cuda::set_cublas_workspace(bytes); }
+  } restore;
+  int device = 0, major = 0;
+  REQUIRE(cudaGetDevice(&device) == cudaSuccess);
+  REQUIRE(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess);
+  cuda::set_cublas_workspace(0);  // the default: NVIDIA's recommendation for the device
+  CHECK(cuda::cublas_workspace_bytes() == (std::size_t(major >= 9 ? 32 : 4) << 20));
+  CHECK_THROWS_WITH_AS(cuda::set_cublas_workspace(1000),
+                       doctest::Contains("below cuBLAS's minimum"), datanas::error);
+  CHECK(cuda::cublas_workspace_bytes() == (std::size_t(major >= 9 ? 32 : 4) << 20));
+
+  PhiloxGenerator gen(23);
+  const Tensor<float, Cuda> x = to_device_of<Cuda>(gpu_test::random_normal({5, 13}, gen));
+  const Tensor<float, Cuda> w = to_device_of<Cuda>(gpu_test::random_normal({9, 13}, gen));
+  auto& alloc = CachingAllocator<Cuda>::instance();
+  for (const std::size_t bytes : {std::size_t(0), std::size_t(1) << 20}) {
+    CAPTURE(bytes);
+    cuda::set_cublas_workspace(bytes);
+    const std::size_t ws = cuda::cublas_workspace_bytes();
+    Var<float, Cuda> xv(x, true), wv(w, true);
+#if DATANAS_CUDA_SIM
+    const std::uint64_t own = cudasim::counters().cublas_own_workspace;
+    const std::uint64_t calls = cudasim::counters().library_calls;
+#endif
+    alloc.reset_peak();
+    const std::size_t before = alloc.stats().bytes_in_use;
+    Var<float, Cuda> y = linear(xv, wv, Var<float, Cuda>());
+    // The workspace was held during the GEMM and handed back after it: only y remains.
+    CHECK(alloc.stats().peak_bytes_in_use - before >= ws);
+    CHECK(alloc.stats().bytes_in_use - before < ws);
+    backward(sum(y));                                          // two more GEMMs: dL/dx and dL/dw
+    CHECK(alloc.stats().peak_bytes_in_use - before < 2 * ws);  // one workspace at a time
+#if DATANAS_CUDA_SIM
+    CHECK(cudasim::counters().library_calls - calls == 3);
+    CHECK(cudasim::counters().cublas_own_workspace == own);  // none on cuBLAS's own pool
+#endif
+  }
+}
+
 TEST_CASE("GroupedMatmul on the GPU matches the CPU: a recurrence, short groups, unused products") {
   // h_{t+1} = tanh(h_t) w over five products in groups of 2 (the last one short), a product of
   // another batch size (a new group mid-way) added to the result, and one whose output is

@@ -637,8 +637,9 @@ class StepGraph<Cuda> {
     nodes_ = n;
     // Into a local: what a failed instantiation leaves in its output is not documented.
     // AutoFreeOnLaunch (as PyTorch's graphs): a library may allocate inside the capture
-    // (cuBLAS takes its workspace with cudaMallocAsync since CUDA 12.2) and keep it; without the
-    // flag, a graph holding an unfreed allocation fails its next launch (cudaGraphLaunch).
+    // (cuBLAS takes its workspace with cudaMallocAsync since CUDA 12.2 when it has none of ours,
+    // which ops/cuda/dense.hpp now always gives it) and keep it; without the flag, a graph
+    // holding an unfreed allocation fails its next launch (cudaGraphLaunch).
     cudaGraphExec_t exec = nullptr;
     const cudaError_t e = cudaGraphInstantiate(&exec, g, cudaGraphInstantiateFlagAutoFreeOnLaunch);
     (void)cudaGraphDestroy(g);

@@ -5,7 +5,9 @@
 // host pointer mode: alpha and beta are read when the call is made; beta == 0 means C is not
 // read, so it may hold NaN). Each GEMM is one work item queued with cudasim::enqueue on the
 // handle's stream, so it runs in stream order and is recorded when the stream is captured into a
-// graph. Sums accumulate in double. Arguments are checked as cuBLAS checks them.
+// graph. Sums accumulate in double. Arguments are checked as cuBLAS checks them. A handle's
+// user workspace (cublasSetWorkspace; cublasSetStream drops it, as in cuBLAS) is checked and
+// written by each GEMM; GEMMs on cuBLAS's own pool are counted (cudasim::counters()).
 //
 // As in the real header, the _v2 entry points are the functions and the plain names are macros.
 #pragma once
@@ -13,6 +15,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <new>
 #include <vector>
@@ -55,11 +58,14 @@ typedef enum {
   CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION = 16
 } cublasMath_t;
 
-/// A handle: the stream its calls go to and its math mode. The simulator always computes in
-/// full precision (double accumulation), whatever the mode.
+/// A handle: the stream its calls go to, its math mode and the user workspace its calls get
+/// (none: cuBLAS's own pool). The simulator always computes in full precision (double
+/// accumulation), whatever the mode.
 struct cublasContext {
   cudaStream_t stream = nullptr;
   cublasMath_t math = CUBLAS_DEFAULT_MATH;
+  void* workspace = nullptr;
+  std::size_t workspace_bytes = 0;
 };
 typedef struct cublasContext* cublasHandle_t;
 
@@ -75,9 +81,25 @@ inline cublasStatus_t cublasDestroy_v2(cublasHandle_t handle) {
   return CUBLAS_STATUS_SUCCESS;
 }
 
+/// As cuBLAS documents it, setting the stream also puts the handle back on cuBLAS's own
+/// workspace pool, whatever cublasSetWorkspace gave it before.
 inline cublasStatus_t cublasSetStream_v2(cublasHandle_t handle, cudaStream_t stream) {
   if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
   handle->stream = stream;
+  handle->workspace = nullptr;
+  handle->workspace_bytes = 0;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+/// A user workspace for the handle's later calls on its current stream: 256-byte aligned, as
+/// cuBLAS requires (INVALID_VALUE otherwise). A null pointer with 0 bytes means no workspace.
+inline cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t handle, void* workspace,
+                                            std::size_t workspaceSizeInBytes) {
+  if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+  if (reinterpret_cast<std::uintptr_t>(workspace) % 256 != 0) return CUBLAS_STATUS_INVALID_VALUE;
+  if (!workspace && workspaceSizeInBytes != 0) return CUBLAS_STATUS_INVALID_VALUE;
+  handle->workspace = workspace;
+  handle->workspace_bytes = workspaceSizeInBytes;
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -223,9 +245,38 @@ cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t transa, cublasOpera
   const double al = double(*alpha), be = double(*beta);  // host pointer mode: read now
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
   if ((al == 0.0 || k == 0) && be == 1.0) return CUBLAS_STATUS_SUCCESS;
+  // A user workspace: a GPU would corrupt an operand that shares its memory, silently; here
+  // that is an error (cuBLAS itself does not check). The call then scribbles over the ends of
+  // the workspace, as a GEMM's scratch writes would: a workspace shorter than it was declared
+  // runs into the block's guard page, and one still in use by other work shows wrong values.
+  void* const ws = handle->workspace;
+  const std::size_t ws_bytes = handle->workspace_bytes;
+  if (ws) {
+    const auto extent = [](int rows, int cols, int ld) {
+      return (std::size_t(ld) * std::size_t(cols - 1) + std::size_t(rows)) * sizeof(T);
+    };
+    const auto* lo = static_cast<const char*>(ws);
+    const auto* hi = lo + ws_bytes;
+    const auto overlaps = [&](const void* p, std::size_t bytes) {
+      const auto* q = static_cast<const char*>(p);
+      return q < hi && lo < q + bytes;
+    };
+    if ((al != 0.0 && (overlaps(a, extent(a_rows, ta ? m : k, lda)) ||
+                       overlaps(b, extent(b_rows, tb ? k : n, ldb)))) ||
+        overlaps(c, extent(m, n, ldc)))
+      return CUBLAS_STATUS_INVALID_VALUE;
+  } else {
+    ++cudasim::counters().cublas_own_workspace;
+  }
   ++cudasim::counters().library_calls;
-  return from_cuda(cudasim::enqueue(
-      handle->stream, [=] { gemm_host<T>(ta, tb, m, n, k, al, a, lda, b, ldb, be, c, ldc); }));
+  return from_cuda(cudasim::enqueue(handle->stream, [=] {
+    if (ws) {
+      const std::size_t end = std::min<std::size_t>(ws_bytes, 4096);
+      std::memset(ws, 0x5a, end);
+      std::memset(static_cast<char*>(ws) + (ws_bytes - end), 0x5a, end);
+    }
+    gemm_host<T>(ta, tb, m, n, k, al, a, lda, b, ldb, be, c, ldc);
+  }));
 }
 
 }  // namespace cudasim::cublas_detail
@@ -250,5 +301,6 @@ inline cublasStatus_t cublasDgemm_v2(cublasHandle_t handle, cublasOperation_t tr
 #define cublasDestroy cublasDestroy_v2
 #define cublasSetStream cublasSetStream_v2
 #define cublasGetStream cublasGetStream_v2
+#define cublasSetWorkspace cublasSetWorkspace_v2
 #define cublasSgemm cublasSgemm_v2
 #define cublasDgemm cublasDgemm_v2

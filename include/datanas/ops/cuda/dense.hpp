@@ -10,7 +10,9 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
+#include <cstddef>
 #include <cstdint>
 #include <span>
 
@@ -53,7 +55,9 @@ struct CublasHandle {
 };
 
 /// This thread's handle, bound to the current stream (set before every call: the current
-/// stream changes with StreamGuard, and a handle remembers the last one it was given).
+/// stream changes with StreamGuard, and a handle remembers the last one it was given). Setting
+/// the stream also puts the handle back on cuBLAS's own workspace pool: the caller gives it
+/// one of ours next (Workspace below).
 inline cublasHandle_t cublas() {
   thread_local CublasHandle handle;
   if (!handle.h) {
@@ -63,6 +67,62 @@ inline cublasHandle_t cublas() {
   DATANAS_CUBLAS_CHECK(cublasSetStream(handle.h, current_stream().handle));
   return handle.h;
 }
+
+/// The process-wide choice behind set_cublas_workspace (0: by device).
+inline std::atomic<std::size_t> cublas_workspace_choice{0};
+
+/// NVIDIA's recommended cuBLAS workspace for this thread's device: 32 MiB from compute
+/// capability 9 (Hopper) on, 4 MiB before (the size of cuBLAS's own pool there). Asked once
+/// per thread: a thread's handles stay on one device.
+inline std::size_t recommended_cublas_workspace() {
+  thread_local std::size_t bytes = 0;
+  if (bytes == 0) {
+    int device = 0, major = 0;
+    DATANAS_CUDA_CHECK(cudaGetDevice(&device));
+    DATANAS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    bytes = std::size_t(major >= 9 ? 32 : 4) << 20;
+  }
+  return bytes;
+}
+
+/// The workspace of one cuBLAS call: a temporary block of the caching allocator, given to the
+/// handle with cublasSetWorkspace after cublas() bound it to the stream. Without it cuBLAS
+/// works in a pool of its own that the allocator cannot see (nor its statistics, nor a peak
+/// compared with PyTorch's, whose allocator does hold cuBLAS's workspaces), and inside a stream
+/// capture (cuBLAS 12.2 and later) allocates it with cudaMallocAsync, a memory node of the
+/// graph. The block returns to the
+/// stream's free list when the call that queued the GEMM returns: later work on the stream,
+/// the only work that can get it, runs after the GEMM. Inside a capture it comes from the
+/// graph's pool, as every temporary does.
+struct Workspace {
+  Tensor<double, Cuda> block;
+  explicit Workspace(cublasHandle_t h) {
+    const std::size_t chosen = cublas_workspace_choice.load();
+    const std::size_t bytes = chosen ? chosen : recommended_cublas_workspace();
+    block = Tensor<double, Cuda>::empty({index_t((bytes + sizeof(double) - 1) / sizeof(double))});
+    DATANAS_CUBLAS_CHECK(cublasSetWorkspace(h, block.data(), bytes));  // 256-byte aligned blocks
+  }
+};
+
+}  // namespace dense_host
+
+/// Bytes of device memory each cuBLAS call gets as its workspace (cublasSetWorkspace), for
+/// every later call of the process; 0 restores the default, NVIDIA's recommendation for the
+/// device (32 MiB from Hopper on, 4 MiB before). cuBLAS needs at least 16 KiB; less is refused.
+/// A smaller workspace saves memory at the peak and may make large GEMMs slower. Thread-safe.
+inline void set_cublas_workspace(std::size_t bytes) {
+  DATANAS_CHECK(bytes == 0 || bytes >= (std::size_t(16) << 10), "set_cublas_workspace: ", bytes,
+                " bytes is below cuBLAS's minimum of 16 KiB "
+                "(0 restores the default)");
+  dense_host::cublas_workspace_choice.store(bytes);
+}
+/// The bytes the next cuBLAS call on this thread gets as its workspace.
+inline std::size_t cublas_workspace_bytes() {
+  const std::size_t chosen = dense_host::cublas_workspace_choice.load();
+  return chosen ? chosen : dense_host::recommended_cublas_workspace();
+}
+
+namespace dense_host {
 
 /// cuBLAS takes int dimensions.
 inline int blas_dim(index_t v, const char* what) {
@@ -89,10 +149,12 @@ void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, const T* 
   const cublasOperation_t tb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const int im = blas_dim(m, "m"), in = blas_dim(n, "n"), ik = blas_dim(k, "k");
   const int ia = blas_dim(lda, "lda"), ib = blas_dim(ldb, "ldb"), ic = blas_dim(ldc, "ldc");
+  const cublasHandle_t h = cublas();
+  const Workspace ws(h);
   if constexpr (std::same_as<T, float>)
-    DATANAS_CUBLAS_CHECK(cublasSgemm(cublas(), ta, tb, im, in, ik, &one, a, ia, b, ib, &beta, c, ic));
+    DATANAS_CUBLAS_CHECK(cublasSgemm(h, ta, tb, im, in, ik, &one, a, ia, b, ib, &beta, c, ic));
   else
-    DATANAS_CUBLAS_CHECK(cublasDgemm(cublas(), ta, tb, im, in, ik, &one, a, ia, b, ib, &beta, c, ic));
+    DATANAS_CUBLAS_CHECK(cublasDgemm(h, ta, tb, im, in, ik, &one, a, ia, b, ib, &beta, c, ic));
 }
 
 }  // namespace dense_host

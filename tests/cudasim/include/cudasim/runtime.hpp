@@ -179,6 +179,8 @@ struct Counters {
   std::uint64_t library_calls = 0;  // computations queued by cuBLAS and cuDNN (each is one or
                                     // more kernels on a GPU)
   std::uint64_t device_copies = 0;  // cudaMemcpyAsync device-to-device and cudaMemsetAsync
+  std::uint64_t cublas_own_workspace = 0;  // GEMMs queued on cuBLAS's own workspace pool (no
+                                           // cublasSetWorkspace since the last cublasSetStream)
 };
 
 /// A cudaMalloc block's mapping: the pages it was given (its own pages and the guard page after
@@ -749,6 +751,25 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
 inline cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
+}
+/// The attributes datanas asks for, with the runtime's values.
+enum cudaDeviceAttr {
+  cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrComputeCapabilityMinor = 76,
+};
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  cudaDeviceProp prop;
+  if (const cudaError_t e = cudaGetDeviceProperties(&prop, device); e != cudaSuccess) return e;
+  if (!value) return cudasim::fail(cudaErrorInvalidValue);
+  switch (attr) {
+    case cudaDevAttrComputeCapabilityMajor:
+      *value = prop.major;
+      return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor:
+      *value = prop.minor;
+      return cudaSuccess;
+  }
+  return cudasim::fail(cudaErrorInvalidValue);
 }
 inline cudaError_t cudaSetDevice(int device) {
   return device == 0 ? cudaSuccess : cudasim::fail(cudaErrorInvalidValue);
