@@ -108,7 +108,8 @@ struct Workspace {
 
 /// Bytes of device memory each cuBLAS call gets as its workspace (cublasSetWorkspace), for
 /// every later call of the process; 0 restores the default, NVIDIA's recommendation for the
-/// device (32 MiB from Hopper on, 4 MiB before). cuBLAS needs at least 16 KiB; less is refused.
+/// device (32 MiB from Hopper on, 4 MiB before). Less than 16 KiB is refused: cuBLAS documents
+/// that much as what keeps its routines from failing with CUBLAS_STATUS_ALLOC_FAILED.
 /// A smaller workspace saves memory at the peak and may make large GEMMs slower. Thread-safe.
 inline void set_cublas_workspace(std::size_t bytes) {
   DATANAS_CHECK(bytes == 0 || bytes >= (std::size_t(16) << 10), "set_cublas_workspace: ", bytes,
