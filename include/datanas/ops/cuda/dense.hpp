@@ -85,20 +85,24 @@ inline std::size_t recommended_cublas_workspace() {
   return bytes;
 }
 
+/// The bytes of the next call's workspace: the user's choice, else the recommendation.
+inline std::size_t workspace_bytes() {
+  const std::size_t chosen = cublas_workspace_choice.load();
+  return chosen ? chosen : recommended_cublas_workspace();
+}
+
 /// The workspace of one cuBLAS call: a temporary block of the caching allocator, given to the
 /// handle with cublasSetWorkspace after cublas() bound it to the stream. Without it cuBLAS
 /// works in a pool of its own that the allocator cannot see (nor its statistics, nor a peak
 /// compared with PyTorch's, whose allocator does hold cuBLAS's workspaces), and inside a stream
 /// capture (cuBLAS 12.2 and later) allocates it with cudaMallocAsync, a memory node of the
-/// graph. The block returns to the
-/// stream's free list when the call that queued the GEMM returns: later work on the stream,
-/// the only work that can get it, runs after the GEMM. Inside a capture it comes from the
-/// graph's pool, as every temporary does.
+/// graph. The block returns to the stream's free list when the call that queued the GEMM
+/// returns: later work on the stream, the only work that can get it, runs after the GEMM.
+/// Inside a capture it comes from the graph's pool, as every temporary does.
 struct Workspace {
   Tensor<double, Cuda> block;
   explicit Workspace(cublasHandle_t h) {
-    const std::size_t chosen = cublas_workspace_choice.load();
-    const std::size_t bytes = chosen ? chosen : recommended_cublas_workspace();
+    const std::size_t bytes = workspace_bytes();
     block = Tensor<double, Cuda>::empty({index_t((bytes + sizeof(double) - 1) / sizeof(double))});
     DATANAS_CUBLAS_CHECK(cublasSetWorkspace(h, block.data(), bytes));  // 256-byte aligned blocks
   }
@@ -118,10 +122,7 @@ inline void set_cublas_workspace(std::size_t bytes) {
   dense_host::cublas_workspace_choice.store(bytes);
 }
 /// The bytes the next cuBLAS call on this thread gets as its workspace.
-inline std::size_t cublas_workspace_bytes() {
-  const std::size_t chosen = dense_host::cublas_workspace_choice.load();
-  return chosen ? chosen : dense_host::recommended_cublas_workspace();
-}
+inline std::size_t cublas_workspace_bytes() { return dense_host::workspace_bytes(); }
 
 namespace dense_host {
 
